@@ -1,0 +1,180 @@
+"""The Python API: ``quantize`` and ``build_pipeline``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxq import graph as G
+from onnxq.calibrate import collect_ranges
+from onnxq.calibrators import make_calibrator
+from onnxq.config import QuantConfig
+from onnxq.errors import ConfigError, ModelError
+from onnxq.io import load_model, save_model
+from onnxq.kernels.isa import recommend
+from onnxq.passes import CleanupPass, FusionPass, InsertQDQPass, PreprocessPass, VerifyPass
+from onnxq.passes.annotate import QuantPlan, annotate
+from onnxq.pipeline import Pipeline, PipelineResult
+from onnxq.qtypes import QType, TensorRange
+
+__all__ = ["QuantReport", "QuantResult", "quantize", "prepare", "build_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+Feed = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuantReport:
+    """What was quantized, what was skipped and why, and how the graph changed."""
+
+    quantized: tuple[tuple[str, str], ...]   # (node, op type)
+    skipped: tuple[tuple[str, str], ...]     # (node, reason)
+    folded: tuple[str, ...]                  # absorbed Relu/Clip nodes
+    op_histogram: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    activation_type: str = "u8"
+    weight_type: str = "s8"
+    per_channel: bool = True
+
+    def summary(self) -> str:
+        ops = Counter(op for _, op in self.quantized)
+        lines = [f"quantized {len(self.quantized)} node(s): "
+                 + ", ".join(f"{op}×{n}" for op, n in sorted(ops.items())),
+                 f"types: activations {self.activation_type}, weights {self.weight_type} "
+                 f"({'per-channel' if self.per_channel else 'per-tensor'})"]
+        if self.folded:
+            lines.append(f"absorbed {len(self.folded)} Relu/Clip into quantization ranges")
+        lines.extend(self.notes)
+        if self.skipped:
+            lines.append(f"kept in float ({len(self.skipped)}):")
+            lines.extend(f"  {node}: {reason}" for node, reason in self.skipped)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "quantized": [{"node": n, "op": o} for n, o in self.quantized],
+            "skipped": [{"node": n, "reason": r} for n, r in self.skipped],
+            "folded": list(self.folded),
+            "op_histogram": dict(self.op_histogram),
+            "activation_type": self.activation_type,
+            "weight_type": self.weight_type,
+            "per_channel": self.per_channel,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuantResult:
+    model: onnx.ModelProto
+    plan: QuantPlan
+    ranges: dict[str, TensorRange]
+    report: QuantReport
+    config: QuantConfig
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Validate (checker + onnxruntime) and write atomically."""
+        return save_model(self.model, path)
+
+
+def _resolve_config(config: QuantConfig | Mapping | str | os.PathLike | None,
+                    overrides: dict) -> QuantConfig:
+    if config is None:
+        base = QuantConfig()
+    elif isinstance(config, QuantConfig):
+        base = config
+    elif isinstance(config, Mapping):
+        base = QuantConfig.from_dict(dict(config))
+    elif isinstance(config, (str, os.PathLike)):
+        base = QuantConfig.from_file(config)
+    else:
+        raise ConfigError(f"config must be a QuantConfig, a dict or a file path, not "
+                          f"{type(config).__name__}")
+    return base.with_overrides(**overrides) if overrides else base
+
+
+def _types(config: QuantConfig) -> tuple[QType, QType, bool]:
+    rec = recommend()
+    act = QType.parse(config.activation.dtype) if config.activation.dtype else rec.activation
+    weight = QType.parse(config.weight.dtype)
+    reduce_range = rec.reduce_range if config.weight.reduce_range is None else \
+        config.weight.reduce_range
+    return act, weight, reduce_range
+
+
+def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
+            ) -> tuple[PipelineResult, QuantPlan]:
+    """Preprocess + fuse ``model`` and plan its quantization (no calibration yet)."""
+    fused = Pipeline([PreprocessPass(min_opset=config.min_opset), FusionPass()]).run(model)
+    graph = G.import_graph(fused.model)
+    plan = annotate(graph, per_channel=config.weight.per_channel,
+                    exclude_nodes=config.exclude_nodes,
+                    exclude_op_types=config.exclude_op_types,
+                    fold_activations=config.fold_activations)
+    if not any(n.role.value == "anchor" for n in plan.nodes):
+        raise ModelError(
+            "the model has nothing onnxq can quantize: no Conv, ConvTranspose, Gemm or MatMul "
+            "with float32 inputs was found (or all were excluded); quantization would only "
+            "slow it down")
+    return fused, plan
+
+
+def build_pipeline(config: QuantConfig, plan: QuantPlan,
+                   ranges: Mapping[str, TensorRange]) -> Pipeline:
+    """The passes that turn a prepared float model into the quantized one."""
+    act, weight, reduce_range = _types(config)
+    return Pipeline([
+        InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
+                      activation_symmetric=config.activation.symmetric, weight_type=weight,
+                      reduce_range=reduce_range),
+        CleanupPass(),
+        VerifyPass(),
+    ])
+
+
+def quantize(
+    model: onnx.ModelProto | str | os.PathLike,
+    calibration_data: Iterable[Feed] | None = None,
+    config: QuantConfig | Mapping | str | os.PathLike | None = None,
+    *,
+    ranges: Mapping[str, TensorRange] | None = None,
+    progress: bool = True,
+    **overrides,
+) -> QuantResult:
+    """Quantize ``model`` to static INT8 (QDQ) with ranges calibrated on ``calibration_data``.
+
+    ``model`` is a path or an ``onnx.ModelProto`` (never modified). ``calibration_data`` is any
+    iterable of feeds (dict input name → numpy array, as for ``InferenceSession.run``);
+    ``ranges`` skips calibration. ``overrides`` are flat options such as ``per_channel=False``,
+    ``activation_type="s8"``, ``exclude_nodes=[...]`` (see ``QuantConfig.with_overrides``).
+    """
+    cfg = _resolve_config(config, overrides)
+    source = load_model(model)
+    fused, plan = prepare(source, cfg)
+    if ranges is None:
+        if calibration_data is None:
+            raise ConfigError("quantize needs calibration_data (an iterable of feeds) or "
+                              "precomputed ranges")
+        calibrator = make_calibrator(cfg.calibration)
+        ranges = collect_ranges(fused.model, plan.calibration_tensors, calibration_data,
+                                calibrator, max_samples=cfg.calibration.max_samples,
+                                progress=progress)
+    result = build_pipeline(cfg, plan, ranges).run(fused.model)
+    act, weight, _ = _types(cfg)
+    histogram = Counter(n.op_type for n in result.model.graph.node)
+    report = QuantReport(
+        quantized=tuple((n.name, n.op) for n in plan.nodes),
+        skipped=plan.skipped + fused.skipped + result.skipped,
+        folded=tuple(f.node for f in plan.folds),
+        op_histogram=dict(sorted(histogram.items())),
+        notes=tuple(n for r in fused.records + result.records for n in r.notes),
+        activation_type=act.value, weight_type=weight.value, per_channel=plan.per_channel,
+    )
+    return QuantResult(model=result.model, plan=plan, ranges=dict(ranges), report=report,
+                       config=cfg)

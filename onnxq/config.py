@@ -1,0 +1,178 @@
+"""One frozen, validated configuration for a quantization run.
+
+``QuantConfig.from_dict`` rejects unknown keys and lists the valid ones; ``to_dict`` and
+``from_dict`` round-trip through JSON and TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxq.errors import ConfigError
+
+__all__ = [
+    "ActivationConfig",
+    "WeightConfig",
+    "CalibrationConfig",
+    "QuantConfig",
+    "FORMATS",
+    "CALIBRATORS",
+]
+
+FORMATS = ("qdq",)
+CALIBRATORS = ("minmax",)
+_TYPES = ("u8", "s8")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationConfig:
+    """Activation quantization. ``dtype=None`` follows the CPU (u8 on x86)."""
+
+    dtype: str | None = None
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None:
+            _check_choice("activation.dtype", self.dtype, _TYPES)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WeightConfig:
+    """Weight quantization: symmetric, per output channel by default.
+
+    ``reduce_range=None`` follows the CPU (7-bit weights only on x86 without VNNI).
+    """
+
+    dtype: str = "s8"
+    per_channel: bool = True
+    reduce_range: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("weight.dtype", self.dtype, _TYPES)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibrationConfig:
+    method: str = "minmax"
+    max_samples: int | None = None
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("calibration.method", self.method, CALIBRATORS)
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"calibration.max_samples={self.max_samples} must be >= 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuantConfig:
+    """Everything that decides what a quantization run writes."""
+
+    format: str = "qdq"
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
+    weight: WeightConfig = field(default_factory=WeightConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    fold_activations: bool = True
+    min_opset: int = 13
+
+    def __post_init__(self) -> None:
+        _check_choice("format", self.format, FORMATS)
+        for name in ("exclude_nodes", "exclude_op_types"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if not 10 <= self.min_opset <= 21:
+            raise ConfigError(f"min_opset={self.min_opset} must be between 10 and 21")
+
+    # -- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["exclude_nodes"] = list(self.exclude_nodes)
+        data["exclude_op_types"] = list(self.exclude_op_types)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"configuration must be a mapping, got {type(data).__name__}")
+        nested = {"activation": ActivationConfig, "weight": WeightConfig,
+                  "calibration": CalibrationConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in _checked_items(cls, data, "config"):
+            if key in nested:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config.{key} must be a table/mapping")
+                kwargs[key] = nested[key](**dict(_checked_items(nested[key], value, key)))
+            else:
+                kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # wrong value types surface here
+            raise ConfigError(f"invalid configuration: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> QuantConfig:
+        """Load a ``.toml`` or ``.json`` configuration file."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; check the path")
+        try:
+            text = p.read_text()
+            data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot parse config file {str(p)!r}: {exc}") from None
+        return cls.from_dict(data)
+
+    # -- flat overrides (API keywords and CLI flags) -----------------------------------
+    def with_overrides(self, **overrides: Any) -> QuantConfig:
+        """Return a copy with flat overrides applied (see ``OVERRIDES`` for the names)."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if key in OVERRIDES:
+                section, name = OVERRIDES[key]
+                data[section][name] = value
+            elif key in data and key not in {"activation", "weight", "calibration"}:
+                data[key] = value
+            else:
+                valid = sorted(set(OVERRIDES) | {k for k in data if not isinstance(data[k], dict)})
+                raise ConfigError(f"unknown option {key!r}; valid options: {', '.join(valid)}")
+        return QuantConfig.from_dict(data)
+
+
+#: Flat option names accepted by ``quantize(**overrides)`` and mapped into sub-configs.
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "activation_type": ("activation", "dtype"),
+    "activation_symmetric": ("activation", "symmetric"),
+    "weight_type": ("weight", "dtype"),
+    "per_channel": ("weight", "per_channel"),
+    "reduce_range": ("weight", "reduce_range"),
+    "calibrator": ("calibration", "method"),
+    "max_samples": ("calibration", "max_samples"),
+    "allow_nonfinite": ("calibration", "allow_nonfinite"),
+}
+
+
+def _checked_items(klass: type, data: dict[str, Any], where: str):
+    valid = [f.name for f in dataclasses.fields(klass)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    return data.items()

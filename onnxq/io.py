@@ -1,0 +1,115 @@
+"""Loading, validating and atomically saving ONNX models (external data for > 2 GB)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxq.errors import ModelError
+
+__all__ = ["load_model", "save_model", "validate_model", "PROTOBUF_LIMIT"]
+
+logger = logging.getLogger(__name__)
+
+#: Protobuf cannot serialise a message larger than 2 GiB; bigger models use external data.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Return a private copy of ``source`` (a path or a ``ModelProto``; never modified)."""
+    if isinstance(source, onnx.ModelProto):
+        return _copy(source)
+    path = Path(source)
+    if not path.exists():
+        raise ModelError(f"model file {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        raise ModelError(f"{str(path)!r} is a directory, not an .onnx file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"model file {str(path)!r} is empty; re-export the model")
+    try:
+        model = onnx.load_model(str(path), load_external_data=True)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise ModelError(
+            f"{str(path)!r} is not a valid ONNX model (truncated or not ONNX: {exc}); "
+            "re-export it or check that the file was copied completely"
+        ) from None
+    except (OSError, onnx.checker.ValidationError) as exc:
+        raise ModelError(f"cannot read model {str(path)!r}: {exc}") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelError(
+            f"{str(path)!r} parsed but holds no ONNX graph (not an ONNX model, or truncated); "
+            "re-export it"
+        )
+    return model
+
+
+def validate_model(model: onnx.ModelProto | str | os.PathLike, *, run_session: bool = True) -> None:
+    """Full ``onnx.checker`` check, then build an onnxruntime CPU session. Raise ModelError."""
+    target = str(model) if not isinstance(model, onnx.ModelProto) else model
+    try:
+        onnx.checker.check_model(target, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelError(f"model fails the ONNX checker: {exc}") from None
+    if not run_session:
+        return
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        arg = target.SerializeToString() if isinstance(target, onnx.ModelProto) else target
+        ort.InferenceSession(arg, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
+        raise ModelError(f"onnxruntime cannot load the model: {exc}") from None
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _needs_external_data(model: onnx.ModelProto) -> bool:
+    return model.ByteSize() > PROTOBUF_LIMIT - 64 * 2**20
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, validate: bool = True) -> Path:
+    """Write ``model`` to ``path`` atomically: temporary folder, validate, then rename.
+
+    Models near the 2 GiB protobuf limit get their weights in ``<name>.data`` beside the file.
+    On any failure nothing is left at ``path``.
+    """
+    dest = Path(path)
+    if dest.exists() and dest.is_dir():
+        raise ModelError(f"output path {str(dest)!r} is a directory; give a file name")
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.is_dir():
+        raise ModelError(
+            f"output folder {str(parent)!r} does not exist; create it first (mkdir -p)"
+        )
+    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxq-", dir=parent))
+    try:
+        tmp = tmpdir / dest.name
+        if _needs_external_data(model):
+            data_name = dest.name + ".data"
+            model = _copy(model)  # conversion to external data edits the proto in place
+            onnx.save_model(model, str(tmp), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name,
+                            size_threshold=1024)
+        else:
+            onnx.save_model(model, str(tmp))
+        if validate:
+            validate_model(tmp)
+        for item in sorted(tmpdir.iterdir()):
+            os.replace(item, parent / item.name)
+        logger.info("wrote %s", dest)
+        return dest
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

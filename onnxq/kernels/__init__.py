@@ -1,0 +1,1 @@
+"""CPU feature detection and numpy reference kernels."""

@@ -1,0 +1,9 @@
+"""Graph passes. Each is a small object with ``name`` and ``run(graph) -> PassResult``."""
+
+from onnxq.passes.cleanup import CleanupPass
+from onnxq.passes.fusion import FusionPass
+from onnxq.passes.preprocess import PreprocessPass
+from onnxq.passes.qdq_insert import InsertQDQPass
+from onnxq.passes.verify import VerifyPass
+
+__all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "CleanupPass", "VerifyPass"]

@@ -1,0 +1,301 @@
+"""Annotate: analyse a (preprocessed, fused) graph and decide what to quantize → ``QuantPlan``.
+
+Not a pass: it changes nothing. The rule set keeps int8 chains unbroken and never adds a
+conversion that costs more than it saves:
+
+1. anchors (Conv, ConvTranspose, Gemm, MatMul) are quantized; their activation inputs become
+   int8 tensors, and so do their outputs where onnxruntime only fuses with an output Q;
+2. data movement (Reshape, Transpose, MaxPool …) joins its input and output: if either side is
+   int8, both are, with the same parameters (so the Q/DQ pair around it can be dropped);
+3. Relu/Clip(0, x) after a quantized producer is absorbed into that producer's output range;
+4. elective ops (Add, Mul, Concat, pools, Sigmoid …) are quantized only once all their inputs
+   are already int8 (a residual Add in a CNN is; a residual Add in a transformer is not).
+
+The rules run to a fixed point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxq import graph as G
+from onnxq.quant_ops import FLOAT_ONLY, HANDLERS, OpHandler, Role, clip_bounds, weight_axis
+
+__all__ = ["NodePlan", "ActivationPlan", "Fold", "QuantPlan", "annotate"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodePlan:
+    name: str
+    op: str
+    role: Role
+    weight: tuple[int, int | None] | None = None  # (input index, per-channel axis or None)
+    bias: int | None = None                         # input index of an int32 bias
+    const_inputs: tuple[int, ...] = ()              # constant data inputs quantized as activations
+    bias_add: tuple[str, int] | None = None         # (Add node, input) holding a MatMul's bias
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationPlan:
+    name: str           # tensor that gets QuantizeLinear → DequantizeLinear
+    root: str           # tensor whose parameters it uses (itself, or a data-movement source)
+    all_consumers: bool  # every consumer reads the dequantized value (int8 producer)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fold:
+    node: str    # the Relu/Clip that disappears
+    source: str  # its input (the producer's output)
+    target: str  # its output, which the producer writes from now on
+    upper: float | None = None  # Clip's max, an upper bound on the range
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuantPlan:
+    nodes: tuple[NodePlan, ...]
+    activations: tuple[ActivationPlan, ...]
+    folds: tuple[Fold, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
+    per_channel: bool = True
+    upper_bounds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def calibration_tensors(self) -> tuple[str, ...]:
+        """Tensors whose ranges must be measured, in a deterministic order."""
+        return tuple(sorted({a.root for a in self.activations}))
+
+    def node(self, name: str) -> NodePlan | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "nodes": [{"name": n.name, "op": n.op, "role": n.role.value} for n in self.nodes],
+            "activations": [{"name": a.name, "root": a.root} for a in self.activations],
+            "folds": [{"node": f.node, "into": f.source} for f in self.folds],
+            "skipped": [{"node": n, "reason": r} for n, r in self.skipped],
+        }
+
+
+def _is_float(t: gs.Tensor) -> bool:
+    return t.dtype is not None and np.dtype(t.dtype) == np.float32
+
+
+def _is_const(t: gs.Tensor) -> bool:
+    return G.constant_value(t) is not None
+
+
+def _data_inputs(node: gs.Node, h: OpHandler) -> list[tuple[int, gs.Tensor]]:
+    idx = range(len(node.inputs)) if h.data_inputs is None else h.data_inputs
+    return [(i, node.inputs[i]) for i in idx if i < len(node.inputs) and node.inputs[i].name]
+
+
+def _data_outputs(node: gs.Node, h: OpHandler) -> list[gs.Tensor]:
+    outs = node.outputs if h.data_outputs is None else node.outputs[: h.data_outputs]
+    return [t for t in outs if t.name]
+
+
+class _Analysis:
+    """Mutable working state of one ``annotate`` call (not shared, not global)."""
+
+    def __init__(self, graph: gs.Graph, per_channel: bool, excluded_nodes: set[str],
+                 excluded_ops: set[str], fold_activations: bool) -> None:
+        self.graph = graph
+        self.per_channel = per_channel and G.opset(graph) >= 13
+        self.excluded_nodes = excluded_nodes
+        self.excluded_ops = excluded_ops
+        self.fold_activations = fold_activations
+        self.outputs = G.graph_output_names(graph)
+        self.int8: set[str] = set()
+        self.quantized: dict[str, NodePlan] = {}
+        self.folds: dict[str, Fold] = {}
+        self.skipped: dict[str, str] = {}
+
+    # -- per-role checks ------------------------------------------------------------------
+    def anchor_plan(self, node: gs.Node, h: OpHandler) -> NodePlan | str:
+        data = _data_inputs(node, h)
+        if len(data) < 2 or not all(_is_float(t) for _, t in data):
+            return "inputs are not float32 tensors"
+        weight = None
+        acts = [i for i, t in data if not _is_const(t)]
+        if h.weight_input is not None and _is_const(node.inputs[h.weight_input]):
+            w = G.constant_value(node.inputs[h.weight_input])
+            axis = weight_axis(node, w.ndim) if self.per_channel else None
+            weight = (h.weight_input, axis)
+        if node.op in {"Conv", "ConvTranspose"} and weight is None:
+            return "weights are computed at run time; only constant weights are quantized"
+        if not acts or (weight is None and len(acts) < 2):
+            return "both operands are constant; fold constants first"
+        if node.op == "Gemm":
+            if float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0:
+                return "Gemm with alpha/beta != 1 has no int8 kernel; kept in float"
+        bias = None
+        if h.bias_input is not None and len(node.inputs) > h.bias_input and node.inputs[h.bias_input].name:
+            b = G.constant_value(node.inputs[h.bias_input])
+            if b is None or b.ndim != 1 or weight is None:
+                return "bias is not a constant vector; kept in float"
+            bias = h.bias_input
+        return NodePlan(name=node.name, op=node.op, role=h.role, weight=weight, bias=bias,
+                        bias_add=self._bias_add(node, weight))
+
+    def _bias_add(self, node: gs.Node, weight: tuple[int, int | None] | None):
+        """A MatMul's bias in a following Add: int32 lets onnxruntime fuse both into QGemm
+        (a float bias makes it fall back to a float Gemm, ~10× slower)."""
+        if node.op != "MatMul" or weight is None or weight[0] != 1:
+            return None
+        out = node.outputs[0]
+        if len(out.outputs) != 1 or out.name in self.outputs or out.outputs[0].op != "Add":
+            return None
+        add = out.outputs[0]
+        w = G.constant_value(node.inputs[1])
+        for i, t in enumerate(add.inputs):
+            b = G.constant_value(t) if t is not out else None
+            if b is not None and b.ndim == 1 and b.shape[0] == w.shape[-1] and _is_float(t):
+                return add.name, i
+        return None
+
+    def mark(self, *tensors: gs.Tensor) -> bool:
+        new = {t.name for t in tensors if _is_float(t) and not _is_const(t)} - self.int8
+        self.int8 |= new
+        return bool(new)
+
+    def visit(self, node: gs.Node) -> bool:
+        h = HANDLERS.get(node.op)
+        if h is None:
+            return False
+        if node.name in self.excluded_nodes or node.op in self.excluded_ops:
+            self.skipped[node.name] = "excluded by configuration"
+            return False
+        if h.role is Role.ANCHOR:
+            return self._visit_anchor(node, h)
+        if h.role is Role.SHARED:
+            return self._visit_shared(node, h)
+        if h.role is Role.FOLD:
+            return self._visit_fold(node)
+        return self._visit_elective(node, h)
+
+    def _visit_anchor(self, node: gs.Node, h: OpHandler) -> bool:
+        plan = self.quantized.get(node.name) or self.anchor_plan(node, h)
+        if isinstance(plan, str):
+            self.skipped[node.name] = plan
+            return False
+        self.quantized[node.name] = plan
+        changed = self.mark(*(t for _, t in _data_inputs(node, h)))
+        if h.output_required:
+            changed |= self.mark(*_data_outputs(node, h))
+        return changed
+
+    def _visit_shared(self, node: gs.Node, h: OpHandler) -> bool:
+        x = node.inputs[0] if node.inputs else None
+        outs = _data_outputs(node, h)
+        if x is None or not _is_float(x) or _is_const(x) or not all(_is_float(t) for t in outs):
+            return False
+        if node.op == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", b"nearest"):
+            self.skipped[node.name] = ("onnxruntime runs only nearest Resize on int8; linear "
+                                       "Resize kept in float")
+            return False
+        if x.name in self.int8 or any(t.name in self.int8 for t in outs):
+            self.quantized.setdefault(node.name, NodePlan(name=node.name, op=node.op,
+                                                          role=h.role))
+            return self.mark(x, *outs)
+        return False
+
+    def _visit_fold(self, node: gs.Node) -> bool:
+        if not self.fold_activations or node.name in self.folds:
+            return False
+        a, b = node.inputs[0], node.outputs[0]
+        upper = None
+        if node.op == "Clip":
+            bounds = clip_bounds(node)
+            if bounds is None or bounds[0] is None or bounds[0] != 0.0:
+                return False
+            upper = bounds[1]
+        p = G.producer(a)
+        if (p is None or p.name not in self.quantized or self.quantized[p.name].role is Role.SHARED
+                or len(a.outputs) != 1 or a.name in self.outputs or len(p.outputs) != 1):
+            return False
+        if a.name not in self.int8 and b.name not in self.int8:
+            return False
+        self.folds[node.name] = Fold(node=node.name, source=a.name, target=b.name, upper=upper)
+        self.mark(a, b)
+        return True
+
+    def _visit_elective(self, node: gs.Node, h: OpHandler) -> bool:
+        if any(p.bias_add and p.bias_add[0] == node.name for p in self.quantized.values()):
+            return False
+        if node.name in self.quantized:
+            return self.mark(*_data_outputs(node, h))
+        data = _data_inputs(node, h)
+        if not data or not all(_is_float(t) for _, t in data + [(0, o) for o in
+                                                               _data_outputs(node, h)]):
+            return False
+        consts = tuple(i for i, t in data if _is_const(t))
+        acts = [t for i, t in data if i not in consts]
+        if not acts or not all(t.name in self.int8 for t in acts):
+            self.skipped[node.name] = "inputs are not int8 here; quantizing would add conversions"
+            return False
+        self.skipped.pop(node.name, None)
+        self.quantized[node.name] = NodePlan(name=node.name, op=node.op, role=h.role,
+                                             const_inputs=consts)
+        self.mark(*_data_outputs(node, h))
+        return True
+
+
+def _roots(graph: gs.Graph, an: _Analysis) -> dict[str, str]:
+    shared = {n for n, p in an.quantized.items() if p.role is Role.SHARED}
+    producers = {t.name: n for n in graph.nodes for t in n.outputs}
+    tensors = graph.tensors()
+    roots: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        seen = []
+        while True:
+            node = producers.get(name)
+            if node is None or node.name not in shared:
+                break
+            seen.append(name)
+            name = node.inputs[0].name
+            if name in seen:
+                break
+        return name
+
+    for name in an.int8:
+        if name in tensors:
+            roots[name] = root(name)
+    return roots
+
+
+def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
+             exclude_op_types=(), fold_activations: bool = True) -> QuantPlan:
+    """Decide what to quantize in ``graph`` (which is not changed)."""
+    an = _Analysis(graph, per_channel, set(exclude_nodes), set(exclude_op_types),
+                   fold_activations)
+    nodes = list(graph.nodes)
+    for _ in range(len(nodes) + 1):
+        changed = False
+        for node in nodes:
+            changed |= an.visit(node)
+        if not changed:
+            break
+    for node in nodes:
+        if node.op in FLOAT_ONLY and node.name not in an.skipped:
+            an.skipped[node.name] = FLOAT_ONLY[node.op]
+    folded_sources = {f.source for f in an.folds.values()}
+    roots = _roots(graph, an)
+    int8_producers = {t.name for n in nodes if n.name in an.quantized for t in n.outputs}
+    int8_producers |= {f.target for f in an.folds.values()}
+    order = {t: i for i, t in enumerate(graph.tensors())}
+    acts = tuple(
+        ActivationPlan(name=t, root=roots[t], all_consumers=t in int8_producers)
+        for t in sorted(roots, key=lambda x: order.get(x, 0))
+        if t not in folded_sources
+    )
+    uppers = {f.target: f.upper for f in an.folds.values() if f.upper is not None}
+    plan_nodes = tuple(an.quantized[n.name] for n in nodes if n.name in an.quantized)
+    skipped = tuple((n.name, an.skipped[n.name]) for n in nodes if n.name in an.skipped
+                    and n.name not in an.quantized)
+    return QuantPlan(nodes=plan_nodes, activations=acts,
+                     folds=tuple(an.folds[n.name] for n in nodes if n.name in an.folds),
+                     skipped=skipped, per_channel=an.per_channel, upper_bounds=uppers)

@@ -1,0 +1,180 @@
+"""Fusion: fold BatchNormalization into Conv/ConvTranspose/Gemm, MatMul+Add into Gemm,
+and drop inference no-ops (Identity, Dropout).
+
+Relu/Clip absorption into a producer's quantization range is decided by the plan
+(``annotate``) and carried out by ``InsertQDQPass``: in float it is not a fusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxq import graph as G
+from onnxq.pipeline import PassResult
+
+__all__ = ["FusionPass"]
+
+
+def _sole_consumer(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
+    if tensor.name in graph_outputs or len(tensor.outputs) != 1:
+        return None
+    return tensor.outputs[0]
+
+
+def _bn_factors(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel (multiplier, offset) of an inference-mode BatchNormalization."""
+    if len(bn.outputs) != 1 or bn.attrs.get("training_mode", 0):
+        return None
+    values = [G.constant_value(t) for t in bn.inputs[1:5]]
+    if any(v is None for v in values):
+        return None
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in values)
+    eps = float(bn.attrs.get("epsilon", 1e-5))
+    mult = gamma / np.sqrt(var + eps)
+    return mult, beta - mean * mult
+
+
+def _replace_output(producer: gs.Node, old: gs.Node) -> None:
+    """Make ``producer`` write ``old``'s output and disconnect ``old``."""
+    producer.outputs[0] = old.outputs[0]
+    old.inputs.clear()
+    old.outputs.clear()
+
+
+def _fold_bn_conv(conv: gs.Node, bn: gs.Node, mult: np.ndarray, offset: np.ndarray) -> bool:
+    w = G.constant_value(conv.inputs[1])
+    if w is None or w.dtype != np.float32:
+        return False
+    group = int(conv.attrs.get("group", 1))
+    if conv.op == "Conv":
+        scale_shape = (-1,) + (1,) * (w.ndim - 1)
+        new_w = w * mult.reshape(scale_shape)
+    else:  # ConvTranspose weight: [Cin, Cout/group, k...]
+        cout_g = w.shape[1]
+        m = mult.reshape(group, 1, cout_g)  # output channel = g * cout_g + j
+        wg = w.reshape(group, w.shape[0] // group, cout_g, -1)
+        new_w = (wg * m[..., None]).reshape(w.shape)
+    bias = G.constant_value(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    bias = np.zeros(mult.shape) if bias is None else bias.astype(np.float64)
+    new_b = bias * mult + offset
+    conv.inputs[1] = gs.Constant(conv.inputs[1].name + "_bnfold", new_w.astype(np.float32))
+    b_const = gs.Constant(conv.name + "_bias_bnfold", new_b.astype(np.float32))
+    if len(conv.inputs) > 2:
+        conv.inputs[2] = b_const
+    else:
+        conv.inputs.append(b_const)
+    return True
+
+
+def _fold_bn_gemm(gemm: gs.Node, mult: np.ndarray, offset: np.ndarray) -> bool:
+    w = G.constant_value(gemm.inputs[1])
+    if w is None or w.ndim != 2 or gemm.attrs.get("transA", 0):
+        return False
+    trans_b = int(gemm.attrs.get("transB", 0))
+    new_w = w * (mult[:, None] if trans_b else mult[None, :])
+    alpha, beta = float(gemm.attrs.get("alpha", 1.0)), float(gemm.attrs.get("beta", 1.0))
+    c = G.constant_value(gemm.inputs[2]) if len(gemm.inputs) > 2 else None
+    c = np.zeros(mult.shape) if c is None else np.broadcast_to(c, mult.shape).astype(np.float64)
+    new_c = beta * c * mult + offset
+    gemm.inputs[1] = gs.Constant(gemm.inputs[1].name + "_bnfold", (alpha * new_w).astype(np.float32))
+    c_const = gs.Constant(gemm.name + "_bias_bnfold", new_c.astype(np.float32))
+    if len(gemm.inputs) > 2:
+        gemm.inputs[2] = c_const
+    else:
+        gemm.inputs.append(c_const)
+    gemm.attrs["alpha"] = 1.0
+    gemm.attrs["beta"] = 1.0
+    return True
+
+
+def _fold_batchnorms(graph: gs.Graph) -> int:
+    outputs = G.graph_output_names(graph)
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op not in {"Conv", "ConvTranspose", "Gemm"} or len(node.outputs) != 1:
+            continue
+        bn = _sole_consumer(node.outputs[0], outputs)
+        if bn is None or bn.op != "BatchNormalization" or bn.inputs[0] is not node.outputs[0]:
+            continue
+        factors = _bn_factors(bn)
+        if factors is None:
+            continue
+        ok = (_fold_bn_gemm(node, *factors) if node.op == "Gemm"
+              else _fold_bn_conv(node, bn, *factors))
+        if ok:
+            _replace_output(node, bn)
+            folded += 1
+    return folded
+
+
+def _matmul_add_to_gemm(graph: gs.Graph) -> int:
+    outputs = G.graph_output_names(graph)
+    fused = 0
+    for mm in list(graph.nodes):
+        if mm.op != "MatMul" or len(mm.inputs) != 2:
+            continue
+        a, b = mm.inputs
+        w = G.constant_value(b)
+        if w is None or w.ndim != 2 or a.shape is None or len(a.shape) != 2:
+            continue
+        add = _sole_consumer(mm.outputs[0], outputs)
+        if add is None or add.op != "Add":
+            continue
+        other = [t for t in add.inputs if t is not mm.outputs[0]]
+        c = G.constant_value(other[0]) if len(other) == 1 else None
+        if c is None or c.size != w.shape[1] or c.shape[-1] != w.shape[1] or c.ndim > 2:
+            continue
+        gemm = gs.Node("Gemm", mm.name, inputs=[a, b, gs.Constant(add.name + "_bias",
+                       np.ascontiguousarray(c.reshape(-1).astype(np.float32)))],
+                       outputs=[add.outputs[0]])
+        mm.inputs.clear()
+        mm.outputs.clear()
+        add.inputs.clear()
+        add.outputs.clear()
+        graph.nodes.append(gemm)
+        fused += 1
+    return fused
+
+
+def _drop_noops(graph: gs.Graph) -> int:
+    outputs = G.graph_output_names(graph)
+    dropped = 0
+    for node in list(graph.nodes):
+        is_dropout = node.op == "Dropout" and all(not t.outputs for t in node.outputs[1:])
+        if node.op != "Identity" and not is_dropout:
+            continue
+        src, dst = node.inputs[0], node.outputs[0]
+        if dst.name in outputs or isinstance(src, gs.Constant) and not dst.outputs:
+            continue
+        for consumer in list(dst.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is dst:
+                    consumer.inputs[i] = src
+        node.inputs.clear()
+        node.outputs.clear()
+        dropped += 1
+    return dropped
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FusionPass:
+    """Float-exact rewrites that make quantization cheaper and more accurate."""
+
+    fold_batchnorm: bool = True
+    matmul_add_to_gemm: bool = True
+    name: str = "fusion"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        counts = {"noop": _drop_noops(graph)}
+        if self.fold_batchnorm:
+            counts["batchnorm"] = _fold_batchnorms(graph)
+        if self.matmul_add_to_gemm:
+            counts["matmul_add"] = _matmul_add_to_gemm(graph)
+        modified = any(counts.values())
+        if modified:
+            graph.cleanup().toposort()
+        notes = tuple(f"{k}: {v} fused" for k, v in counts.items() if v)
+        return PassResult(graph=graph, modified=modified, notes=notes)

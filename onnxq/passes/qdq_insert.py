@@ -1,0 +1,178 @@
+"""InsertQDQ: materialize a ``QuantPlan`` as QuantizeLinear/DequantizeLinear nodes.
+
+Activations get one Q→DQ pair per tensor (shared by all its int8 consumers); constant weights
+become int8 initializers behind a DequantizeLinear (per channel where the plan says so);
+biases become int32 with scale = input scale × weight scale; absorbed Relu/Clip nodes go away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxq import graph as G
+from onnxq import quant_math as qm
+from onnxq.errors import CalibrationError
+from onnxq.passes.annotate import ActivationPlan, NodePlan, QuantPlan
+from onnxq.pipeline import PassResult
+from onnxq.qtypes import QParams, QType, TensorRange
+
+__all__ = ["InsertQDQPass"]
+
+
+def _already_quantized(t: gs.Tensor) -> bool:
+    p = G.producer(t)
+    return (p is not None and G.is_dq(p)) or any(G.is_q(c) for c in t.outputs)
+
+
+@dataclass(slots=True)
+class _Run:
+    """Working state of one ``run`` call."""
+
+    graph: gs.Graph
+    plan: QuantPlan
+    act_params: dict[str, QParams] = field(default_factory=dict)
+    weight_cache: dict[tuple[str, int | None], tuple[gs.Variable, QParams]] = field(
+        default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    modified: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InsertQDQPass:
+    plan: QuantPlan
+    ranges: Mapping[str, TensorRange]
+    activation_type: QType = QType.U8
+    activation_symmetric: bool = False
+    weight_type: QType = QType.S8
+    reduce_range: bool = False
+    name: str = "insert_qdq"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        state = _Run(graph=graph, plan=self.plan)
+        self._params(state)
+        tensors = graph.tensors()
+        nodes = {n.name: n for n in graph.nodes}
+        for node_plan in self.plan.nodes:
+            node = nodes.get(node_plan.name)
+            if node is not None:
+                self._weights_and_bias(state, node, node_plan, tensors)
+        self._fold(state, nodes, tensors)
+        tensors = graph.tensors()
+        quantized_nodes = {n.name for n in self.plan.nodes}
+        for act in self.plan.activations:
+            t = tensors.get(act.name)
+            if t is not None and not _already_quantized(t):
+                self._insert(state, t, act, quantized_nodes)
+        if state.modified:
+            graph.cleanup().toposort()
+        return PassResult(graph=graph, modified=state.modified, skipped=tuple(state.skipped))
+
+    # -- parameters -----------------------------------------------------------------------
+    def _params(self, state: _Run) -> None:
+        for root in self.plan.calibration_tensors:
+            rng = self.ranges.get(root)
+            if rng is None:
+                raise CalibrationError(f"no calibrated range for tensor {root!r}; the ranges "
+                                       "do not match this model (recalibrate)")
+            upper = self.plan.upper_bounds.get(root)
+            if upper is not None and rng.hi > upper:
+                rng = TensorRange(rng.lo, upper)
+            state.act_params[root] = qm.activation_params(
+                rng, self.activation_type, symmetric=self.activation_symmetric)
+
+    # -- weights and biases -----------------------------------------------------------------
+    def _weights_and_bias(self, state: _Run, node: gs.Node, plan: NodePlan, tensors) -> None:
+        wparams = None
+        if plan.weight is not None:
+            idx, axis = plan.weight
+            w = G.constant_value(node.inputs[idx])
+            if w is None:  # already quantized by an earlier run
+                return
+            key = (node.inputs[idx].name, axis)
+            if key not in state.weight_cache:
+                params = qm.weight_params(w, self.weight_type, axis=axis,
+                                          reduce_range=self.reduce_range)
+                out = G.make_dq_constant(state.graph, qm.quantize(w, params), params,
+                                         node.inputs[idx].name, w.shape)
+                state.weight_cache[key] = (out, params)
+            out, wparams = state.weight_cache[key]
+            node.inputs[idx] = out
+            state.modified = True
+        if plan.bias is not None and wparams is not None:
+            self._bias(state, node, node, plan.bias, wparams)
+        if plan.bias_add is not None and wparams is not None:
+            add = next((n for n in state.graph.nodes if n.name == plan.bias_add[0]), None)
+            if add is not None:
+                self._bias(state, node, add, plan.bias_add[1], wparams)
+        for idx in plan.const_inputs:
+            value = G.constant_value(node.inputs[idx])
+            if value is None:
+                continue
+            params = qm.activation_params(TensorRange(float(value.min()), float(value.max())),
+                                          self.activation_type)
+            node.inputs[idx] = G.make_dq_constant(
+                state.graph, qm.quantize(value, params), params,
+                f"{node.name}_in{idx}", value.shape)
+            state.modified = True
+
+    def _bias(self, state: _Run, node: gs.Node, holder: gs.Node, idx: int,
+              wparams: QParams) -> None:
+        """Make ``holder.inputs[idx]`` (the bias of ``node``) an int32 DequantizeLinear."""
+        b = G.constant_value(holder.inputs[idx])
+        x_root = self._root_of(node.inputs[0].name)
+        if b is None or x_root is None:
+            return
+        params = qm.bias_params(state.act_params[x_root].scale, wparams)
+        if params.scale.ndim and params.scale.shape[0] != b.shape[0]:
+            params = QParams(scale=np.broadcast_to(params.scale, b.shape).copy(),
+                             zero_point=np.zeros(b.shape, np.int32), qtype=QType.S32, axis=0)
+        values, saturated = qm.quantize_bias(b, params)
+        if saturated:
+            state.skipped.append((node.name, f"{saturated} bias value(s) saturated int32"))
+        holder.inputs[idx] = G.make_dq_constant(state.graph, values, params,
+                                                f"{node.name}_bias", b.shape)
+        state.modified = True
+
+    def _root_of(self, name: str) -> str | None:
+        for act in self.plan.activations:
+            if act.name == name:
+                return act.root
+        return None
+
+    # -- absorbed activations ----------------------------------------------------------------
+    def _fold(self, state: _Run, nodes: dict[str, gs.Node], tensors) -> None:
+        for fold in self.plan.folds:
+            relu = nodes.get(fold.node)
+            source = tensors.get(fold.source)
+            if relu is None or source is None or not relu.outputs or G.producer(source) is None:
+                continue
+            producer = G.producer(source)
+            producer.outputs[producer.outputs.index(source)] = relu.outputs[0]
+            relu.inputs.clear()
+            relu.outputs.clear()
+            state.modified = True
+
+    # -- activations -------------------------------------------------------------------------
+    def _insert(self, state: _Run, t: gs.Variable, act: ActivationPlan,
+                quantized_nodes: set[str]) -> None:
+        params = state.act_params[act.root]
+        readers = [c for c in t.outputs if act.all_consumers or c.name in quantized_nodes]
+        is_output = t.name in G.graph_output_names(state.graph)
+        if not readers and not (is_output and act.all_consumers):
+            return
+        _, _, dq_out = G.make_qdq(state.graph, t, params, t.name)
+        for consumer in readers:
+            for i, inp in enumerate(consumer.inputs):
+                if inp is t:
+                    consumer.inputs[i] = dq_out
+        if is_output and act.all_consumers:
+            name = t.name
+            t.name = f"{name}_float"
+            dq_out.name = name
+            state.graph.outputs = [dq_out if o is t else o for o in state.graph.outputs]
+        state.modified = True
+

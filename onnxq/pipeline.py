@@ -1,0 +1,121 @@
+"""The Pass contract and the Pipeline that runs passes over one private copy of a model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxq import graph as G
+from onnxq.errors import OnnxqError, PassError
+from onnxq.io import load_model
+
+__all__ = ["PassResult", "Pass", "PassRecord", "PipelineResult", "Pipeline"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassResult:
+    """What a pass returns. ``modified`` is exact: a second run of the pass returns False."""
+
+    graph: gs.Graph
+    modified: bool
+    skipped: tuple[tuple[str, str], ...] = ()  # (node or tensor name, reason)
+    notes: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Pass(Protocol):
+    """A graph rewrite. Configuration goes to the constructor; ``run`` holds no state,
+    does no file I/O and never runs onnxruntime."""
+
+    name: str
+
+    def run(self, graph: gs.Graph) -> PassResult: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassRecord:
+    name: str
+    modified: bool
+    seconds: float
+    skipped: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineResult:
+    model: onnx.ModelProto
+    records: tuple[PassRecord, ...] = field(default_factory=tuple)
+    snapshots: tuple[tuple[str, onnx.ModelProto], ...] = ()
+
+    @property
+    def modified(self) -> bool:
+        return any(r.modified for r in self.records)
+
+    @property
+    def skipped(self) -> tuple[tuple[str, str], ...]:
+        return tuple(item for r in self.records for item in r.skipped)
+
+
+class Pipeline:
+    """Runs passes in order over a private copy of the model; the input is never changed.
+
+    ``debug=True`` runs the ONNX checker after every pass, so the pass that broke the
+    graph is named; ``snapshots=True`` keeps the model after each pass (for notebooks).
+    """
+
+    def __init__(self, passes: Sequence[Pass], *, debug: bool = False,
+                 snapshots: bool = False) -> None:
+        for p in passes:
+            if not isinstance(p, Pass):
+                raise TypeError(f"{p!r} is not a Pass (needs .name and .run(graph))")
+        self.passes = tuple(passes)
+        self.debug = debug
+        self.keep_snapshots = snapshots
+
+    def run(self, model: onnx.ModelProto | str) -> PipelineResult:
+        template = load_model(model)
+        graph = G.import_graph(template)
+        records: list[PassRecord] = []
+        snapshots: list[tuple[str, onnx.ModelProto]] = []
+        for p in self.passes:
+            start = time.perf_counter()
+            try:
+                result = p.run(graph)
+            except OnnxqError as exc:
+                if isinstance(exc, PassError):
+                    raise
+                raise type(exc)(f"{exc} (in pass {p.name!r})") from exc
+            except Exception as exc:  # noqa: BLE001 - re-raised with context
+                done = [r.name for r in records]
+                raise PassError(f"pass {p.name!r} failed after {done}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+            graph = result.graph
+            records.append(PassRecord(name=p.name, modified=result.modified,
+                                      seconds=time.perf_counter() - start,
+                                      skipped=result.skipped, notes=result.notes))
+            logger.debug("pass %s: modified=%s", p.name, result.modified)
+            if self.debug or self.keep_snapshots:
+                snap = G.export_graph(graph, template)
+                if self.debug:
+                    self._check(snap, p.name, records)
+                if self.keep_snapshots:
+                    snapshots.append((p.name, snap))
+        return PipelineResult(model=G.export_graph(graph, template), records=tuple(records),
+                              snapshots=tuple(snapshots))
+
+    @staticmethod
+    def _check(model: onnx.ModelProto, name: str, records: list[PassRecord]) -> None:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:  # noqa: BLE001
+            done = [r.name for r in records[:-1]]
+            raise PassError(f"pass {name!r} (after {done}) produced an invalid graph: "
+                            f"{exc}") from exc

@@ -1,0 +1,121 @@
+"""The op-handler table: how each operator's inputs and outputs are quantized.
+
+Handlers only *declare*; ``passes/annotate.py`` decides and ``InsertQDQPass`` materializes.
+Roles:
+
+* ``ANCHOR`` — compute ops with an int8 kernel in onnxruntime (QLinearConv, QGemm,
+  QLinearMatMul / MatMulIntegerToFloat). Always quantized when supported.
+* ``ELECTIVE`` — ops with an int8 kernel (QLinearAdd, QLinearConcat, QLinearAveragePool …) that
+  are quantized only when all their inputs are already int8, so they never add a conversion.
+* ``SHARED`` — data movement; runs on int8 with its input's parameters (onnxruntime drops the
+  Q/DQ around it when both sides share parameters).
+* ``FOLD`` — Relu and Clip(0, x): absorbed into the producer's output quantization range.
+
+The table is a read-only mapping; extend it by copying into a new dict.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import onnx_graphsurgeon as gs
+
+from onnxq import graph as G
+
+__all__ = ["Role", "OpHandler", "HANDLERS", "weight_axis", "FLOAT_ONLY"]
+
+
+class Role(enum.Enum):
+    ANCHOR = "anchor"
+    ELECTIVE = "elective"
+    SHARED = "shared"
+    FOLD = "fold"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpHandler:
+    role: Role
+    #: indices of data inputs (activations or constants); None = every input
+    data_inputs: tuple[int, ...] | None = (0,)
+    #: input holding a weight that may be quantized per channel
+    weight_input: int | None = None
+    #: input holding a bias that becomes int32 (scale = input scale × weight scale)
+    bias_input: int | None = None
+    #: True when onnxruntime only fuses the op with a QuantizeLinear on its output
+    output_required: bool = False
+    #: number of leading outputs that are data (rest: e.g. MaxPool indices)
+    data_outputs: int | None = 1
+    domain_min_opset: int = 10
+
+
+def weight_axis(node: gs.Node, weight_ndim: int) -> int | None:
+    """The output-channel axis of ``node``'s weight, or None when only per-tensor works."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "Gemm":
+        return 0 if int(node.attrs.get("transB", 0)) else 1
+    if node.op == "MatMul":
+        return 1 if weight_ndim == 2 else None
+    return None
+
+
+_A = Role.ANCHOR
+_E = Role.ELECTIVE
+_S = Role.SHARED
+
+HANDLERS: MappingProxyType[str, OpHandler] = MappingProxyType({
+    "Conv": OpHandler(role=_A, data_inputs=(0, 1), weight_input=1, bias_input=2,
+                      output_required=True),
+    "Gemm": OpHandler(role=_A, data_inputs=(0, 1), weight_input=1, bias_input=2),
+    "MatMul": OpHandler(role=_A, data_inputs=(0, 1), weight_input=1),
+    "Add": OpHandler(role=_E, data_inputs=(0, 1), output_required=True),
+    "Mul": OpHandler(role=_E, data_inputs=(0, 1), output_required=True),
+    "Concat": OpHandler(role=_E, data_inputs=None, output_required=True),
+    "AveragePool": OpHandler(role=_E, output_required=True),
+    "GlobalAveragePool": OpHandler(role=_E, output_required=True),
+    "Sigmoid": OpHandler(role=_E, output_required=True),
+    "LeakyRelu": OpHandler(role=_E, output_required=True),
+    "Softmax": OpHandler(role=_E, output_required=True, domain_min_opset=13),
+    "MaxPool": OpHandler(role=_S),
+    "Reshape": OpHandler(role=_S),
+    "Transpose": OpHandler(role=_S),
+    "Flatten": OpHandler(role=_S),
+    "Squeeze": OpHandler(role=_S),
+    "Unsqueeze": OpHandler(role=_S),
+    "Resize": OpHandler(role=_S),
+    "Split": OpHandler(role=_S, data_outputs=None),
+    "Slice": OpHandler(role=_S),
+    "Relu": OpHandler(role=Role.FOLD),
+    "Clip": OpHandler(role=Role.FOLD),
+})
+
+#: Ops that onnxruntime's CPU EP has no int8 kernel for: quantizing them would only add a
+#: DequantizeLinear/QuantizeLinear pair, so they stay float (reported as skipped).
+FLOAT_ONLY: MappingProxyType[str, str] = MappingProxyType({
+    "ConvTranspose": "onnxruntime's CPU EP has no int8 ConvTranspose kernel (measured: DQ → "
+                     "float ConvTranspose → Q); kept in float",
+    "Pad": "onnxruntime runs Pad on int8 only in float (DQ → Pad → Q); kept in float",
+    "HardSigmoid": "onnxruntime has no int8 HardSigmoid kernel; kept in float",
+    "HardSwish": "onnxruntime has no int8 HardSwish kernel; kept in float",
+    "LayerNormalization": "normalization stays float for accuracy",
+    "Erf": "GELU/Erf stays float for accuracy",
+    "Gelu": "GELU stays float for accuracy",
+})
+
+
+def clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
+    """(min, max) of a Clip node when they are constants; None when they are not."""
+    if "min" in node.attrs or "max" in node.attrs:  # opset < 11
+        return node.attrs.get("min"), node.attrs.get("max")
+    bounds: list[float | None] = []
+    for idx in (1, 2):
+        if len(node.inputs) > idx and node.inputs[idx].name:
+            value = G.constant_value(node.inputs[idx])
+            if value is None:
+                return None
+            bounds.append(float(value))
+        else:
+            bounds.append(None)
+    return bounds[0], bounds[1]
