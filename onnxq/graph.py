@@ -133,6 +133,10 @@ def make_dq_constant(
     return out
 
 
+def _shape_key(shape) -> tuple | None:
+    return None if shape is None else tuple(str(d) for d in shape)
+
+
 def fingerprint(graph: gs.Graph) -> tuple:
     """A cheap structural signature: two equal fingerprints mean no pass changed anything."""
     nodes = tuple(
@@ -141,7 +145,7 @@ def fingerprint(graph: gs.Graph) -> tuple:
         for n in graph.nodes
     )
     tensors = tuple(sorted(
-        (name, str(getattr(t, "dtype", None)), repr(getattr(t, "shape", None)),
+        (name, str(getattr(t, "dtype", None)), _shape_key(getattr(t, "shape", None)),
          isinstance(t, gs.Constant))
         for name, t in graph.tensors().items()
     ))

@@ -96,7 +96,7 @@ HANDLERS: MappingProxyType[str, OpHandler] = MappingProxyType({
 FLOAT_ONLY: MappingProxyType[str, str] = MappingProxyType({
     "ConvTranspose": "onnxruntime's CPU EP has no int8 ConvTranspose kernel (measured: DQ → "
                      "float ConvTranspose → Q); kept in float",
-    "Pad": "onnxruntime runs Pad on int8 only in float (DQ → Pad → Q); kept in float",
+    "Pad": "onnxruntime does not fuse Pad on int8 (DQ → Pad → Q stays float); kept in float",
     "HardSigmoid": "onnxruntime has no int8 HardSigmoid kernel; kept in float",
     "HardSwish": "onnxruntime has no int8 HardSwish kernel; kept in float",
     "LayerNormalization": "normalization stays float for accuracy",

@@ -1,0 +1,169 @@
+"""The ``onnxq`` command line. Exit codes: 0 success, 2 bad input or usage, 1 internal error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections import Counter
+from pathlib import Path
+
+from onnxq.errors import ConfigError, ModelError, OnnxqError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"onnxq: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="onnxq", description="Static INT8 quantization of ONNX models.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    q = sub.add_parser("quantize", help="quantize a model to INT8 (QDQ)")
+    q.add_argument("input", help="FP32 .onnx model")
+    q.add_argument("output", help="where to write the INT8 .onnx model")
+    q.add_argument("--calib-data", required=True, metavar="PATH",
+                   help="folder of .npz feeds, or one .npz with a leading sample axis")
+    q.add_argument("--calib-batch", type=int, default=1, metavar="N",
+                   help="samples per feed when splitting one .npz (default 1)")
+    q.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="use at most N calibration feeds")
+    q.add_argument("--format", choices=["qdq"], default=None)
+    q.add_argument("--calibrator", default=None, help="calibration method (default minmax)")
+    pc = q.add_mutually_exclusive_group()
+    pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None)
+    pc.add_argument("--per-tensor", dest="per_channel", action="store_false")
+    q.add_argument("--activation-type", choices=["u8", "s8"], default=None)
+    q.add_argument("--weight-type", choices=["u8", "s8"], default=None)
+    q.add_argument("--reduce-range", action="store_true", default=None,
+                   help="7-bit weights (for x86 CPUs without VNNI)")
+    q.add_argument("--exclude-nodes", nargs="+", default=None, metavar="NAME")
+    q.add_argument("--exclude-op-types", nargs="+", default=None, metavar="TYPE")
+    q.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="a QuantConfig as TOML or JSON; flags override it")
+    q.add_argument("--report", default=None, metavar="FILE.json",
+                   help="write what was quantized and skipped as JSON")
+    q.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+    i = sub.add_parser("inspect", help="op histogram and quantization summary of a model")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def _version() -> str:
+    from onnxq import __version__
+
+    return f"onnxq {__version__}"
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    mapping = {"format": "format", "calibrator": "calibrator", "per_channel": "per_channel",
+               "activation_type": "activation_type", "weight_type": "weight_type",
+               "reduce_range": "reduce_range", "exclude_nodes": "exclude_nodes",
+               "exclude_op_types": "exclude_op_types", "max_samples": "max_samples"}
+    return {key: getattr(args, attr) for attr, key in mapping.items()
+            if getattr(args, attr) is not None}
+
+
+def _check_output(args: argparse.Namespace) -> Path:
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise ModelError(f"output folder {str(out.parent)!r} does not exist; create it first")
+    if out.exists() and Path(args.input).exists() and out.resolve() == Path(args.input).resolve():
+        raise ConfigError("output path is the input model; onnxq never overwrites its input, "
+                          "choose another file name")
+    if out.is_dir():
+        raise ModelError(f"output path {str(out)!r} is a directory; give a file name")
+    return out
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from onnxq.api import _resolve_config, quantize
+    from onnxq.data import load_feeds
+    from onnxq.io import load_model
+
+    out = _check_output(args)
+    config = _resolve_config(args.config, _overrides(args))
+    model = load_model(args.input)
+    feeds = load_feeds(args.calib_data, batch=args.calib_batch)
+    result = quantize(model, feeds, config, progress=not args.quiet)
+    result.save(out)
+    if args.report:
+        Path(args.report).write_text(json.dumps(result.report.to_dict(), indent=2) + "\n")
+    if not args.quiet:
+        print(result.report.summary())
+        print(f"wrote {out}")
+    return EXIT_OK
+
+
+def describe(model) -> dict:
+    """Op histogram, Q/DQ counts and the nodes that run on int8 inputs."""
+    nodes = list(model.graph.node)
+    produced_by_dq = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = [n for n in nodes if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                 and any(i in produced_by_dq for i in n.input)]
+    opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+    return {
+        "opset": opsets,
+        "nodes": len(nodes),
+        "op_histogram": dict(sorted(Counter(n.op_type for n in nodes).items())),
+        "quantize_linear": sum(n.op_type == "QuantizeLinear" for n in nodes),
+        "dequantize_linear": sum(n.op_type == "DequantizeLinear" for n in nodes),
+        "quantized_nodes": [{"name": n.name, "op": n.op_type} for n in quantized],
+        "inputs": [i.name for i in model.graph.input],
+        "outputs": [o.name for o in model.graph.output],
+    }
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from onnxq.io import load_model
+
+    info = describe(load_model(args.model))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{args.model}: {info['nodes']} nodes, opset {info['opset']}")
+    print(f"QuantizeLinear: {info['quantize_linear']}  DequantizeLinear: "
+          f"{info['dequantize_linear']}  nodes on int8 inputs: {len(info['quantized_nodes'])}")
+    print("op histogram:")
+    for op, n in info["op_histogram"].items():
+        print(f"  {op:<28}{n:>6}")
+    if info["quantized_nodes"]:
+        print("quantized nodes:")
+        for item in info["quantized_nodes"]:
+            print(f"  {item['name']} ({item['op']})")
+    return EXIT_OK
+
+
+COMMANDS = {"quantize": _cmd_quantize, "inspect": _cmd_inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="onnxq: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except OnnxqError as exc:
+        print(f"onnxq: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("onnxq: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - an onnxq bug: say so, with the traceback
+        traceback.print_exc()
+        print("onnxq: internal error (a bug in onnxq); please report it with the traceback "
+              "above", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

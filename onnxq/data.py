@@ -1,0 +1,77 @@
+"""Calibration data from files: a folder of ``.npz`` feeds, or one ``.npz`` whose arrays share
+a leading sample axis. Feeds are read lazily, one at a time."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from onnxq.errors import CalibrationError
+
+__all__ = ["NpzFeeds", "load_feeds"]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CalibrationError(f"cannot read calibration file {str(path)!r}: {exc}; it must "
+                               "be an .npz written by numpy.savez") from None
+
+
+class NpzFeeds:
+    """An iterable of feeds (dict input name → array) with a known length."""
+
+    def __init__(self, path: str | Path, *, batch: int = 1) -> None:
+        self.path = Path(path)
+        if batch < 1:
+            raise CalibrationError(f"calibration batch size must be >= 1, got {batch}")
+        self.batch = batch
+        if not self.path.exists():
+            raise CalibrationError(f"calibration data {str(self.path)!r} does not exist; give "
+                                   "a folder of .npz feeds or one .npz file")
+        if self.path.is_dir():
+            self.files = sorted(self.path.glob("*.npz"))
+            if not self.files:
+                raise CalibrationError(f"calibration folder {str(self.path)!r} holds no .npz "
+                                       "files (each file is one feed: input name -> array)")
+            self.arrays: dict[str, np.ndarray] | None = None
+            self._len = len(self.files)
+        else:
+            self.files = []
+            self.arrays = _read_npz(self.path)
+            self._len = self._split_length(self.arrays)
+
+    def _split_length(self, arrays: dict[str, np.ndarray]) -> int:
+        if not arrays:
+            raise CalibrationError(f"calibration file {str(self.path)!r} holds no arrays")
+        lengths = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
+        if None in lengths.values() or len(set(lengths.values())) != 1:
+            raise CalibrationError(
+                f"arrays in {str(self.path)!r} must share a leading sample axis to be split "
+                f"into feeds; got leading sizes {lengths}. Save one feed per file in a folder "
+                "instead")
+        n = next(iter(lengths.values()))
+        if n == 0:
+            raise CalibrationError(f"calibration file {str(self.path)!r} has 0 samples")
+        return -(-n // self.batch)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.arrays is None:
+            for f in self.files:
+                yield _read_npz(f)
+            return
+        for i in range(self._len):
+            sl = slice(i * self.batch, (i + 1) * self.batch)
+            yield {k: v[sl] for k, v in self.arrays.items()}
+
+
+def load_feeds(path: str | Path, *, batch: int = 1) -> NpzFeeds:
+    return NpzFeeds(path, batch=batch)

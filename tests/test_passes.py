@@ -1,0 +1,203 @@
+"""Every pass: structure, numerics against FP32, idempotence and the ONNX checker.
+
+Tolerances: float-exact passes (preprocess, fusion, cleanup, verify) must match FP32 to
+1e-4 relative; QDQ insertion must keep output cosine >= 0.999 and the max error within 5 %
+of the output's range on every small builder model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxq import graph as G
+from onnxq.api import build_pipeline, prepare
+from onnxq.calibrate import collect_ranges
+from onnxq.calibrators import MinMaxCalibrator
+from onnxq.config import QuantConfig
+from onnxq.passes import CleanupPass, FusionPass, PreprocessPass, VerifyPass
+from onnxq.passes.annotate import annotate
+from onnxq.pipeline import Pipeline
+from tests import builders as B
+from tests.conftest import cosine, run_model
+
+FLOAT_EXACT_RTOL = 1e-4
+
+
+def with_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """Relabel a model whose ops mean the same at ``version`` (Conv, BN, Relu, Gemm …)."""
+    model.opset_import[0].version = version
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def assert_close(ref: onnx.ModelProto, got: onnx.ModelProto, feed: dict) -> None:
+    for a, b in zip(run_model(ref, feed), run_model(got, feed), strict=True):
+        scale = np.abs(a).max() + 1e-6
+        assert np.abs(a - b).max() / scale < FLOAT_EXACT_RTOL
+
+
+def rerun_unchanged(pass_, model: onnx.ModelProto) -> None:
+    graph = G.import_graph(model)
+    assert pass_.run(graph).modified is False, f"{pass_.name} is not idempotent"
+
+
+def test_preprocess_turns_constant_nodes_into_initializers():
+    model = B.conv_bn_relu()
+    # Paddle-style: move every initializer into a Constant node.
+    g = model.graph
+    consts = [onnx.helper.make_node("Constant", [], [init.name], name=f"const_{init.name}",
+                                    value=init) for init in g.initializer]
+    del g.initializer[:]
+    nodes = consts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model, full_check=True)
+    out = Pipeline([PreprocessPass()]).run(model)
+    assert ops(out.model)["Constant"] == 0
+    assert len(out.model.graph.initializer) == len(consts)
+    onnx.checker.check_model(out.model, full_check=True)
+    feed = B.feeds(model, batch=2)[0]
+    assert_close(model, out.model, feed)
+    rerun_unchanged(PreprocessPass(), out.model)
+    # and the quantizer sees those weights: both convs quantized
+    _, plan = prepare(model, QuantConfig())
+    assert {n.op for n in plan.nodes} >= {"Conv", "Gemm"}
+
+
+def test_preprocess_upgrades_old_opset():
+    model = with_opset(B.conv_bn_relu(opset=13), 11)
+    out = Pipeline([PreprocessPass(min_opset=13)]).run(model)
+    assert G.opset(G.import_graph(out.model)) == 13
+    onnx.checker.check_model(out.model, full_check=True)
+    assert_close(model, out.model, B.feeds(model)[0])
+
+
+@pytest.mark.parametrize("builder", [B.conv_bn_relu, B.residual_block, B.depthwise_hardswish,
+                                     B.matmul_add])
+def test_fusion_folds_batchnorm_and_matmul_add(builder):
+    model = Pipeline([PreprocessPass()]).run(builder()).model
+    before = ops(model)
+    out = Pipeline([FusionPass()]).run(model)
+    after = ops(out.model)
+    assert after["BatchNormalization"] == 0
+    assert after["Conv"] == before["Conv"]
+    if before["MatMul"]:
+        assert after["MatMul"] == 0 and after["Gemm"] == before["MatMul"]
+    onnx.checker.check_model(out.model, full_check=True)
+    assert_close(model, out.model, B.feeds(model, batch=3)[0])
+    rerun_unchanged(FusionPass(), out.model)
+
+
+def _quantize_passes(model: onnx.ModelProto, config: QuantConfig | None = None):
+    config = config or QuantConfig()
+    fused, plan = prepare(model, config)
+    feeds = B.feeds(model, batch=4, n=8, seed=1)
+    ranges = collect_ranges(fused.model, plan.calibration_tensors, feeds, MinMaxCalibrator(),
+                            progress=False)
+    return fused.model, plan, ranges, build_pipeline(config, plan, ranges)
+
+
+def test_insert_qdq_numerics_structure_idempotence(small_model_name):
+    model = B.ALL_SMALL[small_model_name]()
+    fused, plan, ranges, pipeline = _quantize_passes(model)
+    qdq_pass = pipeline.passes[0]
+    out = Pipeline([qdq_pass]).run(fused)
+    counts = ops(out.model)
+    assert counts["QuantizeLinear"] >= 1
+    # one Q per planned activation (after folding) and one DQ per weight at least
+    assert counts["QuantizeLinear"] <= len(plan.activations)
+    weights = sum(1 for n in plan.nodes if n.weight is not None)
+    assert counts["DequantizeLinear"] >= counts["QuantizeLinear"] + weights
+    before = ops(fused)
+    assert counts["Relu"] + counts["Clip"] == before["Relu"] + before["Clip"] - len(plan.folds)
+    onnx.checker.check_model(out.model, full_check=True)
+    feed = B.feeds(model, batch=4, seed=7)[0]
+    ref, got = run_model(model, feed)[0], run_model(out.model, feed)[0]
+    assert cosine(ref, got) >= 0.999
+    assert np.abs(ref - got).max() <= 0.05 * (ref.max() - ref.min())
+    rerun_unchanged(qdq_pass, out.model)
+
+
+def test_cleanup_removes_identity_requantize_and_is_idempotent():
+    model = B.residual_block()
+    fused, _, _, pipeline = _quantize_passes(model)
+    inserted = Pipeline([pipeline.passes[0]]).run(fused).model
+    # plant a redundant DQ->Q pair with equal parameters behind the first Q
+    g = inserted.graph
+    q = next(n for n in g.node if n.op_type == "QuantizeLinear")
+    dq = onnx.helper.make_node("DequantizeLinear", [q.output[0], q.input[1], q.input[2]],
+                               ["planted_dq"], name="planted_dq")
+    q2 = onnx.helper.make_node("QuantizeLinear", ["planted_dq", q.input[1], q.input[2]],
+                               ["planted_q"], name="planted_q")
+    dq2 = onnx.helper.make_node("DequantizeLinear", ["planted_q", q.input[1], q.input[2]],
+                                ["planted_out"], name="planted_dq2")
+    g.node.extend([dq, q2, dq2])
+    g.output.append(onnx.helper.make_tensor_value_info("planted_out", onnx.TensorProto.FLOAT,
+                                                       ["batch", 8, 16, 16]))
+    assert q.input[0] == "input"
+    out = Pipeline([CleanupPass()]).run(inserted)
+    names = {n.name for n in out.model.graph.node}
+    assert "planted_q" not in names and "planted_dq2" in names
+    onnx.checker.check_model(out.model, full_check=True)
+    feed = B.feeds(model, batch=2)[0]
+    for a, b in zip(run_model(inserted, feed), run_model(out.model, feed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rerun_unchanged(CleanupPass(), out.model)
+
+
+def test_verify_accepts_valid_and_rejects_bad_scale():
+    from onnxq.errors import PassError
+
+    model = B.conv_bn_relu()
+    fused, _, _, pipeline = _quantize_passes(model)
+    quantized = pipeline.run(fused).model
+    graph = G.import_graph(quantized)
+    assert VerifyPass().run(graph).modified is False
+    scale = next(i for i in quantized.graph.initializer if i.name.endswith("_scale"))
+    scale.CopyFrom(onnx.numpy_helper.from_array(
+        -np.abs(onnx.numpy_helper.to_array(scale)), scale.name))
+    with pytest.raises(PassError, match="scale"):
+        VerifyPass().run(G.import_graph(quantized))
+
+
+def test_annotate_keeps_transformer_residuals_and_norms_float():
+    model = B.attention_block()
+    fused, plan = prepare(model, QuantConfig())
+    by_op = Counter(n.op for n in plan.nodes if n.role.value == "anchor")
+    assert by_op["MatMul"] + by_op["Gemm"] == 8  # 6 weight matmuls + 2 attention matmuls
+    quantized = {n.name for n in plan.nodes}
+    graph = G.import_graph(fused.model)
+    for node in graph.nodes:
+        if node.op in {"LayerNormalization", "Softmax", "Erf"}:
+            assert node.name not in quantized
+        if node.op == "Add" and any(o.op == "LayerNormalization" for o in node.outputs[0].outputs):
+            assert node.name not in quantized, f"residual {node.name} was quantized"
+
+
+def test_annotate_quantizes_cnn_residual_add_and_folds_relu():
+    _, plan = prepare(B.residual_block(), QuantConfig())
+    assert sum(n.op == "Add" for n in plan.nodes) == 2
+    assert len(plan.folds) == 5
+
+
+def test_per_channel_falls_back_to_per_tensor_at_opset_12(tmp_path):
+    """Never write DequantizeLinear with axis into an opset < 13 model."""
+    model = with_opset(B.conv_bn_relu(opset=13), 12)
+    config = QuantConfig(min_opset=12)
+    fused, plan = prepare(model, config)
+    assert plan.per_channel is False
+    feeds = B.feeds(model, batch=2, n=2)
+    ranges = collect_ranges(fused.model, plan.calibration_tensors, feeds, MinMaxCalibrator(),
+                            progress=False)
+    out = build_pipeline(config, plan, ranges).run(fused.model).model
+    assert all(not any(a.name == "axis" for a in n.attribute) for n in out.graph.node
+               if n.op_type == "DequantizeLinear")
+    run_model(out, feeds[0])
