@@ -164,7 +164,8 @@ def quantize(
         calibrator = make_calibrator(cfg.calibration)
         ranges = collect_ranges(fused.model, plan.calibration_tensors, calibration_data,
                                 calibrator, max_samples=cfg.calibration.max_samples,
-                                progress=progress)
+                                progress=progress,
+                                allow_nonfinite=cfg.calibration.allow_nonfinite)
     result = build_pipeline(cfg, plan, ranges).run(fused.model)
     act, weight, _ = _types(cfg)
     histogram = Counter(n.op_type for n in result.model.graph.node)

@@ -89,6 +89,16 @@ def check_feed(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec], index
     return out
 
 
+def _check_finite(feed: Mapping[str, np.ndarray], index: int) -> None:
+    for name, arr in feed.items():
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad = int(np.count_nonzero(~np.isfinite(arr)))
+            raise CalibrationError(
+                f"calibration feed #{index}: input {name!r} has {bad} NaN/Inf value(s); clean "
+                "the data, or allow them (allow_nonfinite=True / --ignore-nonfinite) to skip "
+                "non-finite values")
+
+
 def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -128,6 +138,7 @@ def collect_ranges(
     *,
     max_samples: int | None = None,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> dict[str, TensorRange]:
     """Run ``model`` on every feed of ``data`` and return the calibrator's range per tensor."""
     if isinstance(data, Mapping):
@@ -147,7 +158,10 @@ def collect_ranges(
         for index, feed in enumerate(data):
             if max_samples is not None and index >= max_samples:
                 break
-            arrays = session.run(names, check_feed(feed, specs, index))
+            feed = check_feed(feed, specs, index)
+            if not allow_nonfinite:
+                _check_finite(feed, index)
+            arrays = session.run(names, feed)
             for name, array in zip(names, arrays, strict=True):
                 calibrator.observe(name, array, index=index)
             count += 1

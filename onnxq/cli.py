@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="7-bit weights (for x86 CPUs without VNNI)")
     q.add_argument("--exclude-nodes", nargs="+", default=None, metavar="NAME")
     q.add_argument("--exclude-op-types", nargs="+", default=None, metavar="TYPE")
+    q.add_argument("--ignore-nonfinite", dest="allow_nonfinite", action="store_true",
+                   default=None, help="skip NaN/Inf values in calibration instead of failing")
     q.add_argument("--config", default=None, metavar="FILE.toml",
                    help="a QuantConfig as TOML or JSON; flags override it")
     q.add_argument("--report", default=None, metavar="FILE.json",
@@ -69,7 +71,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     mapping = {"format": "format", "calibrator": "calibrator", "per_channel": "per_channel",
                "activation_type": "activation_type", "weight_type": "weight_type",
                "reduce_range": "reduce_range", "exclude_nodes": "exclude_nodes",
-               "exclude_op_types": "exclude_op_types", "max_samples": "max_samples"}
+               "exclude_op_types": "exclude_op_types", "max_samples": "max_samples",
+               "allow_nonfinite": "allow_nonfinite"}
     return {key: getattr(args, attr) for attr, key in mapping.items()
             if getattr(args, attr) is not None}
 

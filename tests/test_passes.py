@@ -19,7 +19,6 @@ from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import MinMaxCalibrator
 from onnxq.config import QuantConfig
 from onnxq.passes import CleanupPass, FusionPass, PreprocessPass, VerifyPass
-from onnxq.passes.annotate import annotate
 from onnxq.pipeline import Pipeline
 from tests import builders as B
 from tests.conftest import cosine, run_model

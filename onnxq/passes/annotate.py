@@ -64,8 +64,8 @@ class QuantPlan:
 
     @property
     def calibration_tensors(self) -> tuple[str, ...]:
-        """Tensors whose ranges must be measured, in a deterministic order."""
-        return tuple(sorted({a.root for a in self.activations}))
+        """Tensors whose ranges must be measured, in graph order (deterministic)."""
+        return tuple(dict.fromkeys(a.root for a in self.activations))
 
     def node(self, name: str) -> NodePlan | None:
         return next((n for n in self.nodes if n.name == name), None)

@@ -1,0 +1,196 @@
+"""Bad input: each case raises an OnnxqError subclass naming the problem and the fix, the CLI
+exits 2 with one line on stderr, nothing is written and the input model is unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnxq
+from onnxq.cli import main
+from onnxq.errors import CalibrationError, ConfigError, ModelError, OnnxqError
+from tests import builders as B
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    model = B.conv_bn_relu()
+    model_path = tmp_path / "model.onnx"
+    onnx.save(model, str(model_path))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(
+        np.float32))
+    return tmp_path, model_path, calib
+
+
+def _cli_fails(capsys, args: list[str], out: Path, model_path: Path, match: str) -> str:
+    digest = _sha(model_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.split("\r")[-1].strip()  # after the cleared progress bar
+    assert err.startswith("onnxq: error:") and len(err.splitlines()) == 1, err
+    assert match.lower() in err.lower(), err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".onnxq-")]
+    assert _sha(model_path) == digest
+    return err
+
+
+def test_missing_model_path(workdir, capsys):
+    tmp, model_path, calib = workdir
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(tmp / "nope.onnx"), str(out), "--calib-data",
+                        str(calib)], out, model_path, "does not exist")
+    with pytest.raises(ModelError, match="check the path"):
+        onnxq.quantize(tmp / "nope.onnx", [])
+
+
+def test_file_that_is_not_onnx(workdir, capsys):
+    tmp, model_path, calib = workdir
+    bogus = tmp / "bogus.onnx"
+    bogus.write_text("this is not a model\n" * 20)
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(bogus), str(out), "--calib-data", str(calib)], out,
+               model_path, "not a valid ONNX model")
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_model(workdir, capsys, fraction):
+    tmp, model_path, calib = workdir
+    data = model_path.read_bytes()
+    cut = tmp / "cut.onnx"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(cut), str(out), "--calib-data", str(calib)], out,
+               model_path, "re-export")
+
+
+def test_calibration_missing_an_input(workdir, capsys):
+    tmp, model_path, _ = workdir
+    wrong = tmp / "wrong.npz"
+    np.savez(wrong, other=np.zeros((2, 3, 16, 16), np.float32))
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(model_path), str(out), "--calib-data", str(wrong)],
+               out, model_path, "missing input(s) ['input']")
+
+
+def test_calibration_wrong_dtype(workdir, capsys):
+    tmp, model_path, _ = workdir
+    wrong = tmp / "wrong.npz"
+    np.savez(wrong, input=np.zeros((2, 3, 16, 16), np.float64))
+    out = tmp / "out.onnx"
+    err = _cli_fails(capsys, ["quantize", str(model_path), str(out), "--calib-data",
+                              str(wrong)], out, model_path, "dtype float64")
+    assert "astype" in err
+
+
+def test_calibration_wrong_rank_and_size(workdir):
+    _, model_path, _ = workdir
+    with pytest.raises(CalibrationError, match="rank 3"):
+        onnxq.quantize(model_path, [{"input": np.zeros((3, 16, 16), np.float32)}],
+                       progress=False)
+    with pytest.raises(CalibrationError, match="axis 1"):
+        onnxq.quantize(model_path, [{"input": np.zeros((1, 4, 16, 16), np.float32)}],
+                       progress=False)
+
+
+def test_empty_calibration_data(workdir, capsys):
+    tmp, model_path, _ = workdir
+    with pytest.raises(CalibrationError, match="empty"):
+        onnxq.quantize(model_path, [], progress=False)
+    empty_dir = tmp / "empty"
+    empty_dir.mkdir()
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(model_path), str(out), "--calib-data",
+                        str(empty_dir)], out, model_path, "no .npz")
+
+
+def test_nan_and_inf_in_calibration(workdir, capsys):
+    tmp, model_path, _ = workdir
+    data = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    data[2, 0, 0, 0] = np.inf
+    bad = tmp / "bad.npz"
+    np.savez(bad, input=data)
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(model_path), str(out), "--calib-data", str(bad)], out,
+               model_path, "feed #2")
+    assert main(["quantize", str(model_path), str(out), "--calib-data", str(bad),
+                 "--ignore-nonfinite", "--quiet"]) == 0
+    assert out.exists()
+
+
+def test_nan_activation_names_the_tensor(workdir):
+    """A NaN produced inside the graph (log of a negative) names the tensor and the feed."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    w = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["lx"], name="log"),
+                               helper.make_node("MatMul", ["lx", "w"], ["y"], name="mm")],
+                              "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": np.ones((2, 4), np.float32)}, {"x": -np.ones((2, 4), np.float32)}]
+    with pytest.raises(CalibrationError, match=r"'lx'.*feed #1"):
+        onnxq.quantize(model, feeds, progress=False)
+
+
+def test_model_with_nothing_to_quantize(workdir, capsys):
+    tmp, _, calib = workdir
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 16, 16])
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Sigmoid", ["input"], ["y"], name="sig")], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp / "plain.onnx"
+    onnx.save(model, str(path))
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(path), str(out), "--calib-data", str(calib)], out,
+               path, "nothing onnxq can quantize")
+
+
+def test_output_in_missing_folder(workdir, capsys):
+    tmp, model_path, calib = workdir
+    out = tmp / "no" / "such" / "out.onnx"
+    digest = _sha(model_path)
+    assert main(["quantize", str(model_path), str(out), "--calib-data", str(calib)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists() and _sha(model_path) == digest
+
+
+def test_output_equal_to_input_is_refused(workdir, capsys):
+    _, model_path, calib = workdir
+    digest = _sha(model_path)
+    assert main(["quantize", str(model_path), str(model_path), "--calib-data",
+                 str(calib)]) == 2
+    assert "never overwrites" in capsys.readouterr().err
+    assert _sha(model_path) == digest
+
+
+def test_bad_config_options(workdir, tmp_path, capsys):
+    _, model_path, calib = workdir
+    with pytest.raises(ConfigError, match="valid options"):
+        onnxq.quantize(model_path, [], progress=False, per_chanel=True)
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('format = "qdq"\nbogus = 1\n')
+    out = tmp_path / "o.onnx"
+    _cli_fails(capsys, ["quantize", str(model_path), str(out), "--calib-data", str(calib),
+                        "--config", str(cfg)], out, model_path, "valid keys")
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize"])
+    assert exc.value.code == 2
+    assert "onnxq: error:" in capsys.readouterr().err
+
+
+def test_every_error_is_an_onnxq_error():
+    for cls in (ConfigError, ModelError, CalibrationError):
+        assert issubclass(cls, OnnxqError)
