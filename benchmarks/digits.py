@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # running = momentum * running + (1 - momentum) * batch
 AUG_SHIFT = 2  # training-time augmentation: random translations of up to 2 pixels
+WEIGHT_DECAY = 0.0  # decoupled (AdamW) weight decay on conv / fc weights
 
 
 def load_digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -235,7 +236,10 @@ def train_cnn(
             for k in trainable:
                 m[k] = b1 * m[k] + (1 - b1) * grads[k]
                 v[k] = b2 * v[k] + (1 - b2) * grads[k] * grads[k]
-                p[k] = (p[k] - step_lr * corr * m[k] / (np.sqrt(v[k]) + eps)).astype(np.float32)
+                upd = corr * m[k] / (np.sqrt(v[k]) + eps)
+                if k.endswith(".weight"):
+                    upd = upd + WEIGHT_DECAY * p[k]
+                p[k] = (p[k] - step_lr * upd).astype(np.float32)
             for key, val in stats.items():  # running mean / unbiased var, like PyTorch
                 p[key] = (BN_MOMENTUM * p[key] + (1 - BN_MOMENTUM) * val).astype(np.float32)
     return p

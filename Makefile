@@ -1,0 +1,31 @@
+# Two set-up commands for a fresh machine (see README.md):
+#   make demo   - create .venv, train a digits CNN, quantize it, compare FP32 / onnxq / onnxruntime
+#   make test   - create .venv, lint, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: venv demo test bench bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m benchmarks.demo_digits
+
+test: venv
+	$(PY) -m ruff check onnxq tests benchmarks
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m benchmarks.bench_resnet18
+
+bench-quick: venv
+	$(PY) -m benchmarks.bench_resnet18 --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,141 @@
+"""Shared benchmark helpers: sessions at fixed threads, interleaved timing, peers, results.
+
+Protocol (../shared/BENCHMARKS.md): onnxruntime CPU EP, intra_op_num_threads fixed,
+inter_op_num_threads=1, default graph optimizations; warm-up, then models timed A B A B … so
+drift hits all of them; medians; every speed claim is a ratio measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def session(model: onnx.ModelProto | str, threads: int = 2):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    arg = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(arg, so, providers=["CPUExecutionProvider"])
+
+
+def time_interleaved(sessions: dict[str, object], feed: dict, *, min_seconds: float = 2.0,
+                     warmup: int = 3, rounds: int = 5) -> dict[str, float]:
+    """Median seconds per run of each session, run in alternating rounds."""
+    for sess in sessions.values():
+        for _ in range(warmup):
+            sess.run(None, feed)
+    # size one round so that every model gets >= min_seconds of work in total
+    per_run = {}
+    for name, sess in sessions.items():
+        start = time.perf_counter()
+        sess.run(None, feed)
+        per_run[name] = max(time.perf_counter() - start, 1e-5)
+    iters = {n: max(3, int(min_seconds / rounds / t)) for n, t in per_run.items()}
+    samples: dict[str, list[float]] = {n: [] for n in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            for _ in range(iters[name]):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                samples[name].append(time.perf_counter() - start)
+    return {n: float(np.median(s)) for n, s in samples.items()}
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def model_size_mb(model: onnx.ModelProto) -> float:
+    return model.ByteSize() / 2**20
+
+
+def ort_quantize_static(model: onnx.ModelProto, feeds: Sequence[dict], *, best: bool = False):
+    """onnxruntime's quantize_static as a peer: defaults, or its best settings for this CPU
+    (u8 activations, per-channel s8 weights). Returns (model, seconds)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(src))
+        kwargs = {}
+        if best:
+            kwargs = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                          weight_type=QuantType.QInt8, per_channel=True)
+        start = time.perf_counter()
+        quantize_static(str(src), str(dst), Reader(), **kwargs)
+        seconds = time.perf_counter() - start
+        return onnx.load(str(dst)), seconds
+
+
+def agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+    cos = float((a.ravel() @ b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+    return {"top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))), "cosine": cos}
+
+
+def environment() -> dict:
+    import onnxruntime as ort
+
+    from onnxq.kernels.isa import detect
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
+    except OSError:
+        rev = ""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "onnxq_revision": rev or "unknown",
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu": detect().summary(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, Callable]]) -> str:
+    head = "| " + " | ".join(title for title, _, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(row.get(key)) for _, key, fmt in columns) + " |"
+            for row in rows]
+    return "\n".join([head, sep, *body])
+
+
+def write_results(name: str, payload: dict, table: str, out_dir: Path | None = None) -> Path:
+    out = Path(out_dir or RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    (out / f"{name}.md").write_text(table + "\n")
+    return path
