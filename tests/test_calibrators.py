@@ -129,6 +129,20 @@ def test_entropy_ignores_huge_outliers() -> None:
     assert nonneg.lo == 0.0 and 3.5 < nonneg.hi < 25.0 / 4
 
 
+def test_entropy_relu_spike_at_zero_is_not_smeared() -> None:
+    data = np.maximum(np.random.default_rng(13).standard_normal(200_000), 0.0)  # ~50% zeros
+    r = _calibrate(EntropyCalibrator(), _batches(data, [1000, 199_000]))
+    # Exact zeros stay in bin 0 of P and Q; smearing them over the first level used to pull
+    # the threshold down to ~2.0 (clipping ~2% of the positive values). Now t ~ 4.1.
+    assert r.lo == 0.0 and 3.5 < r.hi <= data.max()
+    assert np.mean(data > r.hi) < 1e-4
+
+
+def test_entropy_tiny_sample_keeps_everything() -> None:
+    # With three values every candidate has KL == 0; ties go to the least clipping.
+    assert _calibrate(EntropyCalibrator(), [np.array([1.0, -2.0, 3.0])]) == TensorRange(-2.0, 3.0)
+
+
 def test_entropy_never_exceeds_observed_extremes() -> None:
     rng = np.random.default_rng(4)
     data = np.concatenate([rng.uniform(-0.5, 0.0, 1000), rng.uniform(0.0, 8.0, 100_000)])

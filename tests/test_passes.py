@@ -200,3 +200,25 @@ def test_per_channel_falls_back_to_per_tensor_at_opset_12(tmp_path):
     assert all(not any(a.name == "axis" for a in n.attribute) for n in out.graph.node
                if n.op_type == "DequantizeLinear")
     run_model(out, feeds[0])
+
+
+def test_fusion_folds_zero_pad_into_conv():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "pads")
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+         helper.make_node("Conv", ["p", "w"], ["y"], name="conv", pads=[1, 0, 0, 1])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, pads])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = Pipeline([PreprocessPass()]).run(model).model
+    out = Pipeline([FusionPass()]).run(model)
+    assert ops(out.model)["Pad"] == 0
+    conv = next(n for n in out.model.graph.node if n.op_type == "Conv")
+    assert list(next(a for a in conv.attribute if a.name == "pads").ints) == [2, 2, 2, 2]
+    onnx.checker.check_model(out.model, full_check=True)
+    assert_close(model, out.model, {"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)})
+    rerun_unchanged(FusionPass(), out.model)

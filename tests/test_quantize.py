@@ -121,7 +121,7 @@ def _op_coverage_model() -> onnx.ModelProto:
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Clip", ["c1", "zero", "six"], ["r1"], name="relu6"),
-        helper.make_node("Pad", ["r1", "pads"], ["p1"], name="pad"),
+        helper.make_node("Pad", ["r1", "pads"], ["p1"], name="pad", mode="reflect"),
         helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2"),
         helper.make_node("LeakyRelu", ["c2"], ["l2"], name="leaky", alpha=0.1),
         helper.make_node("Resize", ["l2", "", "scales"], ["u2"], name="resize", mode="nearest"),

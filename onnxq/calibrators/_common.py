@@ -68,6 +68,7 @@ class TensorStats:
     feeds: int = 0
     lo: float = math.inf
     hi: float = -math.inf
+    zeros: int = 0  # exact zeros (only the entropy calibrator counts them)
     histogram: StreamingHistogram | None = field(default=None)
 
     @property

@@ -8,14 +8,17 @@ The threshold minimising ``KL(P || Q)`` wins. Quantizing ``P`` itself would make
 ``i == L`` (one bin per level), so ``KL == 0`` there and clipping would never be penalised.
 A bin where ``P > 0`` but ``Q == 0`` (the last chunk holds only folded outliers) gets a
 pseudo-count of ``1e-4`` in ``Q``, the smoothing MXNet and onnxruntime use; a candidate whose
-``hist[:i]`` is empty (everything clipped) is rejected.
+``hist[:i]`` is empty (everything clipped) is rejected. Exact zeros (ReLU outputs) are counted
+separately and kept in bin 0 of both ``P`` and ``Q``: zero is exactly representable, and
+smearing a large spike at 0 over the first quantization level would otherwise push the search
+towards needlessly small thresholds.
 
 ``L`` (``num_quant_bins``) defaults to 128: a signed INT8 tensor quantized symmetrically has 128
 magnitude levels (0..127 on either side of zero), and the search runs over ``|x|``. A
 non-negative tensor uses the whole 8-bit code range for ``[0, t]``, so ``2 * L = 256`` levels
 are used there. Chunk boundaries are ``floor(k * i / L)``, so chunks differ in size by at most
 one bin (TensorRT puts the whole remainder into the last chunk). Every candidate is evaluated
-(no stride); with 2048 bins this takes well under 0.1 s per tensor. Since ``i >= L``, the
+(no stride); with 2048 bins this takes about 0.1 s per tensor. Since ``i >= L``, the
 threshold is never below ``L`` histogram bins.
 """
 
@@ -33,32 +36,41 @@ __all__ = ["EntropyCalibrator", "kl_threshold_bin"]
 _EMPTY_Q_COUNT = 1e-4
 
 
-def _kl_for_candidate(counts: np.ndarray, i: int, outliers: float, levels: int) -> float:
-    """``KL(P || Q)`` for the candidate keeping the first ``i`` bins of ``counts``."""
+def _kl_for_candidate(
+    counts: np.ndarray, i: int, outliers: float, zeros: float, levels: int
+) -> float:
+    """``KL(P || Q)`` for the candidate keeping the first ``i`` bins of ``counts``.
+
+    ``counts`` excludes the ``zeros`` exact zeros, which both ``P`` and ``Q`` keep in bin 0
+    (zero is exactly representable, so quantization does not smear them).
+    """
     sliced = counts[:i]
     if not sliced.any():
-        return np.inf  # Q would be empty: everything is clipped
+        return np.inf  # Q would hold nothing but zeros: everything else is clipped
     p = sliced.copy()
     p[-1] += outliers
     starts = (np.arange(levels, dtype=np.int64) * i) // levels
     lengths = np.diff(np.append(starts, i))
-    nonzero = p > 0
+    spread = p > 0
     chunk_mass = np.add.reduceat(sliced, starts)
-    chunk_nonzero = np.add.reduceat(nonzero.astype(np.int64), starts)
-    q = np.repeat(chunk_mass / np.maximum(chunk_nonzero, 1), lengths)[nonzero]
-    q[q == 0] = _EMPTY_Q_COUNT
-    pn = p[nonzero]
-    pn = pn / pn.sum()
-    q = q / q.sum()
-    return float(np.sum(pn * np.log(pn / q)))
+    chunk_nonzero = np.add.reduceat(spread.astype(np.int64), starts)
+    q = np.repeat(chunk_mass / np.maximum(chunk_nonzero, 1), lengths) * spread
+    p[0] += zeros
+    q[0] += zeros
+    support = p > 0
+    pn, qn = p[support], q[support]
+    qn[qn == 0] = _EMPTY_Q_COUNT
+    pn /= pn.sum()
+    qn /= qn.sum()
+    return float(np.sum(pn * np.log(pn / qn)))
 
 
-def kl_threshold_bin(counts: np.ndarray, levels: int) -> int:
+def kl_threshold_bin(counts: np.ndarray, levels: int, zeros: int = 0) -> int:
     """How many leading bins of ``counts`` the KL-optimal threshold keeps.
 
-    ``counts`` is a histogram of non-negative values whose first edge is 0; the threshold is
-    the upper edge of bin ``i - 1``. Histograms with at most ``levels`` non-empty leading bins
-    are kept whole.
+    ``counts`` is a histogram of non-negative values whose first edge is 0, ``zeros`` how many
+    of the values in bin 0 are exactly 0; the threshold is the upper edge of bin ``i - 1``.
+    Histograms with at most ``levels`` non-empty leading bins are kept whole.
     """
     counts = np.asarray(counts, dtype=np.float64)
     occupied = np.flatnonzero(counts)
@@ -67,9 +79,11 @@ def kl_threshold_bin(counts: np.ndarray, levels: int) -> int:
     n = int(occupied[-1]) + 1
     if n <= levels:
         return n
-    tail = np.append(np.cumsum(counts[:n][::-1])[::-1], 0.0)  # tail[i] = sum(counts[i:n])
+    counts = counts[:n].copy()
+    counts[0] -= zeros
+    tail = np.append(np.cumsum(counts[::-1])[::-1], 0.0)  # tail[i] = sum(counts[i:n])
     candidates = range(levels, n + 1)
-    kl = np.array([_kl_for_candidate(counts, i, tail[i], levels) for i in candidates])
+    kl = np.array([_kl_for_candidate(counts, i, tail[i], zeros, levels) for i in candidates])
     # Ties (e.g. KL == 0 on tiny samples) go to the largest threshold: clip as little as possible.
     return candidates[len(kl) - 1 - int(np.argmin(kl[::-1]))]
 
@@ -98,11 +112,15 @@ class EntropyCalibrator(HistogramCalibratorBase):
             )
         self.num_quant_bins = int(num_quant_bins)
 
+    def _update(self, stats: TensorStats, values: np.ndarray) -> None:
+        super()._update(stats, values)
+        stats.zeros += int(values.size - np.count_nonzero(values))
+
     def _range(self, stats: TensorStats) -> TensorRange:
         hist = stats.histogram
         assert hist is not None and hist.max is not None
         levels = self.num_quant_bins * (2 if stats.nonnegative else 1)
-        i = kl_threshold_bin(hist.counts, levels)
+        i = kl_threshold_bin(hist.counts, levels, stats.zeros)
         t = min(float(hist.edges[i]), hist.max) if i > 0 else 0.0
         if stats.nonnegative:
             return make_range(0.0, t)

@@ -139,6 +139,51 @@ def _matmul_add_to_gemm(graph: gs.Graph) -> int:
     return fused
 
 
+def _pad_amounts(pad: gs.Node, rank: int) -> np.ndarray | None:
+    """Pad's begin/end amounts as a [2, rank] array when it is a zero constant pad."""
+    if pad.attrs.get("mode", "constant") not in ("constant", b"constant"):
+        return None
+    if "pads" in pad.attrs:  # opset < 11
+        pads, value = np.asarray(pad.attrs["pads"]), float(pad.attrs.get("value", 0.0))
+    else:
+        pads = G.constant_value(pad.inputs[1]) if len(pad.inputs) > 1 else None
+        value = 0.0
+        if len(pad.inputs) > 2 and pad.inputs[2].name:
+            v = G.constant_value(pad.inputs[2])
+            value = None if v is None else float(v)
+        if len(pad.inputs) > 3 and pad.inputs[3].name:  # axes input: keep it simple
+            return None
+    if pads is None or value != 0.0 or pads.size != 2 * rank or np.any(pads < 0):
+        return None
+    return pads.reshape(2, rank)
+
+
+def _pad_into_conv(graph: gs.Graph) -> int:
+    """Zero ``Pad`` of the spatial axes before a Conv becomes the Conv's own ``pads``."""
+    outputs = G.graph_output_names(graph)
+    fused = 0
+    for pad in list(graph.nodes):
+        if pad.op != "Pad" or not pad.inputs or pad.inputs[0].shape is None:
+            continue
+        conv = _sole_consumer(pad.outputs[0], outputs)
+        rank = len(pad.inputs[0].shape)
+        if conv is None or conv.op != "Conv" or conv.inputs[0] is not pad.outputs[0]:
+            continue
+        if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            continue
+        amounts = _pad_amounts(pad, rank)
+        if amounts is None or np.any(amounts[:, :2] != 0):
+            continue
+        spatial = rank - 2
+        current = np.asarray(conv.attrs.get("pads", [0] * 2 * spatial)).reshape(2, spatial)
+        conv.attrs["pads"] = [int(v) for v in (current + amounts[:, 2:]).reshape(-1)]
+        conv.inputs[0] = pad.inputs[0]
+        pad.inputs.clear()
+        pad.outputs.clear()
+        fused += 1
+    return fused
+
+
 def _drop_noops(graph: gs.Graph) -> int:
     outputs = G.graph_output_names(graph)
     dropped = 0
@@ -168,7 +213,7 @@ class FusionPass:
     name: str = "fusion"
 
     def run(self, graph: gs.Graph) -> PassResult:
-        counts = {"noop": _drop_noops(graph)}
+        counts = {"noop": _drop_noops(graph), "pad_conv": _pad_into_conv(graph)}
         if self.fold_batchnorm:
             counts["batchnorm"] = _fold_batchnorms(graph)
         if self.matmul_add_to_gemm:

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.errors import UnsupportedOpError
+from onnxq.io import PROTOBUF_LIMIT
 from onnxq.pipeline import PassResult
 
 __all__ = ["PreprocessPass"]
@@ -80,12 +81,22 @@ class PreprocessPass:
         if folded:
             notes.append(f"{folded} Constant node(s) turned into initializers")
         graph = self._upgrade(graph, notes, skipped)
-        graph = _through_proto(graph, lambda m: onnx.shape_inference.infer_shapes(
-            m, check_type=False, strict_mode=False, data_prop=True))
+        graph = self._infer_shapes(graph, notes)
         graph.toposort()
         modified = G.fingerprint(graph) != before
         return PassResult(graph=graph, modified=modified, skipped=tuple(skipped),
                           notes=tuple(notes))
+
+    @staticmethod
+    def _infer_shapes(graph: gs.Graph, notes: list[str]) -> gs.Graph:
+        weights = sum(t.values.nbytes for t in graph.tensors().values()
+                      if isinstance(t, gs.Constant))
+        if weights > PROTOBUF_LIMIT - 2**26:
+            notes.append("model > 2 GiB: in-memory shape inference skipped; the model's own "
+                         "value_info is used")
+            return graph
+        return _through_proto(graph, lambda m: onnx.shape_inference.infer_shapes(
+            m, check_type=False, strict_mode=False, data_prop=True))
 
     def _upgrade(self, graph: gs.Graph, notes: list[str], skipped: list) -> gs.Graph:
         current = G.opset(graph)
