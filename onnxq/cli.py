@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-samples", type=int, default=None, metavar="N",
                    help="use at most N calibration feeds")
     q.add_argument("--format", choices=["qdq"], default=None)
-    q.add_argument("--calibrator", default=None, help="calibration method (default minmax)")
+    q.add_argument("--calibrator", default=None,
+                   choices=["minmax", "entropy", "percentile", "mse"],
+                   help="calibration method (default minmax)")
+    q.add_argument("--percentile", type=float, default=None,
+                   help="percentile for --calibrator percentile (default 99.999)")
+    q.add_argument("--num-bins", type=int, default=None,
+                   help="histogram bins for entropy/percentile/mse (default 2048)")
     pc = q.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None)
     pc.add_argument("--per-tensor", dest="per_channel", action="store_false")
@@ -72,7 +78,8 @@ def _overrides(args: argparse.Namespace) -> dict:
                "activation_type": "activation_type", "weight_type": "weight_type",
                "reduce_range": "reduce_range", "exclude_nodes": "exclude_nodes",
                "exclude_op_types": "exclude_op_types", "max_samples": "max_samples",
-               "allow_nonfinite": "allow_nonfinite"}
+               "allow_nonfinite": "allow_nonfinite", "percentile": "percentile",
+               "num_bins": "num_bins"}
     return {key: getattr(args, attr) for attr, key in mapping.items()
             if getattr(args, attr) is not None}
 

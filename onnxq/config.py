@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 FORMATS = ("qdq",)
-CALIBRATORS = ("minmax",)
+CALIBRATORS = ("minmax", "entropy", "percentile", "mse")
 _TYPES = ("u8", "s8")
 
 
@@ -63,12 +63,22 @@ class WeightConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CalibrationConfig:
+    """How activation ranges are measured. ``percentile`` and ``num_bins`` apply to the
+    histogram methods (entropy, percentile, mse)."""
+
     method: str = "minmax"
     max_samples: int | None = None
     allow_nonfinite: bool = False
+    percentile: float = 99.999
+    num_bins: int = 2048
 
     def __post_init__(self) -> None:
         _check_choice("calibration.method", self.method, CALIBRATORS)
+        if not 50.0 <= float(self.percentile) <= 100.0:
+            raise ConfigError(f"calibration.percentile={self.percentile} must be in [50, 100]")
+        if int(self.num_bins) != self.num_bins or not 128 <= self.num_bins <= 1 << 16:
+            raise ConfigError(f"calibration.num_bins={self.num_bins} must be an integer in "
+                              "[128, 65536]")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"calibration.max_samples={self.max_samples} must be >= 1")
 
@@ -164,6 +174,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "calibrator": ("calibration", "method"),
     "max_samples": ("calibration", "max_samples"),
     "allow_nonfinite": ("calibration", "allow_nonfinite"),
+    "percentile": ("calibration", "percentile"),
+    "num_bins": ("calibration", "num_bins"),
 }
 
 

@@ -1,0 +1,55 @@
+"""The CLI happy paths: quantize (both data layouts, config file, report) and inspect."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+from onnxq.cli import main
+from tests import builders as B
+from tests.conftest import cosine, run_model
+
+
+def test_quantize_and_inspect(tmp_path, capsys):
+    model = B.residual_block()
+    src = tmp_path / "fp32.onnx"
+    onnx.save(model, str(src))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feed in enumerate(B.feeds(model, batch=2, n=4, seed=1)):
+        np.savez(calib / f"{i:03d}.npz", **feed)
+    out, report = tmp_path / "int8.onnx", tmp_path / "report.json"
+    assert main(["quantize", str(src), str(out), "--calib-data", str(calib), "--quiet",
+                 "--report", str(report)]) == 0
+    assert capsys.readouterr().out == ""
+    data = json.loads(report.read_text())
+    assert any(item["op"] == "Conv" for item in data["quantized"])
+    feed = B.feeds(model, batch=2, seed=3)[0]
+    assert cosine(run_model(model, feed)[0], run_model(onnx.load(str(out)), feed)[0]) > 0.999
+
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["quantize_linear"] > 0 and info["op_histogram"]["Conv"] == 6
+    assert main(["inspect", str(out)]) == 0
+    assert "QuantizeLinear" in capsys.readouterr().out
+
+
+def test_quantize_split_npz_with_config_and_flags(tmp_path, capsys):
+    model = B.conv_bn_relu()
+    src = tmp_path / "fp32.onnx"
+    onnx.save(model, str(src))
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal(
+        (12, 3, 16, 16)).astype(np.float32))
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[weight]\nper_channel = true\n")
+    out = tmp_path / "int8.onnx"
+    assert main(["quantize", str(src), str(out), "--calib-data", str(tmp_path / "calib.npz"),
+                 "--calib-batch", "4", "--config", str(cfg), "--per-tensor",
+                 "--activation-type", "u8"]) == 0
+    text = capsys.readouterr().out
+    assert "per-tensor" in text and f"wrote {out}" in text
+    q = onnx.load(str(out))
+    assert all(not any(a.name == "axis" for a in n.attribute) for n in q.graph.node
+               if n.op_type == "DequantizeLinear")
