@@ -12,10 +12,9 @@ import argparse
 import sys
 import time
 
+import onnxq
 from benchmarks import common
 from tests import builders as B
-
-import onnxq
 
 
 def _fmt(digits: int):

@@ -1,6 +1,6 @@
 """onnxq: ONNX-graph-centric static INT8 quantization for CPUs with VNNI."""
 
-from onnxq.api import QuantReport, QuantResult, build_pipeline, prepare, quantize
+from onnxq.api import QuantReport, QuantResult, build_pipeline, calibrate, prepare, quantize
 from onnxq.config import QuantConfig
 from onnxq.errors import (
     CalibrationError,
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "quantize",
+    "calibrate",
     "prepare",
     "build_pipeline",
     "QuantConfig",

@@ -16,7 +16,7 @@ from onnxq import graph as G
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig
-from onnxq.errors import ConfigError, ModelError
+from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.io import load_model, save_model
 from onnxq.kernels.isa import recommend
 from onnxq.passes import CleanupPass, FusionPass, InsertQDQPass, PreprocessPass, VerifyPass
@@ -24,7 +24,7 @@ from onnxq.passes.annotate import QuantPlan, annotate
 from onnxq.pipeline import Pipeline, PipelineResult
 from onnxq.qtypes import QType, TensorRange
 
-__all__ = ["QuantReport", "QuantResult", "quantize", "prepare", "build_pipeline"]
+__all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,28 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
     ])
 
 
+def calibrate(
+    model: onnx.ModelProto | str | os.PathLike,
+    calibration_data: Iterable[Feed],
+    config: QuantConfig | Mapping | str | os.PathLike | None = None,
+    *,
+    progress: bool = True,
+    **overrides,
+) -> dict[str, TensorRange]:
+    """Measure the activation ranges ``quantize`` needs; reuse them with ``ranges=``."""
+    cfg = _resolve_config(config, overrides)
+    fused, plan = prepare(load_model(model), cfg)
+    return _calibrate(fused.model, plan, calibration_data, cfg, progress)
+
+
+def _calibrate(model: onnx.ModelProto, plan: QuantPlan, data, cfg: QuantConfig,
+               progress: bool) -> dict[str, TensorRange]:
+    return collect_ranges(model, plan.calibration_tensors, data,
+                          make_calibrator(cfg.calibration),
+                          max_samples=cfg.calibration.max_samples, progress=progress,
+                          allow_nonfinite=cfg.calibration.allow_nonfinite)
+
+
 def quantize(
     model: onnx.ModelProto | str | os.PathLike,
     calibration_data: Iterable[Feed] | None = None,
@@ -161,11 +183,13 @@ def quantize(
         if calibration_data is None:
             raise ConfigError("quantize needs calibration_data (an iterable of feeds) or "
                               "precomputed ranges")
-        calibrator = make_calibrator(cfg.calibration)
-        ranges = collect_ranges(fused.model, plan.calibration_tensors, calibration_data,
-                                calibrator, max_samples=cfg.calibration.max_samples,
-                                progress=progress,
-                                allow_nonfinite=cfg.calibration.allow_nonfinite)
+        ranges = _calibrate(fused.model, plan, calibration_data, cfg, progress)
+    else:
+        missing = [t for t in plan.calibration_tensors if t not in ranges]
+        if missing:
+            raise CalibrationError(
+                f"the given ranges lack {len(missing)} tensor(s) this model needs (e.g. "
+                f"{missing[:3]}); they were measured on another model or config: recalibrate")
     result = build_pipeline(cfg, plan, ranges).run(fused.model)
     act, weight, _ = _types(cfg)
     histogram = Counter(n.op_type for n in result.model.graph.node)

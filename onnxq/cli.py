@@ -30,20 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model to INT8 (QDQ)")
     q.add_argument("input", help="FP32 .onnx model")
     q.add_argument("output", help="where to write the INT8 .onnx model")
-    q.add_argument("--calib-data", required=True, metavar="PATH",
-                   help="folder of .npz feeds, or one .npz with a leading sample axis")
-    q.add_argument("--calib-batch", type=int, default=1, metavar="N",
-                   help="samples per feed when splitting one .npz (default 1)")
-    q.add_argument("--max-samples", type=int, default=None, metavar="N",
-                   help="use at most N calibration feeds")
+    q.add_argument("--ranges", default=None, metavar="FILE.json",
+                   help="reuse ranges from onnxq calibrate instead of calibrating")
+    _calibration_args(q, required=False)
     q.add_argument("--format", choices=["qdq"], default=None)
-    q.add_argument("--calibrator", default=None,
-                   choices=["minmax", "entropy", "percentile", "mse"],
-                   help="calibration method (default minmax)")
-    q.add_argument("--percentile", type=float, default=None,
-                   help="percentile for --calibrator percentile (default 99.999)")
-    q.add_argument("--num-bins", type=int, default=None,
-                   help="histogram bins for entropy/percentile/mse (default 2048)")
     pc = q.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None)
     pc.add_argument("--per-tensor", dest="per_channel", action="store_false")
@@ -53,18 +43,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="7-bit weights (for x86 CPUs without VNNI)")
     q.add_argument("--exclude-nodes", nargs="+", default=None, metavar="NAME")
     q.add_argument("--exclude-op-types", nargs="+", default=None, metavar="TYPE")
-    q.add_argument("--ignore-nonfinite", dest="allow_nonfinite", action="store_true",
-                   default=None, help="skip NaN/Inf values in calibration instead of failing")
-    q.add_argument("--config", default=None, metavar="FILE.toml",
-                   help="a QuantConfig as TOML or JSON; flags override it")
     q.add_argument("--report", default=None, metavar="FILE.json",
                    help="write what was quantized and skipped as JSON")
-    q.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+    c = sub.add_parser("calibrate", help="measure activation ranges and save them as JSON")
+    c.add_argument("input", help="FP32 .onnx model")
+    c.add_argument("-o", "--output", required=True, metavar="FILE.json")
+    _calibration_args(c, required=True)
 
     i = sub.add_parser("inspect", help="op histogram and quantization summary of a model")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
+
+
+def _calibration_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--calib-data", required=required, metavar="PATH",
+                   help="folder of .npz feeds, or one .npz with a leading sample axis")
+    p.add_argument("--calib-batch", type=int, default=1, metavar="N",
+                   help="samples per feed when splitting one .npz (default 1)")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="use at most N calibration feeds")
+    p.add_argument("--calibrator", default=None,
+                   choices=["minmax", "entropy", "percentile", "mse"],
+                   help="calibration method (default minmax)")
+    p.add_argument("--percentile", type=float, default=None,
+                   help="percentile for --calibrator percentile (default 99.999)")
+    p.add_argument("--num-bins", type=int, default=None,
+                   help="histogram bins for entropy/percentile/mse (default 2048)")
+    p.add_argument("--ignore-nonfinite", dest="allow_nonfinite", action="store_true",
+                   default=None, help="skip NaN/Inf values in calibration instead of failing")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="a QuantConfig as TOML or JSON; flags override it")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
 
 
 def _version() -> str:
@@ -80,8 +91,8 @@ def _overrides(args: argparse.Namespace) -> dict:
                "exclude_op_types": "exclude_op_types", "max_samples": "max_samples",
                "allow_nonfinite": "allow_nonfinite", "percentile": "percentile",
                "num_bins": "num_bins"}
-    return {key: getattr(args, attr) for attr, key in mapping.items()
-            if getattr(args, attr) is not None}
+    return {key: getattr(args, attr, None) for attr, key in mapping.items()
+            if getattr(args, attr, None) is not None}
 
 
 def _check_output(args: argparse.Namespace) -> Path:
@@ -99,19 +110,43 @@ def _check_output(args: argparse.Namespace) -> Path:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
     from onnxq.data import load_feeds
-    from onnxq.io import load_model
+    from onnxq.io import load_model, load_ranges
 
     out = _check_output(args)
     config = _resolve_config(args.config, _overrides(args))
     model = load_model(args.input)
-    feeds = load_feeds(args.calib_data, batch=args.calib_batch)
-    result = quantize(model, feeds, config, progress=not args.quiet)
+    if args.ranges:
+        ranges, feeds = load_ranges(args.ranges), None
+    elif args.calib_data:
+        ranges, feeds = None, load_feeds(args.calib_data, batch=args.calib_batch)
+    else:
+        raise ConfigError("give --calib-data PATH (or --ranges FILE.json from onnxq calibrate)")
+    result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet)
     result.save(out)
     if args.report:
         Path(args.report).write_text(json.dumps(result.report.to_dict(), indent=2) + "\n")
     if not args.quiet:
         print(result.report.summary())
         print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from onnxq.api import _resolve_config, calibrate
+    from onnxq.data import load_feeds
+    from onnxq.io import load_model, save_ranges
+
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise ModelError(f"output folder {str(out.parent)!r} does not exist; create it first")
+    config = _resolve_config(args.config, _overrides(args))
+    model = load_model(args.input)
+    feeds = load_feeds(args.calib_data, batch=args.calib_batch)
+    ranges = calibrate(model, feeds, config, progress=not args.quiet)
+    save_ranges(ranges, out, meta={"model": str(args.input),
+                                   "calibration": config.to_dict()["calibration"]})
+    if not args.quiet:
+        print(f"wrote {len(ranges)} tensor ranges to {out}")
     return EXIT_OK
 
 
@@ -154,7 +189,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"quantize": _cmd_quantize, "inspect": _cmd_inspect}
+COMMANDS = {"quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "inspect": _cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

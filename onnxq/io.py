@@ -113,3 +113,37 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, validate: boo
         return dest
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def save_ranges(ranges: dict, path: str | os.PathLike, *, meta: dict | None = None) -> Path:
+    """Write calibrated ranges as JSON (``{"ranges": {tensor: {"min", "max"}}, ...meta}``)."""
+    import json
+
+    dest = Path(path)
+    if not dest.parent.is_dir():
+        raise ModelError(f"output folder {str(dest.parent)!r} does not exist; create it first")
+    payload = dict(meta or {})
+    payload["ranges"] = {name: r.to_dict() for name, r in ranges.items()}
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, dest)
+    return dest
+
+
+def load_ranges(path: str | os.PathLike) -> dict:
+    """Read ranges written by ``save_ranges`` (or ``onnxq calibrate``)."""
+    import json
+
+    from onnxq.errors import CalibrationError
+    from onnxq.qtypes import TensorRange
+
+    src = Path(path)
+    if not src.is_file():
+        raise CalibrationError(f"ranges file {str(src)!r} does not exist; run onnxq calibrate "
+                               "first")
+    try:
+        data = json.loads(src.read_text())
+        return {name: TensorRange.from_dict(r) for name, r in data["ranges"].items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CalibrationError(f"{str(src)!r} is not an onnxq ranges file ({exc}); write it "
+                               "with onnxq calibrate -o FILE.json") from None

@@ -53,3 +53,29 @@ def test_quantize_split_npz_with_config_and_flags(tmp_path, capsys):
     q = onnx.load(str(out))
     assert all(not any(a.name == "axis" for a in n.attribute) for n in q.graph.node
                if n.op_type == "DequantizeLinear")
+
+
+def test_calibrate_then_quantize_with_saved_ranges(tmp_path, capsys):
+    model = B.conv_bn_relu()
+    src = tmp_path / "fp32.onnx"
+    onnx.save(model, str(src))
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal(
+        (8, 3, 16, 16)).astype(np.float32))
+    ranges = tmp_path / "ranges.json"
+    assert main(["calibrate", str(src), "--calib-data", str(tmp_path / "calib.npz"),
+                 "--calibrator", "percentile", "--percentile", "99.99", "-o", str(ranges),
+                 "--quiet"]) == 0
+    data = json.loads(ranges.read_text())
+    assert data["calibration"]["method"] == "percentile" and data["ranges"]
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert main(["quantize", str(src), str(a), "--ranges", str(ranges), "--quiet"]) == 0
+    assert main(["quantize", str(src), str(b), "--calib-data", str(tmp_path / "calib.npz"),
+                 "--calibrator", "percentile", "--percentile", "99.99", "--quiet"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    # ranges from another model are refused
+    other = tmp_path / "other.onnx"
+    onnx.save(B.residual_block(), str(other))
+    assert main(["quantize", str(other), str(tmp_path / "c.onnx"), "--ranges",
+                 str(ranges)]) == 2
+    assert "recalibrate" in capsys.readouterr().err
+    assert main(["quantize", str(src), str(tmp_path / "d.onnx")]) == 2
