@@ -33,8 +33,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # running = momentum * running + (1 - momentum) * batch
-AUG_SHIFT = 2  # training-time augmentation: random translations of up to 2 pixels
-WEIGHT_DECAY = 0.0  # decoupled (AdamW) weight decay on conv / fc weights
+AUG_SHIFT = 1  # training-time augmentation: random translations of up to 1 pixel
+WARMUP = 0.2  # fraction of the steps with a linear lr warm-up (then cosine decay to 0)
 
 
 def load_digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -98,7 +98,7 @@ def _bn_backward(dy, cache, gamma):
     dbeta = dy.sum(axis=(0, 2, 3))
     dgamma = (dy * xhat).sum(axis=(0, 2, 3))
     dxhat = dy * gamma[:, None, None]
-    dx = (m * dxhat - (dbeta * gamma)[:, None, None] - xhat * (dgamma * gamma)[:, None, None])
+    dx = m * dxhat - (dbeta * gamma)[:, None, None] - xhat * (dgamma * gamma)[:, None, None]
     return dx * (inv_std / m)[:, None, None], dgamma, dbeta
 
 
@@ -198,16 +198,24 @@ def _train_step_grads(p, x, y):
     return float(loss), g, stats
 
 
+def _lr_at(step: int, total: int, peak: float) -> float:
+    """Learning rate for 1-based ``step``: linear warm-up to ``peak``, then cosine to 0."""
+    warm = max(1, int(WARMUP * total))
+    if step <= warm:
+        return peak * step / warm
+    return peak * 0.5 * (1.0 + np.cos(np.pi * (step - 1 - warm) / max(1, total - warm)))
+
+
 def train_cnn(
     x: np.ndarray,
     y: np.ndarray,
     *,
     epochs: int = 6,
     batch_size: int = 64,
-    lr: float = 3e-3,
+    lr: float = 3e-2,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Train the CNN with Adam (cosine-decayed lr) and softmax cross-entropy.
+    """Train the CNN with Adam and softmax cross-entropy (lr: warm-up, then cosine).
 
     Each batch is augmented with random shifts of up to :data:`AUG_SHIFT` pixels.
     Deterministic for a given ``seed`` (init and per-epoch shuffling use one
@@ -231,49 +239,57 @@ def train_cnn(
             xb = _random_shift(x[sel], rng, AUG_SHIFT)
             _, grads, stats = _train_step_grads(p, xb, y[sel])
             t += 1
-            step_lr = lr * 0.5 * (1.0 + np.cos(np.pi * (t - 1) / total))
+            step_lr = _lr_at(t, total, lr)
             corr = np.sqrt(1 - b2**t) / (1 - b1**t)
             for k in trainable:
                 m[k] = b1 * m[k] + (1 - b1) * grads[k]
                 v[k] = b2 * v[k] + (1 - b2) * grads[k] * grads[k]
-                upd = corr * m[k] / (np.sqrt(v[k]) + eps)
-                if k.endswith(".weight"):
-                    upd = upd + WEIGHT_DECAY * p[k]
-                p[k] = (p[k] - step_lr * upd).astype(np.float32)
+                p[k] = (p[k] - step_lr * corr * m[k] / (np.sqrt(v[k]) + eps)).astype(np.float32)
             for key, val in stats.items():  # running mean / unbiased var, like PyTorch
                 p[key] = (BN_MOMENTUM * p[key] + (1 - BN_MOMENTUM) * val).astype(np.float32)
     return p
 
 
 # ----------------------------------------------------------------- ONNX
-def to_onnx(params: dict[str, np.ndarray], opset: int = 17) -> onnx.ModelProto:
-    """Build the inference graph (input ``input`` [batch,1,28,28] -> ``logits`` [batch,10])."""
-    inits = [
-        numpy_helper.from_array(np.asarray(v, dtype=np.float32), name=k)
-        for k, v in params.items()
-    ]
+def _node(op: str, inputs: list[str], name: str, out: str | None = None, **attrs):
+    return helper.make_node(op, inputs, [out or f"{name}_out"], name=name, **attrs)
+
+
+def _graph_nodes() -> list[onnx.NodeProto]:
     nodes, prev = [], "input"
     for i in (1, 2):
+        bn_inputs = [f"bn{i}.{s}" for s in ("gamma", "beta", "mean", "var")]
         nodes += [
-            helper.make_node("Conv", [prev, f"conv{i}.weight"], [f"conv{i}_out"],
-                             name=f"conv{i}", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                             strides=[1, 1]),
-            helper.make_node("BatchNormalization",
-                             [f"conv{i}_out"] + [f"bn{i}.{s}" for s in ("gamma", "beta", "mean", "var")],
-                             [f"bn{i}_out"], name=f"bn{i}", epsilon=BN_EPS),
-            helper.make_node("Relu", [f"bn{i}_out"], [f"relu{i}_out"], name=f"relu{i}"),
-            helper.make_node("MaxPool", [f"relu{i}_out"], [f"pool{i}_out"], name=f"pool{i}",
-                             kernel_shape=[2, 2], strides=[2, 2]),
+            _node(
+                "Conv",
+                [prev, f"conv{i}.weight"],
+                f"conv{i}",
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                strides=[1, 1],
+            ),
+            _node("BatchNormalization", [f"conv{i}_out", *bn_inputs], f"bn{i}", epsilon=BN_EPS),
+            _node("Relu", [f"bn{i}_out"], f"relu{i}"),
+            _node("MaxPool", [f"relu{i}_out"], f"pool{i}", kernel_shape=[2, 2], strides=[2, 2]),
         ]
         prev = f"pool{i}_out"
-    nodes += [
-        helper.make_node("Flatten", [prev], ["flatten_out"], name="flatten", axis=1),
-        helper.make_node("Gemm", ["flatten_out", "fc1.weight", "fc1.bias"], ["fc1_out"],
-                         name="fc1", transB=1),
-        helper.make_node("Relu", ["fc1_out"], ["relu3_out"], name="relu3"),
-        helper.make_node("Gemm", ["relu3_out", "fc2.weight", "fc2.bias"], ["logits"],
-                         name="fc2", transB=1),
+    return nodes + [
+        _node("Flatten", [prev], "flatten", axis=1),
+        _node("Gemm", ["flatten_out", "fc1.weight", "fc1.bias"], "fc1", transB=1),
+        _node("Relu", ["fc1_out"], "relu3"),
+        _node("Gemm", ["relu3_out", "fc2.weight", "fc2.bias"], "fc2", out="logits", transB=1),
     ]
+
+
+def to_onnx(params: dict[str, np.ndarray], opset: int = 17) -> onnx.ModelProto:
+    """Build the inference graph (input ``input`` [batch,1,28,28] -> ``logits`` [batch,10]).
+
+    Node names: conv1, bn1, relu1, pool1, conv2, bn2, relu2, pool2, flatten, fc1, relu3,
+    fc2; initializers are named like the ``params`` keys. The model is checked with
+    ``onnx.checker.check_model(..., full_check=True)`` before being returned.
+    """
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), name=k) for k, v in params.items()]
+    nodes = _graph_nodes()
     graph = helper.make_graph(
         nodes,
         "digits_cnn",
@@ -281,8 +297,11 @@ def to_onnx(params: dict[str, np.ndarray], opset: int = 17) -> onnx.ModelProto:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="onnxq.benchmarks.digits")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="onnxq.benchmarks.digits",
+    )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
