@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results folder")
     args = parser.parse_args(argv)
     image, seconds, calib = (64, 0.3, 4) if args.quick else (224, 2.0, 16)
+    load = common.wait_for_idle(max_wait=5 if args.quick else 60)
     payload = run(image, args.threads, calib, seconds)
+    payload["load_average_at_start"] = load
     payload["environment"] = common.environment()
     onnxq_row = next(r for r in payload["rows"] if r["model"].startswith("onnxq"))
     ort_row = next(r for r in payload["rows"] if r["model"].endswith("(defaults)"))

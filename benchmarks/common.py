@@ -121,7 +121,19 @@ def environment() -> dict:
         "python": platform.python_version(),
         "cpu": detect().summary(),
         "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
+
+
+def wait_for_idle(max_wait: float = 60.0, threshold: float = 0.5) -> float:
+    """Wait (up to ``max_wait`` s) until the 1-minute load average drops below ``threshold``
+    per core; other processes on a 2-core machine distort int8 timings more than fp32 ones.
+    Returns the load average when timing starts (recorded with the results)."""
+    cores = os.cpu_count() or 1
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] / cores > threshold and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str, Callable]]) -> str:
