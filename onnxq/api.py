@@ -17,7 +17,7 @@ from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.errors import CalibrationError, ConfigError, ModelError
-from onnxq.io import load_model, save_model
+from onnxq.io import save_model
 from onnxq.kernels.isa import recommend
 from onnxq.passes import CleanupPass, FusionPass, InsertQDQPass, PreprocessPass, VerifyPass
 from onnxq.passes.annotate import QuantPlan, annotate
@@ -111,6 +111,8 @@ def _types(config: QuantConfig) -> tuple[QType, QType, bool]:
 def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
             ) -> tuple[PipelineResult, QuantPlan]:
     """Preprocess + fuse ``model`` and plan its quantization (no calibration yet)."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
     fused = Pipeline([PreprocessPass(min_opset=config.min_opset), FusionPass()]).run(model)
     graph = G.import_graph(fused.model)
     plan = annotate(graph, per_channel=config.weight.per_channel,
@@ -148,7 +150,7 @@ def calibrate(
 ) -> dict[str, TensorRange]:
     """Measure the activation ranges ``quantize`` needs; reuse them with ``ranges=``."""
     cfg = _resolve_config(config, overrides)
-    fused, plan = prepare(load_model(model), cfg)
+    fused, plan = prepare(model, cfg)
     return _calibrate(fused.model, plan, calibration_data, cfg, progress)
 
 
@@ -177,8 +179,7 @@ def quantize(
     ``activation_type="s8"``, ``exclude_nodes=[...]`` (see ``QuantConfig.with_overrides``).
     """
     cfg = _resolve_config(config, overrides)
-    source = load_model(model)
-    fused, plan = prepare(source, cfg)
+    fused, plan = prepare(model, cfg)  # the pipeline makes the one private copy
     if ranges is None:
         if calibration_data is None:
             raise ConfigError("quantize needs calibration_data (an iterable of feeds) or "
@@ -190,7 +191,7 @@ def quantize(
             raise CalibrationError(
                 f"the given ranges lack {len(missing)} tensor(s) this model needs (e.g. "
                 f"{missing[:3]}); they were measured on another model or config: recalibrate")
-    result = build_pipeline(cfg, plan, ranges).run(fused.model)
+    result = build_pipeline(cfg, plan, ranges).run(fused.model, copy=False)
     act, weight, _ = _types(cfg)
     histogram = Counter(n.op_type for n in result.model.graph.node)
     report = QuantReport(

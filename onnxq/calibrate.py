@@ -5,7 +5,9 @@ the number of batches)."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -99,35 +101,70 @@ def _check_finite(feed: Mapping[str, np.ndarray], index: int) -> None:
                 "non-finite values")
 
 
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    existing = {o.name for o in augmented.graph.output}
-    for name in names:
-        if name not in existing:
-            augmented.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return augmented
+def _external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: Path
+                   ) -> Path:
+    """Write ``model`` (plus ``extra_outputs`` as graph outputs) to ``folder`` with every large
+    initializer in one external data file, one tensor at a time: no second in-memory copy of
+    the weights, and onnxruntime maps the data file instead of copying it."""
+    from onnx import numpy_helper
+
+    light = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain",
+                  "model_version"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, src = light.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    existing = {o.name for o in src.output}
+    g.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                    for n in extra_outputs if n not in existing)
+    data_name = "weights.bin"
+    offset = 0
+    with open(folder / data_name, "wb") as data:
+        for init in src.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL or init.ByteSize() < 4096:
+                g.initializer.append(init)
+                continue
+            raw = init.raw_data if init.HasField("raw_data") else \
+                numpy_helper.to_array(init).tobytes()
+            pad = (-offset) % 64  # aligned for mmap-friendly access
+            data.write(b"\0" * pad)
+            offset += pad
+            data.write(raw)
+            t = g.initializer.add()
+            t.name, t.data_type = init.name, init.data_type
+            t.dims.extend(init.dims)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)),
+                               ("length", str(len(raw)))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(raw)
+    path = folder / "model.onnx"
+    onnx.save_model(light, str(path))
+    return path
 
 
-def make_session(model: onnx.ModelProto, *, threads: int = 0):
-    """An onnxruntime CPU session for an in-memory model (any size)."""
+def make_session(model: onnx.ModelProto | str, *, threads: int = 0, optimize: bool = True):
+    """An onnxruntime CPU session for an in-memory model or a path (any size)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    if model.ByteSize() < PROTOBUF_LIMIT - 2**26:
-        return ort.InferenceSession(model.SerializeToString(), options,
-                                    providers=["CPUExecutionProvider"])
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if isinstance(model, onnx.ModelProto):
+        if model.ByteSize() >= PROTOBUF_LIMIT - 2**26:
+            raise CalibrationError("model too large for an in-memory session; pass a path")
+        model = model.SerializeToString()
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def collect_ranges(
@@ -144,11 +181,21 @@ def collect_ranges(
     if isinstance(data, Mapping):
         raise CalibrationError("calibration data must be an iterable of feeds (dicts), not a "
                                "single dict; wrap it in a list: [feed]")
-    from tqdm.auto import tqdm
-
     names = list(tensors)
     specs = input_specs(model)
-    session = make_session(_with_outputs(model, names))
+    with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
+        # Basic optimizations only: values exactly as the graph defines them, no pre-packed
+        # weight copies (the session lives only for this run).
+        session = make_session(str(_external_copy(model, names, Path(tmp))), optimize=False)
+        return _stream(session, names, specs, data, calibrator, max_samples=max_samples,
+                       progress=progress, allow_nonfinite=allow_nonfinite)
+
+
+def _stream(session, names: list[str], specs: list[InputSpec], data, calibrator: Calibrator,
+            *, max_samples: int | None, progress: bool, allow_nonfinite: bool
+            ) -> dict[str, TensorRange]:
+    from tqdm.auto import tqdm
+
     total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
     if max_samples is not None and total is not None:
         total = min(total, max_samples)

@@ -18,6 +18,7 @@ __all__ = [
     "is_q",
     "is_dq",
     "constant_value",
+    "constant_shape",
     "producer",
     "consumers",
     "graph_output_names",
@@ -79,6 +80,14 @@ def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
         if isinstance(attrs.get("value"), gs.Constant):
             return np.asarray(attrs["value"].values)
     return None
+
+
+def constant_shape(tensor: gs.Tensor | None) -> tuple[int, ...] | None:
+    """The shape of a constant tensor without loading its values (None if not constant)."""
+    if isinstance(tensor, gs.Constant):
+        return tuple(int(d) for d in tensor.shape)
+    value = constant_value(tensor)  # Constant-node outputs are small
+    return None if value is None else value.shape
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:

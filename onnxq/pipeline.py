@@ -80,8 +80,11 @@ class Pipeline:
         self.debug = debug
         self.keep_snapshots = snapshots
 
-    def run(self, model: onnx.ModelProto | str) -> PipelineResult:
-        template = load_model(model)
+    def run(self, model: onnx.ModelProto | str, *, copy: bool = True) -> PipelineResult:
+        """Run every pass. ``copy=False`` lets the pipeline consume a ``ModelProto`` the caller
+        no longer needs (saves one copy of the weights); paths are always loaded fresh."""
+        template = load_model(model) if copy or not isinstance(model, onnx.ModelProto) \
+            else model
         graph = G.import_graph(template)
         records: list[PassRecord] = []
         snapshots: list[tuple[str, onnx.ModelProto]] = []
@@ -108,8 +111,9 @@ class Pipeline:
                     self._check(snap, p.name, records)
                 if self.keep_snapshots:
                     snapshots.append((p.name, snap))
-        return PipelineResult(model=G.export_graph(graph, template), records=tuple(records),
-                              snapshots=tuple(snapshots))
+        exported = G.export_graph(graph, template)
+        del graph, template  # release the input's weights before the caller continues
+        return PipelineResult(model=exported, records=tuple(records), snapshots=tuple(snapshots))
 
     @staticmethod
     def _check(model: onnx.ModelProto, name: str, records: list[PassRecord]) -> None:

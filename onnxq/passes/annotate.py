@@ -84,7 +84,7 @@ def _is_float(t: gs.Tensor) -> bool:
 
 
 def _is_const(t: gs.Tensor) -> bool:
-    return G.constant_value(t) is not None
+    return G.constant_shape(t) is not None
 
 
 def _data_inputs(node: gs.Node, h: OpHandler) -> list[tuple[int, gs.Tensor]]:
@@ -121,8 +121,8 @@ class _Analysis:
         weight = None
         acts = [i for i, t in data if not _is_const(t)]
         if h.weight_input is not None and _is_const(node.inputs[h.weight_input]):
-            w = G.constant_value(node.inputs[h.weight_input])
-            axis = weight_axis(node, w.ndim) if self.per_channel else None
+            w_shape = G.constant_shape(node.inputs[h.weight_input])
+            axis = weight_axis(node, len(w_shape)) if self.per_channel else None
             weight = (h.weight_input, axis)
         if node.op in {"Conv", "ConvTranspose"} and weight is None:
             return "weights are computed at run time; only constant weights are quantized"
@@ -133,8 +133,8 @@ class _Analysis:
                 return "Gemm with alpha/beta != 1 has no int8 kernel; kept in float"
         bias = None
         if h.bias_input is not None and len(node.inputs) > h.bias_input and node.inputs[h.bias_input].name:
-            b = G.constant_value(node.inputs[h.bias_input])
-            if b is None or b.ndim != 1 or weight is None:
+            b = G.constant_shape(node.inputs[h.bias_input])
+            if b is None or len(b) != 1 or weight is None:
                 return "bias is not a constant vector; kept in float"
             bias = h.bias_input
         return NodePlan(name=node.name, op=node.op, role=h.role, weight=weight, bias=bias,
@@ -149,10 +149,10 @@ class _Analysis:
         if len(out.outputs) != 1 or out.name in self.outputs or out.outputs[0].op != "Add":
             return None
         add = out.outputs[0]
-        w = G.constant_value(node.inputs[1])
+        w = G.constant_shape(node.inputs[1])
         for i, t in enumerate(add.inputs):
-            b = G.constant_value(t) if t is not out else None
-            if b is not None and b.ndim == 1 and b.shape[0] == w.shape[-1] and _is_float(t):
+            b = G.constant_shape(t) if t is not out else None
+            if b is not None and len(b) == 1 and b[0] == w[-1] and _is_float(t):
                 return add.name, i
         return None
 

@@ -117,15 +117,15 @@ def _matmul_add_to_gemm(graph: gs.Graph) -> int:
         if mm.op != "MatMul" or len(mm.inputs) != 2:
             continue
         a, b = mm.inputs
-        w = G.constant_value(b)
-        if w is None or w.ndim != 2 or a.shape is None or len(a.shape) != 2:
+        w = G.constant_shape(b)
+        if w is None or len(w) != 2 or a.shape is None or len(a.shape) != 2:
             continue
         add = _sole_consumer(mm.outputs[0], outputs)
         if add is None or add.op != "Add":
             continue
         other = [t for t in add.inputs if t is not mm.outputs[0]]
         c = G.constant_value(other[0]) if len(other) == 1 else None
-        if c is None or c.size != w.shape[1] or c.shape[-1] != w.shape[1] or c.ndim > 2:
+        if c is None or c.size != w[1] or c.shape[-1] != w[1] or c.ndim > 2:
             continue
         gemm = gs.Node("Gemm", mm.name, inputs=[a, b, gs.Constant(add.name + "_bias",
                        np.ascontiguousarray(c.reshape(-1).astype(np.float32)))],

@@ -15,7 +15,6 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.errors import UnsupportedOpError
-from onnxq.io import PROTOBUF_LIMIT
 from onnxq.pipeline import PassResult
 
 __all__ = ["PreprocessPass"]
@@ -66,6 +65,44 @@ def _through_proto(graph: gs.Graph, fn) -> gs.Graph:
     return G.import_graph(fn(model))
 
 
+_SMALL = 4096  # initializers with fewer elements stay (shape inference may read their values)
+
+
+def _infer_shapes_light(graph: gs.Graph) -> None:
+    big = {name: t for name, t in graph.tensors().items()
+           if isinstance(t, gs.Constant) and int(np.prod(t.shape, dtype=np.int64)) > _SMALL}
+    placeholders = {name: gs.Variable(name, dtype=t.dtype, shape=list(t.shape))
+                    for name, t in big.items()}
+    swapped: list[tuple[gs.Node, int, gs.Tensor]] = []
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if t.name in placeholders and isinstance(t, gs.Constant):
+                swapped.append((node, i, t))
+    original_inputs = list(graph.inputs)
+    try:
+        for node, i, _ in swapped:  # gs rewires producers/consumers as inputs change
+            node.inputs[i] = placeholders[node.inputs[i].name]
+        graph.inputs = original_inputs + list(placeholders.values())
+        light = G.export_graph(graph)
+    finally:
+        graph.inputs = original_inputs
+        for node, i, const in swapped:
+            node.inputs[i] = const
+    inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
+                                                 data_prop=True)
+    tensors = graph.tensors()
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        var = tensors.get(vi.name)
+        if not isinstance(var, gs.Variable) or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        if tt.elem_type:
+            var.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if tt.HasField("shape"):
+            var.shape = [d.dim_value if d.HasField("dim_value") else
+                         (d.dim_param or None) for d in tt.shape.dim]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PreprocessPass:
     """Constants → initializers, upgrade to ``min_opset`` (best effort), infer shapes."""
@@ -89,14 +126,10 @@ class PreprocessPass:
 
     @staticmethod
     def _infer_shapes(graph: gs.Graph, notes: list[str]) -> gs.Graph:
-        weights = sum(t.values.nbytes for t in graph.tensors().values()
-                      if isinstance(t, gs.Constant))
-        if weights > PROTOBUF_LIMIT - 2**26:
-            notes.append("model > 2 GiB: in-memory shape inference skipped; the model's own "
-                         "value_info is used")
-            return graph
-        return _through_proto(graph, lambda m: onnx.shape_inference.infer_shapes(
-            m, check_type=False, strict_mode=False, data_prop=True))
+        """ONNX shape inference on a weight-free copy of the graph: large initializers are
+        declared as typed inputs instead of copied, so memory does not double."""
+        _infer_shapes_light(graph)
+        return graph
 
     def _upgrade(self, graph: gs.Graph, notes: list[str], skipped: list) -> gs.Graph:
         current = G.opset(graph)
