@@ -16,12 +16,15 @@ def trained():
     return digits.trained_model(seed=0, epochs=6)
 
 
-def test_trained_cnn_int8_accuracy_within_half_a_point(trained):
+@pytest.mark.parametrize("calibrator", ["minmax", "entropy", "percentile", "mse"])
+def test_trained_cnn_int8_accuracy_within_half_a_point(trained, calibrator):
+    """Every calibrator keeps INT8 within 0.5 points of FP32 (a Distribution-style collapse,
+    as onnxruntime's showed on this kind of model, 99.4 % -> 65 %, fails here)."""
     model, data = trained
     fp32_acc = digits.accuracy(model, data["x_test"], data["y_test"])
     assert fp32_acc >= 97.0, "the FP32 model did not train; the test would mean nothing"
     calib = [{"input": data["x_train"][i:i + 8]} for i in range(0, 800, 8)]
-    result = onnxq.quantize(model, calib, progress=False)
+    result = onnxq.quantize(model, calib, progress=False, calibrator=calibrator)
     int8_acc = digits.accuracy(result.model, data["x_test"], data["y_test"])
     assert fp32_acc - int8_acc <= 0.5, (fp32_acc, int8_acc)
     assert {op for _, op in result.report.quantized} >= {"Conv", "Gemm", "MaxPool"}
