@@ -349,3 +349,109 @@ def test_requantize_and_output_scale_order():
     with pytest.raises(OverflowError):
         ref.matmul_accumulators(np.full((1, 70000), 255, np.uint8), 0,
                                 np.full((70000, 1), 127, np.int8), 0)
+
+
+# ------------------------------------------------- float32 operation order (crafted cases)
+
+_F = np.float32
+
+
+def _order_cases(ours, alts, exact, draw, seed: int, need: int = 2):
+    """Scale sets and accumulators whose requantized value depends on the float32 order.
+
+    ``ours(*scales)`` is onnxruntime's float32 multiplier; a case is kept when some
+    accumulator in [0, 32640] rounds differently under a float64 product ``acc * m``, under one
+    of the ``alts`` float32 orders, or under the exactly rounded multiplier ``exact``. Returns
+    the cases and how often each alternative was told apart.
+    """
+    rng = np.random.default_rng(seed)
+    acc = np.arange(32641)
+    accf = acc.astype(_F)
+    cover, cases = np.zeros(len(alts) + 2, int), []
+    for _ in range(3000):
+        scales = draw(rng)
+        m = ours(*scales)
+        y = np.rint(accf * m)
+        others = [acc * np.float64(m)] + [accf * _F(f(*scales)) for f in (*alts, exact)]
+        hits = [np.flatnonzero((y <= 254) & (np.rint(v) != y)) for v in others]
+        if any(h.size for h in hits):
+            cases.append((scales, np.unique(np.concatenate(hits))))
+            cover += [h.size > 0 for h in hits]
+        if (cover >= need).all():
+            break
+    return cases, cover
+
+
+def _draw_conv_scales(rng):
+    xs, ws = _F(rng.uniform(0.001, 0.1)), _F(rng.uniform(0.0005, 0.05))
+    return xs, ws, _F(np.float64(xs) * ws / rng.uniform(0.008, 0.012))
+
+
+_CONV_ORDER = dict(
+    ours=lambda x, w, y: _F(_F(x * w) / y),
+    alts=[lambda x, w, y: _F(x * _F(w / y)), lambda x, w, y: _F(_F(x / y) * w)],
+    exact=lambda x, w, y: np.float64(x) * np.float64(w) / np.float64(y),
+    draw=_draw_conv_scales,
+)
+
+
+def _pairs_for(accs: np.ndarray, rng) -> np.ndarray:
+    """u8 pairs (a0, a1) with a0 + 127 * a1 == acc, padded with random accumulators."""
+    accs = np.concatenate([accs, rng.integers(0, 32641, 16)])
+    a1 = np.minimum(accs // 127, 255)
+    return np.stack([accs - 127 * a1, a1], axis=-1).astype(np.uint8)
+
+
+def test_float32_order_qlinear_matmul_and_conv():
+    cases, cover = _order_cases(**_CONV_ORDER, seed=1)
+    assert (cover >= 2).all()
+    rng = np.random.default_rng(2)
+    for (xs, ws, ys), accs in cases:
+        a = _pairs_for(accs, rng)  # (M, 2)
+        b = np.array([[1], [127]], np.int8)
+        args = (a, xs, np.uint8(0), b, ws, np.int8(0), ys, np.uint8(0))
+        names = ["a", "as", "az", "b", "bs", "bz", "ys", "yz"]
+        expected = _run("QLinearMatMul", [(nm, v, nm != "a") for nm, v in zip(
+            names, args, strict=True)], np.uint8)
+        assert np.array_equal(ref.qlinear_matmul(*args), expected)
+        # 1x1 conv (gemm path), 1x1 conv with C=4, M=16 (symmetric conv kernel), and a
+        # (1, 2) depthwise conv over 16 channels (symmetric depthwise kernel)
+        x_g = a.T[None, :, None, :]
+        x_s = np.concatenate([x_g, np.zeros_like(x_g)], axis=1)
+        x_d = np.repeat(a.reshape(1, 1, 1, -1), 16, axis=1)
+        for x, w, kw in [
+            (x_g, np.array([1, 127], np.int8).reshape(1, 2, 1, 1), {}),
+            (x_s, np.tile(np.int8([1, 127, 0, 0]).reshape(1, 4, 1, 1), (16, 1, 1, 1)), {}),
+            (x_d, np.tile(np.int8([1, 127]).reshape(1, 1, 1, 2), (16, 1, 1, 1)),
+             dict(strides=[1, 2], group=16)),
+        ]:
+            cargs = (x, xs, np.uint8(0), w, ws, np.int8(0), ys, np.uint8(0), None)
+            got = ref.qlinear_conv(*cargs, **kw)
+            assert np.array_equal(got, _ort_conv(cargs, kw))
+            assert np.array_equal(got[0, 0].ravel(), expected.ravel())
+
+
+def _draw_gemm_scales(rng):
+    al, as_, bs = _F(rng.uniform(0.5, 2.0)), _F(rng.uniform(0.001, 0.1)), _F(
+        rng.uniform(0.0005, 0.05))
+    return al, as_, bs, _F(np.float64(al) * as_ * bs / rng.uniform(0.008, 0.012))
+
+
+def test_float32_order_qgemm():
+    cases, cover = _order_cases(
+        ours=lambda al, a, b, y: _F(_F(_F(al * a) * b) / y),
+        alts=[lambda al, a, b, y: _F(al * _F(_F(a * b) / y)),
+              lambda al, a, b, y: _F(_F(_F(a * b) / y) * al)],
+        exact=lambda al, a, b, y: np.float64(al) * a * b / y,
+        draw=_draw_gemm_scales, seed=3)
+    assert (cover >= 2).all()
+    rng = np.random.default_rng(4)
+    for (alpha, a_scale, b_scale, y_scale), accs in cases:
+        a = _pairs_for(accs, rng)
+        b = np.array([[1, 127], [127, 1]], np.int8)  # two columns, two accumulators
+        for ys, yz, out in [(y_scale, np.uint8(0), np.uint8), (None, None, np.float32)]:
+            args = (a, a_scale, np.uint8(0), b, b_scale, np.int8(0), None, ys, yz)
+            names = ["a", "as", "az", "b", "bs", "bz", "c", "ys", "yz"]
+            inputs = [(nm, v, nm != "a") for nm, v in zip(names, args, strict=True)]
+            expected = _run("QGemm", inputs, out, domain="com.microsoft", alpha=float(alpha))
+            assert np.array_equal(ref.qgemm(*args, alpha=float(alpha)), expected)
