@@ -212,17 +212,17 @@ def test_qlinear_matmul_s8_and_ties():
 
 # ----------------------------------------------------------------------------------- QGemm
 
-@pytest.mark.parametrize("trans_a,trans_b,per_column,with_c,out,alpha", [
-    (0, 0, False, False, "float", 1.0),
-    (0, 1, True, True, "float", 1.0),
-    (0, 1, False, True, "u8", 1.0),
-    (0, 0, True, True, "u8", 0.75),
-    (1, 1, True, False, "u8", 1.0),
-    (1, 0, False, True, "float", 1.3),
-    (0, 1, True, True, "s8", 1.0),
+@pytest.mark.parametrize("trans_a,trans_b,per_column,c_shape,out,alpha", [
+    (0, 0, False, None, "float", 1.0),
+    (0, 1, True, "n", "float", 1.0),
+    (0, 1, False, "mn", "u8", 1.0),
+    (0, 0, True, "m1", "u8", 0.75),
+    (1, 1, True, None, "u8", 1.0),
+    (1, 0, False, "1", "float", 1.3),
+    (0, 1, True, "mn", "s8", 1.0),
 ])
-def test_qgemm_bit_exact(trans_a, trans_b, per_column, with_c, out, alpha):
-    rng = np.random.default_rng(trans_a * 8 + trans_b * 4 + per_column * 2 + with_c)
+def test_qgemm_bit_exact(trans_a, trans_b, per_column, c_shape, out, alpha):
+    rng = np.random.default_rng(trans_a * 8 + trans_b * 4 + per_column * 2 + len(out))
     m, k, n = 6, 19, 10
     signed = out == "s8"
     a = (rng.integers(-128, 128, (m, k), dtype=np.int8) if signed
@@ -232,8 +232,10 @@ def test_qgemm_bit_exact(trans_a, trans_b, per_column, with_c, out, alpha):
     b = rng.integers(-128, 128, (n, k) if trans_b else (k, n), dtype=np.int8)
     b_scale = _f32(rng.uniform(0.002, 0.02, n) if per_column else 0.01)
     b_zp = np.zeros(n, np.int8) if per_column else np.int8(0)
-    c = rng.integers(-20000, 20000, (n,) if per_column else (m, n)).astype(np.int32)
-    c = c if with_c else None
+    c = None
+    if c_shape is not None:
+        shape = {"n": (n,), "mn": (m, n), "m1": (m, 1), "1": (1,)}[c_shape]
+        c = rng.integers(-20000, 20000, shape).astype(np.int32)
     a_scale = np.float32(0.03)
     y_scale = y_zp = None
     if out != "float":
@@ -252,11 +254,12 @@ def test_qgemm_bit_exact(trans_a, trans_b, per_column, with_c, out, alpha):
 
 # ------------------------------------------------------------------ Quantize / Dequantize
 
-@pytest.mark.parametrize("dtype,axis", itertools.product([np.uint8, np.int8], [None, 0, 1]))
+@pytest.mark.parametrize("dtype,axis", list(itertools.product([np.uint8, np.int8],
+                                                              [None, 0, 1])))
 def test_quantize_linear_bit_exact(dtype, axis):
     rng = np.random.default_rng(17)
     x = _f32(rng.normal(0, 3, (4, 5, 37)))
-    x[0, 0, :8] = [np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0, 2.5, -2.5]
+    x[0, 0, :8] = [np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0, np.nan, -2.5]
     nsc = 1 if axis is None else x.shape[axis]
     scale = _f32(rng.uniform(0.01, 0.1, nsc))
     scale[0] = 0.5  # x = 2.5, -2.5 land exactly on ties
@@ -271,8 +274,8 @@ def test_quantize_linear_bit_exact(dtype, axis):
     assert np.array_equal(ref.quantize_linear(x, scale, zp, axis=axis), expected)
 
 
-@pytest.mark.parametrize("dtype,axis", itertools.product([np.uint8, np.int8, np.int32],
-                                                         [None, 1]))
+@pytest.mark.parametrize("dtype,axis", list(itertools.product([np.uint8, np.int8, np.int32],
+                                                              [None, 1])))
 def test_dequantize_linear_bit_exact(dtype, axis):
     rng = np.random.default_rng(19)
     info = np.iinfo(dtype)
@@ -455,3 +458,23 @@ def test_float32_order_qgemm():
             inputs = [(nm, v, nm != "a") for nm, v in zip(names, args, strict=True)]
             expected = _run("QGemm", inputs, out, domain="com.microsoft", alpha=float(alpha))
             assert np.array_equal(ref.qgemm(*args, alpha=float(alpha)), expected)
+
+
+def test_quantize_linear_divides_not_multiplies_by_reciprocal():
+    """Near-ties where ``x / s`` and ``x * (1 / s)`` round to different integers."""
+    rng = np.random.default_rng(29)
+    found = 0
+    for scale in _F(rng.uniform(0.001, 0.2, 40)):
+        ties = _F((np.arange(-130, 130) + 0.5) * np.float64(scale))
+        x = np.concatenate([np.nextafter(ties, _F(np.inf)), ties,
+                            np.nextafter(ties, _F(-np.inf))]).astype(_F)
+        div = np.rint(x / scale)
+        differs = div != np.rint(x * (_F(1) / scale))
+        if not differs.any():
+            continue
+        found += int(differs.sum())
+        for dtype, zp in [(np.uint8, np.uint8(128)), (np.int8, np.int8(0))]:
+            expected = _run("QuantizeLinear", [("x", x, False), ("s", scale, True),
+                                               ("z", zp, True)], dtype)
+            assert np.array_equal(ref.quantize_linear(x, scale, zp), expected)
+    assert found >= 5

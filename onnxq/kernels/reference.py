@@ -143,7 +143,7 @@ def requantize(acc_int32: np.ndarray, multiplier: np.ndarray | float, y_zp: obje
     """
     acc = _add_bias(np.asarray(acc_int32).astype(np.int32), bias)
     out = _qdtype(y_zp, np.uint8) if dtype is None else np.dtype(dtype)
-    v = acc.astype(np.float64) * np.asarray(multiplier, dtype=np.float32).astype(np.float64)
+    v = (acc.astype(np.float32) * np.asarray(multiplier, dtype=np.float32)).astype(np.float32)
     return _round_saturate(v, np.asarray(0 if y_zp is None else y_zp, dtype=np.int64), out)
 
 
