@@ -9,8 +9,19 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxq.kernels import isa
 from onnxq.kernels import reference as ref
 
+_CPU = isa.detect()
+# The references model onnxruntime's x86 MLAS kernels. Without VNNI (or AMX), the u8 x s8
+# kernels saturate pairs of products in int16 (modelled by ``no_vnni``); s8 x s8 on such CPUs
+# goes through other kernels, not modelled here.
+pytestmark = pytest.mark.skipif(not _CPU.x86, reason="models onnxruntime's x86 kernels")
+NO_VNNI = not (_CPU.vnni or _CPU.amx_int8)
+needs_vnni = pytest.mark.skipif(NO_VNNI, reason="s8 x s8 kernels without VNNI not modelled")
+# Full-range s8 weights, or 7-bit ones where onnxruntime would saturate (so these tests do not
+# depend on the emulation, which has its own hardware check below).
+W_LO, W_HI = (-64, 64) if NO_VNNI else (-128, 128)
 OPSET = 21
 _NP2ONNX = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8,
             np.dtype(np.int32): TensorProto.INT32, np.dtype(np.float32): TensorProto.FLOAT}
@@ -85,10 +96,10 @@ def _conv_case(shape, per_channel: bool, x_zp_kind: str, w_kind: str, with_bias:
     x = rng.integers(0, 256, (n, c, h, w_), dtype=np.uint8)
     x_zp = np.uint8({"zero": 0, "mid": 128, "rand": rng.integers(1, 255)}[x_zp_kind])
     if w_kind == "s8":
-        w = rng.integers(-127, 128, (m, c // g, k, k), dtype=np.int8)
+        w = rng.integers(max(W_LO, -127), W_HI, (m, c // g, k, k), dtype=np.int8)
         w_zp = np.zeros(m, np.int8) if per_channel else np.int8(0)
     elif w_kind == "s8zp":  # nonzero per-tensor zero point (not the symmetric path)
-        w = rng.integers(-128, 128, (m, c // g, k, k), dtype=np.int8)
+        w = rng.integers(W_LO, W_HI, (m, c // g, k, k), dtype=np.int8)
         w_zp = np.int8(rng.integers(-20, 20) or 3)
     else:  # u8 weights around 128
         w = rng.integers(0, 256, (m, c // g, k, k), dtype=np.uint8)
@@ -126,7 +137,7 @@ _CONV_GRID = [
 def test_qlinear_conv_bit_exact(seed, shape, per_channel, x_zp_kind, w_kind, with_bias):
     args, kw = _conv_case(shape, per_channel, x_zp_kind, w_kind, with_bias, seed)
     expected = _ort_conv(args, kw)
-    got = ref.qlinear_conv(*args, **kw)
+    got = ref.qlinear_conv(*args, **kw, no_vnni=NO_VNNI)
     assert got.dtype == expected.dtype and got.shape == expected.shape
     assert np.array_equal(got, expected)
 
@@ -134,9 +145,11 @@ def test_qlinear_conv_bit_exact(seed, shape, per_channel, x_zp_kind, w_kind, wit
 @pytest.mark.parametrize("shape", [_CONV_SHAPES[2], _CONV_SHAPES[6], _CONV_SHAPES[9]])
 def test_qlinear_conv_dynamic_weight(shape):
     args, kw = _conv_case(shape, True, "rand", "s8", True, seed=7)
-    assert np.array_equal(ref.qlinear_conv(*args, **kw), _ort_conv(args, kw, w_const=False))
+    got = ref.qlinear_conv(*args, **kw, no_vnni=NO_VNNI)
+    assert np.array_equal(got, _ort_conv(args, kw, w_const=False))
 
 
+@needs_vnni
 def test_qlinear_conv_s8_activations_and_1d():
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, (2, 4, 13), dtype=np.int8)
@@ -180,7 +193,7 @@ def test_qlinear_matmul_bit_exact(a_shape, b_shape, per_column, b_const, b_type)
     n = b_shape[-1]
     zp_shape = (*b_shape[:-2], 1, n) if per_column else ()
     if b_type == "s8":
-        b = rng.integers(-128, 128, b_shape, dtype=np.int8)
+        b = rng.integers(W_LO, W_HI, b_shape, dtype=np.int8)
         b_zp = np.zeros(zp_shape, np.int8)
     else:
         b = rng.integers(0, 256, b_shape, dtype=np.uint8)
@@ -194,9 +207,10 @@ def test_qlinear_matmul_bit_exact(a_shape, b_shape, per_column, b_const, b_type)
     names = ["a", "as", "az", "b", "bs", "bz", "ys", "yz"]
     consts = [False, True, True, b_const, True, True, True, True]
     expected = _run("QLinearMatMul", list(zip(names, args, consts, strict=True)), np.uint8)
-    assert np.array_equal(ref.qlinear_matmul(*args), expected)
+    assert np.array_equal(ref.qlinear_matmul(*args, no_vnni=NO_VNNI), expected)
 
 
+@needs_vnni
 def test_qlinear_matmul_s8_and_ties():
     rng = np.random.default_rng(5)
     a = rng.integers(-128, 128, (2, 6, 10), dtype=np.int8)
@@ -229,7 +243,7 @@ def test_qgemm_bit_exact(trans_a, trans_b, per_column, c_shape, out, alpha):
          else rng.integers(0, 256, (m, k), dtype=np.uint8))
     a_zp = np.int8(-9) if signed else np.uint8(rng.integers(0, 256))
     a = a.T.copy() if trans_a else a
-    b = rng.integers(-128, 128, (n, k) if trans_b else (k, n), dtype=np.int8)
+    b = rng.integers(W_LO, W_HI, (n, k) if trans_b else (k, n), dtype=np.int8)
     b_scale = _f32(rng.uniform(0.002, 0.02, n) if per_column else 0.01)
     b_zp = np.zeros(n, np.int8) if per_column else np.int8(0)
     c = None
@@ -247,7 +261,9 @@ def test_qgemm_bit_exact(trans_a, trans_b, per_column, c_shape, out, alpha):
     out_dtype = {"float": np.float32, "u8": np.uint8, "s8": np.int8}[out]
     expected = _run("QGemm", inputs, out_dtype, domain="com.microsoft", alpha=alpha,
                     transA=trans_a, transB=trans_b)
-    got = ref.qgemm(*args, alpha=alpha, trans_a=trans_a, trans_b=trans_b)
+    if signed and NO_VNNI:
+        pytest.skip("s8 x s8 kernels without VNNI not modelled")
+    got = ref.qgemm(*args, alpha=alpha, trans_a=trans_a, trans_b=trans_b, no_vnni=NO_VNNI)
     assert got.dtype == expected.dtype
     assert np.array_equal(got, expected)
 
@@ -294,6 +310,22 @@ def test_dequantize_linear_bit_exact(dtype, axis):
 
 # ------------------------------------------------------------------- AVX2 u8s8 emulation
 
+def test_no_vnni_switch_on_op_references():
+    rng = np.random.default_rng(37)
+    a = np.full((3, 16), 255, np.uint8)
+    b = np.full((16, 4), 127, np.int8)
+    args = (a, np.float32(1.0), np.uint8(0), b, np.float32(1.0), np.int8(0),
+            np.float32(4096.0), np.uint8(0))
+    assert ref.qlinear_matmul(*args).tolist() == [[127] * 4] * 3  # 518160 / 4096 = 126.504
+    assert ref.qlinear_matmul(*args, no_vnni=True).tolist() == [[64] * 4] * 3  # 8*32767/4096
+    b7 = rng.integers(-64, 64, (16, 4), dtype=np.int8)
+    assert np.array_equal(ref.qgemm(a, 0.5, 0, b7, 0.25, 0, no_vnni=True),
+                          ref.qgemm(a, 0.5, 0, b7, 0.25, 0))
+    bu8 = rng.integers(0, 256, (16, 4), dtype=np.uint8)  # u8 x u8 kernels never saturate
+    assert np.array_equal(ref.matmul_accumulators(a, 0, bu8, 128, no_vnni=True),
+                          ref.matmul_accumulators(a, 0, bu8, 128))
+
+
 def test_no_vnni_matches_exact_with_7bit_weights():
     rng = np.random.default_rng(23)
     x = np.full((4, 64), 255, np.uint8)
@@ -336,6 +368,27 @@ def test_no_vnni_saturates_with_full_range_weights():
     # depthwise convs use a widening kernel: never saturate
     wd = np.full((2, 1, 3, 3), 127, np.int8)
     assert ref.saturation_report(xc, wd, group=2).saturated == 0
+
+
+@pytest.mark.skipif(not NO_VNNI, reason="needs an x86 CPU without VNNI")
+def test_no_vnni_emulation_matches_onnxruntime():
+    """On a CPU without VNNI, onnxruntime's u8 x s8 results include the int16 saturation."""
+    rng = np.random.default_rng(31)
+    a = rng.integers(200, 256, (7, 24), dtype=np.uint8)
+    b = rng.choice(np.int8([-128, -127, 126, 127]), (24, 5))
+    args = (a, np.float32(0.02), np.uint8(3), b, np.float32(0.004), np.int8(0),
+            np.float32(2.0), np.uint8(128))
+    names = ["a", "as", "az", "b", "bs", "bz", "ys", "yz"]
+    expected = _run("QLinearMatMul", [(nm, v, nm != "a") for nm, v in zip(
+        names, args, strict=True)], np.uint8)
+    assert ref.saturation_report(a, b, 3, 0).saturated > 0
+    assert np.array_equal(ref.qlinear_matmul(*args, no_vnni=True), expected)
+    for shape in (_CONV_SHAPES[0], _CONV_SHAPES[2], _CONV_SHAPES[6]):
+        cargs, kw = _conv_case(shape, True, "rand", "s8", True, seed=5)
+        w = rng.choice(np.int8([-128, -127, 126, 127]), cargs[3].shape)
+        cargs = (*cargs[:3], w, *cargs[4:])
+        assert np.array_equal(ref.qlinear_conv(*cargs, **kw, no_vnni=True),
+                              _ort_conv(cargs, kw))
 
 
 def test_requantize_and_output_scale_order():

@@ -234,33 +234,49 @@ def _conv_gemm(x: np.ndarray, x_zp: object, w: np.ndarray, w_zp: object, strides
     return acc, saturated, pairs
 
 
+def _u8s8(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == np.uint8 and b.dtype == np.int8
+
+
 def conv_accumulators(x: np.ndarray, x_zp: object, w: np.ndarray, w_zp: object = 0, *,
                       strides: Sequence[int] | None = None, pads: Sequence[int] | None = None,
-                      dilations: Sequence[int] | None = None, group: int = 1) -> np.ndarray:
+                      dilations: Sequence[int] | None = None, group: int = 1,
+                      no_vnni: bool = False) -> np.ndarray:
     """int32 accumulators ``sum((x - x_zp) * (w - w_zp))`` of an NCHW (or NCW) convolution.
 
     ``pads`` uses ONNX order ``[begin..., end...]``; ``w_zp`` may be per output channel.
+    ``no_vnni`` applies the int16 saturation of ``emulate_u8s8_no_vnni`` to u8 x s8 inputs.
     """
-    acc, _, _ = _conv_gemm(x, x_zp, w, w_zp, strides, pads, dilations, group, False)
+    x, w = np.asarray(x), np.asarray(w)
+    emulate = no_vnni and _u8s8(x, w)
+    acc, _, _ = _conv_gemm(x, x_zp, w, w_zp, strides, pads, dilations, group, emulate)
     return _to_int32(acc)
 
 
-def matmul_accumulators(a: np.ndarray, a_zp: object, b: np.ndarray,
-                        b_zp: object = 0) -> np.ndarray:
+def matmul_accumulators(a: np.ndarray, a_zp: object, b: np.ndarray, b_zp: object = 0, *,
+                        no_vnni: bool = False) -> np.ndarray:
     """int32 accumulators ``(a - a_zp) @ (b - b_zp)`` (numpy matmul batching).
 
     ``b_zp`` is a scalar, per column ``(N,)`` or per batch and column ``(..., 1, N)``.
+    ``no_vnni`` applies the int16 saturation of ``emulate_u8s8_no_vnni`` to u8 x s8 inputs.
     """
-    return _to_int32(_gemm_exact(np.asarray(a), a_zp, np.asarray(b), b_zp))
+    a, b = np.asarray(a), np.asarray(b)
+    if no_vnni and _u8s8(a, b):
+        return _to_int32(_gemm_u8s8_avx2(a, a_zp, b, b_zp)[0])
+    return _to_int32(_gemm_exact(a, a_zp, b, b_zp))
 
 
 def qlinear_conv(x: np.ndarray, x_scale: object, x_zp: object, w: np.ndarray, w_scale: object,
                  w_zp: object, y_scale: object, y_zp: object, bias: np.ndarray | None = None,
                  *, strides: Sequence[int] | None = None, pads: Sequence[int] | None = None,
-                 dilations: Sequence[int] | None = None, group: int = 1) -> np.ndarray:
-    """ONNX QLinearConv (NCHW or NCW, groups, per-channel ``w_scale``/``w_zp`` on axis 0)."""
+                 dilations: Sequence[int] | None = None, group: int = 1,
+                 no_vnni: bool = False) -> np.ndarray:
+    """ONNX QLinearConv (NCHW or NCW, groups, per-channel ``w_scale``/``w_zp`` on axis 0).
+
+    ``no_vnni=True`` models an x86 CPU without VNNI (int16 saturation for u8 x s8).
+    """
     acc = conv_accumulators(x, x_zp, w, w_zp, strides=strides, pads=pads,
-                            dilations=dilations, group=group)
+                            dilations=dilations, group=group, no_vnni=no_vnni)
     chan = (1, -1) + (1,) * (acc.ndim - 2)
     mult = output_scale(x_scale, w_scale, y_scale)
     mult = mult.reshape(chan) if mult.size > 1 else mult.reshape(())
@@ -269,9 +285,13 @@ def qlinear_conv(x: np.ndarray, x_scale: object, x_zp: object, w: np.ndarray, w_
 
 
 def qlinear_matmul(a: np.ndarray, a_scale: object, a_zp: object, b: np.ndarray,
-                   b_scale: object, b_zp: object, y_scale: object, y_zp: object) -> np.ndarray:
-    """ONNX QLinearMatMul (N-D batched; ``b_scale``/``b_zp`` per tensor or per column)."""
-    acc = matmul_accumulators(a, a_zp, b, b_zp)
+                   b_scale: object, b_zp: object, y_scale: object, y_zp: object, *,
+                   no_vnni: bool = False) -> np.ndarray:
+    """ONNX QLinearMatMul (N-D batched; ``b_scale``/``b_zp`` per tensor or per column).
+
+    ``b_scale``/``b_zp`` per column have shape ``(..., 1, N)`` (or ``(N,)``).
+    """
+    acc = matmul_accumulators(a, a_zp, b, b_zp, no_vnni=no_vnni)
     mult = output_scale(a_scale, b_scale, y_scale)
     return requantize(acc, mult, y_zp, _qdtype(y_zp, np.asarray(a).dtype))
 
@@ -279,7 +299,7 @@ def qlinear_matmul(a: np.ndarray, a_scale: object, a_zp: object, b: np.ndarray,
 def qgemm(a: np.ndarray, a_scale: object, a_zp: object, b: np.ndarray, b_scale: object,
           b_zp: object, c: np.ndarray | None = None, y_scale: object = None,
           y_zp: object = None, *, alpha: float = 1.0, trans_a: int = 0,
-          trans_b: int = 0) -> np.ndarray:
+          trans_b: int = 0, no_vnni: bool = False) -> np.ndarray:
     """com.microsoft QGemm: ``alpha * A' @ B'`` plus an int32 ``c`` added to the accumulator.
 
     Without ``y_zp`` the output is float32 ``float32(acc) * multiplier`` (as in onnxruntime,
@@ -288,7 +308,7 @@ def qgemm(a: np.ndarray, a_scale: object, a_zp: object, b: np.ndarray, b_scale: 
     """
     a2 = np.asarray(a).T if trans_a else np.asarray(a)
     b2 = np.asarray(b).T if trans_b else np.asarray(b)
-    acc = _add_bias(matmul_accumulators(a2, a_zp, b2, b_zp), c)
+    acc = _add_bias(matmul_accumulators(a2, a_zp, b2, b_zp, no_vnni=no_vnni), c)
     mult = output_scale(a_scale, b_scale, y_scale, alpha)
     if y_zp is None:
         return (acc.astype(np.float32) * mult).astype(np.float32)
