@@ -19,7 +19,14 @@ from onnxq.config import QuantConfig
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.io import save_model
 from onnxq.kernels.isa import recommend
-from onnxq.passes import CleanupPass, FusionPass, InsertQDQPass, PreprocessPass, VerifyPass
+from onnxq.passes import (
+    CleanupPass,
+    FusionPass,
+    InsertQDQPass,
+    PreprocessPass,
+    QLinearLoweringPass,
+    VerifyPass,
+)
 from onnxq.passes.annotate import QuantPlan, annotate
 from onnxq.pipeline import Pipeline, PipelineResult
 from onnxq.qtypes import QType, TensorRange
@@ -131,13 +138,15 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
                    ranges: Mapping[str, TensorRange]) -> Pipeline:
     """The passes that turn a prepared float model into the quantized one."""
     act, weight, reduce_range = _types(config)
-    return Pipeline([
+    passes = [
         InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
                       activation_symmetric=config.activation.symmetric, weight_type=weight,
                       reduce_range=reduce_range),
         CleanupPass(),
-        VerifyPass(),
-    ])
+    ]
+    if config.format == "qlinear":  # a lowering of the same QDQ graph
+        passes += [QLinearLoweringPass(), CleanupPass()]
+    return Pipeline([*passes, VerifyPass()])
 
 
 def calibrate(

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ranges", default=None, metavar="FILE.json",
                    help="reuse ranges from onnxq calibrate instead of calibrating")
     _calibration_args(q, required=False)
-    q.add_argument("--format", choices=["qdq"], default=None)
+    q.add_argument("--format", choices=["qdq", "qlinear"], default=None,
+                   help="qdq (default) or qlinear (QOperator: onnxruntime integer ops)")
     pc = q.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None)
     pc.add_argument("--per-tensor", dest="per_channel", action="store_false")

@@ -24,7 +24,7 @@ __all__ = [
     "CALIBRATORS",
 ]
 
-FORMATS = ("qdq",)
+FORMATS = ("qdq", "qlinear")
 CALIBRATORS = ("minmax", "entropy", "percentile", "mse")
 _TYPES = ("u8", "s8")
 

@@ -41,6 +41,9 @@ OP_HINTS: dict[str, str] = {
             "ONNX equivalent: use approximate GELU (keras.activations.gelu(x, "
             "approximate=True) or tf.nn.gelu(x, approximate=True)) and retrain or fine-tune "
             "briefly",
+    "TFL_GELU": "the TFLite converter fuses GELU into one TFL_GELU op, which tf2onnx 1.17 "
+                "cannot convert; convert the Keras model or SavedModel instead of the .tflite "
+                "file",
 }
 
 _EXTRAS = {"torch": "torch", "tensorflow": "tf", "tf2onnx": "tf", "keras": "tf",

@@ -184,9 +184,9 @@ def _exportable_fake_quant(module: torch.nn.Module, dynamo: bool) -> Iterator[in
     patched = []
     try:
         for name, fq in _fake_quant_modules(module):
-            had = "forward" in fq.__dict__
-            patched.append((fq, had, fq.__dict__.get("forward")))
-            fq.forward = _fixed_fake_quant(fq, name, dynamo)
+            forward = _fixed_fake_quant(fq, name, dynamo)
+            patched.append((fq, "forward" in fq.__dict__, fq.__dict__.get("forward")))
+            fq.forward = forward
         yield len(patched)
     finally:
         for fq, had, old in patched:
@@ -216,6 +216,8 @@ def _grow_batch(args: tuple) -> tuple:
 
 def _hint(cause: str, dynamo: bool) -> str:
     low = cause.lower()
+    if "scriptmodule" in low:
+        return "torch.jit (TorchScript) modules export only with dynamo=False"
     if "data-dependent" in low or "datadependent" in low or "guardondatadependent" in low:
         return ("the module branches on tensor values (data-dependent Python control flow); "
                 "rewrite the branch with torch.where or torch.cond, or export with "

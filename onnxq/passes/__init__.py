@@ -4,6 +4,8 @@ from onnxq.passes.cleanup import CleanupPass
 from onnxq.passes.fusion import FusionPass
 from onnxq.passes.preprocess import PreprocessPass
 from onnxq.passes.qdq_insert import InsertQDQPass
+from onnxq.passes.qlinear import QLinearLoweringPass
 from onnxq.passes.verify import VerifyPass
 
-__all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "CleanupPass", "VerifyPass"]
+__all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "CleanupPass", "VerifyPass",
+           "QLinearLoweringPass"]
