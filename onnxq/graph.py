@@ -134,7 +134,7 @@ def make_dq_constant(
 ) -> gs.Variable:
     """Append ``DequantizeLinear(const int values)`` to ``graph``; return its float output."""
     scale, zp = _param_constants(prefix, params)
-    q_const = gs.Constant(f"{prefix}_quantized", np.ascontiguousarray(values))
+    q_const = gs.Constant(f"{prefix}_quantized", np.array(values, order="C"))
     out = gs.Variable(f"{prefix}_dequantized", dtype=np.float32, shape=list(shape))
     graph.nodes.append(gs.Node("DequantizeLinear", f"{prefix}_DequantizeLinear",
                                attrs=_axis_attrs(params), inputs=[q_const, scale, zp],

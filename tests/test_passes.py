@@ -222,3 +222,20 @@ def test_fusion_folds_zero_pad_into_conv():
     onnx.checker.check_model(out.model, full_check=True)
     assert_close(model, out.model, {"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)})
     rerun_unchanged(FusionPass(), out.model)
+
+
+def test_preprocess_keeps_scalar_constants_scalar():
+    """A 0-d Constant (TorchScript shape arithmetic) must stay 0-d as an initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["two"], name="c",
+                          value=numpy_helper.from_array(np.array(2.0, np.float32))),
+         helper.make_node("Mul", ["x", "two"], ["y"], name="mul")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = Pipeline([PreprocessPass()]).run(model).model
+    init = next(i for i in out.graph.initializer if i.name == "two")
+    assert list(init.dims) == []
+    assert run_model(out, {"x": np.array(3.0, np.float32)})[0].shape == ()

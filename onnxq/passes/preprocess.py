@@ -48,7 +48,7 @@ def _constants_to_initializers(graph: gs.Graph) -> int:
         value = _constant_node_value(node)
         if value is None or out.name in outputs:
             continue
-        const = gs.Constant(out.name, np.ascontiguousarray(value))
+        const = gs.Constant(out.name, np.array(value, order="C"))  # keeps 0-d scalars 0-d
         for consumer in list(out.outputs):
             for i, tensor in enumerate(consumer.inputs):
                 if tensor is out:
