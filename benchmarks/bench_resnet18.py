@@ -17,17 +17,6 @@ from benchmarks import common
 from tests import builders as B
 
 
-def _fmt(digits: int):
-    return lambda v: "-" if v is None else f"{v:.{digits}f}"
-
-
-COLUMNS = [("model", "model", str), ("batch-1 latency ms", "latency_ms", _fmt(2)),
-           ("batch-8 img/s", "throughput", _fmt(1)), ("speed-up b1", "speedup_b1", _fmt(2)),
-           ("speed-up b8", "speedup_b8", _fmt(2)), ("top-1 agree", "top1_agreement", _fmt(3)),
-           ("cosine", "cosine", _fmt(5)), ("size MB", "size_mb", _fmt(1)),
-           ("quantize s", "quantize_s", _fmt(1))]
-
-
 def run(image: int, threads: int, calib_samples: int, min_seconds: float) -> dict:
     fp32 = B.resnet18_shaped(image=image)
     calib = B.feeds(fp32, batch=1, n=calib_samples, seed=1)
@@ -38,23 +27,10 @@ def run(image: int, threads: int, calib_samples: int, min_seconds: float) -> dic
     models["ort quantize_static (defaults)"] = common.ort_quantize_static(fp32, calib)
     models["ort quantize_static (u8, per-channel)"] = common.ort_quantize_static(
         fp32, calib, best=True)
-    evals = B.feeds(fp32, batch=8, n=4, seed=99)
-    rows = []
-    sessions = {name: common.session(m, threads) for name, (m, _) in models.items()}
-    lat = common.time_interleaved(sessions, B.feeds(fp32, batch=1, seed=5)[0],
-                                  min_seconds=min_seconds)
-    thr = common.time_interleaved(sessions, B.feeds(fp32, batch=8, seed=6)[0],
-                                  min_seconds=min_seconds)
-    import numpy as np
-
-    refs = [sessions["fp32"].run(None, f)[0] for f in evals]
-    for name, (model, seconds) in models.items():
-        outs = [sessions[name].run(None, f)[0] for f in evals]
-        agree = common.agreement(np.concatenate(refs), np.concatenate(outs))
-        rows.append({"model": name, "latency_ms": lat[name] * 1e3,
-                     "throughput": 8 / thr[name], "speedup_b1": lat["fp32"] / lat[name],
-                     "speedup_b8": thr["fp32"] / thr[name], **agree,
-                     "size_mb": common.model_size_mb(model), "quantize_s": seconds})
+    rows = common.compare_models(models, B.feeds(fp32, batch=1, seed=5)[0],
+                                 B.feeds(fp32, batch=8, seed=6)[0],
+                                 B.feeds(fp32, batch=8, n=4, seed=99), threads=threads,
+                                 min_seconds=min_seconds)
     return {"rows": rows, "image": image, "threads": threads, "calib_samples": calib_samples}
 
 
@@ -76,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnxq_faster_than_ort_default_b1": onnxq_row["latency_ms"] <= ort_row["latency_ms"],
         "onnxq_faster_than_ort_default_b8": onnxq_row["throughput"] >= ort_row["throughput"],
     }
-    table = common.markdown_table(payload["rows"], COLUMNS)
+    table = common.markdown_table(payload["rows"], common.MODEL_COLUMNS)
     env = payload["environment"]
     header = (f"ResNet-18-shaped, {image}x{image}, {args.threads} threads, onnxruntime "
               f"{env['onnxruntime']}, {env['cpu']}, {env['date']}, onnxq {env['onnxq_revision']}")

@@ -66,9 +66,11 @@ def model_size_mb(model: onnx.ModelProto) -> float:
     return model.ByteSize() / 2**20
 
 
-def ort_quantize_static(model: onnx.ModelProto, feeds: Sequence[dict], *, best: bool = False):
+def ort_quantize_static(model: onnx.ModelProto, feeds: Sequence[dict], *, best: bool = False,
+                        qoperator: bool = False):
     """onnxruntime's quantize_static as a peer: defaults, or its best settings for this CPU
-    (u8 activations, per-channel s8 weights). Returns (model, seconds)."""
+    (u8 activations, per-channel s8 weights), in QDQ or QOperator format.
+    Returns (model, seconds)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -86,14 +88,47 @@ def ort_quantize_static(model: onnx.ModelProto, feeds: Sequence[dict], *, best: 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
-        kwargs = {}
+        kwargs = {"quant_format": QuantFormat.QOperator if qoperator else QuantFormat.QDQ}
         if best:
-            kwargs = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                          weight_type=QuantType.QInt8, per_channel=True)
+            kwargs.update(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                          per_channel=True)
         start = time.perf_counter()
         quantize_static(str(src), str(dst), Reader(), **kwargs)
         seconds = time.perf_counter() - start
         return onnx.load(str(dst)), seconds
+
+
+def compare_models(models: dict[str, tuple], feed_b1: dict, feed_b8: dict,
+                   evals: Sequence[dict], *, threads: int = 2, min_seconds: float = 2.0,
+                   reference: str = "fp32") -> list[dict]:
+    """One row per model: batch-1 latency, batch-8 throughput, speed-ups over ``reference``,
+    output agreement with it on ``evals``, size and quantization time. ``models`` maps a name
+    to ``(ModelProto, quantize seconds or None)``; all timings are interleaved."""
+    sessions = {name: session(m, threads) for name, (m, _) in models.items()}
+    lat = time_interleaved(sessions, feed_b1, min_seconds=min_seconds)
+    thr = time_interleaved(sessions, feed_b8, min_seconds=min_seconds)
+    batch = len(next(iter(feed_b8.values())))
+    refs = np.concatenate([sessions[reference].run(None, f)[0] for f in evals])
+    rows = []
+    for name, (model, seconds) in models.items():
+        outs = np.concatenate([sessions[name].run(None, f)[0] for f in evals])
+        rows.append({"model": name, "latency_ms": lat[name] * 1e3,
+                     "throughput": batch / thr[name],
+                     "speedup_b1": lat[reference] / lat[name],
+                     "speedup_b8": thr[reference] / thr[name], **agreement(refs, outs),
+                     "size_mb": model_size_mb(model), "quantize_s": seconds})
+    return rows
+
+
+def _fmt(digits: int):
+    return lambda v: "-" if v is None else f"{v:.{digits}f}"
+
+
+MODEL_COLUMNS = [("model", "model", str), ("batch-1 latency ms", "latency_ms", _fmt(2)),
+                 ("batch-8 img/s", "throughput", _fmt(1)),
+                 ("speed-up b1", "speedup_b1", _fmt(2)), ("speed-up b8", "speedup_b8", _fmt(2)),
+                 ("top-1 agree", "top1_agreement", _fmt(3)), ("cosine", "cosine", _fmt(5)),
+                 ("size MB", "size_mb", _fmt(1)), ("quantize s", "quantize_s", _fmt(1))]
 
 
 def agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:

@@ -258,6 +258,37 @@ def resnet18_shaped(seed: int = 0, opset: int = 17, image: int = 224,
                    [("logits", ["batch", num_classes])])
 
 
+def mobilenet_shaped(seed: int = 0, opset: int = 17, image: int = 224,
+                     num_classes: int = 1000) -> onnx.ModelProto:
+    """MobileNetV3-like stack: HardSwish stem, depthwise-separable blocks (HardSwish or Relu),
+    inverted residuals with Add, GlobalAveragePool head. Random He-init weights."""
+    b = _Builder(seed, opset)
+    x = b.hardswish(b.bn(b.conv("input", "stem", 3, 16, 3, stride=2), "stem.bn", 16),
+                    "stem.hswish")
+    # (expansion, out channels, stride, activation)
+    cfg = [(1, 16, 1, "relu"), (4, 24, 2, "relu"), (3, 24, 1, "relu"), (3, 40, 2, "hswish"),
+           (3, 40, 1, "hswish"), (6, 80, 2, "hswish"), (2.5, 80, 1, "hswish"),
+           (6, 112, 1, "hswish"), (6, 160, 2, "hswish"), (6, 160, 1, "hswish")]
+    cin = 16
+    for i, (exp, cout, stride, act) in enumerate(cfg):
+        mid, name, inp = int(cin * exp), f"block{i}", x
+        h = x
+        if mid != cin:
+            h = b.bn(b.conv(h, f"{name}.expand", cin, mid, 1), f"{name}.expand.bn", mid)
+            h = b.relu(h, f"{name}.expand.act") if act == "relu" else b.hardswish(
+                h, f"{name}.expand.act")
+        h = b.bn(b.conv(h, f"{name}.dw", mid, mid, 3, stride=stride, group=mid),
+                 f"{name}.dw.bn", mid)
+        h = b.relu(h, f"{name}.dw.act") if act == "relu" else b.hardswish(h, f"{name}.dw.act")
+        h = b.bn(b.conv(h, f"{name}.project", mid, cout, 1), f"{name}.project.bn", cout)
+        x = b.add(inp, h, f"{name}.add") if stride == 1 and cin == cout else h
+        cin = cout
+    x = b.hardswish(b.bn(b.conv(x, "last", cin, 960, 1), "last.bn", 960), "last.hswish")
+    b.head(x, 960, num_classes)
+    return b.model("mobilenet_shaped", [("input", ["batch", 3, image, image])],
+                   [("logits", ["batch", num_classes])])
+
+
 # ---------------------------------------------------------------------------------------
 # MatMul / transformer builders
 # ---------------------------------------------------------------------------------------
