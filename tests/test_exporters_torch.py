@@ -25,7 +25,13 @@ from onnxq.exporters import export_model  # noqa: E402
 from onnxq.exporters.torch import from_torch, load_torchscript  # noqa: E402
 from tests.conftest import cosine, run_model  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [
+    pytest.mark.torch,
+    # the test models are built with the deprecated-but-shipped torch.jit / torch.ao APIs
+    pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max:UserWarning"),
+]
 
 REL_TOL = 1e-4
 COSINE = 0.999
@@ -89,33 +95,6 @@ def torch_out(module, x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(x)).numpy()
 
 
-def _preprocess_keeps_scalar_constants() -> bool:
-    """onnxq's PreprocessPass turned 0-d Constant nodes into shape-[1] initializers
-    (np.ascontiguousarray makes 0-d arrays 1-d), breaking the Shape→Gather→Unsqueeze→Concat
-    chains TorchScript writes for ``b, t, d = x.shape``. Probe so the test runs once fixed."""
-    from onnx import TensorProto, helper
-
-    from onnxq.passes import PreprocessPass
-    from onnxq.pipeline import Pipeline
-
-    node = helper.make_node("Constant", [], ["c"], value=helper.make_tensor(
-        "v", TensorProto.INT64, [], [0]))
-    gather = helper.make_node("Gather", ["s", "c"], ["y"])
-    shape = helper.make_node("Shape", ["x"], ["s"])
-    graph = helper.make_graph([shape, node, gather], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    out = Pipeline([PreprocessPass()]).run(model).model
-    return all(len(t.dims) == 0 for t in out.graph.initializer if t.name == "c")
-
-
-SCALAR_CONSTANT_BUG = pytest.mark.xfail(
-    not _preprocess_keeps_scalar_constants(), strict=True,
-    reason="onnxq/passes/preprocess.py: np.ascontiguousarray turns 0-d Constant values into "
-           "shape [1], so TorchScript graphs reading x.shape break (Concat rank mismatch)")
-
-
 @pytest.fixture(scope="module")
 def exported():
     cache: dict = {}
@@ -155,8 +134,8 @@ def test_fp32_matches_torch_batch_1_and_3(exported, name, dynamo):
 @pytest.mark.parametrize(("name", "dynamo"), [
     pytest.param("cnn", False, id="cnn-torchscript"),
     pytest.param("cnn", True, id="cnn-dynamo"),
-    pytest.param("attention", False, id="attention-torchscript", marks=SCALAR_CONSTANT_BUG),
-    pytest.param("attention", True, id="attention-dynamo"),  # shape arithmetic folded away
+    pytest.param("attention", False, id="attention-torchscript"),  # scalar Constant nodes
+    pytest.param("attention", True, id="attention-dynamo"),
 ])
 def test_quantize_end_to_end(exported, name, dynamo):
     _, shape, model = exported(name, dynamo)
@@ -196,6 +175,27 @@ def test_output_path_writes_one_file(tmp_path):
     assert got == dest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx"]
     onnx.checker.check_model(str(dest), full_check=True)
+
+
+def test_large_model_keeps_external_data(tmp_path, monkeypatch):
+    """Above the protobuf limit (lowered here to 1 kB) dynamo's weights file is kept."""
+    import onnxq.exporters.torch as exporter
+
+    monkeypatch.setattr(exporter, "_LARGE", 1024)
+    module, shape = make("cnn")
+    x = torch.from_numpy(sample(shape, 1, 0))
+    with pytest.raises(ModelError, match="output_path"):
+        from_torch(module, x, dynamo=True)
+    dest = tmp_path / "big.onnx"
+    assert from_torch(module, x, dynamo=True, output_path=dest) == dest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    x3 = sample(shape, 3, 8)
+    ref = torch_out(module, x3)
+    got = sess.run(None, {sess.get_inputs()[0].name: x3})[0]
+    assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
 
 
 # -- TorchScript files and the front door --------------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,9 @@ def from_tflite(path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> onnx.
     if not src.is_file():
         raise ModelError(f"TFLite file {str(src)!r} does not exist; check the path")
     try:
-        model, _ = tf2onnx.convert.from_tflite(str(src), opset=opset)
+        with warnings.catch_warnings():  # tf2onnx reads the file with tf.lite.Interpreter
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            model, _ = tf2onnx.convert.from_tflite(str(src), opset=opset)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
         raise ModelError(f"tf2onnx cannot convert {str(src)!r} ({first_line(exc)}); check that "
                          "it is a TFLite flatbuffer (tf.lite.TFLiteConverter output)") from None

@@ -1,0 +1,525 @@
+"""Scoring an INT8 model against its float original: output agreement, a per-tensor error
+report (where is accuracy lost?), Markdown/HTML rendering and A/B latency. Both models run in
+onnxruntime (CPU, fixed threads) on the same feeds; statistics are running sums."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from onnxq.calibrate import InputSpec, _external_copy, check_feed, input_specs
+from onnxq.errors import CalibrationError, ConfigError, ModelError
+from onnxq.io import PROTOBUF_LIMIT, load_model
+
+__all__ = ["OutputStats", "OutputAgreement", "TensorError", "TensorReport", "compare_outputs",
+           "tensor_report", "render_report", "plot_sqnr", "measure_latency", "time_interleaved"]
+
+ModelLike = onnx.ModelProto | str | os.PathLike
+Feed = Mapping[str, np.ndarray]
+Metric = Callable[[list[np.ndarray], list[np.ndarray]], float]
+
+_QRANGE = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127),
+           TensorProto.UINT16: (0, 65535), TensorProto.INT16: (-32768, 32767),
+           TensorProto.UINT4: (0, 15), TensorProto.INT4: (-8, 7)}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputStats:
+    """Agreement of one graph output over all feeds."""
+
+    name: str
+    top1_agreement: float | None  # argmax over the last axis; None for rank < 2
+    cosine: float
+    sqnr_db: float
+    max_abs_error: float
+    mean_abs_error: float
+    max_error_lsb: float | None  # |error| / scale where the INT8 output comes from a DQ
+    mean_error_lsb: float | None
+    elements: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputAgreement:
+    outputs: tuple[OutputStats, ...]
+    feeds: int
+    metric: float | None = None  # the user metric on the stacked outputs
+
+    def __getitem__(self, name: str) -> OutputStats:
+        found = next((s for s in self.outputs if s.name == name), None)
+        if found is None:
+            raise KeyError(f"no output {name!r}; outputs: {[s.name for s in self.outputs]}")
+        return found
+
+    @property
+    def cosine(self) -> float:  # the worst output's
+        return min(s.cosine for s in self.outputs)
+
+    @property
+    def top1_agreement(self) -> float | None:  # the worst output's of rank >= 2
+        values = [s.top1_agreement for s in self.outputs if s.top1_agreement is not None]
+        return min(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorError:
+    """Error of one quantized activation: FP32 value vs the INT8 model's dequantized value."""
+
+    name: str
+    sqnr_db: float
+    cosine: float
+    max_abs_error: float
+    saturated_fraction: float  # FP32 values outside the representable range
+    scale: float  # per-channel parameters: the largest scale, the first zero point
+    zero_point: int
+    elements: int
+
+
+@dataclass(frozen=True, slots=True)
+class TensorReport(Sequence):
+    """``TensorError``s worst (lowest SQNR) first, as a sequence; ``missing``: quantized INT8
+    tensors with no FP32 counterpart (e.g. removed by fusion) or a different shape."""
+
+    tensors: tuple[TensorError, ...]
+    missing: tuple[str, ...] = ()
+    feeds: int = 0
+
+    def __getitem__(self, index):
+        return self.tensors[index]
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    name: str  # FP32 tensor
+    dq: str  # its dequantized INT8 counterpart
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qrange: tuple[int, int] | None
+    axis: int
+
+
+class _Acc:
+    """Running float64 sums for one tensor (memory does not grow with the feeds)."""
+
+    __slots__ = ("x2", "y2", "xy", "e2", "abs_sum", "max_err", "lsb_max", "lsb_sum", "n",
+                 "saturated", "hits", "rows", "mismatch")
+
+    def __init__(self) -> None:
+        self.x2 = self.y2 = self.xy = self.e2 = self.abs_sum = self.max_err = 0.0
+        self.lsb_max = self.lsb_sum = 0.0
+        self.n = self.saturated = self.hits = self.rows = 0
+        self.mismatch = False
+
+    def add(self, x, y, *, bounds=None, scale=None, top1: bool = False) -> None:
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape:
+            self.mismatch = True
+            return
+        xf, yf = x.ravel(), y.ravel()
+        err = np.abs(xf - yf)
+        self.x2 += float(xf @ xf)
+        self.y2 += float(yf @ yf)
+        self.xy += float(xf @ yf)
+        self.e2 += float(err @ err)
+        self.abs_sum += float(err.sum())
+        self.max_err = max(self.max_err, float(err.max(initial=0.0)))
+        self.n += xf.size
+        if bounds is not None:
+            self.saturated += int(np.count_nonzero((x < bounds[0]) | (x > bounds[1])))
+        if scale is not None:
+            lsb = err.reshape(x.shape) / scale
+            self.lsb_max = max(self.lsb_max, float(lsb.max(initial=0.0)))
+            self.lsb_sum += float(lsb.sum())
+        if top1 and x.ndim >= 2 and x.shape[-1] > 0:
+            self.hits += int(np.count_nonzero(x.argmax(-1) == y.argmax(-1)))
+            self.rows += x.size // x.shape[-1]
+
+    def sqnr(self) -> float:
+        if self.e2 == 0.0:
+            return math.inf
+        return -math.inf if self.x2 == 0.0 else 10.0 * math.log10(self.x2 / self.e2)
+
+    def cosine(self) -> float:
+        denom = math.sqrt(self.x2 * self.y2)
+        if denom == 0.0:
+            return 1.0 if self.x2 == self.y2 else 0.0
+        return max(-1.0, min(1.0, self.xy / denom))
+
+
+# -- models, inputs and sessions ---------------------------------------------------------------
+def _model(source: ModelLike) -> tuple[onnx.ModelProto, onnx.ModelProto | str]:
+    """(the graph to inspect, what a session is built from). ModelProtos are never modified."""
+    if isinstance(source, onnx.ModelProto):
+        return source, source
+    if isinstance(source, (str, os.PathLike)):
+        return load_model(source), os.fspath(source)
+    raise ModelError(f"expected an onnx.ModelProto or a path, not {type(source).__name__}")
+
+
+def _common_specs(a: onnx.ModelProto, b: onnx.ModelProto,
+                  labels: tuple[str, str] = ("FP32", "INT8")) -> list[InputSpec]:
+    specs_a, specs_b = input_specs(a), input_specs(b)
+    sig_a = {s.name: str(s.dtype) for s in specs_a}
+    sig_b = {s.name: str(s.dtype) for s in specs_b}
+    if sig_a != sig_b:
+        raise ModelError(f"the models have different inputs, so they cannot run on the same "
+                         f"feeds: {labels[0]} {sorted(sig_a.items())}, {labels[1]} "
+                         f"{sorted(sig_b.items())}")
+    return specs_a
+
+
+def _iter_feeds(feeds: Iterable[Feed], specs: list[InputSpec]) -> Iterator[dict]:
+    if isinstance(feeds, Mapping):
+        raise CalibrationError("feeds must be an iterable of feeds (dicts), not a single dict; "
+                               "wrap it in a list: [feed]")
+    count = 0
+    for index, feed in enumerate(feeds):
+        try:
+            checked = check_feed(feed, specs, index)
+        except CalibrationError as exc:
+            raise CalibrationError(str(exc).replace("calibration feed", "feed")) from None
+        count += 1
+        yield checked
+    if count == 0:
+        raise CalibrationError("no feeds were given: pass at least one feed (a dict of input "
+                               f"name -> numpy array) for {[s.describe() for s in specs]}")
+
+
+def _session(source: onnx.ModelProto | str, threads: int, *, basic: bool = False):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    if basic:  # values exactly as the graph defines them (QDQ simulated, not fused)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if isinstance(source, onnx.ModelProto):
+        if source.ByteSize() >= PROTOBUF_LIMIT - 2**26:
+            raise ModelError("model too large for an in-memory session; pass its path")
+        source = source.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+# -- quantization parameters ---------------------------------------------------------------------
+def _constants(model: onnx.ModelProto) -> dict[str, TensorProto]:
+    consts = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                consts[node.output[0]] = value
+    return consts
+
+
+def _qparams(consts: dict[str, TensorProto], node: onnx.NodeProto):
+    """(scale, zero point, (qmin, qmax) or None, axis) of a Q/DQ node; None if not constant."""
+    scale_t = consts.get(node.input[1]) if len(node.input) > 1 else None
+    zp_name = node.input[2] if len(node.input) > 2 else ""
+    if scale_t is None or (zp_name and zp_name not in consts):
+        return None
+    scale = numpy_helper.to_array(scale_t).astype(np.float64)
+    if zp_name:
+        zp_t = consts[zp_name]
+        zp, qrange = numpy_helper.to_array(zp_t).astype(np.int64), _QRANGE.get(zp_t.data_type)
+    else:
+        zp, qrange = np.zeros(1, np.int64), _QRANGE[TensorProto.UINT8]
+    axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 1)
+    return scale, zp, qrange, axis
+
+
+def _bcast(param: np.ndarray, shape: tuple[int, ...], axis: int):
+    """``param`` shaped to broadcast against ``shape`` (per channel along ``axis``)."""
+    if param.size == 1:
+        return float(param.ravel()[0])
+    axis = axis + len(shape) if axis < 0 else axis
+    if not 0 <= axis < len(shape) or shape[axis] != param.size:
+        return None
+    return param.reshape([-1 if i == axis else 1 for i in range(len(shape))])
+
+
+def _fp32_name(t: str, dq_out: str, fp32_names: set[str]) -> str | None:
+    """The FP32 name of quantized tensor ``t`` (``T_float`` -> ``T``: renamed graph output)."""
+    stripped = t.removesuffix("_float")
+    if stripped != t and dq_out == stripped and stripped in fp32_names:
+        return stripped
+    if t in fp32_names:
+        return t
+    return stripped if stripped in fp32_names else None
+
+
+def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe], list[str]]:
+    consts = _constants(int8)
+    fp32_consts = set(_constants(fp32))
+    fp32_names = ({o for n in fp32.graph.node for o in n.output}
+                  | {i.name for i in fp32.graph.input}) - fp32_consts
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in int8.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    probes: list[_Probe] = []
+    missing: list[str] = []
+    seen: set[str] = set()
+    for node in int8.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in consts:
+            continue  # weights and other constants
+        dq = next((r for r in readers.get(node.output[0], ())
+                   if r.op_type == "DequantizeLinear"), None)
+        name = _fp32_name(node.input[0], dq.output[0], fp32_names) if dq else None
+        params = _qparams(consts, node)
+        if name in seen:
+            continue
+        if name is None or params is None:
+            missing.append(node.input[0])
+            continue
+        seen.add(name)
+        probes.append(_Probe(name, dq.output[0], *params))
+    return probes, list(dict.fromkeys(missing))
+
+
+def _bounds(probe: _Probe, shape: tuple[int, ...]):
+    if probe.qrange is None:
+        return None
+    lo = _bcast((probe.qrange[0] - probe.zero_point) * probe.scale, shape, probe.axis)
+    hi = _bcast((probe.qrange[1] - probe.zero_point) * probe.scale, shape, probe.axis)
+    return None if lo is None or hi is None else (lo, hi)
+
+
+# -- public API ----------------------------------------------------------------------------------
+def compare_outputs(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
+                    metric: Metric | None = None, threads: int = 1) -> OutputAgreement:
+    """Run both models on every feed and compare each graph output (matched by name).
+    ``metric(fp32_outputs, int8_outputs) -> float`` gets, per output, the values of all feeds
+    concatenated along axis 0 (so they are kept in memory)."""
+    g32, src32 = _model(fp32)
+    g8, src8 = _model(int8)
+    specs = _common_specs(g32, g8)
+    names = [o.name for o in g32.graph.output]
+    absent = sorted(set(names) - {o.name for o in g8.graph.output})
+    if absent:
+        raise ModelError(f"the INT8 model lacks output(s) {absent} of the FP32 model; its "
+                         f"outputs are {[o.name for o in g8.graph.output]}")
+    consts = _constants(g8)
+    scales = {n.output[0]: p for n in g8.graph.node
+              if n.op_type == "DequantizeLinear" and n.output[0] in names
+              and (p := _qparams(consts, n)) is not None}
+    s32, s8 = _session(src32, threads), _session(src8, threads)
+    accs = {name: _Acc() for name in names}
+    kept: tuple[list, list] = ([], [])
+    count = 0
+    for feed in _iter_feeds(feeds, specs):
+        a, b = s32.run(names, feed), s8.run(names, feed)
+        for name, x, y in zip(names, a, b, strict=True):
+            p = scales.get(name)
+            scale = _bcast(p[0], np.shape(y), p[3]) if p is not None else None
+            accs[name].add(x, y, scale=scale, top1=True)
+        if metric is not None:
+            kept[0].append(a)
+            kept[1].append(b)
+        count += 1
+    bad = [n for n, acc in accs.items() if acc.mismatch]
+    if bad:
+        raise ModelError(f"output(s) {bad} have different shapes in the two models")
+    value = None
+    if metric is not None:
+        stacked = [[np.concatenate(v) if np.ndim(v[0]) else np.stack(v)
+                    for v in zip(*k, strict=True)] for k in kept]
+        value = float(metric(*stacked))
+    stats = tuple(_output_stats(name, accs[name], name in scales) for name in names)
+    return OutputAgreement(outputs=stats, feeds=count, metric=value)
+
+
+def _output_stats(name: str, acc: _Acc, lsb: bool) -> OutputStats:
+    n = max(acc.n, 1)
+    return OutputStats(
+        name=name, top1_agreement=acc.hits / acc.rows if acc.rows else None,
+        cosine=acc.cosine(), sqnr_db=acc.sqnr(), max_abs_error=acc.max_err,
+        mean_abs_error=acc.abs_sum / n, max_error_lsb=acc.lsb_max if lsb else None,
+        mean_error_lsb=acc.lsb_sum / n if lsb else None, elements=acc.n)
+
+
+def tensor_report(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
+                  threads: int = 1) -> TensorReport:
+    """Error of every activation the INT8 model quantizes, worst (lowest SQNR) first: for each
+    QuantizeLinear on a non-constant ``T``, FP32 ``T`` vs the output of the DequantizeLinear
+    after it (extra outputs of private model copies). ``fp32`` may be the original (unfused)
+    model; INT8 tensors it lacks are listed in ``missing``."""
+    g32, _ = _model(fp32)
+    g8, _ = _model(int8)
+    specs = _common_specs(g32, g8)
+    probes, missing = _probes(g8, g32)
+    if not probes and not missing:
+        raise ModelError("the INT8 model quantizes no activation (no QuantizeLinear on a "
+                         "non-constant tensor); pass a QDQ model such as onnxq.quantize makes")
+    inputs = {s.name for s in specs}
+    fetch32 = list(dict.fromkeys(p.name for p in probes if p.name not in inputs))
+    fetch8 = list(dict.fromkeys(p.dq for p in probes))
+    accs = {p.name: _Acc() for p in probes}
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="onnxq-score-") as tmp:
+        run32 = _fetcher(g32, fetch32, Path(tmp, "fp32"), threads)
+        run8 = _fetcher(g8, fetch8, Path(tmp, "int8"), threads)
+        for feed in _iter_feeds(feeds, specs):
+            v32, v8 = run32(feed) | {k: feed[k] for k in inputs}, run8(feed)
+            for p in probes:
+                x = v32[p.name]
+                accs[p.name].add(x, v8[p.dq], bounds=_bounds(p, np.shape(x)))
+            count += 1
+    missing += [p.name for p in probes if accs[p.name].mismatch]
+    rows = [_tensor_error(p, accs[p.name]) for p in probes if not accs[p.name].mismatch]
+    rows.sort(key=lambda r: (r.sqnr_db, -r.saturated_fraction, r.name))
+    return TensorReport(tensors=tuple(rows), missing=tuple(missing), feeds=count)
+
+
+def _fetcher(graph: onnx.ModelProto, names: list[str], folder: Path, threads: int):
+    """feed -> {name: value}, from a private copy of ``graph`` with ``names`` as outputs."""
+    if not names:
+        return lambda feed: {}
+    folder.mkdir()
+    session = _session(str(_external_copy(graph, names, folder)), threads, basic=True)
+    return lambda feed: dict(zip(names, session.run(names, feed), strict=True))
+
+
+def _tensor_error(probe: _Probe, acc: _Acc) -> TensorError:
+    return TensorError(
+        name=probe.name, sqnr_db=acc.sqnr(), cosine=acc.cosine(), max_abs_error=acc.max_err,
+        saturated_fraction=acc.saturated / acc.n if acc.n else 0.0,
+        scale=float(probe.scale.max()), zero_point=int(probe.zero_point.ravel()[0]),
+        elements=acc.n)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+_COLUMNS = ("#", "tensor", "SQNR (dB)", "cosine", "max abs error", "saturated", "scale",
+            "zero point", "elements")
+_TITLE = "Per-tensor quantization error"
+_CSS = ("table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;"
+        "padding:2px 6px;text-align:right}td:nth-child(2){text-align:left}")
+
+
+def _cells(i: int, t: TensorError) -> list[str]:
+    return [str(i), t.name, f"{t.sqnr_db:.2f}", f"{t.cosine:.6f}", f"{t.max_abs_error:.4g}",
+            f"{100 * t.saturated_fraction:.3f}%", f"{t.scale:.4g}", str(t.zero_point),
+            str(t.elements)]
+
+
+def _markdown(report: Sequence[TensorError], missing: Sequence[str]) -> str:
+    lines = [f"# {_TITLE}", "", f"{len(report)} quantized tensor(s), worst first.", "",
+             "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    for i, t in enumerate(report, 1):
+        cells = [c.replace("|", "\\|") for c in _cells(i, t)]
+        cells[1] = f"`{cells[1]}`"
+        lines.append("| " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", "Not matched to an FP32 tensor (skipped): "
+                  + ", ".join(f"`{m}`" for m in missing)]
+    return "\n".join(lines) + "\n"
+
+
+def _html(report: Sequence[TensorError], missing: Sequence[str]) -> str:
+    png = base64.b64encode(_sqnr_png(report)).decode("ascii")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
+    rows = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(i, t))
+                     + "</tr>" for i, t in enumerate(report, 1))
+    skipped = ("<p>Not matched to an FP32 tensor (skipped): "
+               + html.escape(", ".join(missing)) + "</p>") if missing else ""
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_TITLE}</title>"
+            f"<style>{_CSS}</style></head><body>\n<h1>{_TITLE}</h1>\n<p>{len(report)} "
+            f"quantized tensor(s), worst first.</p>\n<img src=\"data:image/png;base64,{png}\" "
+            f"alt=\"SQNR per tensor\">\n<table><tr>{head}</tr>\n{rows}\n</table>\n{skipped}\n"
+            "</body></html>\n")
+
+
+def _sqnr_png(report: Sequence[TensorError]) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = np.array([t.sqnr_db for t in report], dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) + 10.0 if finite.size else 60.0
+    values = np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0)
+    fig = Figure(figsize=(8, 1.5 + 0.25 * max(len(report), 1)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if len(report):
+        colors = ["#d62728" if v < 20 else "#ff7f0e" if v < 30 else "#2ca02c" for v in values]
+        ax.barh(range(len(report)), values, color=colors)
+        ax.set_yticks(range(len(report)), [t.name for t in report], fontsize=7)
+        ax.invert_yaxis()
+    else:
+        ax.text(0.5, 0.5, "no tensors", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("SQNR (dB), higher is better")
+    ax.set_title("Per-tensor SQNR, worst first")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_sqnr(report: Sequence[TensorError], png_path: str | os.PathLike) -> Path:
+    """A PNG horizontal bar chart of the per-tensor SQNR (matplotlib, no display needed)."""
+    (dest := Path(png_path)).write_bytes(_sqnr_png(report))
+    return dest
+
+
+def render_report(report: Sequence[TensorError], path: str | os.PathLike) -> Path:
+    """Write ``report`` as a Markdown table (``.md``) or an HTML page with a SQNR chart."""
+    dest = Path(path)
+    writer = {".md": _markdown, ".html": _html, ".htm": _html}.get(dest.suffix.lower())
+    if writer is None:
+        raise ConfigError(f"cannot render a report as {dest.name!r}: use a .md or .html path")
+    if not dest.parent.is_dir():
+        raise ConfigError(f"output folder {str(dest.parent)!r} does not exist; create it first")
+    dest.write_text(writer(report, getattr(report, "missing", ())), encoding="utf-8")
+    return dest
+
+
+# -- latency -----------------------------------------------------------------------------------
+def measure_latency(models: Mapping[str, ModelLike], feed: Feed, *, threads: int = 2,
+                    min_seconds: float = 1.0, warmup: int = 3, rounds: int = 5
+                    ) -> dict[str, float]:
+    """Median seconds per run of each model, timed A B A B ... so drift hits all of them."""
+    if not models:
+        raise ConfigError("measure_latency needs at least one model, e.g. {'fp32': m, ...}")
+    loaded = {name: _model(m) for name, m in models.items()}
+    first = next(iter(loaded))
+    specs = input_specs(loaded[first][0])
+    for name, (graph, _) in loaded.items():
+        _common_specs(loaded[first][0], graph, labels=(first, name))
+    checked = next(_iter_feeds([feed], specs))
+    sessions = {name: _session(src, threads) for name, (_, src) in loaded.items()}
+    return time_interleaved(sessions, checked, min_seconds=min_seconds, warmup=warmup,
+                            rounds=rounds)
+
+
+def time_interleaved(sessions: Mapping[str, object], feed: Feed, *, min_seconds: float = 2.0,
+                     warmup: int = 3, rounds: int = 5) -> dict[str, float]:
+    """Median seconds per ``run`` of each onnxruntime session, in alternating rounds sized so
+    each session gets about ``min_seconds`` of work in total."""
+    rounds, iters = max(rounds, 1), {}
+    for name, sess in sessions.items():
+        for _ in range(max(warmup, 1)):  # the last warm-up run sizes the rounds
+            start = time.perf_counter()
+            sess.run(None, feed)
+        once = max(time.perf_counter() - start, 1e-5)
+        iters[name] = max(3, int(min_seconds / rounds / once))
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            for _ in range(iters[name]):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                samples[name].append(time.perf_counter() - start)
+    return {name: float(np.median(s)) for name, s in samples.items()}

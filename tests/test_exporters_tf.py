@@ -1,0 +1,241 @@
+"""TensorFlow / Keras / TFLite → ONNX exporters (``onnxq.exporters.tensorflow``, tf2onnx).
+
+Bounds:
+* FP32 export vs the framework (Keras for Keras files and SavedModels, the TFLite interpreter
+  for ``.tflite``): max |onnx - framework| <= 1e-4 * max |framework| (measured <= 5e-7),
+  batch 1 and 3.
+* ``onnxq.quantize`` of the export: output cosine >= 0.999 vs the FP32 ONNX model (the bound
+  tests/test_quantize.py uses for native ONNX models).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+keras = pytest.importorskip("keras")
+
+import onnxq  # noqa: E402
+from onnxq.errors import ModelError, OnnxqError, UnsupportedOpError  # noqa: E402
+from onnxq.exporters import export_model, validate_export  # noqa: E402
+from onnxq.exporters.tensorflow import from_keras, from_saved_model, from_tflite  # noqa: E402
+from tests.conftest import cosine, run_model  # noqa: E402
+
+pytestmark = [
+    pytest.mark.tf,
+    # Keras 3.15 converts tensors with np.array(x) inside its own code (numpy 2 notice)
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy"),
+]
+
+REL_TOL = 1e-4
+COSINE = 0.999
+
+
+# -- models --------------------------------------------------------------------------------
+def small_cnn():
+    """conv-bn-relu-pool-dense on 16x16x3 images (NHWC)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    bn = keras.layers.BatchNormalization()
+    x = keras.layers.ReLU()(bn(x))
+    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
+    model = keras.Model(inp, keras.layers.Dense(10)(x), name="small_cnn")
+    rng = np.random.default_rng(0)  # non-trivial BatchNorm statistics
+    gamma, beta, mean, var = bn.get_weights()
+    bn.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.uniform(-0.2, 0.2, beta.shape),
+                    rng.uniform(-0.5, 0.5, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
+    return model
+
+
+def attention_block(activation: str = "relu"):
+    """Multi-head self-attention (softmax) + residual + LayerNorm + dense FFN + residual."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 32), name="tokens")
+    att = keras.layers.MultiHeadAttention(num_heads=4, key_dim=8)(inp, inp)
+    x = keras.layers.LayerNormalization()(inp + att)
+    hidden = keras.layers.Dense(64, activation=activation)(x)
+    out = keras.layers.LayerNormalization()(x + keras.layers.Dense(32)(hidden))
+    return keras.Model(inp, out, name=f"attention_{activation}")
+
+
+MODELS = {"cnn": (small_cnn, (16, 16, 3)), "attention": (attention_block, (6, 32))}
+
+
+def sample(shape, batch: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
+
+
+def tflite_out(path: str, x: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter is deprecated for ai_edge_litert
+        interp = tf.lite.Interpreter(model_path=path)
+    index = interp.get_input_details()[0]["index"]
+    interp.resize_tensor_input(index, x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(index, x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """Per model: the Keras object, a .keras file, a SavedModel folder, a .tflite file."""
+    root = tmp_path_factory.mktemp("tf_models")
+    out = {}
+    for name, (build, shape) in MODELS.items():
+        model = build()
+        keras_file = root / f"{name}.keras"
+        model.save(keras_file)
+        saved = root / f"{name}_saved_model"
+        model.export(str(saved), verbose=False)
+        tflite = root / f"{name}.tflite"
+        tflite.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+        out[name] = {"shape": shape, "keras": model, "keras_file": keras_file,
+                     "saved_model": saved, "tflite": tflite}
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(artifacts):
+    cache: dict = {}
+
+    def get(name: str, route: str):
+        if (name, route) not in cache:
+            cache[name, route] = export_model(artifacts[name][route])
+        return cache[name, route]
+
+    return get
+
+
+ROUTES = ["keras", "keras_file", "saved_model", "tflite"]
+
+
+# -- FP32 round trip and quantization ------------------------------------------------------
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fp32_matches_framework_batch_1_and_3(artifacts, converted, name, route):
+    art = artifacts[name]
+    model = converted(name, route)
+    assert model.opset_import[0].version == 17
+    for value in list(model.graph.input) + list(model.graph.output):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
+    assert model.graph.input[0].name == ("image" if name == "cnn" else "tokens")
+    for batch in (1, 3):
+        x = sample(art["shape"], batch, seed=10 + batch)
+        if route == "tflite":
+            ref = tflite_out(str(art["tflite"]), x)
+        else:
+            ref = art["keras"](x, training=False).numpy()
+        got = run_model(model, {model.graph.input[0].name: x})[0]
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("route", ["keras", "saved_model", "tflite"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_quantize_end_to_end(artifacts, converted, name, route):
+    shape = artifacts[name]["shape"]
+    model = converted(name, route)
+    name_in = model.graph.input[0].name
+    feeds = [{name_in: sample(shape, 4, seed)} for seed in range(8)]
+    result = onnxq.quantize(model, feeds, progress=False)
+    assert "QuantizeLinear" in result.report.op_histogram
+    x = {name_in: sample(shape, 4, seed=99)}
+    assert cosine(run_model(model, x)[0], run_model(result.model, x)[0]) >= COSINE
+
+
+def test_h5_file_and_fixed_batch(artifacts, tmp_path):
+    art = artifacts["cnn"]
+    path = tmp_path / "cnn.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # HDF5 is Keras' legacy format
+        art["keras"].save(path)
+    model = export_model(path, opset=13)
+    assert model.opset_import[0].version == 13
+    x = sample(art["shape"], 2, seed=4)
+    ref = art["keras"](x, training=False).numpy()
+    assert np.abs(run_model(model, {"image": x})[0] - ref).max() <= REL_TOL * np.abs(ref).max()
+    fixed = from_keras(art["keras"], input_signature=[(2, 16, 16, 3)], dynamic_batch=False)
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+
+
+def test_multi_input_keras_model():
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    joined = keras.layers.Concatenate()([keras.layers.Dense(5)(a), keras.layers.Dense(5)(b)])
+    model = keras.Model([a, b], [keras.layers.Dense(2)(joined), joined])
+    onnx_model = from_keras(model, output_names=["logits", "features"])
+    assert [v.name for v in onnx_model.graph.input] == ["a", "b"]
+    assert [v.name for v in onnx_model.graph.output] == ["logits", "features"]
+    xa, xb = sample((4,), 3, 1), sample((3,), 3, 2)
+    refs = model([xa, xb], training=False)
+    for ref, got in zip(refs, run_model(onnx_model, {"a": xa, "b": xb}), strict=True):
+        assert np.abs(got - ref.numpy()).max() <= REL_TOL * np.abs(ref.numpy()).max()
+
+
+# -- ops ONNX Runtime cannot run -----------------------------------------------------------
+def test_exact_gelu_names_erfc_and_the_fix():
+    model = attention_block(activation="gelu")  # Keras 3 default: exact (erf) GELU
+    with pytest.raises(UnsupportedOpError, match=r"(?s)Erfc.*approximate=True"):
+        from_keras(model)
+
+
+def test_tflite_gelu_names_tfl_gelu(tmp_path):
+    model = attention_block(activation="gelu")
+    path = tmp_path / "gelu.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    with pytest.raises(UnsupportedOpError, match=r"(?s)TFL_GELU.*Keras model or SavedModel"):
+        from_tflite(path)
+
+
+def _one_node_model(op: str, elem_type: int):
+    node = helper.make_node(op, ["x"], ["y"], name="n")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem_type, [2])],
+                              [helper.make_tensor_value_info("y", elem_type, [2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_validation_names_ops_onnx_or_onnxruntime_lack():
+    with pytest.raises(UnsupportedOpError, match="NoSuchOp"):
+        validate_export(_one_node_model("NoSuchOp", TensorProto.FLOAT), "handmade")
+    # a valid ONNX op without an onnxruntime CPU kernel for float64
+    with pytest.raises(UnsupportedOpError, match=r"op\(s\) Erf "):
+        validate_export(_one_node_model("Erf", TensorProto.DOUBLE), "handmade")
+    validate_export(_one_node_model("Erf", TensorProto.FLOAT), "handmade")
+
+
+# -- bad input -----------------------------------------------------------------------------
+def test_bad_inputs(tmp_path):
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer")
+    with pytest.raises(ModelError):
+        from_tflite(junk)
+    with pytest.raises(ModelError, match="saved_model.pb"):
+        from_saved_model(tmp_path)
+    junk_keras = tmp_path / "junk.keras"
+    junk_keras.write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match="cannot load"):
+        export_model(junk_keras)
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    with pytest.raises(OnnxqError, match="input_signature"):
+        from_keras(Subclassed())
+    model = from_keras(Subclassed(), input_signature=[(None, 4)])
+    assert [d.dim_param or d.dim_value for d in
+            model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 4]
