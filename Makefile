@@ -7,9 +7,11 @@ PY     := $(VENV)/bin/python
 
 .PHONY: venv demo test bench bench-quick clean
 
+# The test environment includes both framework extras (torch CPU wheel, tensorflow-cpu): the
+# exporter tests run in CI.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,torch,tf]'
 	touch $@
 
 venv: $(VENV)/.installed

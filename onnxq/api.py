@@ -31,7 +31,8 @@ from onnxq.passes.annotate import QuantPlan, annotate
 from onnxq.pipeline import Pipeline, PipelineResult
 from onnxq.qtypes import QType, TensorRange
 
-__all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline"]
+__all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
+           "as_onnx"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class QuantResult:
     ranges: dict[str, TensorRange]
     report: QuantReport
     config: QuantConfig
+    source: onnx.ModelProto | None = None  # the exported FP32 model, for framework inputs
 
     def save(self, path: str | os.PathLike) -> Path:
         """Validate (checker + onnxruntime) and write atomically."""
@@ -113,6 +115,66 @@ def _types(config: QuantConfig) -> tuple[QType, QType, bool]:
     reduce_range = rec.reduce_range if config.weight.reduce_range is None else \
         config.weight.reduce_range
     return act, weight, reduce_range
+
+
+def as_onnx(model, calibration_data=None, *, export_options: Mapping | None = None):
+    """The one front door: return ``(onnx model or .onnx path, calibration data)``.
+
+    ONNX models pass through untouched. Framework models (a ``torch.nn.Module``, TorchScript
+    ``.pt``, Keras model or ``.keras``/``.h5``, SavedModel folder, ``.tflite``) are exported
+    first (``onnxq.exporters.export_model``). Torch sources need example inputs: unless
+    ``export_options`` gives ``example_inputs``/``input_shapes``, the first calibration feed
+    is used (its keys become the ONNX input names, in order).
+    """
+    if isinstance(model, onnx.ModelProto):
+        return model, calibration_data
+    if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx":
+        return os.fspath(model), calibration_data
+    from onnxq.exporters import export_model
+
+    options = dict(export_options or {})
+    if _needs_examples(model) and not {"example_inputs", "input_shapes"} & set(options):
+        if calibration_data is None:
+            raise ConfigError("exporting this model needs example inputs: give calibration "
+                              "data or export_options={'input_shapes': [(1, 3, 224, 224)]}")
+        first, calibration_data = _peek(calibration_data)
+        options.setdefault("input_names", list(first))
+        options["example_inputs"] = tuple(_torch_tensor(v) for v in first.values())
+    return export_model(model, **options), calibration_data
+
+
+def _needs_examples(model) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return True
+    return isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() in (".pt",
+                                                                                   ".pth")
+
+
+def _torch_tensor(value):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(value))
+
+
+def _peek(data):
+    if isinstance(data, Mapping):
+        raise CalibrationError("calibration data must be an iterable of feeds (dicts), not a "
+                               "single dict; wrap it in a list: [feed]")
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise CalibrationError("calibration data is empty: give at least one feed")
+        return data[0], data
+    import itertools
+
+    iterator = iter(data)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        raise CalibrationError("calibration data is empty: give at least one feed") from None
+    return first, itertools.chain([first], iterator)
 
 
 def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
@@ -155,10 +217,12 @@ def calibrate(
     config: QuantConfig | Mapping | str | os.PathLike | None = None,
     *,
     progress: bool = True,
+    export_options: Mapping | None = None,
     **overrides,
 ) -> dict[str, TensorRange]:
     """Measure the activation ranges ``quantize`` needs; reuse them with ``ranges=``."""
     cfg = _resolve_config(config, overrides)
+    model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     fused, plan = prepare(model, cfg)
     return _calibrate(fused.model, plan, calibration_data, cfg, progress)
 
@@ -178,16 +242,21 @@ def quantize(
     *,
     ranges: Mapping[str, TensorRange] | None = None,
     progress: bool = True,
+    export_options: Mapping | None = None,
     **overrides,
 ) -> QuantResult:
     """Quantize ``model`` to static INT8 (QDQ) with ranges calibrated on ``calibration_data``.
 
-    ``model`` is a path or an ``onnx.ModelProto`` (never modified). ``calibration_data`` is any
-    iterable of feeds (dict input name → numpy array, as for ``InferenceSession.run``);
-    ``ranges`` skips calibration. ``overrides`` are flat options such as ``per_channel=False``,
+    ``model`` is an ``onnx.ModelProto`` or a path (never modified), or a framework model that
+    is exported first (see ``as_onnx``; ``export_options`` go to the exporter).
+    ``calibration_data`` is any iterable of feeds (dict input name → numpy array, as for
+    ``InferenceSession.run``); ``ranges`` skips calibration. ``overrides`` are flat options such as ``per_channel=False``,
     ``activation_type="s8"``, ``exclude_nodes=[...]`` (see ``QuantConfig.with_overrides``).
     """
     cfg = _resolve_config(config, overrides)
+    original = model
+    model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
+    exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
     fused, plan = prepare(model, cfg)  # the pipeline makes the one private copy
     if ranges is None:
         if calibration_data is None:
@@ -212,4 +281,4 @@ def quantize(
         activation_type=act.value, weight_type=weight.value, per_channel=plan.per_channel,
     )
     return QuantResult(model=result.model, plan=plan, ranges=dict(ranges), report=report,
-                       config=cfg)
+                       config=cfg, source=exported)

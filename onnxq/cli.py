@@ -27,8 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    q = sub.add_parser("quantize", help="quantize a model to INT8 (QDQ)")
-    q.add_argument("input", help="FP32 .onnx model")
+    q = sub.add_parser("quantize", help="quantize a model to INT8 (QDQ or QLinear)")
+    q.add_argument("input", help="FP32 model: .onnx, TorchScript .pt, .keras/.h5, SavedModel "
+                                 "folder or .tflite (exported to ONNX first)")
+    q.add_argument("--save-fp32", default=None, metavar="FILE.onnx",
+                   help="also write the exported FP32 ONNX model (framework inputs)")
+    _export_args(q)
     q.add_argument("output", help="where to write the INT8 .onnx model")
     q.add_argument("--ranges", default=None, metavar="FILE.json",
                    help="reuse ranges from onnxq calibrate instead of calibrating")
@@ -52,10 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="FILE.json")
     _calibration_args(c, required=True)
 
+    e = sub.add_parser("export", help="export a framework model to ONNX (no quantization)")
+    e.add_argument("input", help="TorchScript .pt, .keras/.h5, SavedModel folder or .tflite")
+    e.add_argument("output", help="where to write the .onnx model")
+    _export_args(e)
+
     i = sub.add_parser("inspect", help="op histogram and quantization summary of a model")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", default=None, metavar="1x3x224x224",
+                   help="example input shape for TorchScript/Keras export (repeat per input)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset for the export")
+    p.add_argument("--dynamo", action="store_true", default=None,
+                   help="use torch.export (dynamo) instead of the TorchScript exporter")
+
+
+def _export_options(args: argparse.Namespace) -> dict:
+    options: dict = {}
+    if args.input_shape:
+        try:
+            options["input_shapes"] = [tuple(int(d) for d in s.lower().split("x"))
+                                       for s in args.input_shape]
+        except ValueError:
+            raise ConfigError(f"--input-shape {args.input_shape} must look like 1x3x224x224"
+                              ) from None
+    if args.opset is not None:
+        options["opset"] = args.opset
+    if args.dynamo:
+        options["dynamo"] = True
+    return options
 
 
 def _calibration_args(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -111,18 +144,21 @@ def _check_output(args: argparse.Namespace) -> Path:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
     from onnxq.data import load_feeds
-    from onnxq.io import load_model, load_ranges
+    from onnxq.io import load_model, load_ranges, save_model
 
     out = _check_output(args)
     config = _resolve_config(args.config, _overrides(args))
-    model = load_model(args.input)
+    model = load_model(args.input) if Path(args.input).suffix.lower() == ".onnx" else args.input
     if args.ranges:
         ranges, feeds = load_ranges(args.ranges), None
     elif args.calib_data:
         ranges, feeds = None, load_feeds(args.calib_data, batch=args.calib_batch)
     else:
         raise ConfigError("give --calib-data PATH (or --ranges FILE.json from onnxq calibrate)")
-    result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet)
+    result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet,
+                      export_options=_export_options(args))
+    if args.save_fp32 and result.source is not None:
+        save_model(result.source, args.save_fp32)
     result.save(out)
     if args.report:
         Path(args.report).write_text(json.dumps(result.report.to_dict(), indent=2) + "\n")
@@ -148,6 +184,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                                    "calibration": config.to_dict()["calibration"]})
     if not args.quiet:
         print(f"wrote {len(ranges)} tensor ranges to {out}")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from onnxq.exporters import export_model
+    from onnxq.io import save_model
+
+    out = _check_output(args)
+    model = export_model(args.input, **_export_options(args))
+    save_model(model, out)
+    if not getattr(args, "quiet", False):
+        print(f"wrote {out}")
     return EXIT_OK
 
 
@@ -190,7 +238,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "inspect": _cmd_inspect}
+COMMANDS = {"quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "export": _cmd_export,
+            "inspect": _cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:
