@@ -25,6 +25,7 @@ from onnxq.passes import (
     InsertQDQPass,
     PreprocessPass,
     QLinearLoweringPass,
+    RequantFoldPass,
     VerifyPass,
 )
 from onnxq.passes.annotate import QuantPlan, annotate
@@ -178,11 +179,14 @@ def _peek(data):
 
 
 def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
-            ) -> tuple[PipelineResult, QuantPlan]:
-    """Preprocess + fuse ``model`` and plan its quantization (no calibration yet)."""
+            ) -> tuple[PipelineResult, QuantPlan | None]:
+    """Preprocess + fuse ``model`` and plan its quantization (no calibration yet). The plan
+    is None for a model that is already quantized (QDQ from QAT or another tool)."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     fused = Pipeline([PreprocessPass(min_opset=config.min_opset), FusionPass()]).run(model)
+    if is_prequantized(fused.model):
+        return fused, None
     graph = G.import_graph(fused.model)
     plan = annotate(graph, per_channel=config.weight.per_channel,
                     exclude_nodes=config.exclude_nodes,
@@ -200,15 +204,44 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
                    ranges: Mapping[str, TensorRange]) -> Pipeline:
     """The passes that turn a prepared float model into the quantized one."""
     act, weight, reduce_range = _types(config)
-    passes = [
+    return Pipeline([
         InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
                       activation_symmetric=config.activation.symmetric, weight_type=weight,
                       reduce_range=reduce_range),
-        CleanupPass(),
-    ]
-    if config.format == "qlinear":  # a lowering of the same QDQ graph
+        *_finishing_passes(config),
+    ])
+
+
+def _finishing_passes(config: QuantConfig) -> list:
+    """Folding, cleanup, optional QLinear lowering (of the same QDQ graph), verification."""
+    passes = [RequantFoldPass(), CleanupPass()]
+    if config.format == "qlinear":
         passes += [QLinearLoweringPass(), CleanupPass()]
-    return Pipeline([*passes, VerifyPass()])
+    return [*passes, VerifyPass()]
+
+
+def is_prequantized(model: onnx.ModelProto) -> bool:
+    """True for a model that already holds QuantizeLinear/DequantizeLinear (QAT exports)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def _quantize_prequantized(model, cfg: QuantConfig) -> QuantResult:
+    """A QDQ model (e.g. exported from QAT): no calibration, fold/clean it, optionally lower."""
+    result = Pipeline(_finishing_passes(cfg)).run(model, copy=False)
+    nodes = result.model.graph.node
+    produced = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = tuple((n.name, n.op_type) for n in nodes if n.op_type not in
+                      ("QuantizeLinear", "DequantizeLinear") and (
+                          any(i in produced for i in n.input) or n.domain == "com.microsoft"
+                          or n.op_type.startswith("QLinear")))
+    report = QuantReport(
+        quantized=quantized, skipped=result.skipped, folded=(),
+        op_histogram=dict(sorted(Counter(n.op_type for n in nodes).items())),
+        notes=("model already quantized (Q/DQ from QAT or another tool): calibration "
+               "skipped, its quantization parameters kept",
+               *(n for r in result.records for n in r.notes)))
+    plan = QuantPlan(nodes=(), activations=())
+    return QuantResult(model=result.model, plan=plan, ranges={}, report=report, config=cfg)
 
 
 def calibrate(
@@ -224,6 +257,10 @@ def calibrate(
     cfg = _resolve_config(config, overrides)
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     fused, plan = prepare(model, cfg)
+    if plan is None:
+        raise ModelError("the model is already quantized (it holds QuantizeLinear/"
+                         "DequantizeLinear); there is nothing to calibrate: pass it to "
+                         "onnxq quantize without calibration data")
     return _calibrate(fused.model, plan, calibration_data, cfg, progress)
 
 
@@ -258,10 +295,12 @@ def quantize(
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
     fused, plan = prepare(model, cfg)  # the pipeline makes the one private copy
+    if plan is None:
+        return _quantize_prequantized(fused.model, cfg)
     if ranges is None:
         if calibration_data is None:
-            raise ConfigError("quantize needs calibration_data (an iterable of feeds) or "
-                              "precomputed ranges")
+            raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
+                              "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
         ranges = _calibrate(fused.model, plan, calibration_data, cfg, progress)
     else:
         missing = [t for t in plan.calibration_tensors if t not in ranges]

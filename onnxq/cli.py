@@ -153,8 +153,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         ranges, feeds = load_ranges(args.ranges), None
     elif args.calib_data:
         ranges, feeds = None, load_feeds(args.calib_data, batch=args.calib_batch)
-    else:
-        raise ConfigError("give --calib-data PATH (or --ranges FILE.json from onnxq calibrate)")
+    else:  # fine for an already-quantized (QAT) model; quantize() says so otherwise
+        ranges, feeds = None, None
     result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet,
                       export_options=_export_options(args))
     if args.save_fp32 and result.source is not None:

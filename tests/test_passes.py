@@ -18,7 +18,7 @@ from onnxq.api import build_pipeline, prepare
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import MinMaxCalibrator
 from onnxq.config import QuantConfig
-from onnxq.passes import CleanupPass, FusionPass, PreprocessPass, VerifyPass
+from onnxq.passes import CleanupPass, FusionPass, PreprocessPass, RequantFoldPass, VerifyPass
 from onnxq.pipeline import Pipeline
 from tests import builders as B
 from tests.conftest import cosine, run_model
@@ -125,7 +125,7 @@ def test_insert_qdq_numerics_structure_idempotence(small_model_name):
     rerun_unchanged(qdq_pass, out.model)
 
 
-def test_cleanup_removes_identity_requantize_and_is_idempotent():
+def test_requant_fold_removes_identity_requantize_and_is_idempotent():
     model = B.residual_block()
     fused, _, _, pipeline = _quantize_passes(model)
     inserted = Pipeline([pipeline.passes[0]]).run(fused).model
@@ -142,13 +142,15 @@ def test_cleanup_removes_identity_requantize_and_is_idempotent():
     g.output.append(onnx.helper.make_tensor_value_info("planted_out", onnx.TensorProto.FLOAT,
                                                        ["batch", 8, 16, 16]))
     assert q.input[0] == "input"
-    out = Pipeline([CleanupPass()]).run(inserted)
+    out = Pipeline([RequantFoldPass(), CleanupPass()]).run(inserted)
     names = {n.name for n in out.model.graph.node}
     assert "planted_q" not in names and "planted_dq2" in names
+    assert any("identity" in n for r in out.records for n in r.notes)
     onnx.checker.check_model(out.model, full_check=True)
     feed = B.feeds(model, batch=2)[0]
     for a, b in zip(run_model(inserted, feed), run_model(out.model, feed), strict=True):
         np.testing.assert_array_equal(a, b)
+    rerun_unchanged(RequantFoldPass(), out.model)
     rerun_unchanged(CleanupPass(), out.model)
 
 

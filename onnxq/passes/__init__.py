@@ -5,7 +5,8 @@ from onnxq.passes.fusion import FusionPass
 from onnxq.passes.preprocess import PreprocessPass
 from onnxq.passes.qdq_insert import InsertQDQPass
 from onnxq.passes.qlinear import QLinearLoweringPass
+from onnxq.passes.requant_fold import RequantFoldPass
 from onnxq.passes.verify import VerifyPass
 
 __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "CleanupPass", "VerifyPass",
-           "QLinearLoweringPass"]
+           "QLinearLoweringPass", "RequantFoldPass"]

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
-from onnxq.passes.cleanup import same_params
+from onnxq.passes.requant_fold import same_params
 from onnxq.pipeline import PassResult
 
 __all__ = ["QLinearLoweringPass", "MS_DOMAIN"]
@@ -74,6 +75,17 @@ def _detach_q(q: gs.Node) -> gs.Tensor:
     return out
 
 
+def _int32_bias(node: gs.Node, bias: gs.Tensor, x_scale: gs.Tensor, w_scale: gs.Tensor
+                ) -> list[gs.Tensor] | None:
+    b, xs, ws = (G.constant_value(t) for t in (bias, x_scale, w_scale))
+    if b is None or xs is None or ws is None or b.ndim != 1:
+        return None
+    scale = (xs.astype(np.float32) * ws.astype(np.float32)).astype(np.float64)
+    info = np.iinfo(np.int32)
+    q = np.clip(np.rint(b.astype(np.float64) / scale), info.min, info.max).astype(np.int32)
+    return [gs.Constant(f"{node.name}_bias_int32", np.broadcast_to(q, b.shape).copy())]
+
+
 def _lower_compute(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str | None:
     dqs = [_dq_of(t) for t in node.inputs[:2]]
     if len(node.inputs) < 2 or any(d is None for d in dqs):
@@ -82,9 +94,14 @@ def _lower_compute(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str | N
     x, w = (_triplet(d) for d in dqs)
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     bias_dq = _dq_of(bias) if bias is not None else None
-    if bias is not None and bias_dq is None:
-        return "the bias is not int32"
-    b_q = [bias_dq.inputs[0]] if bias_dq is not None else []
+    if bias_dq is not None:
+        b_q = [bias_dq.inputs[0]]
+    elif bias is not None:  # a float bias (QAT exports): int32 with scale x_scale × w_scale
+        b_q = _int32_bias(node, bias, x[1], w[1])
+        if b_q is None:
+            return "the bias is neither int32 nor a constant"
+    else:
+        b_q = []
     if node.op == "Conv":
         if q is None:
             return "the output has no single QuantizeLinear"

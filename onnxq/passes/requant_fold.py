@@ -1,0 +1,195 @@
+"""Requantize folding: make a QDQ graph as cheap as its plan allows, without changing what
+the int8 kernels compute.
+
+* ``DQ → Q`` with equal parameters is the identity: consumers read the int8 tensor directly;
+* ``Q1 → DQ1 → Q2`` (a back-to-back requantization, e.g. from QAT exports) becomes ``Q2`` of
+  the float source: one rounding instead of two;
+* ``Relu``/``Clip(0, c)`` right before a ``QuantizeLinear`` whose range already clamps the
+  same way (zero point at the type's minimum, top of the range within ``c``) is dropped;
+* ``Q → DQ`` pairs between two float-only ops (no int8 kernel on either side) are dropped:
+  they only add error and time;
+* duplicate scale / zero-point initializers are merged.
+
+Data-movement chains ``DQ → Reshape → Q`` with equal parameters are left for onnxruntime,
+which runs them on int8. Everything done is reported in the pass notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxq import graph as G
+from onnxq.pipeline import PassResult
+from onnxq.quant_ops import HANDLERS, clip_bounds
+
+__all__ = ["RequantFoldPass", "same_params"]
+
+#: Ops onnxruntime's CPU EP can run on int8 when wrapped in Q/DQ.
+INT8_CAPABLE = frozenset(HANDLERS) - {"Relu", "Clip"} | {"Where", "Gather", "Expand", "Tile",
+                                                          "DepthToSpace", "ArgMax", "Identity"}
+
+
+def _const_key(t: gs.Tensor) -> tuple | None:
+    v = G.constant_value(t)
+    return None if v is None else (str(v.dtype), v.shape, v.tobytes())
+
+
+def same_params(a: gs.Node, b: gs.Node) -> bool:
+    """True when two Q/DQ nodes use identical scale, zero point and axis."""
+    scale = G.constant_value(a.inputs[1]) if len(a.inputs) > 1 else None
+    if scale is not None and scale.ndim > 0 and a.attrs.get("axis", 1) != b.attrs.get("axis", 1):
+        return False
+    for i in (1, 2):
+        ka = _const_key(a.inputs[i]) if len(a.inputs) > i else None
+        kb = _const_key(b.inputs[i]) if len(b.inputs) > i else None
+        if ka is None or kb is None or ka != kb:
+            return False
+    return True
+
+
+def _rewire(old: gs.Tensor, new: gs.Tensor) -> None:
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+
+
+def _disconnect(*nodes: gs.Node) -> None:
+    for n in nodes:
+        n.inputs.clear()
+        n.outputs.clear()
+
+
+def _identity_pairs(graph: gs.Graph, outputs: set[str]) -> int:
+    removed = 0
+    for q in list(graph.nodes):
+        if not G.is_q(q) or not q.inputs or q.outputs[0].name in outputs:
+            continue
+        dq = G.producer(q.inputs[0])
+        if dq is not None and G.is_dq(dq) and same_params(dq, q):
+            _rewire(q.outputs[0], dq.inputs[0])
+            _disconnect(q)
+            removed += 1
+    return removed
+
+
+def _double_requant(graph: gs.Graph, outputs: set[str]) -> int:
+    merged = 0
+    for q2 in list(graph.nodes):
+        if not G.is_q(q2) or not q2.inputs:
+            continue
+        dq1 = G.producer(q2.inputs[0])
+        if dq1 is None or not G.is_dq(dq1) or len(q2.inputs[0].outputs) != 1:
+            continue
+        q1 = G.producer(dq1.inputs[0])
+        if q1 is None or not G.is_q(q1) or len(dq1.inputs[0].outputs) != 1:
+            continue
+        if q2.inputs[0].name in outputs or dq1.inputs[0].name in outputs:
+            continue
+        q2.inputs[0] = q1.inputs[0]
+        _disconnect(q1, dq1)
+        merged += 1
+    return merged
+
+
+def _clamping_activation(graph: gs.Graph, outputs: set[str]) -> int:
+    folded = 0
+    for q in list(graph.nodes):
+        if not G.is_q(q) or len(q.inputs) < 3:
+            continue
+        act = G.producer(q.inputs[0])
+        if act is None or act.op not in ("Relu", "Clip") or len(q.inputs[0].outputs) != 1:
+            continue
+        if q.inputs[0].name in outputs:
+            continue
+        scale, zp = G.constant_value(q.inputs[1]), G.constant_value(q.inputs[2])
+        if scale is None or zp is None or scale.ndim or zp.ndim:
+            continue
+        info = np.iinfo(zp.dtype)
+        if int(zp) != info.min:
+            continue
+        if act.op == "Clip":
+            bounds = clip_bounds(act)
+            top = (info.max - int(zp)) * float(scale)
+            if bounds is None or bounds[0] != 0.0 or (bounds[1] is not None and
+                                                      top > bounds[1] * (1 + 1e-6)):
+                continue
+        q.inputs[0] = act.inputs[0]
+        _disconnect(act)
+        folded += 1
+    return folded
+
+
+def _float_islands(graph: gs.Graph, outputs: set[str]) -> int:
+    """Drop Q→DQ pairs whose producer and every consumer run in float anyway."""
+    dropped = 0
+    for q in list(graph.nodes):
+        if not G.is_q(q) or not q.inputs or G.constant_value(q.inputs[0]) is not None:
+            continue
+        x, y = q.inputs[0], q.outputs[0]
+        dqs = list(y.outputs)
+        if y.name in outputs or not dqs or not all(G.is_dq(d) for d in dqs):
+            continue
+        producer = G.producer(x)
+        if producer is None or producer.op in INT8_CAPABLE or G.is_dq(producer):
+            continue
+        readers = [c for d in dqs for c in d.outputs[0].outputs]
+        if any(d.outputs[0].name in outputs for d in dqs) or any(
+                c.op in INT8_CAPABLE or G.is_q(c) for c in readers):
+            continue
+        for d in dqs:
+            _rewire(d.outputs[0], x)
+            _disconnect(d)
+        _disconnect(q)
+        dropped += 1
+    return dropped
+
+
+def _dedupe_params(graph: gs.Graph) -> int:
+    seen: dict[tuple, gs.Tensor] = {}
+    merged = 0
+    for node in graph.nodes:
+        if not (G.is_q(node) or G.is_dq(node)):
+            continue
+        for i in (1, 2):
+            if len(node.inputs) <= i or not isinstance(node.inputs[i], gs.Constant):
+                continue
+            first = seen.setdefault(_const_key(node.inputs[i]), node.inputs[i])
+            if first is not node.inputs[i]:
+                node.inputs[i] = first
+                merged += 1
+    return merged
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequantFoldPass:
+    drop_float_islands: bool = True
+    name: str = "requant_fold"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        outputs = G.graph_output_names(graph)
+        counts = {
+            "identity DQ→Q pairs removed": _identity_pairs(graph, outputs),
+            "back-to-back requantizations merged": _double_requant(graph, outputs),
+            "Relu/Clip folded into a QuantizeLinear": _clamping_activation(graph, outputs),
+            "Q/DQ pairs between float ops dropped": _float_islands(graph, outputs)
+            if self.drop_float_islands else 0,
+        }
+        changed = any(counts.values())
+        if changed:
+            graph.cleanup()
+        merged = _dedupe_params(graph)
+        if merged:
+            counts["duplicate scale/zero-point inputs merged"] = merged
+            graph.cleanup()
+        if changed or merged:
+            graph.toposort()
+        q = sum(G.is_q(n) for n in graph.nodes)
+        dq = sum(G.is_dq(n) for n in graph.nodes)
+        notes = tuple(f"{k}: {v}" for k, v in counts.items() if v)
+        return PassResult(graph=graph, modified=changed or bool(merged),
+                          notes=notes + (f"QuantizeLinear: {q}, DequantizeLinear: {dq}",)
+                          if (changed or merged) else ())
