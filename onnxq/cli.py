@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("output", help="where to write the .onnx model")
     _export_args(e)
 
+    from onnxq import cli_score
+
+    cli_score.add_parsers(sub)
+
     i = sub.add_parser("inspect", help="op histogram and quantization summary of a model")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -238,8 +242,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from onnxq.cli_score import cmd_compare
+
+    return cmd_compare(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from onnxq.cli_score import cmd_bench
+
+    return cmd_bench(args)
+
+
 COMMANDS = {"quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "export": _cmd_export,
-            "inspect": _cmd_inspect}
+            "inspect": _cmd_inspect, "compare": _cmd_compare, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,3 +79,29 @@ def test_calibrate_then_quantize_with_saved_ranges(tmp_path, capsys):
                  str(ranges)]) == 2
     assert "recalibrate" in capsys.readouterr().err
     assert main(["quantize", str(src), str(tmp_path / "d.onnx")]) == 2
+
+
+def test_compare_and_bench(tmp_path, capsys):
+    model = B.residual_block()
+    src, out = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(src))
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal(
+        (8, 8, 16, 16)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", input=np.random.default_rng(1).standard_normal(
+        (8, 8, 16, 16)).astype(np.float32))
+    assert main(["quantize", str(src), str(out), "--calib-data", str(tmp_path / "calib.npz"),
+                 "--quiet"]) == 0
+    assert main(["compare", str(src), str(out), "--data", str(tmp_path / "eval.npz"),
+                 "--batch", "4", "--report", str(tmp_path / "r.html"),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    text = capsys.readouterr().out
+    assert "cosine" in text and "worst quantized tensors" in text
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["tensors"] and data["outputs"][0]["cosine"] > 0.999
+    assert "data:image/png;base64" in (tmp_path / "r.html").read_text()
+    assert main(["bench", str(src), str(out), "--data", str(tmp_path / "eval.npz"),
+                 "--seconds", "0.2", "--json", str(tmp_path / "b.json"),
+                 "--plot", str(tmp_path / "b.png")]) == 0
+    assert set(json.loads((tmp_path / "b.json").read_text())["median_seconds"]) == {
+        "fp32.onnx", "int8.onnx"}
+    assert (tmp_path / "b.png").stat().st_size > 1000

@@ -1,0 +1,103 @@
+"""The scoring commands of the CLI: ``onnxq compare`` and ``onnxq bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["add_parsers", "cmd_compare", "cmd_bench"]
+
+
+def add_parsers(sub) -> None:
+    c = sub.add_parser("compare", help="FP32 vs INT8: output agreement and per-tensor errors")
+    c.add_argument("fp32")
+    c.add_argument("int8")
+    c.add_argument("--data", required=True, metavar="PATH",
+                   help="evaluation feeds: a folder of .npz or one .npz with a sample axis")
+    c.add_argument("--batch", type=int, default=1, help="samples per feed when splitting")
+    c.add_argument("--max-samples", type=int, default=None, metavar="N")
+    c.add_argument("--report", default=None, metavar="FILE.html|.md",
+                   help="per-tensor report (HTML with an SQNR chart, or Markdown)")
+    c.add_argument("--json", default=None, metavar="FILE.json", help="write all figures")
+    c.add_argument("--top", type=int, default=10, help="worst tensors to print")
+
+    b = sub.add_parser("bench", help="latency of models on the same feed, interleaved")
+    b.add_argument("models", nargs="+")
+    b.add_argument("--data", required=True, metavar="PATH")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--seconds", type=float, default=2.0, help="timed work per model")
+    b.add_argument("--json", default=None, metavar="FILE.json")
+    b.add_argument("--plot", default=None, metavar="FILE.png", help="latency bar chart")
+
+
+def _feeds(args: argparse.Namespace) -> list:
+    from onnxq.data import load_feeds
+
+    feeds = load_feeds(args.data, batch=args.batch)
+    limit = getattr(args, "max_samples", None)
+    return [f for i, f in enumerate(feeds) if limit is None or i < limit]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from onnxq.score import compare_outputs, render_report, tensor_report
+
+    feeds = _feeds(args)
+    agreement = compare_outputs(args.fp32, args.int8, feeds)
+    report = tensor_report(args.fp32, args.int8, feeds)
+    print(f"{len(feeds)} feeds; outputs:")
+    for s in agreement.outputs:
+        top1 = "-" if s.top1_agreement is None else f"{s.top1_agreement:.4f}"
+        lsb = "-" if s.max_error_lsb is None else f"{s.max_error_lsb:.2f}"
+        print(f"  {s.name}: top-1 agreement {top1}, cosine {s.cosine:.6f}, SQNR "
+              f"{s.sqnr_db:.1f} dB, max |err| {s.max_abs_error:.4g} ({lsb} LSB)")
+    print(f"worst quantized tensors (of {len(report)}):")
+    for t in list(report)[: args.top]:
+        print(f"  {t.name}: SQNR {t.sqnr_db:.1f} dB, cosine {t.cosine:.5f}, saturated "
+              f"{t.saturated_fraction:.3%}")
+    if args.report:
+        print(f"wrote {render_report(report, args.report)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "outputs": [vars_of(s) for s in agreement.outputs],
+            "tensors": [vars_of(t) for t in report], "missing": list(report.missing),
+            "feeds": len(feeds)}, indent=2) + "\n")
+    return 0
+
+
+def vars_of(obj) -> dict:
+    return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from onnxq.score import measure_latency
+
+    feed = _feeds(args)[0]
+    models = {Path(m).name if Path(m).name not in {Path(x).name for x in args.models if x != m}
+              else m: m for m in args.models}
+    times = measure_latency(models, feed, threads=args.threads, min_seconds=args.seconds)
+    base = next(iter(times.values()))
+    print(f"{'model':<40}{'median ms':>12}{'vs first':>10}")
+    for name, t in times.items():
+        print(f"{name:<40}{t * 1e3:>12.3f}{base / t:>9.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"median_seconds": times, "threads": args.threads,
+                                               "batch": args.batch}, indent=2) + "\n")
+    if args.plot:
+        _plot(times, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(times: dict[str, float], path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 0.5 + 0.4 * len(times)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.barh(list(times)[::-1], [t * 1e3 for t in times.values()][::-1], color="tab:blue")
+    ax.set_xlabel("median latency (ms)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
