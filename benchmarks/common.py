@@ -35,25 +35,10 @@ def session(model: onnx.ModelProto | str, threads: int = 2):
 
 def time_interleaved(sessions: dict[str, object], feed: dict, *, min_seconds: float = 2.0,
                      warmup: int = 3, rounds: int = 5) -> dict[str, float]:
-    """Median seconds per run of each session, run in alternating rounds."""
-    for sess in sessions.values():
-        for _ in range(warmup):
-            sess.run(None, feed)
-    # size one round so that every model gets >= min_seconds of work in total
-    per_run = {}
-    for name, sess in sessions.items():
-        start = time.perf_counter()
-        sess.run(None, feed)
-        per_run[name] = max(time.perf_counter() - start, 1e-5)
-    iters = {n: max(3, int(min_seconds / rounds / t)) for n, t in per_run.items()}
-    samples: dict[str, list[float]] = {n: [] for n in sessions}
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            for _ in range(iters[name]):
-                start = time.perf_counter()
-                sess.run(None, feed)
-                samples[name].append(time.perf_counter() - start)
-    return {n: float(np.median(s)) for n, s in samples.items()}
+    """Median seconds per run of each session, run in alternating rounds (onnxq.score's)."""
+    from onnxq.score import time_interleaved as timed
+
+    return timed(sessions, feed, min_seconds=min_seconds, warmup=warmup, rounds=rounds)
 
 
 def peak_rss_mb() -> float:

@@ -158,6 +158,7 @@ def make_session(model: onnx.ModelProto | str, *, threads: int = 0, optimize: bo
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if isinstance(model, onnx.ModelProto):

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from onnxq.calibrate import InputSpec, _external_copy, check_feed, input_specs
+from onnxq.calibrate import InputSpec, _external_copy, check_feed, input_specs, make_session
 from onnxq.errors import CalibrationError, ConfigError, ModelError
-from onnxq.io import PROTOBUF_LIMIT, load_model
+from onnxq.io import load_model
 
 __all__ = ["OutputStats", "OutputAgreement", "TensorError", "TensorReport", "compare_outputs",
            "tensor_report", "render_report", "plot_sqnr", "measure_latency", "time_interleaved"]
@@ -200,19 +200,7 @@ def _iter_feeds(feeds: Iterable[Feed], specs: list[InputSpec]) -> Iterator[dict]
 
 
 def _session(source: onnx.ModelProto | str, threads: int, *, basic: bool = False):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    if basic:  # values exactly as the graph defines them (QDQ simulated, not fused)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if isinstance(source, onnx.ModelProto):
-        if source.ByteSize() >= PROTOBUF_LIMIT - 2**26:
-            raise ModelError("model too large for an in-memory session; pass its path")
-        source = source.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return make_session(source, threads=max(1, int(threads)), optimize=not basic)
 
 
 # -- quantization parameters ---------------------------------------------------------------------
