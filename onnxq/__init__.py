@@ -11,12 +11,15 @@ from onnxq.errors import (
     UnsupportedOpError,
 )
 from onnxq.pipeline import Pass, PassResult, Pipeline
+from onnxq.tune import TuneTarget, tune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "quantize",
     "calibrate",
+    "tune",
+    "TuneTarget",
     "prepare",
     "build_pipeline",
     "QuantConfig",

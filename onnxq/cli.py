@@ -61,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("output", help="where to write the .onnx model")
     _export_args(e)
 
-    from onnxq import cli_score
+    from onnxq import cli_score, cli_tune
 
     cli_score.add_parsers(sub)
+    cli_tune.add_parser(sub)
 
     i = sub.add_parser("inspect", help="op histogram and quantization summary of a model")
     i.add_argument("model")
@@ -248,6 +249,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return cmd_compare(args)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from onnxq.cli_tune import cmd_tune
+
+    return cmd_tune(args)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from onnxq.cli_score import cmd_bench
 
@@ -255,7 +262,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "export": _cmd_export,
-            "inspect": _cmd_inspect, "compare": _cmd_compare, "bench": _cmd_bench}
+            "inspect": _cmd_inspect, "compare": _cmd_compare, "bench": _cmd_bench,
+            "tune": _cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

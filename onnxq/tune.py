@@ -1,0 +1,411 @@
+"""Accuracy- and latency-aware tuning: the INT8 model that meets an accuracy target with the
+fewest float ops, and is never slower than FP32.
+
+Trials, cheapest first, all from one calibration run (every calibrator observes the same
+activations once; each trial reuses the ranges):
+
+1. recipes that change no op type: calibrator (minmax, percentile, mse, entropy) and
+   per-channel weights, then the first and last compute layers kept float;
+2. if the target is still missed: rank the quantized nodes by a cheap sensitivity proxy
+   (SQNR of their quantized inputs/outputs against FP32, ``onnxq.score.tensor_report``), and
+   find by bisection the shortest prefix of that ranking to keep in float;
+3. latency: the chosen model is timed against FP32 (interleaved); if it is slower, groups of
+   nodes whose int8 form measures slower (depthwise convs, ops next to float-only
+   activations, elementwise int8 ops) are put back to float while that helps; a model that
+   is still slower than FP32 is not shipped: FP32 is returned and the log says why.
+
+The time budget and Ctrl-C stop the search and return the best model found so far.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxq.api import as_onnx, prepare, quantize
+from onnxq.calibrate import collect_ranges
+from onnxq.calibrators import make_calibrator
+from onnxq.config import CALIBRATORS, QuantConfig
+from onnxq.errors import CalibrationError, ConfigError, ModelError
+from onnxq.qtypes import TensorRange
+
+__all__ = ["TuneTarget", "Trial", "TuneResult", "tune", "cosine_metric", "top1_metric"]
+
+logger = logging.getLogger(__name__)
+
+Evaluate = Callable[[onnx.ModelProto], float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TuneTarget:
+    """``max_drop``: absolute metric drop allowed (0.01 = one point of a [0, 1] metric);
+    ``max_relative_drop``: relative to the FP32 metric. ``latency``: never slower than FP32
+    at ``batch`` (timed with ``threads``)."""
+
+    max_drop: float | None = 0.01
+    max_relative_drop: float | None = None
+    time_budget: float = 600.0
+    max_trials: int = 40
+    latency: bool = True
+    threads: int = 2
+
+    def allowed_drop(self, fp32_metric: float) -> float:
+        if self.max_relative_drop is not None:
+            return abs(fp32_metric) * self.max_relative_drop
+        if self.max_drop is None:
+            raise ConfigError("give max_drop or max_relative_drop")
+        return self.max_drop
+
+
+@dataclass(slots=True, kw_only=True)
+class Trial:
+    index: int
+    recipe: str
+    calibrator: str
+    per_channel: bool
+    float_nodes: tuple[str, ...]
+    metric: float | None = None
+    drop: float | None = None
+    latency_ratio: float | None = None  # FP32 time / INT8 time (> 1: faster than FP32)
+    meets_target: bool = False
+    decision: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class TuneResult:
+    model: onnx.ModelProto
+    chosen: Trial | None  # None: FP32 returned
+    fp32_metric: float
+    allowed_drop: float
+    trials: list[Trial] = field(default_factory=list)
+    stopped: str = "search complete"
+
+    def log(self) -> dict:
+        return {"fp32_metric": self.fp32_metric, "allowed_drop": self.allowed_drop,
+                "stopped": self.stopped, "chosen": self.chosen.index if self.chosen else None,
+                "trials": [asdict(t) for t in self.trials]}
+
+    def save_log(self, path: str | Path) -> Path:
+        dest = Path(path)
+        dest.write_text(json.dumps(self.log(), indent=2) + "\n")
+        return dest
+
+    def table(self) -> str:
+        lines = [f"{'#':>3} {'recipe':<34}{'float':>6}{'metric':>10}{'drop':>9}{'speed':>7}"
+                 "  decision"]
+        for t in self.trials:
+            metric = "-" if t.metric is None else f"{t.metric:.4f}"
+            drop = "-" if t.drop is None else f"{t.drop:.4f}"
+            speed = "-" if t.latency_ratio is None else f"{t.latency_ratio:.2f}x"
+            lines.append(f"{t.index:>3} {t.recipe[:33]:<34}{len(t.float_nodes):>6}{metric:>10}"
+                         f"{drop:>9}{speed:>7}  {t.decision}")
+        chosen = (f"chosen: trial {self.chosen.index} (margin "
+                  f"{self.allowed_drop - (self.chosen.drop or 0):.4f})" if self.chosen
+                  else "chosen: FP32 (no INT8 model met the target without being slower)")
+        return "\n".join(lines + [chosen, f"stopped: {self.stopped}"])
+
+
+def cosine_metric(reference: onnx.ModelProto, feeds: Sequence[Mapping]) -> Evaluate:
+    """Mean per-sample cosine similarity of the first output with ``reference``'s."""
+    from onnxq.calibrate import make_session
+
+    ref_sess = make_session(reference, threads=2)
+    refs = [ref_sess.run(None, dict(f))[0] for f in feeds]
+
+    def evaluate(model: onnx.ModelProto) -> float:
+        sess = make_session(model, threads=2)
+        sims = []
+        for f, r in zip(feeds, refs, strict=True):
+            y = sess.run(None, dict(f))[0].reshape(len(r), -1).astype(np.float64)
+            x = r.reshape(len(r), -1).astype(np.float64)
+            sims.extend((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+                                          + 1e-30))
+        return float(np.mean(sims))
+
+    return evaluate
+
+
+def top1_metric(feeds: Sequence[Mapping], labels: Sequence[np.ndarray]) -> Evaluate:
+    """Top-1 accuracy in [0, 1] of the first output against ``labels`` (one array per feed)."""
+    from onnxq.calibrate import make_session
+
+    def evaluate(model: onnx.ModelProto) -> float:
+        sess = make_session(model, threads=2)
+        hits = total = 0
+        for f, y in zip(feeds, labels, strict=True):
+            pred = sess.run(None, dict(f))[0].reshape(len(y), -1).argmax(1)
+            hits += int((pred == np.asarray(y).reshape(-1)).sum())
+            total += len(y)
+        return hits / max(total, 1)
+
+    return evaluate
+
+
+class _FanOut:
+    """One calibration run feeding every calibrator (statistics collected once)."""
+
+    name = "fan-out"
+
+    def __init__(self, calibrators: Mapping[str, object]) -> None:
+        self.calibrators = dict(calibrators)
+
+    def observe(self, name: str, array: np.ndarray, *, index: int | None = None) -> None:
+        for c in self.calibrators.values():
+            c.observe(name, array, index=index)
+
+    def compute(self) -> dict[str, TensorRange]:
+        self.results = {k: c.compute() for k, c in self.calibrators.items()}
+        return next(iter(self.results.values()))
+
+
+def _all_ranges(model, calibration_data, config: QuantConfig) -> dict[str, dict]:
+    fused, plan = prepare(model, config)
+    if plan is None:
+        raise ConfigError("the model is already quantized; there is nothing to tune")
+    fan = _FanOut({m: make_calibrator(QuantConfig().with_overrides(calibrator=m).calibration)
+                   for m in CALIBRATORS})
+    collect_ranges(fused.model, plan.calibration_tensors, calibration_data, fan,
+                   progress=False, max_samples=config.calibration.max_samples)
+    return fan.results
+
+
+class _Search:
+    """Working state of one ``tune`` call."""
+
+    def __init__(self, model, calib: list, evaluate: Evaluate, target: TuneTarget,
+                 config: QuantConfig, latency_feed: Mapping | None) -> None:
+        self.model, self.calib, self.evaluate = model, calib, evaluate
+        self.target, self.config, self.latency_feed = target, config, latency_feed
+        self.start = time.monotonic()
+        self.trials: list[Trial] = []
+        self.models: dict[int, onnx.ModelProto] = {}
+        self.ranges = _all_ranges(model, calib, config)
+        self.fp32_metric = evaluate(_fp32(model))
+        self.allowed = target.allowed_drop(self.fp32_metric)
+
+    # -- budget ------------------------------------------------------------------------------
+    def out_of_budget(self) -> str | None:
+        if time.monotonic() - self.start > self.target.time_budget:
+            return f"time budget of {self.target.time_budget:.0f} s reached"
+        if len(self.trials) >= self.target.max_trials:
+            return f"{self.target.max_trials} trials reached"
+        return None
+
+    # -- one trial ---------------------------------------------------------------------------
+    def run(self, recipe: str, calibrator: str, per_channel: bool,
+            float_nodes: Sequence[str]) -> Trial:
+        t0 = time.monotonic()
+        trial = Trial(index=len(self.trials), recipe=recipe, calibrator=calibrator,
+                      per_channel=per_channel, float_nodes=tuple(float_nodes))
+        cfg = self.config.with_overrides(calibrator=calibrator, per_channel=per_channel,
+                                         exclude_nodes=sorted(set(self.config.exclude_nodes)
+                                                              | set(float_nodes)))
+        try:
+            try:
+                result = quantize(self.model, ranges=self.ranges[calibrator], config=cfg,
+                                  progress=False)
+            except CalibrationError:  # this plan variant needs tensors not measured yet
+                self._extend_ranges(cfg)
+                result = quantize(self.model, ranges=self.ranges[calibrator], config=cfg,
+                                  progress=False)
+        except ModelError as exc:  # e.g. nothing left to quantize: logged, not fatal
+            trial.decision = f"failed: {exc}"
+            trial.seconds = time.monotonic() - t0
+            self.trials.append(trial)
+            return trial
+        trial.metric = self.evaluate(result.model)
+        trial.drop = self.fp32_metric - trial.metric
+        trial.meets_target = trial.drop <= self.allowed
+        trial.seconds = time.monotonic() - t0
+        trial.decision = "meets the accuracy target" if trial.meets_target else "too inaccurate"
+        self.trials.append(trial)
+        self.models[trial.index] = result.model
+        logger.info("trial %d %s: metric %.5f drop %.5f", trial.index, recipe, trial.metric,
+                    trial.drop)
+        return trial
+
+    def _extend_ranges(self, cfg: QuantConfig) -> None:
+        """A plan variant needs tensors the first calibration did not measure."""
+        fused, plan = prepare(self.model, cfg)
+        missing = [t for t in plan.calibration_tensors if t not in self.ranges["minmax"]]
+        fan = _FanOut({m: make_calibrator(QuantConfig().with_overrides(calibrator=m)
+                                          .calibration) for m in CALIBRATORS})
+        collect_ranges(fused.model, missing, self.calib, fan, progress=False)
+        for method, extra in fan.results.items():
+            self.ranges[method].update(extra)
+
+    def best(self, accurate_only: bool = True) -> Trial | None:
+        pool = [t for t in self.trials if t.meets_target or not accurate_only]
+        if not pool:
+            return None
+        return min(pool, key=lambda t: (len(t.float_nodes), -(t.metric or -np.inf)))
+
+
+def _fp32(model) -> onnx.ModelProto:
+    from onnxq.io import load_model
+
+    return load_model(model)
+
+
+def _anchors(model, config: QuantConfig) -> tuple[list[str], object]:
+    fused, plan = prepare(model, config)
+    return [n.name for n in plan.nodes if n.role.value == "anchor"], (fused, plan)
+
+
+def _recipes(s: _Search) -> None:
+    trials = [s.run("default (minmax, per-channel)", "minmax", True, ())]
+    for method in ("percentile", "mse", "entropy"):
+        if s.out_of_budget() or any(t.meets_target and not t.float_nodes for t in trials[:1]):
+            break
+        trials.append(s.run(f"calibrator {method}", method, True, ()))
+    if s.best() is not None or s.out_of_budget():
+        return
+    best = max(trials, key=lambda t: t.metric or -np.inf)
+    anchors, _ = _anchors(s.model, s.config)
+    if len(anchors) > 2:
+        s.run("first and last layers float", best.calibrator, True, (anchors[0], anchors[-1]))
+
+
+def _ranking(s: _Search, trial: Trial) -> list[str]:
+    """Quantized nodes, most sensitive first (lowest SQNR of the tensors they touch)."""
+    from onnxq.score import tensor_report
+
+    report = tensor_report(_fp32(s.model), s.models[trial.index], s.calib[:8])
+    sqnr = {t.name: t.sqnr_db for t in report}
+    cfg = s.config.with_overrides(exclude_nodes=list(trial.float_nodes))
+    (fused, plan) = _anchors(s.model, cfg)[1]
+    by_name = {n.name: n for n in fused.model.graph.node}
+    scored = []
+    for node in plan.nodes:
+        proto = by_name.get(node.name)
+        if proto is None:
+            continue
+        values = [sqnr[t] for t in list(proto.input) + list(proto.output) if t in sqnr]
+        if values:
+            scored.append((min(values), node.name))
+    return [name for _, name in sorted(scored)]
+
+
+def _fallback(s: _Search) -> None:
+    base = max(s.trials, key=lambda t: t.metric or -np.inf)
+    ranking = _ranking(s, base)
+    lo, hi, k = 0, None, 1
+    while hi is None and k <= len(ranking) - 1 and not s.out_of_budget():  # greedy doubling
+        t = s.run(f"{k} most sensitive node(s) float", base.calibrator, base.per_channel,
+                  base.float_nodes + tuple(ranking[:k]))
+        lo, hi = (lo, k) if t.meets_target else (k, None)
+        k *= 2
+    while hi is not None and hi - lo > 1 and not s.out_of_budget():  # bisection
+        mid = (lo + hi) // 2
+        t = s.run(f"{mid} most sensitive node(s) float", base.calibrator, base.per_channel,
+                  base.float_nodes + tuple(ranking[:mid]))
+        lo, hi = (lo, mid) if t.meets_target else (mid, hi)
+
+
+def _latency_groups(model, config: QuantConfig) -> dict[str, list[str]]:
+    from onnxq.quant_ops import FLOAT_ONLY
+
+    _, (fused, plan) = _anchors(model, config)
+    graph = fused.model.graph
+    quantized = {n.name: n for n in plan.nodes}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    depthwise, near_float, elementwise = [], [], []
+    for n in graph.node:
+        if n.name not in quantized:
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if n.op_type == "Conv" and group > 1:
+            depthwise.append(n.name)
+        touches = [producers.get(i) for i in n.input] + [r for o in n.output
+                                                         for r in readers.get(o, [])]
+        if any(t is not None and t.op_type in FLOAT_ONLY for t in touches):
+            near_float.append(n.name)
+        if quantized[n.name].role.value == "elective":
+            elementwise.append(n.name)
+    groups = {"depthwise convs float": depthwise, "ops next to float-only ops float":
+              near_float, "elementwise int8 ops float": elementwise}
+    return {k: v for k, v in groups.items() if v}
+
+
+def _speed(s: _Search, trial: Trial) -> float:
+    from onnxq.score import measure_latency
+
+    feed = s.latency_feed or s.calib[0]
+    times = measure_latency({"fp32": _fp32(s.model), "int8": s.models[trial.index]}, feed,
+                            threads=s.target.threads, min_seconds=1.0)
+    trial.latency_ratio = times["fp32"] / times["int8"]
+    return trial.latency_ratio
+
+
+def _latency(s: _Search, chosen: Trial) -> Trial | None:
+    """Make the choice at least as fast as FP32, or give it up (None)."""
+    if _speed(s, chosen) >= 1.0:
+        return chosen
+    chosen.decision += "; slower than FP32"
+    for recipe, nodes in _latency_groups(s.model, s.config).items():
+        if s.out_of_budget():
+            break
+        t = s.run(recipe, chosen.calibrator, chosen.per_channel,
+                  tuple(dict.fromkeys(chosen.float_nodes + tuple(nodes))))
+        if t.meets_target and _speed(s, t) > (chosen.latency_ratio or 0):
+            t.decision += "; faster, kept"
+            chosen = t
+            if t.latency_ratio >= 1.0:
+                return chosen
+        else:
+            t.decision += "; rejected"
+    return chosen if (chosen.latency_ratio or 0) >= 1.0 else None
+
+
+def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None = None, *,
+         target: TuneTarget | None = None, config: QuantConfig | None = None,
+         eval_data: Sequence[Mapping] | None = None,
+         latency_feed: Mapping | None = None) -> TuneResult:
+    """Search for the INT8 model that meets ``target`` (see the module doc).
+
+    ``evaluate(model) -> float`` scores a model, higher is better; without it the score is
+    the mean per-sample output cosine with FP32 on ``eval_data``. Calibration and evaluation
+    data should not overlap.
+    """
+    target = target or TuneTarget()
+    config = config or QuantConfig()
+    model, calibration_data = as_onnx(model, calibration_data)
+    calib = list(calibration_data)
+    if evaluate is None:
+        if not eval_data:
+            raise ConfigError("tune needs evaluate=callable or eval_data (feeds) for the "
+                              "default cosine metric")
+        evaluate = cosine_metric(_fp32(model), list(eval_data))
+    s = _Search(model, calib, evaluate, target, config, latency_feed)
+    stopped = "search complete"
+    chosen: Trial | None = None
+    try:
+        _recipes(s)
+        if s.best() is None and not s.out_of_budget():
+            _fallback(s)
+        chosen = s.best()
+        if chosen is not None and target.latency and not s.out_of_budget():
+            chosen = _latency(s, chosen)
+        stopped = s.out_of_budget() or stopped
+    except KeyboardInterrupt:
+        stopped = "interrupted (Ctrl-C): best model so far"
+        chosen = s.best()
+    if chosen is not None:
+        chosen.decision += "; chosen"
+        model_out = s.models[chosen.index]
+    else:
+        model_out = _fp32(model)
+    return TuneResult(model=model_out, chosen=chosen, fp32_metric=s.fp32_metric,
+                      allowed_drop=s.allowed, trials=s.trials, stopped=stopped)

@@ -1,0 +1,107 @@
+"""Tuning: a model where plain PTQ misses the target gets there with a few float ops; the
+time budget stops the search with the best model so far."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq.tune import TuneTarget, tune
+from tests.conftest import cosine, run_model
+
+
+def _outlier_model() -> onnx.ModelProto:
+    """Two dense layers; one hidden channel is ~300x larger than the rest (as in LLM/BERT
+    outlier features), so a per-tensor int8 activation crushes the other 63 channels."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    w1[:, 7] *= 300.0
+    w2 = (rng.standard_normal((64, 16)) / 8).astype(np.float32)
+    w2[7, :] /= 300.0
+    w3 = (rng.standard_normal((16, 10)) / 4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+         helper.make_node("MatMul", ["r", "w2"], ["h2"], name="fc2"),
+         helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+         helper.make_node("MatMul", ["r2", "w3"], ["y"], name="fc3")],
+        "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
+        [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _feeds(seed: int, n: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((16, 64)).astype(np.float32)} for _ in range(n)]
+
+
+def test_tuning_meets_a_target_plain_ptq_misses():
+    model = _outlier_model()
+    calib, evals = _feeds(1, 8), _feeds(2, 4)
+    plain = onnxq.quantize(model, calib, progress=False)
+    feed = evals[0]
+    assert cosine(run_model(model, feed)[0], run_model(plain.model, feed)[0]) < 0.999
+    result = tune(model, calib, eval_data=evals,
+                  target=TuneTarget(max_drop=0.0005, latency=False, max_trials=20))
+    assert result.chosen is not None, result.table()
+    assert result.chosen.drop <= 0.0005
+    assert 1 <= len(result.chosen.float_nodes) <= 2  # a few float ops, not the whole model
+    assert len(result.trials) <= 12
+    assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.9995
+    text = result.table()
+    assert "chosen: trial" in text and "too inaccurate" in text
+    log = result.log()
+    assert log["trials"][0]["recipe"].startswith("default") and log["chosen"] is not None
+
+
+def test_time_budget_stops_with_best_so_far():
+    model = _outlier_model()
+    result = tune(model, _feeds(1, 4), eval_data=_feeds(2, 2),
+                  target=TuneTarget(max_drop=0.0005, time_budget=0.0, latency=False))
+    assert "time budget" in result.stopped
+    assert len(result.trials) == 1
+    # nothing met the target: the FP32 model comes back, never a half-tuned one
+    assert result.chosen is None
+    onnx.checker.check_model(result.model)
+
+
+def test_latency_check_never_ships_a_slower_model():
+    from tests import builders as B
+
+    model = B.conv_bn_relu()
+    result = tune(model, B.feeds(model, batch=8, n=4, seed=1),
+                  eval_data=B.feeds(model, batch=8, n=2, seed=2),
+                  target=TuneTarget(max_drop=0.01, latency=True, max_trials=8))
+    if result.chosen is not None:
+        assert result.chosen.latency_ratio is not None and result.chosen.latency_ratio >= 1.0
+    else:
+        assert "QuantizeLinear" not in {n.op_type for n in result.model.graph.node}
+
+
+def test_tune_needs_a_metric():
+    from onnxq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_data"):
+        tune(_outlier_model(), _feeds(1, 2))
+
+
+def test_cli_tune_with_top1_labels(tmp_path, capsys):
+    from onnxq.cli import main
+
+    model = _outlier_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((64, 64)).astype(np.float32))
+    x = rng.standard_normal((64, 64)).astype(np.float32)
+    labels = run_model(model, {"x": x})[0].argmax(1)
+    np.savez(tmp_path / "eval.npz", x=x, labels=labels)
+    out, log = tmp_path / "tuned.onnx", tmp_path / "log.json"
+    assert main(["tune", str(tmp_path / "m.onnx"), str(out), "--calib-data",
+                 str(tmp_path / "calib.npz"), "--eval-data", str(tmp_path / "eval.npz"),
+                 "--batch", "16", "--metric", "top1", "--max-drop", "0.02", "--no-latency",
+                 "--log", str(log)]) == 0
+    assert "chosen" in capsys.readouterr().out and out.exists() and log.exists()
