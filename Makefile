@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test bench bench-quick clean
+.PHONY: venv demo test bench bench-quick bench-suite bench-suite-quick clean
 
 # The test environment includes both framework extras (torch CPU wheel, tensorflow-cpu): the
 # exporter tests run in CI.
@@ -28,6 +28,14 @@ bench: venv
 
 bench-quick: venv
 	$(PY) -m benchmarks.bench_resnet18 --quick
+
+# The whole suite: real models (bench extra), onnxruntime, NNCF and Intel's quantizer (own venv).
+bench-suite: venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) -m benchmarks.suite
+
+bench-suite-quick: venv
+	$(PY) -m benchmarks.suite --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -71,3 +71,24 @@ def test_cli_format_qlinear(tmp_path):
     assert main(["quantize", str(tmp_path / "m.onnx"), str(out), "--calib-data",
                  str(tmp_path / "c.npz"), "--format", "qlinear", "--quiet"]) == 0
     assert any(n.op_type == "QLinearConv" for n in onnx.load(str(out)).graph.node)
+
+
+def test_gemm_with_explicit_beta_lowers_to_a_loadable_qgemm(tmp_path):
+    """Exporters write Gemm(beta=1.0); com.microsoft QGemm has no beta attribute."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", alpha=1.0, beta=1.0,
+                          transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(rng.standard_normal((4, 16)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(4)]
+    result = onnxq.quantize(model, feeds, progress=False, format="qlinear")
+    assert [n.op_type for n in result.model.graph.node if n.op_type == "QGemm"]
+    result.save(tmp_path / "q.onnx")  # onnxruntime loads it
+    assert np.allclose(run_model(model, feeds[0])[0], run_model(result.model, feeds[0])[0],
+                       atol=0.1)

@@ -110,7 +110,8 @@ def _lower_compute(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str | N
         y = _q_params(q) if q is not None else []
         c = b_q or ([gs.Variable.empty()] if y else [])
         out = _detach_q(q) if q is not None else node.outputs[0]
-        _replace(graph, node, "QGemm", x + w + c + y, out, domain=MS_DOMAIN)
+        attrs = {k: v for k, v in node.attrs.items() if k in ("alpha", "transA", "transB")}
+        _replace(graph, node, "QGemm", x + w + c + y, out, domain=MS_DOMAIN, attrs=attrs)
     elif q is not None:  # MatMul with an int8 output
         _replace(graph, node, "QLinearMatMul", x + w + _q_params(q), _detach_q(q), attrs={})
     else:  # MatMul with a float output
