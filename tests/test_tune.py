@@ -105,3 +105,27 @@ def test_cli_tune_with_top1_labels(tmp_path, capsys):
                  "--batch", "16", "--metric", "top1", "--max-drop", "0.02", "--no-latency",
                  "--log", str(log)]) == 0
     assert "chosen" in capsys.readouterr().out and out.exists() and log.exists()
+
+
+def test_ctrl_c_returns_the_best_model_so_far():
+    from tests.conftest import cosine as cos
+
+    model = _outlier_model()
+    evals = _feeds(2, 2)
+    calls = {"n": 0}
+    ref = run_model(model, evals[0])[0]
+
+    def evaluate(m):
+        calls["n"] += 1
+        if calls["n"] == 3:  # FP32, trial 0, then the user presses Ctrl-C
+            raise KeyboardInterrupt
+        return cos(ref, run_model(m, evals[0])[0])
+
+    result = tune(model, _feeds(1, 4), evaluate,
+                  target=TuneTarget(max_drop=0.0005, latency=False))
+    assert result.stopped.startswith("interrupted")
+    assert len(result.trials) == 1 and not result.trials[0].meets_target
+    # nothing had met the target: FP32 comes back (a complete, valid model)
+    assert result.chosen is None
+    assert "QuantizeLinear" not in {n.op_type for n in result.model.graph.node}
+    onnx.checker.check_model(result.model)
