@@ -141,9 +141,14 @@ class _Analysis:
                         bias_add=self._bias_add(node, weight))
 
     def _bias_add(self, node: gs.Node, weight: tuple[int, int | None] | None):
-        """A MatMul's bias in a following Add: int32 lets onnxruntime fuse both into QGemm
-        (a float bias makes it fall back to a float Gemm, ~10× slower)."""
+        """A 2-D MatMul's bias in a following Add: int32 lets onnxruntime fuse both into QGemm
+        (a float bias makes it fall back to a float Gemm, ~10× slower). For rank > 2 the float
+        bias is better: onnxruntime folds it into SkipLayerNormalization / BiasGelu (measured
+        on a BERT-base-shaped encoder: 2.52× FP32 vs 2.39× with int32 biases)."""
         if node.op != "MatMul" or weight is None or weight[0] != 1:
+            return None
+        shape = node.inputs[0].shape
+        if shape is None or len(shape) != 2:
             return None
         out = node.outputs[0]
         if len(out.outputs) != 1 or out.name in self.outputs or out.outputs[0].op != "Add":
