@@ -78,6 +78,11 @@ HANDLERS: MappingProxyType[str, OpHandler] = MappingProxyType({
     "Sigmoid": OpHandler(role=_E, output_required=True),
     "LeakyRelu": OpHandler(role=_E, output_required=True),
     "Softmax": OpHandler(role=_E, output_required=True, domain_min_opset=13),
+    # No int8 kernel in onnxruntime, but both decompose exactly into int8 ops it has:
+    # HardSigmoid(x) = clip(a·x + b, 0, 1) is a QLinearAdd of x read at scale a·s plus b,
+    # saturated by a [0, 1] output range; HardSwish(x) = x · HardSigmoid(x) adds a QLinearMul.
+    "HardSigmoid": OpHandler(role=_E, output_required=True),
+    "HardSwish": OpHandler(role=_E, output_required=True),
     "MaxPool": OpHandler(role=_S),
     "Reshape": OpHandler(role=_S),
     "Transpose": OpHandler(role=_S),
@@ -97,8 +102,6 @@ FLOAT_ONLY: MappingProxyType[str, str] = MappingProxyType({
     "ConvTranspose": "onnxruntime's CPU EP has no int8 ConvTranspose kernel (measured: DQ → "
                      "float ConvTranspose → Q); kept in float",
     "Pad": "onnxruntime does not fuse Pad on int8 (DQ → Pad → Q stays float); kept in float",
-    "HardSigmoid": "onnxruntime has no int8 HardSigmoid kernel; kept in float",
-    "HardSwish": "onnxruntime has no int8 HardSwish kernel; kept in float",
     "LayerNormalization": "normalization stays float for accuracy",
     "Erf": "GELU/Erf stays float for accuracy",
     "Gelu": "GELU stays float for accuracy",

@@ -77,7 +77,8 @@ def test_report_lists_quantized_skipped_and_folded(calib_cache):
     result = onnxq.quantize(model, calib_cache("depthwise_hardswish", model), progress=False)
     report = result.report
     assert sum(op == "Conv" for _, op in report.quantized) == 7
-    assert any("HardSwish" in reason for _, reason in report.skipped)
+    # HardSwish and x*HardSigmoid(x) run on int8 (decomposed into int8 Add and Mul)
+    assert {"HardSwish", "HardSigmoid", "Mul"} <= {op for _, op in report.quantized}
     assert report.folded
     assert "quantized" in report.summary()
     assert report.to_dict()["weight_type"] == "s8"
@@ -166,7 +167,23 @@ def test_every_supported_op_quantizes_to_a_valid_accurate_model(tmp_path):
             "AveragePool", "GlobalAveragePool", "Squeeze", "Unsqueeze", "Flatten"} <= planned
     assert "relu6" in result.report.folded
     skipped = dict(result.report.skipped)
-    assert "hardsigmoid" in skipped and "pad" in skipped
+    assert "pad" in skipped  # reflect Pad has no int8 path
+    assert "HardSigmoid" in planned  # its input (Split output) is int8
     for feed in B.feeds(model, batch=3, n=2, seed=9):
         ref, got = run_model(model, feed)[0], run_model(result.model, feed)[0]
         assert cosine(ref, got) >= 0.999
+
+
+def test_hardswish_cnn_runs_fully_int8(tmp_path, calib_cache):
+    """HardSwish / x*HardSigmoid(x) decompose into int8 Add and Mul: no float op is left in
+    onnxruntime's optimized graph, and the outputs keep cosine >= 0.999."""
+    model = B.depthwise_hardswish()
+    result = onnxq.quantize(model, calib_cache("depthwise_hardswish", model), progress=False)
+    opt = optimized_ops(result.model, tmp_path)
+    assert opt["HardSwish"] == opt["HardSigmoid"] == opt["Mul"] == opt["DequantizeLinear"] == 0
+    assert opt["QLinearMul"] == 4 and opt["QLinearAdd"] >= 4
+    for feed in B.feeds(model, batch=4, n=2, seed=13):
+        assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.999
+    lowered = onnxq.quantize(model, ranges=result.ranges, progress=False, format="qlinear")
+    ops = Counter(n.op_type for n in lowered.model.graph.node)
+    assert ops["QLinearMul"] == 4 and ops["HardSwish"] == 0
