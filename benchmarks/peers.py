@@ -73,25 +73,12 @@ def _rss_mb() -> float:
 
 # ------------------------------------------------------------------ the methods (child side)
 def _ort(src: Path, dst: Path, feeds: list[dict], best: bool) -> None:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    import onnx
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(feeds)
+    from benchmarks.common import ort_quantize_static
 
-        def get_next(self):
-            return next(self.it, None)
-
-    kwargs = {"quant_format": QuantFormat.QDQ}
-    if best:
-        kwargs.update(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                      per_channel=True)
-    quantize_static(str(src), str(dst), Reader(), **kwargs)
+    model, _ = ort_quantize_static(onnx.load(str(src)), feeds, best=best)
+    onnx.save(model, str(dst))
 
 
 def _onnxq(src: Path, dst: Path, feeds: list[dict], fmt: str) -> None:
