@@ -4,9 +4,6 @@ onnxruntime (CPU, fixed threads) on the same feeds; statistics are running sums.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 import os
 import tempfile
@@ -22,6 +19,7 @@ from onnx import TensorProto, numpy_helper
 from onnxq.calibrate import InputSpec, _external_copy, check_feed, input_specs, make_session
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.io import load_model
+from onnxq.score_render import plot_sqnr, render_report  # re-exported
 
 __all__ = ["OutputStats", "OutputAgreement", "TensorError", "TensorReport", "compare_outputs",
            "tensor_report", "render_report", "plot_sqnr", "measure_latency", "time_interleaved"]
@@ -388,90 +386,6 @@ def _tensor_error(probe: _Probe, acc: _Acc) -> TensorError:
         saturated_fraction=acc.saturated / acc.n if acc.n else 0.0,
         scale=float(probe.scale.max()), zero_point=int(probe.zero_point.ravel()[0]),
         elements=acc.n)
-
-
-# -- rendering ---------------------------------------------------------------------------------
-_COLUMNS = ("#", "tensor", "SQNR (dB)", "cosine", "max abs error", "saturated", "scale",
-            "zero point", "elements")
-_TITLE = "Per-tensor quantization error"
-_CSS = ("table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;"
-        "padding:2px 6px;text-align:right}td:nth-child(2){text-align:left}")
-
-
-def _cells(i: int, t: TensorError) -> list[str]:
-    return [str(i), t.name, f"{t.sqnr_db:.2f}", f"{t.cosine:.6f}", f"{t.max_abs_error:.4g}",
-            f"{100 * t.saturated_fraction:.3f}%", f"{t.scale:.4g}", str(t.zero_point),
-            str(t.elements)]
-
-
-def _markdown(report: Sequence[TensorError], missing: Sequence[str]) -> str:
-    lines = [f"# {_TITLE}", "", f"{len(report)} quantized tensor(s), worst first.", "",
-             "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    for i, t in enumerate(report, 1):
-        cells = [c.replace("|", "\\|") for c in _cells(i, t)]
-        cells[1] = f"`{cells[1]}`"
-        lines.append("| " + " | ".join(cells) + " |")
-    if missing:
-        lines += ["", "Not matched to an FP32 tensor (skipped): "
-                  + ", ".join(f"`{m}`" for m in missing)]
-    return "\n".join(lines) + "\n"
-
-
-def _html(report: Sequence[TensorError], missing: Sequence[str]) -> str:
-    png = base64.b64encode(_sqnr_png(report)).decode("ascii")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
-    rows = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(i, t))
-                     + "</tr>" for i, t in enumerate(report, 1))
-    skipped = ("<p>Not matched to an FP32 tensor (skipped): "
-               + html.escape(", ".join(missing)) + "</p>") if missing else ""
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_TITLE}</title>"
-            f"<style>{_CSS}</style></head><body>\n<h1>{_TITLE}</h1>\n<p>{len(report)} "
-            f"quantized tensor(s), worst first.</p>\n<img src=\"data:image/png;base64,{png}\" "
-            f"alt=\"SQNR per tensor\">\n<table><tr>{head}</tr>\n{rows}\n</table>\n{skipped}\n"
-            "</body></html>\n")
-
-
-def _sqnr_png(report: Sequence[TensorError]) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    values = np.array([t.sqnr_db for t in report], dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    top = float(finite.max()) + 10.0 if finite.size else 60.0
-    values = np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0)
-    fig = Figure(figsize=(8, 1.5 + 0.25 * max(len(report), 1)))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if len(report):
-        colors = ["#d62728" if v < 20 else "#ff7f0e" if v < 30 else "#2ca02c" for v in values]
-        ax.barh(range(len(report)), values, color=colors)
-        ax.set_yticks(range(len(report)), [t.name for t in report], fontsize=7)
-        ax.invert_yaxis()
-    else:
-        ax.text(0.5, 0.5, "no tensors", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("SQNR (dB), higher is better")
-    ax.set_title("Per-tensor SQNR, worst first")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def plot_sqnr(report: Sequence[TensorError], png_path: str | os.PathLike) -> Path:
-    """A PNG horizontal bar chart of the per-tensor SQNR (matplotlib, no display needed)."""
-    (dest := Path(png_path)).write_bytes(_sqnr_png(report))
-    return dest
-
-
-def render_report(report: Sequence[TensorError], path: str | os.PathLike) -> Path:
-    """Write ``report`` as a Markdown table (``.md``) or an HTML page with a SQNR chart."""
-    dest = Path(path)
-    writer = {".md": _markdown, ".html": _html, ".htm": _html}.get(dest.suffix.lower())
-    if writer is None:
-        raise ConfigError(f"cannot render a report as {dest.name!r}: use a .md or .html path")
-    if not dest.parent.is_dir():
-        raise ConfigError(f"output folder {str(dest.parent)!r} does not exist; create it first")
-    dest.write_text(writer(report, getattr(report, "missing", ())), encoding="utf-8")
-    return dest
 
 
 # -- latency -----------------------------------------------------------------------------------
