@@ -149,11 +149,11 @@ def _check_output(args: argparse.Namespace) -> Path:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
     from onnxq.data import load_feeds
-    from onnxq.io import load_model, load_ranges, save_model
+    from onnxq.io import load_ranges, save_model
 
     out = _check_output(args)
     config = _resolve_config(args.config, _overrides(args))
-    model = load_model(args.input) if Path(args.input).suffix.lower() == ".onnx" else args.input
+    model = args.input  # loaded once, by the pipeline (a framework file is exported first)
     if args.ranges:
         ranges, feeds = load_ranges(args.ranges), None
     elif args.calib_data:
@@ -176,15 +176,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, calibrate
     from onnxq.data import load_feeds
-    from onnxq.io import load_model, save_ranges
+    from onnxq.io import save_ranges
 
     out = Path(args.output)
     if not out.parent.is_dir():
         raise ModelError(f"output folder {str(out.parent)!r} does not exist; create it first")
     config = _resolve_config(args.config, _overrides(args))
-    model = load_model(args.input)
     feeds = load_feeds(args.calib_data, batch=args.calib_batch)
-    ranges = calibrate(model, feeds, config, progress=not args.quiet)
+    ranges = calibrate(args.input, feeds, config, progress=not args.quiet)
     save_ranges(ranges, out, meta={"model": str(args.input),
                                    "calibration": config.to_dict()["calibration"]})
     if not args.quiet:
