@@ -187,3 +187,16 @@ def test_hardswish_cnn_runs_fully_int8(tmp_path, calib_cache):
     lowered = onnxq.quantize(model, ranges=result.ranges, progress=False, format="qlinear")
     ops = Counter(n.op_type for n in lowered.model.graph.node)
     assert ops["QLinearMul"] == 4 and ops["HardSwish"] == 0
+
+
+def test_attention_qkv_projections_stay_int8_end_to_end(tmp_path, calib_cache):
+    """The Q/K/V bias Adds feed int8 attention MatMuls, so the projection MatMul output is made
+    int8 for free (QLinearMatMul + QLinearAdd instead of MatMulIntegerToFloat + float Add + Q);
+    the residual path stays float."""
+    model = B.attention_block()
+    result = onnxq.quantize(model, calib_cache("attention_block", model), progress=False)
+    quantized = {n for n, _ in result.report.quantized}
+    assert {"layer0.attn.q.add", "layer0.attn.k.add", "layer0.attn.v.add"} <= quantized
+    assert "layer0.attn.out.add" not in quantized  # feeds the residual Add / LayerNorm
+    opt = optimized_ops(result.model, tmp_path)
+    assert opt["QLinearAdd"] == 3

@@ -227,6 +227,14 @@ class _Analysis:
         self.mark(a, b)
         return True
 
+    def _int8_for_free(self, t: gs.Tensor, consumer: gs.Node) -> bool:
+        """``t`` is the float output of a quantized MatMul/Gemm read only by ``consumer``:
+        making it int8 turns MatMulIntegerToFloat into QLinearMatMul (QGemm), no extra op. Used
+        when the consumer's output must be int8 anyway (a transformer's Q/K/V bias Add)."""
+        p = G.producer(t)
+        return (p is not None and p.op in ("MatMul", "Gemm") and p.name in self.quantized
+                and len(t.outputs) == 1 and t.outputs[0] is consumer and t.name not in self.outputs)
+
     def _visit_elective(self, node: gs.Node, h: OpHandler) -> bool:
         if any(p.bias_add and p.bias_add[0] == node.name for p in self.quantized.values()):
             return False
@@ -238,9 +246,12 @@ class _Analysis:
             return False
         consts = tuple(i for i, t in data if _is_const(t))
         acts = [t for i, t in data if i not in consts]
-        if not acts or not all(t.name in self.int8 for t in acts):
+        free = [t for t in acts if t.name not in self.int8 and self._int8_for_free(t, node)]
+        if not acts or not all(t.name in self.int8 or t in free for t in acts) or (
+                free and not all(o.name in self.int8 for o in _data_outputs(node, h))):
             self.skipped[node.name] = "inputs are not int8 here; quantizing would add conversions"
             return False
+        self.mark(*free)
         self.skipped.pop(node.name, None)
         self.quantized[node.name] = NodePlan(name=node.name, op=node.op, role=h.role,
                                              const_inputs=consts)
