@@ -18,7 +18,7 @@ from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.io import save_model
-from onnxq.kernels.isa import recommend
+from onnxq.kernels.isa import resolve_target, target_of
 from onnxq.passes import (
     CleanupPass,
     FusionPass,
@@ -33,7 +33,7 @@ from onnxq.pipeline import Pipeline, PipelineResult
 from onnxq.qtypes import QType, TensorRange
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
-           "as_onnx"]
+           "as_onnx", "resolve", "stamp_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,17 @@ class QuantReport:
     activation_type: str = "u8"
     weight_type: str = "s8"
     per_channel: bool = True
+    target: str = ""
+    weight_bits: int = 8
 
     def summary(self) -> str:
         ops = Counter(op for _, op in self.quantized)
         lines = [f"quantized {len(self.quantized)} node(s): "
                  + ", ".join(f"{op}×{n}" for op, n in sorted(ops.items())),
                  f"types: activations {self.activation_type}, weights {self.weight_type} "
-                 f"({'per-channel' if self.per_channel else 'per-tensor'})"]
+                 f"({self.weight_bits}-bit, "
+                 f"{'per-channel' if self.per_channel else 'per-tensor'})"
+                 + (f", target {self.target}" if self.target else "")]
         if self.folded:
             lines.append(f"absorbed {len(self.folded)} Relu/Clip into quantization ranges")
         lines.extend(self.notes)
@@ -76,6 +80,8 @@ class QuantReport:
             "activation_type": self.activation_type,
             "weight_type": self.weight_type,
             "per_channel": self.per_channel,
+            "target": self.target,
+            "weight_bits": self.weight_bits,
         }
 
 
@@ -106,16 +112,39 @@ def _resolve_config(config: QuantConfig | Mapping | str | os.PathLike | None,
     else:
         raise ConfigError(f"config must be a QuantConfig, a dict or a file path, not "
                           f"{type(config).__name__}")
-    return base.with_overrides(**overrides) if overrides else base
+    return resolve(base.with_overrides(**overrides) if overrides else base)
+
+
+def resolve(config: QuantConfig) -> QuantConfig:
+    """``config`` with ``target="auto"`` replaced by the concrete target, so that the saved
+    configuration says which types were chosen and reproduces them on any machine."""
+    try:
+        concrete = resolve_target(config.target)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return config if concrete == config.target else config.with_overrides(target=concrete)
 
 
 def _types(config: QuantConfig) -> tuple[QType, QType, bool]:
-    rec = recommend()
+    rec = target_of(resolve(config).target).recommendation
     act = QType.parse(config.activation.dtype) if config.activation.dtype else rec.activation
     weight = QType.parse(config.weight.dtype)
     reduce_range = rec.reduce_range if config.weight.reduce_range is None else \
         config.weight.reduce_range
     return act, weight, reduce_range
+
+
+TARGET_KEY, WEIGHT_BITS_KEY = "onnxq.target", "onnxq.weight_bits"
+
+
+def stamp_target(model: onnx.ModelProto, target: str, reduce_range: bool) -> None:
+    """Record the target ISA and weight width in the model's metadata (``onnxq inspect``)."""
+    values = {TARGET_KEY: target, WEIGHT_BITS_KEY: "7" if reduce_range else "8"}
+    keep = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
 
 
 def as_onnx(model, calibration_data=None, *, export_options: Mapping | None = None):
@@ -309,7 +338,8 @@ def quantize(
                 f"the given ranges lack {len(missing)} tensor(s) this model needs (e.g. "
                 f"{missing[:3]}); they were measured on another model or config: recalibrate")
     result = build_pipeline(cfg, plan, ranges).run(fused.model, copy=False)
-    act, weight, _ = _types(cfg)
+    act, weight, reduce_range = _types(cfg)
+    stamp_target(result.model, cfg.target, reduce_range)
     histogram = Counter(n.op_type for n in result.model.graph.node)
     report = QuantReport(
         quantized=tuple((n.name, n.op) for n in plan.nodes),
@@ -318,6 +348,7 @@ def quantize(
         op_histogram=dict(sorted(histogram.items())),
         notes=tuple(n for r in fused.records + result.records for n in r.notes),
         activation_type=act.value, weight_type=weight.value, per_channel=plan.per_channel,
+        target=cfg.target, weight_bits=7 if reduce_range else 8,
     )
     return QuantResult(model=result.model, plan=plan, ranges=dict(ranges), report=report,
                        config=cfg, source=exported)

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--weight-type", choices=["u8", "s8"], default=None)
     q.add_argument("--reduce-range", action="store_true", default=None,
                    help="7-bit weights (for x86 CPUs without VNNI)")
+    target_arg(q)
     q.add_argument("--exclude-nodes", nargs="+", default=None, metavar="NAME")
     q.add_argument("--exclude-op-types", nargs="+", default=None, metavar="TYPE")
     q.add_argument("--report", default=None, metavar="FILE.json",
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
+
+
+def target_arg(p: argparse.ArgumentParser) -> None:
+    from onnxq.kernels.isa import TARGETS
+
+    p.add_argument("--target", choices=list(TARGETS), default=None,
+                   help="CPU the types are chosen for: " + "; ".join(
+                       f"{k}: {v}" for k, v in TARGETS.items()) + " (default auto)")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -123,13 +132,13 @@ def _version() -> str:
     return f"onnxq {__version__}"
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def overrides(args: argparse.Namespace) -> dict:
     mapping = {"format": "format", "calibrator": "calibrator", "per_channel": "per_channel",
                "activation_type": "activation_type", "weight_type": "weight_type",
                "reduce_range": "reduce_range", "exclude_nodes": "exclude_nodes",
                "exclude_op_types": "exclude_op_types", "max_samples": "max_samples",
                "allow_nonfinite": "allow_nonfinite", "percentile": "percentile",
-               "num_bins": "num_bins"}
+               "num_bins": "num_bins", "target": "target"}
     return {key: getattr(args, attr, None) for attr, key in mapping.items()
             if getattr(args, attr, None) is not None}
 
@@ -152,7 +161,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.io import load_ranges, save_model
 
     out = _check_output(args)
-    config = _resolve_config(args.config, _overrides(args))
+    config = _resolve_config(args.config, overrides(args))
     model = args.input  # loaded once, by the pipeline (a framework file is exported first)
     if args.ranges:
         ranges, feeds = load_ranges(args.ranges), None
@@ -181,7 +190,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if not out.parent.is_dir():
         raise ModelError(f"output folder {str(out.parent)!r} does not exist; create it first")
-    config = _resolve_config(args.config, _overrides(args))
+    config = _resolve_config(args.config, overrides(args))
     feeds = load_feeds(args.calib_data, batch=args.calib_batch)
     ranges = calibrate(args.input, feeds, config, progress=not args.quiet)
     save_ranges(ranges, out, meta={"model": str(args.input),
@@ -203,9 +212,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def describe(model) -> dict:
-    """Op histogram, Q/DQ counts and the nodes that run on int8 inputs."""
+def describe(model, host: str | None = None) -> dict:
+    """Op histogram, Q/DQ counts, the nodes that run on int8 inputs, the target the model was
+    quantized for and whether ``host`` (default: this CPU) may compute it less accurately."""
+    from onnxq.emulate import EMULATED_ISAS, full_range_weights
+    from onnxq.kernels.isa import host_target
+
     nodes = list(model.graph.node)
+    meta = {p.key: p.value for p in model.metadata_props}
+    host = host or host_target()
+    wide = full_range_weights(model)
+    warning = None
+    if wide and EMULATED_ISAS.get(host, False):
+        warning = (f"this CPU ({host}, no VNNI) adds pairs of u8 x s8 products in int16 and "
+                   f"saturates; {len(wide)} weight tensor(s) use 8 bits (target "
+                   f"{meta.get('onnxq.target', 'unknown')}), so results here may be less "
+                   "accurate: check with `onnxq compare --emulate "
+                   f"{host}`, or quantize with --target portable")
     produced_by_dq = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
     quantized = [n for n in nodes if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
                  and any(i in produced_by_dq for i in n.input)]
@@ -219,6 +242,11 @@ def describe(model) -> dict:
         "quantized_nodes": [{"name": n.name, "op": n.op_type} for n in quantized],
         "inputs": [i.name for i in model.graph.input],
         "outputs": [o.name for o in model.graph.output],
+        "target": meta.get("onnxq.target"),
+        "weight_bits": meta.get("onnxq.weight_bits"),
+        "host": host,
+        "full_range_weights": len(wide),
+        "warning": warning,
     }
 
 
@@ -230,6 +258,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return EXIT_OK
     print(f"{args.model}: {info['nodes']} nodes, opset {info['opset']}")
+    if info["target"]:
+        print(f"quantized by onnxq for target {info['target']} ({info['weight_bits']}-bit "
+              f"weights); this CPU: {info['host']}")
+    if info["warning"]:
+        print(f"onnxq: warning: {info['warning']}", file=sys.stderr)
     print(f"QuantizeLinear: {info['quantize_linear']}  DequantizeLinear: "
           f"{info['dequantize_linear']}  nodes on int8 inputs: {len(info['quantized_nodes'])}")
     print("op histogram:")

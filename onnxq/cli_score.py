@@ -21,6 +21,9 @@ def add_parsers(sub) -> None:
                    help="per-tensor report (HTML with an SQNR chart, or Markdown)")
     c.add_argument("--json", default=None, metavar="FILE.json", help="write all figures")
     c.add_argument("--top", type=int, default=10, help="worst tensors to print")
+    c.add_argument("--emulate", default=None, choices=["avx2", "avx512", "vnni", "amx"],
+                   help="score the INT8 model as that CPU computes it (numpy reference of "
+                        "onnxruntime's int8 kernels: slow, exact), not on this CPU")
 
     b = sub.add_parser("bench", help="latency of models on the same feed, interleaved")
     b.add_argument("models", nargs="+")
@@ -44,15 +47,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from onnxq.score import compare_outputs, render_report, tensor_report
 
     feeds = _feeds(args)
-    agreement = compare_outputs(args.fp32, args.int8, feeds)
+    agreement = compare_outputs(args.fp32, args.int8, feeds, emulate=args.emulate)
     report = tensor_report(args.fp32, args.int8, feeds)
-    print(f"{len(feeds)} feeds; outputs:")
+    where = (f"as on a CPU with {args.emulate} (emulated)" if args.emulate
+             else "on this CPU")
+    print(f"{len(feeds)} feeds; INT8 model run {where}; outputs:")
     for s in agreement.outputs:
         top1 = "-" if s.top1_agreement is None else f"{s.top1_agreement:.4f}"
         lsb = "-" if s.max_error_lsb is None else f"{s.max_error_lsb:.2f}"
         print(f"  {s.name}: top-1 agreement {top1}, cosine {s.cosine:.6f}, SQNR "
               f"{s.sqnr_db:.1f} dB, max |err| {s.max_abs_error:.4g} ({lsb} LSB)")
-    print(f"worst quantized tensors (of {len(report)}):")
+    print(f"worst quantized tensors (of {len(report)}, on this CPU):")
     for t in list(report)[: args.top]:
         print(f"  {t.name}: SQNR {t.sqnr_db:.1f} dB, cosine {t.cosine:.5f}, saturated "
               f"{t.saturated_fraction:.3%}")
@@ -60,7 +65,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"wrote {render_report(report, args.report)}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "outputs": [vars_of(s) for s in agreement.outputs],
+            "outputs": [vars_of(s) for s in agreement.outputs], "emulate": args.emulate,
             "tensors": [vars_of(t) for t in report], "missing": list(report.missing),
             "feeds": len(feeds)}, indent=2) + "\n")
     return 0

@@ -32,6 +32,14 @@ def add_parser(sub) -> None:
     t.add_argument("--no-latency", action="store_true", help="skip the never-slower check")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--log", default=None, metavar="FILE.json", help="the trial log")
+    t.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="a QuantConfig as TOML or JSON (calibrator settings, types, ...); "
+                        "flags override it")
+    t.add_argument("--format", choices=["qdq", "qlinear"], default=None,
+                   help="output form of the tuned model (default qdq)")
+    from onnxq.cli import target_arg
+
+    target_arg(t)
     t.add_argument("--quiet", "-q", action="store_true")
 
 
@@ -75,8 +83,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         target = TuneTarget(max_drop=0.01, time_budget=args.time_budget,
                             max_trials=args.max_trials, latency=not args.no_latency,
                             threads=args.threads)
+    from onnxq.api import _resolve_config
+    from onnxq.cli import overrides
+
+    config = _resolve_config(args.config, overrides(args))
     calib = list(load_feeds(args.calib_data, batch=args.batch))
-    result = tune(args.input, calib, evaluate, target=target, eval_data=evals)
+    result = tune(args.input, calib, evaluate, target=target, eval_data=evals, config=config)
     save_model(result.model, out)
     if args.log:
         result.save_log(args.log)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxq.errors import ConfigError
+from onnxq.kernels.isa import TARGETS
 
 __all__ = [
     "ActivationConfig",
@@ -95,9 +96,13 @@ class QuantConfig:
     exclude_op_types: tuple[str, ...] = ()
     fold_activations: bool = True
     min_opset: int = 13
+    #: instruction set the types are chosen for (see ``onnxq.kernels.isa.TARGETS``); ``auto``
+    #: is resolved to the host's (or ``$ONNXQ_TARGET``) once, at the start of a run.
+    target: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("format", self.format, FORMATS)
+        _check_choice("target", self.target, tuple(TARGETS))
         for name in ("exclude_nodes", "exclude_op_types"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):

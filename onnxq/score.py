@@ -287,10 +287,12 @@ def _bounds(probe: _Probe, shape: tuple[int, ...]):
 
 # -- public API ----------------------------------------------------------------------------------
 def compare_outputs(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
-                    metric: Metric | None = None, threads: int = 1) -> OutputAgreement:
+                    metric: Metric | None = None, threads: int = 1,
+                    emulate: str | None = None) -> OutputAgreement:
     """Run both models on every feed and compare each graph output (matched by name).
     ``metric(fp32_outputs, int8_outputs) -> float`` gets, per output, the values of all feeds
-    concatenated along axis 0 (so they are kept in memory)."""
+    concatenated along axis 0 (so they are kept in memory). ``emulate`` ("avx2", "vnni", ...)
+    runs the INT8 model as that CPU computes it (``onnxq.emulate``), not on this one."""
     g32, src32 = _model(fp32)
     g8, src8 = _model(int8)
     specs = _common_specs(g32, g8)
@@ -303,7 +305,13 @@ def compare_outputs(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
     scales = {n.output[0]: p for n in g8.graph.node
               if n.op_type == "DequantizeLinear" and n.output[0] in names
               and (p := _qparams(consts, n)) is not None}
-    s32, s8 = _session(src32, threads), _session(src8, threads)
+    s32 = _session(src32, threads)
+    if emulate is None:
+        s8 = _session(src8, threads)
+    else:
+        from onnxq.emulate import EmulatedSession
+
+        s8 = EmulatedSession(g8, emulate)
     accs = {name: _Acc() for name in names}
     kept: tuple[list, list] = ([], [])
     count = 0

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxq.api import as_onnx, prepare, quantize
+from onnxq.api import as_onnx, prepare, quantize, resolve
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import make_calibrator
 from onnxq.config import CALIBRATORS, QuantConfig
@@ -170,11 +170,18 @@ def _all_ranges(model, calibration_data, config: QuantConfig) -> dict[str, dict]
     fused, plan = prepare(model, config)
     if plan is None:
         raise ConfigError("the model is already quantized; there is nothing to tune")
-    fan = _FanOut({m: make_calibrator(QuantConfig().with_overrides(calibrator=m).calibration)
-                   for m in CALIBRATORS})
+    fan = _fan_out(config)
     collect_ranges(fused.model, plan.calibration_tensors, calibration_data, fan,
-                   progress=False, max_samples=config.calibration.max_samples)
+                   progress=False, max_samples=config.calibration.max_samples,
+                   allow_nonfinite=config.calibration.allow_nonfinite)
     return fan.results
+
+
+def _fan_out(config: QuantConfig) -> _FanOut:
+    """Every calibrator, each with the user's settings (bins, percentile, ...) but its own
+    method."""
+    return _FanOut({m: make_calibrator(config.with_overrides(calibrator=m).calibration)
+                    for m in CALIBRATORS})
 
 
 class _Search:
@@ -236,9 +243,10 @@ class _Search:
         """A plan variant needs tensors the first calibration did not measure."""
         fused, plan = prepare(self.model, cfg)
         missing = [t for t in plan.calibration_tensors if t not in self.ranges["minmax"]]
-        fan = _FanOut({m: make_calibrator(QuantConfig().with_overrides(calibrator=m)
-                                          .calibration) for m in CALIBRATORS})
-        collect_ranges(fused.model, missing, self.calib, fan, progress=False)
+        fan = _fan_out(self.config)
+        collect_ranges(fused.model, missing, self.calib, fan, progress=False,
+                       max_samples=self.config.calibration.max_samples,
+                       allow_nonfinite=self.config.calibration.allow_nonfinite)
         for method, extra in fan.results.items():
             self.ranges[method].update(extra)
 
@@ -295,7 +303,11 @@ def _ranking(s: _Search, trial: Trial) -> list[str]:
 
 
 def _fallback(s: _Search) -> None:
-    base = max(s.trials, key=lambda t: t.metric or -np.inf)
+    # Rank from the best trial that kept every node int8: a recipe that already put nodes in
+    # float (first/last layers) would hide them from the ranking, and whether that recipe
+    # scores best depends on the CPU's types (7-bit weights on AVX2), not on the model.
+    full = [t for t in s.trials if not t.float_nodes and t.metric is not None]
+    base = max(full or s.trials, key=lambda t: t.metric or -np.inf)
     ranking = _ranking(s, base)
     lo, hi, k = 0, None, 1
     while hi is None and k <= len(ranking) - 1 and not s.out_of_budget():  # greedy doubling
@@ -380,7 +392,7 @@ def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None =
     data should not overlap.
     """
     target = target or TuneTarget()
-    config = config or QuantConfig()
+    config = resolve(config or QuantConfig())  # the target's types, fixed for every trial
     model, calibration_data = as_onnx(model, calibration_data)
     calib = list(calibration_data)
     if evaluate is None:

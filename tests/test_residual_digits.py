@@ -39,19 +39,34 @@ def _resnet() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
-    x_train, y_train, x_test, y_test = digits.load_digits(seed=0)
-    net = _resnet()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    gen = torch.Generator().manual_seed(0)
-    net.train()
-    for _ in range(3):
-        for idx in torch.randperm(len(xt), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
-            opt.step()
-    net.eval()
+    """Deterministic training that lands well above the 93 % guard on every x86 ISA: fixed
+    seeds and threads, deterministic kernels, and a one-cycle learning rate that settles into
+    the minimum (measured 97.5-97.6 % with torch's AVX-512 and AVX2 kernels, 1 or 2 threads;
+    a constant rate of 3e-3 for 3 epochs gave 96.4 % with AVX-512 but 91.0 % with AVX2)."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(0)
+        x_train, y_train, x_test, y_test = digits.load_digits(seed=0)
+        net = _resnet()
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+        gen = torch.Generator().manual_seed(0)
+        epochs = 5
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=3e-3, total_steps=epochs * ((len(xt) + 63) // 64))
+        net.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(xt), generator=gen).split(64):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+                opt.step()
+                sched.step()
+        net.eval()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     return net, x_train, x_test, y_test
 
 

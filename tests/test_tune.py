@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
+from onnxq.config import QuantConfig
 from onnxq.tune import TuneTarget, tune
 from tests.conftest import cosine, run_model
 
@@ -39,13 +40,17 @@ def _feeds(seed: int, n: int) -> list[dict]:
     return [{"x": rng.standard_normal((16, 64)).astype(np.float32)} for _ in range(n)]
 
 
-def test_tuning_meets_a_target_plain_ptq_misses():
+@pytest.mark.parametrize("isa", ["avx2", "vnni"])
+def test_tuning_meets_a_target_plain_ptq_misses(isa):
+    """Both targets' types: with 7-bit weights (AVX2) "first and last layers float" scored
+    best among the recipes and used to hide those nodes from the fallback's ranking, so the
+    search ended with FP32 on AVX2 machines only."""
     model = _outlier_model()
     calib, evals = _feeds(1, 8), _feeds(2, 4)
-    plain = onnxq.quantize(model, calib, progress=False)
+    plain = onnxq.quantize(model, calib, progress=False, target=isa)
     feed = evals[0]
     assert cosine(run_model(model, feed)[0], run_model(plain.model, feed)[0]) < 0.999
-    result = tune(model, calib, eval_data=evals,
+    result = tune(model, calib, eval_data=evals, config=QuantConfig(target=isa),
                   target=TuneTarget(max_drop=0.0005, latency=False, max_trials=20))
     assert result.chosen is not None, result.table()
     assert result.chosen.drop <= 0.0005
@@ -129,3 +134,50 @@ def test_ctrl_c_returns_the_best_model_so_far():
     assert result.chosen is None
     assert "QuantizeLinear" not in {n.op_type for n in result.model.graph.node}
     onnx.checker.check_model(result.model)
+
+
+def test_tune_keeps_the_users_calibration_settings():
+    """tune used to build every calibrator from QuantConfig() defaults: allow_nonfinite (and
+    num_bins, percentile) never reached the calibration run."""
+    model = _outlier_model()
+    calib = _feeds(1, 4)
+    calib[1]["x"][0, 0] = np.nan
+    config = QuantConfig().with_overrides(allow_nonfinite=True, num_bins=512, percentile=99.9)
+    result = tune(model, calib, eval_data=_feeds(2, 2), config=config,
+                  target=TuneTarget(max_drop=0.5, latency=False, max_trials=2))
+    assert result.chosen is not None and result.trials[0].metric is not None
+
+
+def test_tune_uses_the_users_calibrator_settings(monkeypatch):
+    import importlib
+
+    tune_module = importlib.import_module("onnxq.tune")
+
+    seen = []
+    real = tune_module.make_calibrator
+    monkeypatch.setattr(tune_module, "make_calibrator",
+                        lambda cfg: seen.append(cfg) or real(cfg))
+    config = QuantConfig().with_overrides(num_bins=512, percentile=99.9)
+    tune(_outlier_model(), _feeds(1, 2), eval_data=_feeds(2, 1), config=config,
+         target=TuneTarget(max_drop=0.5, latency=False, max_trials=1))
+    assert {c.method for c in seen} == {"minmax", "entropy", "percentile", "mse"}
+    assert all(c.num_bins == 512 and c.percentile == 99.9 for c in seen)
+
+
+def test_cli_tune_takes_config_format_and_target(tmp_path):
+    from onnxq.cli import main
+
+    onnx.save(_outlier_model(), str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((32, 64)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((32, 64)).astype(np.float32))
+    (tmp_path / "cfg.toml").write_text("[calibration]\nnum_bins = 512\n")
+    out = tmp_path / "tuned.onnx"
+    assert main(["tune", str(tmp_path / "m.onnx"), str(out), "--calib-data",
+                 str(tmp_path / "calib.npz"), "--eval-data", str(tmp_path / "eval.npz"),
+                 "--batch", "16", "--max-drop", "0.5", "--no-latency", "--max-trials", "1",
+                 "--config", str(tmp_path / "cfg.toml"), "--format", "qlinear",
+                 "--target", "portable", "--quiet"]) == 0
+    tuned = onnx.load(str(out))
+    assert "QLinearMatMul" in {n.op_type for n in tuned.graph.node}
+    assert {p.key: p.value for p in tuned.metadata_props}["onnxq.target"] == "portable"

@@ -1,0 +1,236 @@
+"""Run an INT8 model as another CPU would compute it (``onnxq compare --emulate avx2|vnni``).
+
+onnxruntime picks its int8 kernels from the CPU it runs on: with VNNI (or AMX) u8 x s8 dot
+products are exact; on AVX2-only and AVX-512-without-VNNI CPUs ``vpmaddubsw`` adds pairs of
+products in int16 with saturation, so a model with full-range 8-bit weights can lose accuracy
+there. ``EmulatedSession`` answers "how accurate is this model on a CPU I do not have?":
+
+* a QDQ model is first lowered to onnxruntime's integer operators by onnxq's own
+  ``QLinearLoweringPass`` (the same groups onnxruntime fuses at session creation);
+* the int8 matrix products (QLinearConv, QLinearMatMul, com.microsoft QGemm and
+  MatMulIntegerToFloat) run in ``onnxq.kernels.reference`` — bit-exact models of
+  onnxruntime's MLAS kernels, with the int16 saturation for the saturating ISAs;
+* every other node runs alone in an onnxruntime session (its own float/int8 kernels).
+
+Slow (numpy, one session per node) but exact: on a CPU of the emulated kind the outputs match
+onnxruntime's bit for bit (tests check both kinds where the machine is one of them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.errors import ConfigError, ModelError
+from onnxq.kernels import reference as ref
+
+__all__ = ["EMULATED_ISAS", "EmulatedSession", "lower_for_emulation", "full_range_weights"]
+
+logger = logging.getLogger(__name__)
+
+#: ISA name → whether its u8 x s8 kernels saturate pairs of products in int16.
+EMULATED_ISAS: dict[str, bool] = {"avx2": True, "avx512": True, "vnni": False, "amx": False}
+
+_MS = "com.microsoft"
+_INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
+
+
+def lower_for_emulation(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The integer-operator form of ``model`` (a QDQ model is lowered, a QOperator model is
+    returned as is); never modifies ``model``."""
+    if not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        return model
+    from onnxq.passes import CleanupPass, QLinearLoweringPass
+    from onnxq.pipeline import Pipeline
+
+    return Pipeline([QLinearLoweringPass(), CleanupPass()]).run(model).model
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv(node, v, no_vnni):
+    at = _attrs(node)
+    if at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(v[3].shape) > 4:
+        return None
+    bias = v[8] if len(v) > 8 and v[8] is not None else None
+    return [ref.qlinear_conv(*v[:8], bias, strides=at.get("strides"), pads=at.get("pads"),
+                             dilations=at.get("dilations"), group=at.get("group", 1),
+                             no_vnni=no_vnni)]
+
+
+def _matmul(node, v, no_vnni):
+    b_scale, b_zp = v[4], v[5]
+    if np.ndim(b_scale) == 1 and np.size(b_scale) > 1:  # per column
+        b_scale, b_zp = b_scale.reshape(1, -1), np.asarray(b_zp).reshape(1, -1)
+    return [ref.qlinear_matmul(v[0], v[1], v[2], v[3], b_scale, b_zp, v[6], v[7],
+                               no_vnni=no_vnni)]
+
+
+def _qgemm(node, v, no_vnni):
+    at = _attrs(node)
+    v = list(v) + [None] * (9 - len(v))
+    return [ref.qgemm(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
+                      alpha=at.get("alpha", 1.0), trans_a=at.get("transA", 0),
+                      trans_b=at.get("transB", 0), no_vnni=no_vnni)]
+
+
+def _matmul_to_float(node, v, no_vnni):
+    v = list(v) + [None] * (7 - len(v))
+    a, b, a_scale, b_scale, a_zp, b_zp, bias = v
+    b_zp = 0 if b_zp is None else b_zp
+    acc = ref.matmul_accumulators(a, 0 if a_zp is None else a_zp, b, b_zp, no_vnni=no_vnni)
+    scale = (np.asarray(a_scale, np.float32).reshape(()) * np.asarray(b_scale, np.float32))
+    out = acc.astype(np.float32) * scale.astype(np.float32)
+    if bias is not None:
+        out = out + np.asarray(bias, np.float32)
+    return [out.astype(np.float32)]
+
+
+#: (domain, op) → (kernel, index of the activation input, index of the weight input)
+_KERNELS = {("", "QLinearConv"): (_conv, 0, 3), ("", "QLinearMatMul"): (_matmul, 0, 3),
+            (_MS, "QGemm"): (_qgemm, 0, 3), (_MS, "MatMulIntegerToFloat"): (_matmul_to_float, 0, 1)}
+
+
+@dataclass
+class _Counts:
+    emulated: int = 0
+    host: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads but does not define: its outer-scope captures."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(i for i in node.input if i and i not in defined)
+        for a in node.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                used.update(n for n in _outer_names(sub) if n not in defined)
+        defined.update(node.output)
+    return used
+
+
+class EmulatedSession:
+    """Duck-types ``InferenceSession.run(names, feed)`` for an INT8 model on ``isa``."""
+
+    def __init__(self, model: onnx.ModelProto, isa: str) -> None:
+        if isa not in EMULATED_ISAS:
+            raise ConfigError(f"--emulate {isa!r} is not an ISA onnxq models; choose one of "
+                              f"{', '.join(EMULATED_ISAS)}")
+        self.isa, self.no_vnni = isa, EMULATED_ISAS[isa]
+        self.model = lower_for_emulation(model)
+        graph = self.model.graph
+        self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.counts = _Counts()
+        self._sessions: dict[tuple, object] = {}
+        self._opsets = list(self.model.opset_import)
+        if not any(o.domain == _MS for o in self._opsets):
+            self._opsets.append(helper.make_opsetid(_MS, 1))
+
+    # -- public ----------------------------------------------------------------------------
+    def run(self, names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list:
+        values: dict[str, np.ndarray | None] = dict(self.consts)
+        values.update({k: np.asarray(v) for k, v in feed.items()})
+        values[""] = None
+        for node in self.model.graph.node:
+            values.update(self._node(node, values))
+        wanted = names or [o.name for o in self.model.graph.output]
+        missing = [n for n in wanted if n not in values]
+        if missing:
+            raise ModelError(f"the emulated model does not produce {missing}")
+        return [values[n] for n in wanted]
+
+    def summary(self) -> str:
+        c = self.counts
+        text = (f"emulated {self.isa}: {c.emulated} int8 matrix product(s) in onnxq's reference "
+                f"kernels, {c.host} other node run(s) on this CPU's onnxruntime kernels")
+        return "; ".join([text, *sorted(set(c.notes))])
+
+    # -- one node --------------------------------------------------------------------------
+    def _node(self, node: onnx.NodeProto, values: dict) -> dict[str, np.ndarray]:
+        kernel = _KERNELS.get((node.domain or "", node.op_type))
+        if kernel is not None:
+            fn, ai, wi = kernel
+            v = [values.get(i) if i else None for i in node.input]
+            a, w = np.asarray(v[ai]), np.asarray(v[wi])
+            if a.dtype in _INT8 and w.dtype in _INT8:
+                if self.no_vnni and a.dtype == np.int8:
+                    self.counts.notes.append("s8 x s8 products are not modelled for "
+                                             f"{self.isa}; computed exactly")
+                no_vnni = self.no_vnni and a.dtype == np.uint8
+                out = fn(node, v, no_vnni)
+                if out is not None:
+                    self.counts.emulated += 1
+                    return {node.output[0]: out[0]}
+            self.counts.notes.append(f"{node.op_type} with these inputs ran on this CPU")
+        self.counts.host += 1
+        return dict(zip([o for o in node.output if o], self._host(node, values), strict=True))
+
+    def _host(self, node: onnx.NodeProto, values: dict) -> list:
+        names = [i for i in node.input if i]
+        for a in node.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                names += sorted(n for n in _outer_names(sub) if n in values and n not in names)
+        arrays = {n: values[n] for n in names}
+        key = (id(node), tuple((n, a.dtype.str, a.shape) for n, a in arrays.items()))
+        sess = self._sessions.get(key)
+        if sess is None:
+            sess = self._sessions[key] = self._build(node, arrays)
+        feeds = {n: a for n, a in arrays.items() if n not in self.consts}
+        return sess.run(None, feeds)
+
+    def _build(self, node: onnx.NodeProto, arrays: Mapping[str, np.ndarray]):
+        import onnxruntime as ort
+
+        inputs, inits = [], []
+        for name, arr in arrays.items():
+            if name in self.consts:
+                inits.append(numpy_helper.from_array(arr, name))
+            else:
+                elem = helper.np_dtype_to_tensor_dtype(arr.dtype)
+                inputs.append(helper.make_tensor_value_info(name, elem, arr.shape))
+        outputs = [onnx.ValueInfoProto(name=o) for o in node.output if o]
+        graph = helper.make_graph([node], f"emulate_{node.op_type}", inputs, outputs, inits)
+        model = helper.make_model(graph, opset_imports=self._opsets,
+                                  ir_version=self.model.ir_version)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+
+
+def full_range_weights(model: onnx.ModelProto) -> list[str]:
+    """Signed 8-bit weights of int8 matrix products that use more than 7 bits: the tensors
+    whose u8 x s8 products can saturate on a CPU without VNNI (``vpmaddubsw``)."""
+    consts = {t.name: t for t in model.graph.initializer}
+    weights: set[str] = set()
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    for node in model.graph.node:
+        kernel = _KERNELS.get((node.domain or "", node.op_type))
+        if kernel is not None and len(node.input) > kernel[2]:
+            weights.add(node.input[kernel[2]])
+        elif node.op_type == "DequantizeLinear" and any(
+                r.op_type in ("Conv", "MatMul", "Gemm") and r.input[1:2] == [node.output[0]]
+                for r in readers.get(node.output[0], [])):
+            weights.add(node.input[0])
+    wide = []
+    for name in sorted(weights):
+        t = consts.get(name)
+        if t is not None and t.data_type == onnx.TensorProto.INT8:
+            w = numpy_helper.to_array(t)
+            if w.size and (w.min() < -64 or w.max() > 63):
+                wide.append(name)
+    return wide
