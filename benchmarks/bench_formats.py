@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_one(name, image, args.threads, calib, seconds) for name in MODELS]
     env = common.environment()
     parts = [f"QDQ vs QLinear, {image}x{image}, {args.threads} threads, onnxruntime "
-             f"{env['onnxruntime']}, {env['cpu']}, {env['date']}, load {load:.2f}"]
+             f"{env['onnxruntime']}, {env['cpu']} (ISA {env['isa']}), {env['date']}, load {load:.2f}"]
     for res in results:
         parts.append(f"\n### {res['model']}\n\n"
                      f"{common.markdown_table(res['rows'], common.MODEL_COLUMNS)}\n\n"

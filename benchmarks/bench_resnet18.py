@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     table = common.markdown_table(payload["rows"], common.MODEL_COLUMNS)
     env = payload["environment"]
     header = (f"ResNet-18-shaped, {image}x{image}, {args.threads} threads, onnxruntime "
-              f"{env['onnxruntime']}, {env['cpu']}, {env['date']}, onnxq {env['onnxq_revision']}")
+              f"{env['onnxruntime']}, {env['cpu']} (ISA {env['isa']}), {env['date']}, onnxq {env['onnxq_revision']}")
     text = f"{header}\n\n{table}\n\ntargets: {payload['targets']}"
     print(text)
     path = common.write_results("resnet18" + ("_quick" if args.quick else ""), payload, text,

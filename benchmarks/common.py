@@ -125,7 +125,7 @@ def agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 def environment() -> dict:
     import onnxruntime as ort
 
-    from onnxq.kernels.isa import detect
+    from onnxq.kernels.isa import detect, host_target
 
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -140,6 +140,7 @@ def environment() -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "cpu": detect().summary(),
+        "isa": host_target(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }

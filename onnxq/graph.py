@@ -13,6 +13,8 @@ from onnxq.qtypes import QParams
 __all__ = [
     "import_graph",
     "export_graph",
+    "iter_graphs",
+    "unique_name",
     "opset",
     "set_opset",
     "is_q",
@@ -31,11 +33,76 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
+    """Import ``model``; every node gets a unique name (ONNX node names are optional, and the
+    plan and folds are keyed by them), and the model's own tensors are marked so that a name
+    onnxq generates never takes a name the model already uses (see ``export_graph``)."""
+    graph = gs.import_onnx(model)
+    graphs = list(iter_graphs(graph))
+    taken = {n.name for g in graphs for n in g.nodes if n.name}
+    seen: set[str] = set()
+    counter = 0
+    for g in graphs:
+        for node in g.nodes:
+            if node.name and node.name not in seen:
+                seen.add(node.name)
+                continue
+            while f"{node.op}_{counter}" in taken:
+                counter += 1
+            node.name = f"{node.op}_{counter}"
+            taken.add(node.name)
+            seen.add(node.name)
+        for t in g.tensors().values():
+            t._onnxq_own = True
+    return graph
+
+
+def iter_graphs(graph: gs.Graph):
+    """``graph`` and, recursively, every subgraph (If/Loop/Scan bodies) inside it."""
+    yield graph
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            subs = value if isinstance(value, (list, tuple)) else [value]
+            for sub in subs:
+                if isinstance(sub, gs.Graph):
+                    yield from iter_graphs(sub)
+
+
+def _unique_tensor_names(graph: gs.Graph) -> None:
+    """Distinct tensors never share a name: a tensor onnxq created whose name the model (or
+    another new tensor) already uses is renamed ``NAME_1``, ``NAME_2``…; graph inputs and
+    outputs and the model's own tensors keep their names."""
+    groups: dict[str, list[gs.Tensor]] = {}
+    ids: set[int] = set()
+    for g in iter_graphs(graph):
+        for node in g.nodes:
+            for t in [*node.inputs, *node.outputs]:
+                if t.name and id(t) not in ids:
+                    ids.add(id(t))
+                    groups.setdefault(t.name, []).append(t)
+        for t in [*g.inputs, *g.outputs]:
+            if id(t) not in ids:
+                ids.add(id(t))
+                groups.setdefault(t.name, []).append(t)
+    taken = set(groups)
+    io = {id(t) for g in iter_graphs(graph) for t in [*g.inputs, *g.outputs]}
+    for name, tensors in groups.items():
+        if len(tensors) < 2:
+            continue
+        keep = sorted(tensors, key=lambda t: (id(t) not in io,
+                                              not getattr(t, "_onnxq_own", False)))[0]
+        counter = 1
+        for t in tensors:
+            if t is keep:
+                continue
+            while f"{name}_{counter}" in taken:
+                counter += 1
+            t.name = f"{name}_{counter}"
+            taken.add(t.name)
 
 
 def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export ``graph``, keeping the template's model-level metadata (doc, props, version)."""
+    _unique_tensor_names(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     if template is not None:
         model.doc_string = template.doc_string
@@ -113,11 +180,45 @@ def _axis_attrs(params: QParams) -> dict[str, int]:
     return {"axis": int(params.axis)} if params.axis is not None and params.scale.ndim else {}
 
 
+_QDQ_SUFFIXES = ("_scale", "_zero_point", "_quantized", "_dequantized", "_QuantizeLinear",
+                 "_DequantizeLinear")
+
+
+def _taken_names(graph: gs.Graph) -> set[str]:
+    """Every tensor and node name of ``graph`` and its subgraphs, cached on the graph object
+    and extended by ``unique_name`` (names are only ever added, so the cache stays safe)."""
+    taken = vars(graph).get("_onnxq_taken")  # not getattr: gs.Graph resolves unknown names
+    if taken is None:
+        taken = set()
+        for g in iter_graphs(graph):
+            taken.update(n.name for n in g.nodes)
+            for node in g.nodes:
+                taken.update(t.name for t in [*node.inputs, *node.outputs])
+            taken.update(t.name for t in [*g.inputs, *g.outputs])
+        graph._onnxq_taken = taken
+    return taken
+
+
+def unique_name(graph: gs.Graph, base: str, suffixes: Iterable[str] = ("",)) -> str:
+    """``base`` (or ``base_1``, ``base_2``…) such that ``base + s`` for every suffix is a name
+    nothing in ``graph`` uses yet; reserves those names."""
+    taken = _taken_names(graph)
+    suffixes = tuple(suffixes)
+    candidate, k = base, 0
+    while any(candidate + s in taken for s in suffixes):
+        k += 1
+        candidate = f"{base}_{k}"
+    taken.update(candidate + s for s in suffixes)
+    return candidate
+
+
 def make_qdq(
     graph: gs.Graph, tensor: gs.Variable, params: QParams, prefix: str
 ) -> tuple[gs.Node, gs.Node, gs.Variable]:
     """Append ``QuantizeLinear(tensor) -> DequantizeLinear`` to ``graph``; return both nodes and
-    the dequantized output (float, same shape as ``tensor``)."""
+    the dequantized output (float, same shape as ``tensor``). Names start with ``prefix`` and
+    never collide with a name already in the graph."""
+    prefix = unique_name(graph, prefix, _QDQ_SUFFIXES)
     scale, zp = _param_constants(prefix, params)
     q_out = gs.Variable(f"{prefix}_quantized", dtype=params.qtype.numpy, shape=tensor.shape)
     dq_out = gs.Variable(f"{prefix}_dequantized", dtype=np.float32, shape=tensor.shape)
@@ -133,6 +234,7 @@ def make_dq_constant(
     graph: gs.Graph, values: np.ndarray, params: QParams, prefix: str, shape: Iterable[int]
 ) -> gs.Variable:
     """Append ``DequantizeLinear(const int values)`` to ``graph``; return its float output."""
+    prefix = unique_name(graph, prefix, _QDQ_SUFFIXES)
     scale, zp = _param_constants(prefix, params)
     q_const = gs.Constant(f"{prefix}_quantized", np.array(values, order="C"))
     out = gs.Variable(f"{prefix}_dequantized", dtype=np.float32, shape=list(shape))

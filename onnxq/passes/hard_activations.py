@@ -60,7 +60,8 @@ def decompose_hard_activation(graph: gs.Graph, node: gs.Node, qtype: QType) -> b
     scale = G.constant_value(dq.inputs[1])
     if scale is None or scale.ndim:
         return False
-    name = node.name
+    name = G.unique_name(graph, node.name, ("_ax", "_ax_DequantizeLinear", "_ax_scale",
+                                            "_hsig_float", "_hsig"))
     scaled = gs.Variable(f"{name}_ax", dtype=np.float32, shape=x.shape)
     graph.nodes.append(gs.Node(
         "DequantizeLinear", f"{name}_ax_DequantizeLinear",

@@ -180,7 +180,7 @@ class InsertQDQPass:
                     consumer.inputs[i] = dq_out
         if is_output and act.all_consumers:
             name = t.name
-            t.name = f"{name}_float"
+            t.name = G.unique_name(state.graph, f"{name}_float")
             dq_out.name = name
             state.graph.outputs = [dq_out if o is t else o for o in state.graph.outputs]
         state.modified = True

@@ -48,10 +48,10 @@ def _q_after(t: gs.Tensor, outputs: set[str]) -> gs.Node | None:
     return t.outputs[0]
 
 
-def _triplet(dq: gs.Node) -> list[gs.Tensor]:
+def _triplet(graph: gs.Graph, dq: gs.Node) -> list[gs.Tensor]:
     """(quantized tensor, scale, zero point) feeding ``dq``."""
     zp = dq.inputs[2] if len(dq.inputs) > 2 else gs.Constant(
-        f"{dq.name}_zp0", G.constant_value(dq.inputs[0]).dtype.type(0))
+        G.unique_name(graph, f"{dq.name}_zp0"), G.constant_value(dq.inputs[0]).dtype.type(0))
     return [dq.inputs[0], dq.inputs[1], zp]
 
 
@@ -75,7 +75,7 @@ def _detach_q(q: gs.Node) -> gs.Tensor:
     return out
 
 
-def _int32_bias(node: gs.Node, bias: gs.Tensor, x_scale: gs.Tensor, w_scale: gs.Tensor
+def _int32_bias(graph: gs.Graph, node: gs.Node, bias: gs.Tensor, x_scale: gs.Tensor, w_scale: gs.Tensor
                 ) -> list[gs.Tensor] | None:
     b, xs, ws = (G.constant_value(t) for t in (bias, x_scale, w_scale))
     if b is None or xs is None or ws is None or b.ndim != 1:
@@ -83,7 +83,8 @@ def _int32_bias(node: gs.Node, bias: gs.Tensor, x_scale: gs.Tensor, w_scale: gs.
     scale = (xs.astype(np.float32) * ws.astype(np.float32)).astype(np.float64)
     info = np.iinfo(np.int32)
     q = np.clip(np.rint(b.astype(np.float64) / scale), info.min, info.max).astype(np.int32)
-    return [gs.Constant(f"{node.name}_bias_int32", np.broadcast_to(q, b.shape).copy())]
+    return [gs.Constant(G.unique_name(graph, f"{node.name}_bias_int32"),
+                        np.broadcast_to(q, b.shape).copy())]
 
 
 def _lower_compute(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str | None:
@@ -91,13 +92,13 @@ def _lower_compute(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str | N
     if len(node.inputs) < 2 or any(d is None for d in dqs):
         return "an input is not dequantized int8"
     q = _q_after(node.outputs[0], outputs)
-    x, w = (_triplet(d) for d in dqs)
+    x, w = (_triplet(graph, d) for d in dqs)
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     bias_dq = _dq_of(bias) if bias is not None else None
     if bias_dq is not None:
         b_q = [bias_dq.inputs[0]]
     elif bias is not None:  # a float bias (QAT exports): int32 with scale x_scale × w_scale
-        b_q = _int32_bias(node, bias, x[1], w[1])
+        b_q = _int32_bias(graph, node, bias, x[1], w[1])
         if b_q is None:
             return "the bias is neither int32 nor a constant"
     else:
@@ -125,7 +126,7 @@ def _lower_elementwise(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str
     dqs = [_dq_of(t) for t in node.inputs if t.name]
     if q is None or not dqs or any(d is None for d in dqs):
         return "not wrapped in DequantizeLinear/QuantizeLinear"
-    ins = [_triplet(d) for d in dqs]
+    ins = [_triplet(graph, d) for d in dqs]
     if node.op in _BINARY_MS:
         inputs = ins[0] + ins[1] + _q_params(q)
         _replace(graph, node, _BINARY_MS[node.op], inputs, _detach_q(q), domain=MS_DOMAIN)
