@@ -30,6 +30,37 @@ CALIBRATORS = ("minmax", "entropy", "percentile", "mse")
 _TYPES = ("u8", "s8")
 
 
+_KINDS: dict[str, tuple[type, ...]] = {"bool": (bool,), "int": (int,), "float": (int, float),
+                                      "str": (str,)}
+
+
+def _check_types(obj: Any, where: str) -> None:
+    """Every field has its declared type: a TOML/JSON string "false" is not a bool, 1 is not a
+    bool, 2.5 is not an int; floats are finite. Names the key."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kinds = str(f.type).replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        allowed = tuple(t for k in kinds for t in _KINDS.get(k, ()))
+        if not allowed:  # nested configs and tuples are checked where they are built
+            continue
+        ok = isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if not ok:
+            article = {"bool": "a boolean", "int": "an integer", "float": "a finite number",
+                       "str": "a string"}
+            want = " or ".join(article.get(k, k) for k in kinds if k != "None")
+            hint = (": write true or false, without quotes" if "bool" in kinds
+                    and isinstance(value, str) else "")
+            raise ConfigError(f"{where}{f.name}={value!r} must be {want}"
+                              + (" (or left out)" if "None" in kinds else "")
+                              + f", not {type(value).__name__}{hint}")
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
@@ -43,6 +74,7 @@ class ActivationConfig:
     symmetric: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self, "activation.")
         if self.dtype is not None:
             _check_choice("activation.dtype", self.dtype, _TYPES)
 
@@ -59,6 +91,7 @@ class WeightConfig:
     reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self, "weight.")
         _check_choice("weight.dtype", self.dtype, _TYPES)
 
 
@@ -74,7 +107,11 @@ class CalibrationConfig:
     num_bins: int = 2048
 
     def __post_init__(self) -> None:
+        _check_types(self, "calibration.")
         _check_choice("calibration.method", self.method, CALIBRATORS)
+        if self.method == "entropy" and self.num_bins < 512:
+            raise ConfigError(f"calibration.num_bins={self.num_bins} is too few for the entropy "
+                              "calibrator: it needs >= 512 (4 x its 128 quantization bins)")
         if not 50.0 <= float(self.percentile) <= 100.0:
             raise ConfigError(f"calibration.percentile={self.percentile} must be in [50, 100]")
         if int(self.num_bins) != self.num_bins or not 128 <= self.num_bins <= 1 << 16:
@@ -101,6 +138,11 @@ class QuantConfig:
     target: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_types(self, "")
+        for name, klass in (("activation", ActivationConfig), ("weight", WeightConfig),
+                            ("calibration", CalibrationConfig)):
+            if not isinstance(getattr(self, name), klass):
+                raise ConfigError(f"{name} must be a {klass.__name__} (a table in a file)")
         _check_choice("format", self.format, FORMATS)
         _check_choice("target", self.target, tuple(TARGETS))
         for name in ("exclude_nodes", "exclude_op_types"):

@@ -180,8 +180,10 @@ def _all_ranges(model, calibration_data, config: QuantConfig) -> dict[str, dict]
 def _fan_out(config: QuantConfig) -> _FanOut:
     """Every calibrator, each with the user's settings (bins, percentile, ...) but its own
     method."""
-    return _FanOut({m: make_calibrator(config.with_overrides(calibrator=m).calibration)
-                    for m in CALIBRATORS})
+    bins = config.calibration.num_bins
+    return _FanOut({m: make_calibrator(config.with_overrides(
+        calibrator=m, num_bins=max(bins, 512) if m == "entropy" else bins).calibration)
+        for m in CALIBRATORS})
 
 
 class _Search:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -144,3 +145,27 @@ def test_pipeline_names_failing_pass_and_keeps_input():
     assert len(result.snapshots) == 1
     with pytest.raises(TypeError, match="not a Pass"):
         Pipeline([object()])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"weight": {"per_channel": "false"}}, "weight.per_channel='false' must be a boolean"),
+    ({"activation": {"symmetric": "false"}}, "without quotes"),
+    ({"weight": {"reduce_range": 1}}, "weight.reduce_range=1 must be a boolean"),
+    ({"calibration": {"max_samples": 2.5}}, "calibration.max_samples=2.5 must be an integer"),
+    ({"calibration": {"max_samples": 1e400}}, "calibration.max_samples=inf"),
+    ({"calibration": {"percentile": "abc"}}, "calibration.percentile='abc' must be a finite"),
+    ({"calibration": {"percentile": float("nan")}}, "calibration.percentile=nan"),
+    ({"calibration": {"method": "entropy", "num_bins": 256}}, "needs >= 512"),
+    ({"fold_activations": 0}, "fold_activations=0 must be a boolean"),
+    ({"min_opset": 13.0}, "min_opset=13.0 must be an integer"),
+    ({"target": "avx3"}, "target='avx3' is not valid"),
+])
+def test_config_values_are_type_checked(data, message):
+    """Config booleans were not type-checked: "false" (a string) turned symmetric *on*."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        QuantConfig.from_dict(data)
+
+
+def test_config_accepts_ints_for_floats():
+    cfg = QuantConfig.from_dict({"calibration": {"percentile": 99, "max_samples": 4}})
+    assert cfg.calibration.percentile == 99 and cfg.calibration.max_samples == 4
