@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test bench bench-quick bench-suite bench-suite-quick clean
+.PHONY: venv demo test test-isa bench bench-quick bench-suite bench-suite-quick clean
 
 # The test environment includes both framework extras (torch CPU wheel, tensorflow-cpu): the
 # exporter tests run in CI.
@@ -22,6 +22,10 @@ demo: venv
 test: venv
 	$(PY) -m ruff check onnxq tests benchmarks
 	$(PY) -m pytest -q
+
+# The ISA-dependent tests as the other kind of x86 CPU runs them (forced target; qemu AVX2).
+test-isa: venv
+	PY=$(PY) bash .ci/isa_checks
 
 bench: venv
 	$(PY) -m benchmarks.bench_resnet18
