@@ -217,6 +217,7 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
     if is_prequantized(fused.model):
         return fused, None
     graph = G.import_graph(fused.model)
+    _check_exclusions(graph, config)
     plan = annotate(graph, per_channel=config.weight.per_channel,
                     exclude_nodes=config.exclude_nodes,
                     exclude_op_types=config.exclude_op_types,
@@ -227,6 +228,27 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
             "with float32 inputs was found (or all were excluded); quantization would only "
             "slow it down")
     return fused, plan
+
+
+def _check_exclusions(graph, config: QuantConfig) -> None:
+    """An excluded node name that is not in the graph is a typo (refused, with close names);
+    an excluded op type the model does not use is harmless (a shared config): a warning."""
+    import difflib
+
+    names = {n.name for g in G.iter_graphs(graph) for n in g.nodes}
+    unknown = [n for n in config.exclude_nodes if n not in names]
+    if unknown:
+        close = sorted({c for n in unknown for c in difflib.get_close_matches(n, names, n=3)})
+        raise ConfigError(
+            f"exclude_nodes names node(s) the model does not have (after fusion): "
+            f"{', '.join(map(repr, unknown))}"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else
+               "; `onnxq inspect MODEL` or a quantize report lists the node names"))
+    ops = {n.op for g in G.iter_graphs(graph) for n in g.nodes}
+    absent = [o for o in config.exclude_op_types if o not in ops]
+    if absent:
+        logger.warning("exclude_op_types %s: the model has no such op (ignored)",
+                       ", ".join(absent))
 
 
 def build_pipeline(config: QuantConfig, plan: QuantPlan,

@@ -194,3 +194,19 @@ def test_usage_errors_exit_2(capsys):
 def test_every_error_is_an_onnxq_error():
     for cls in (ConfigError, ModelError, CalibrationError):
         assert issubclass(cls, OnnxqError)
+
+
+def test_excluding_a_node_the_model_lacks_is_refused_with_close_names(caplog):
+    import onnxq
+    from onnxq.errors import ConfigError
+    from tests import builders as B
+
+    model = B.conv_bn_relu()
+    feeds = B.feeds(model, batch=2, n=2, seed=1)
+    names = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    with pytest.raises(ConfigError, match=f"did you mean '{names[0]}'"):
+        onnxq.quantize(model, feeds, progress=False, exclude_nodes=[names[0] + "x"])
+    with pytest.raises(ConfigError, match="'nothing_like_it'"):
+        onnxq.quantize(model, feeds, progress=False, exclude_nodes=["nothing_like_it"])
+    result = onnxq.quantize(model, feeds, progress=False, exclude_op_types=["LSTM"])
+    assert result.report.quantized and "LSTM" in caplog.text
