@@ -188,7 +188,7 @@ class EmulatedSession:
         return sess.run(None, feeds)
 
     def _build(self, node: onnx.NodeProto, arrays: Mapping[str, np.ndarray]):
-        import onnxruntime as ort
+        from onnxq.runtime import make_session
 
         inputs, inits = [], []
         for name, arr in arrays.items():
@@ -201,12 +201,7 @@ class EmulatedSession:
         graph = helper.make_graph([node], f"emulate_{node.op_type}", inputs, outputs, inits)
         model = helper.make_model(graph, opset_imports=self._opsets,
                                   ir_version=self.model.ir_version)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        return make_session(model.SerializeToString(), threads=1, optimize=None)
 
 
 def full_range_weights(model: onnx.ModelProto) -> list[str]:

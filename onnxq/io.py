@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -13,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from onnxq.errors import ModelError
 
-__all__ = ["load_model", "save_model", "validate_model", "PROTOBUF_LIMIT"]
+__all__ = ["load_model", "save_model", "validate_model", "external_copy", "PROTOBUF_LIMIT"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +59,11 @@ def validate_model(model: onnx.ModelProto | str | os.PathLike, *, run_session: b
         raise ModelError(f"model fails the ONNX checker: {exc}") from None
     if not run_session:
         return
-    import onnxruntime as ort
+    from onnxq.runtime import make_session  # io and runtime are one layer; runtime needs io
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         arg = target.SerializeToString() if isinstance(target, onnx.ModelProto) else target
-        ort.InferenceSession(arg, options, providers=["CPUExecutionProvider"])
+        make_session(arg, optimize=None)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
         raise ModelError(f"onnxruntime cannot load the model: {exc}") from None
 
@@ -147,3 +145,52 @@ def load_ranges(path: str | os.PathLike) -> dict:
     except (ValueError, KeyError, TypeError) as exc:
         raise CalibrationError(f"{str(src)!r} is not an onnxq ranges file ({exc}); write it "
                                "with onnxq calibrate -o FILE.json") from None
+
+
+def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: Path
+                   ) -> Path:
+    """Write ``model`` (plus ``extra_outputs`` as graph outputs) to ``folder`` with every large
+    initializer in one external data file, one tensor at a time: no second in-memory copy of
+    the weights, and onnxruntime maps the data file instead of copying it."""
+    from onnx import numpy_helper
+
+    light = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain",
+                  "model_version"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, src = light.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    existing = {o.name for o in src.output}
+    g.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                    for n in extra_outputs if n not in existing)
+    data_name = "weights.bin"
+    offset = 0
+    with open(folder / data_name, "wb") as data:
+        for init in src.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL or init.ByteSize() < 4096:
+                g.initializer.append(init)
+                continue
+            raw = init.raw_data if init.HasField("raw_data") else \
+                numpy_helper.to_array(init).tobytes()
+            pad = (-offset) % 64  # aligned for mmap-friendly access
+            data.write(b"\0" * pad)
+            offset += pad
+            data.write(raw)
+            t = g.initializer.add()
+            t.name, t.data_type = init.name, init.data_type
+            t.dims.extend(init.dims)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)),
+                               ("length", str(len(raw)))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(raw)
+    path = folder / "model.onnx"
+    onnx.save_model(light, str(path))
+    return path

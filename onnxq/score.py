@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from onnxq.calibrate import InputSpec, _external_copy, check_feed, input_specs, make_session
-from onnxq.errors import CalibrationError, ConfigError, ModelError
-from onnxq.io import load_model
+from onnxq.errors import ConfigError, ModelError
+from onnxq.io import external_copy, load_model
+from onnxq.runtime import InputSpec, input_specs, iter_feeds, make_session
 from onnxq.score_render import plot_sqnr, render_report  # re-exported
 
 __all__ = ["OutputStats", "OutputAgreement", "TensorError", "TensorReport", "compare_outputs",
@@ -181,20 +181,7 @@ def _common_specs(a: onnx.ModelProto, b: onnx.ModelProto,
 
 
 def _iter_feeds(feeds: Iterable[Feed], specs: list[InputSpec]) -> Iterator[dict]:
-    if isinstance(feeds, Mapping):
-        raise CalibrationError("feeds must be an iterable of feeds (dicts), not a single dict; "
-                               "wrap it in a list: [feed]")
-    count = 0
-    for index, feed in enumerate(feeds):
-        try:
-            checked = check_feed(feed, specs, index)
-        except CalibrationError as exc:
-            raise CalibrationError(str(exc).replace("calibration feed", "feed")) from None
-        count += 1
-        yield checked
-    if count == 0:
-        raise CalibrationError("no feeds were given: pass at least one feed (a dict of input "
-                               f"name -> numpy array) for {[s.describe() for s in specs]}")
+    return iter_feeds(feeds, specs, "feed")
 
 
 def _session(source: onnx.ModelProto | str, threads: int, *, basic: bool = False):
@@ -384,7 +371,7 @@ def _fetcher(graph: onnx.ModelProto, names: list[str], folder: Path, threads: in
     if not names:
         return lambda feed: {}
     folder.mkdir()
-    session = _session(str(_external_copy(graph, names, folder)), threads, basic=True)
+    session = _session(str(external_copy(graph, names, folder)), threads, basic=True)
     return lambda feed: dict(zip(names, session.run(names, feed), strict=True))
 
 

@@ -115,7 +115,7 @@ class TuneResult:
 
 def cosine_metric(reference: onnx.ModelProto, feeds: Sequence[Mapping]) -> Evaluate:
     """Mean per-sample cosine similarity of the first output with ``reference``'s."""
-    from onnxq.calibrate import make_session
+    from onnxq.runtime import make_session
 
     ref_sess = make_session(reference, threads=2)
     refs = [ref_sess.run(None, dict(f))[0] for f in feeds]
@@ -135,7 +135,7 @@ def cosine_metric(reference: onnx.ModelProto, feeds: Sequence[Mapping]) -> Evalu
 
 def top1_metric(feeds: Sequence[Mapping], labels: Sequence[np.ndarray]) -> Evaluate:
     """Top-1 accuracy in [0, 1] of the first output against ``labels`` (one array per feed)."""
-    from onnxq.calibrate import make_session
+    from onnxq.runtime import make_session
 
     def evaluate(model: onnx.ModelProto) -> float:
         sess = make_session(model, threads=2)

@@ -1,0 +1,142 @@
+"""The runtime layer: every onnxruntime session onnxq makes (CPU EP, fixed threads), the model
+inputs it expects and the checks a feed passes before it runs. The one module outside the
+benchmarks that imports onnxruntime."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnxq.errors import CalibrationError
+from onnxq.io import PROTOBUF_LIMIT
+
+__all__ = ["InputSpec", "input_specs", "check_feed", "check_finite", "iter_feeds",
+           "make_session", "ort_version"]
+
+
+class InputSpec:
+    """Name, numpy dtype and shape (None for symbolic dims) of one model input."""
+
+    __slots__ = ("name", "dtype", "shape")
+
+    def __init__(self, name: str, dtype: np.dtype, shape: tuple[int | None, ...] | None):
+        self.name, self.dtype, self.shape = name, dtype, shape
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else "x".join(
+            "N" if d is None else str(d) for d in self.shape)
+        return f"{self.name} ({self.dtype}, {dims})"
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else None
+                          for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, dtype, shape))
+    return specs
+
+
+def check_feed(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec], index: int,
+               what: str = "calibration feed") -> dict:
+    """Validate one feed against the model inputs; return it as a dict of numpy arrays.
+    ``what`` names the feed in messages ("calibration feed", "feed")."""
+    if not isinstance(feed, Mapping):
+        raise CalibrationError(
+            f"{what} #{index} is a {type(feed).__name__}, not a dict of input name "
+            "-> numpy array")
+    names = {s.name for s in specs}
+    missing = sorted(names - set(feed))
+    if missing:
+        raise CalibrationError(
+            f"{what} #{index} is missing input(s) {missing}; the model expects "
+            f"{', '.join(s.describe() for s in specs)}")
+    extra = sorted(set(feed) - names)
+    if extra:
+        raise CalibrationError(
+            f"{what} #{index} has unknown input(s) {extra}; the model's inputs are "
+            f"{sorted(names)}")
+    out = {}
+    for spec in specs:
+        arr = np.asarray(feed[spec.name])
+        if arr.dtype != spec.dtype:
+            raise CalibrationError(
+                f"{what} #{index}: input {spec.name!r} has dtype {arr.dtype}, the "
+                f"model expects {spec.dtype}; convert it (e.g. arr.astype(np.{spec.dtype}))")
+        if spec.shape is not None:
+            if arr.ndim != len(spec.shape):
+                raise CalibrationError(
+                    f"{what} #{index}: input {spec.name!r} has shape {arr.shape} "
+                    f"(rank {arr.ndim}), the model expects rank {len(spec.shape)}: "
+                    f"{spec.describe()}")
+            for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
+                if want not in (None, 0) and got != want:
+                    raise CalibrationError(
+                        f"{what} #{index}: input {spec.name!r} has size {got} on "
+                        f"axis {axis}, the model expects {want}: {spec.describe()}")
+        out[spec.name] = arr
+    return out
+
+
+def check_finite(feed: Mapping[str, np.ndarray], index: int) -> None:
+    for name, arr in feed.items():
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad = int(np.count_nonzero(~np.isfinite(arr)))
+            raise CalibrationError(
+                f"calibration feed #{index}: input {name!r} has {bad} NaN/Inf value(s); clean "
+                "the data, or allow them (allow_nonfinite=True / --ignore-nonfinite) to skip "
+                "non-finite values")
+
+
+def make_session(model: onnx.ModelProto | str | bytes, *, threads: int = 0,
+                 optimize: bool | None = True):
+    """An onnxruntime CPU session for an in-memory model, its bytes or a path (any size).
+
+    ``optimize``: True = all graph optimizations (what deployment runs), False = basic ones
+    only (values exactly as the graph defines them), None = none at all."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimize is None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if isinstance(model, onnx.ModelProto):
+        if model.ByteSize() >= PROTOBUF_LIMIT - 2**26:
+            raise CalibrationError("model too large for an in-memory session; pass a path")
+        model = model.SerializeToString()
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def iter_feeds(feeds: Iterable[Mapping], specs: list[InputSpec], what: str = "feed"
+               ) -> Iterator[dict]:
+    """Each feed of ``feeds`` checked against ``specs``; an empty iterable is an error."""
+    if isinstance(feeds, Mapping):
+        raise CalibrationError(f"{what}s must be an iterable of feeds (dicts), not a single "
+                               "dict; wrap it in a list: [feed]")
+    count = 0
+    for index, feed in enumerate(feeds):
+        yield check_feed(feed, specs, index, what)
+        count += 1
+    if count == 0:
+        raise CalibrationError("no feeds were given: pass at least one feed (a dict of input "
+                               f"name -> numpy array) for {[s.describe() for s in specs]}")
+
+
+def ort_version() -> str:
+    import onnxruntime as ort
+
+    return str(ort.__version__)
