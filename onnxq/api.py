@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -30,7 +31,7 @@ from onnxq.passes import (
 )
 from onnxq.passes.annotate import QuantPlan, annotate
 from onnxq.pipeline import Pipeline, PipelineResult
-from onnxq.qtypes import QType, TensorRange
+from onnxq.qtypes import QTYPES, QType, TensorRange
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
            "as_onnx", "resolve", "stamp_target"]
@@ -127,8 +128,8 @@ def resolve(config: QuantConfig) -> QuantConfig:
 
 def _types(config: QuantConfig) -> tuple[QType, QType, bool]:
     rec = target_of(resolve(config).target).recommendation
-    act = QType.parse(config.activation.dtype) if config.activation.dtype else rec.activation
-    weight = QType.parse(config.weight.dtype)
+    act = QTYPES[config.activation.dtype] if config.activation.dtype else rec.activation
+    weight = QTYPES[config.weight.dtype]
     reduce_range = rec.reduce_range if config.weight.reduce_range is None else \
         config.weight.reduce_range
     return act, weight, reduce_range
@@ -263,12 +264,16 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
     ])
 
 
+#: The passes that lower the QDQ graph to each output form of ``config.FORMATS``.
+LOWERINGS: Mapping[str, Callable[[], list]] = MappingProxyType({
+    "qdq": lambda: [],
+    "qlinear": lambda: [QLinearLoweringPass(), CleanupPass()],
+})
+
+
 def _finishing_passes(config: QuantConfig) -> list:
-    """Folding, cleanup, optional QLinear lowering (of the same QDQ graph), verification."""
-    passes = [RequantFoldPass(), CleanupPass()]
-    if config.format == "qlinear":
-        passes += [QLinearLoweringPass(), CleanupPass()]
-    return [*passes, VerifyPass()]
+    """Folding, cleanup, the format's lowering (of the same QDQ graph), verification."""
+    return [RequantFoldPass(), CleanupPass(), *LOWERINGS[config.format](), VerifyPass()]
 
 
 def is_prequantized(model: onnx.ModelProto) -> bool:

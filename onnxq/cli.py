@@ -10,7 +10,9 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+from onnxq.calibrators import CALIBRATORS
 from onnxq.errors import ConfigError, ModelError, OnnxqError
+from onnxq.qtypes import QTYPES
 
 __all__ = ["main", "build_parser"]
 
@@ -37,13 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ranges", default=None, metavar="FILE.json",
                    help="reuse ranges from onnxq calibrate instead of calibrating")
     _calibration_args(q, required=False)
-    q.add_argument("--format", choices=["qdq", "qlinear"], default=None,
-                   help="qdq (default) or qlinear (QOperator: onnxruntime integer ops)")
+    format_arg(q)
     pc = q.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None)
     pc.add_argument("--per-tensor", dest="per_channel", action="store_false")
-    q.add_argument("--activation-type", choices=["u8", "s8"], default=None)
-    q.add_argument("--weight-type", choices=["u8", "s8"], default=None)
+    q.add_argument("--activation-type", choices=list(QTYPES), default=None)
+    q.add_argument("--weight-type", choices=list(QTYPES), default=None)
     q.add_argument("--reduce-range", action="store_true", default=None,
                    help="7-bit weights (for x86 CPUs without VNNI)")
     target_arg(q)
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
+
+
+def format_arg(p: argparse.ArgumentParser) -> None:
+    from onnxq.config import FORMATS
+
+    p.add_argument("--format", choices=list(FORMATS), default=None,
+                   help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + " (default qdq)")
 
 
 def target_arg(p: argparse.ArgumentParser) -> None:
@@ -113,7 +121,7 @@ def _calibration_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--max-samples", type=int, default=None, metavar="N",
                    help="use at most N calibration feeds")
     p.add_argument("--calibrator", default=None,
-                   choices=["minmax", "entropy", "percentile", "mse"],
+                   choices=list(CALIBRATORS),
                    help="calibration method (default minmax)")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --calibrator percentile (default 99.999)")

@@ -21,7 +21,9 @@ def add_parsers(sub) -> None:
                    help="per-tensor report (HTML with an SQNR chart, or Markdown)")
     c.add_argument("--json", default=None, metavar="FILE.json", help="write all figures")
     c.add_argument("--top", type=int, default=10, help="worst tensors to print")
-    c.add_argument("--emulate", default=None, choices=["avx2", "avx512", "vnni", "amx"],
+    from onnxq.emulate import EMULATED_ISAS
+
+    c.add_argument("--emulate", default=None, choices=list(EMULATED_ISAS),
                    help="score the INT8 model as that CPU computes it (numpy reference of "
                         "onnxruntime's int8 kernels: slow, exact), not on this CPU")
 

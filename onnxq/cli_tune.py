@@ -35,10 +35,9 @@ def add_parser(sub) -> None:
     t.add_argument("--config", default=None, metavar="FILE.toml",
                    help="a QuantConfig as TOML or JSON (calibrator settings, types, ...); "
                         "flags override it")
-    t.add_argument("--format", choices=["qdq", "qlinear"], default=None,
-                   help="output form of the tuned model (default qdq)")
-    from onnxq.cli import target_arg
+    from onnxq.cli import format_arg, target_arg
 
+    format_arg(t)
     target_arg(t)
     t.add_argument("--quiet", "-q", action="store_true")
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from onnxq.calibrators import CALIBRATORS
 from onnxq.errors import ConfigError
 from onnxq.kernels.isa import TARGETS
+from onnxq.qtypes import QTYPES
 
 __all__ = [
     "ActivationConfig",
@@ -25,9 +29,12 @@ __all__ = [
     "CALIBRATORS",
 ]
 
-FORMATS = ("qdq", "qlinear")
-CALIBRATORS = ("minmax", "entropy", "percentile", "mse")
-_TYPES = ("u8", "s8")
+#: Output forms of a quantized model: name → description (the lowering passes are chosen in
+#: ``onnxq.api``, keyed by these names). Read-only.
+FORMATS: Mapping[str, str] = MappingProxyType({
+    "qdq": "QuantizeLinear/DequantizeLinear around float ops (onnxruntime fuses them)",
+    "qlinear": "onnxruntime's integer operators (QLinearConv, QGemm, QLinearMatMul, ...)"})
+_TYPES = tuple(QTYPES)
 
 
 _KINDS: dict[str, tuple[type, ...]] = {"bool": (bool,), "int": (int,), "float": (int, float),
@@ -108,7 +115,7 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "calibration.")
-        _check_choice("calibration.method", self.method, CALIBRATORS)
+        _check_choice("calibration.method", self.method, tuple(CALIBRATORS))
         if self.method == "entropy" and self.num_bins < 512:
             raise ConfigError(f"calibration.num_bins={self.num_bins} is too few for the entropy "
                               "calibrator: it needs >= 512 (4 x its 128 quantization bins)")
@@ -143,7 +150,7 @@ class QuantConfig:
                             ("calibration", CalibrationConfig)):
             if not isinstance(getattr(self, name), klass):
                 raise ConfigError(f"{name} must be a {klass.__name__} (a table in a file)")
-        _check_choice("format", self.format, FORMATS)
+        _check_choice("format", self.format, tuple(FORMATS))
         _check_choice("target", self.target, tuple(TARGETS))
         for name in ("exclude_nodes", "exclude_op_types"):
             value = getattr(self, name)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
 from onnxq.errors import CalibrationError
 
-__all__ = ["QType", "TensorRange", "QParams"]
+__all__ = ["QType", "TensorRange", "QParams", "QTYPES"]
 
 
 class QType(enum.Enum):
@@ -86,3 +88,8 @@ class QParams:
             and bool(np.array_equal(self.scale, other.scale))
             and bool(np.array_equal(self.zero_point, other.zero_point))
         )
+
+
+#: The types a user may choose for activations and weights (``--activation-type``,
+#: ``weight.dtype``): name → ``QType``. Read-only.
+QTYPES: Mapping[str, QType] = MappingProxyType({"u8": QType.U8, "s8": QType.S8})

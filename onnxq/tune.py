@@ -31,8 +31,8 @@ import onnx
 
 from onnxq.api import as_onnx, prepare, quantize, resolve
 from onnxq.calibrate import collect_ranges
-from onnxq.calibrators import make_calibrator
-from onnxq.config import CALIBRATORS, QuantConfig
+from onnxq.calibrators import CALIBRATORS, make_calibrator
+from onnxq.config import QuantConfig
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.qtypes import TensorRange
 
@@ -272,7 +272,7 @@ def _anchors(model, config: QuantConfig) -> tuple[list[str], object]:
 
 def _recipes(s: _Search) -> None:
     trials = [s.run("default (minmax, per-channel)", "minmax", True, ())]
-    for method in ("percentile", "mse", "entropy"):
+    for method in [m for m in CALIBRATORS if m != "minmax"]:  # registry order
         if s.out_of_budget() or any(t.meets_target and not t.float_nodes for t in trials[:1]):
             break
         trials.append(s.run(f"calibrator {method}", method, True, ()))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
 from onnxq.calibrators.base import Calibrator
 from onnxq.calibrators.entropy import EntropyCalibrator
 from onnxq.calibrators.histogram import StreamingHistogram
@@ -16,20 +20,42 @@ __all__ = [
     "PercentileCalibrator",
     "MSECalibrator",
     "StreamingHistogram",
+    "CALIBRATORS",
     "make_calibrator",
 ]
 
+if TYPE_CHECKING:
+    from onnxq.config import CalibrationConfig
 
-def make_calibrator(config) -> Calibrator:
+
+def _minmax(c: CalibrationConfig) -> Calibrator:
+    return MinMaxCalibrator(allow_nonfinite=c.allow_nonfinite)
+
+
+def _percentile(c: CalibrationConfig) -> Calibrator:
+    return PercentileCalibrator(percentile=c.percentile, num_bins=c.num_bins,
+                                allow_nonfinite=c.allow_nonfinite)
+
+
+def _mse(c: CalibrationConfig) -> Calibrator:
+    return MSECalibrator(num_bins=c.num_bins, allow_nonfinite=c.allow_nonfinite)
+
+
+def _entropy(c: CalibrationConfig) -> Calibrator:
+    return EntropyCalibrator(num_bins=c.num_bins, allow_nonfinite=c.allow_nonfinite)
+
+
+#: The one registry of calibration methods: name → factory from a ``CalibrationConfig``.
+#: Config validation, the CLI's choices, ``tune``'s recipes (in this order: cheapest and most
+#: robust first) and the docs all derive from it. Read-only; extend by copying.
+CALIBRATORS: Mapping[str, Callable[[CalibrationConfig], Calibrator]] = MappingProxyType({
+    "minmax": _minmax, "percentile": _percentile, "mse": _mse, "entropy": _entropy})
+
+
+def make_calibrator(config: CalibrationConfig) -> Calibrator:
     """Build the calibrator a ``CalibrationConfig`` names."""
-    common = {"allow_nonfinite": config.allow_nonfinite}
-    if config.method == "minmax":
-        return MinMaxCalibrator(**common)
-    if config.method == "entropy":
-        return EntropyCalibrator(num_bins=config.num_bins, **common)
-    if config.method == "percentile":
-        return PercentileCalibrator(percentile=config.percentile, num_bins=config.num_bins,
-                                    **common)
-    if config.method == "mse":
-        return MSECalibrator(num_bins=config.num_bins, **common)
-    raise ValueError(f"unknown calibrator {config.method!r}")
+    factory = CALIBRATORS.get(config.method)
+    if factory is None:
+        raise ValueError(f"unknown calibrator {config.method!r}; choose one of "
+                         f"{', '.join(CALIBRATORS)}")
+    return factory(config)

@@ -15,12 +15,13 @@ __all__ = ["Calibrator"]
 class Calibrator(Protocol):
     """Observes activation batches tensor by tensor and turns them into ranges.
 
-    ``observe`` is called once per tensor per batch, in a deterministic order; memory must not
-    grow with the number of batches. ``compute`` may be called more than once.
+    ``observe`` is called once per tensor per batch, in a deterministic order, with the feed's
+    ``index`` (for messages naming the feed); memory must not grow with the number of
+    batches. ``compute`` may be called more than once.
     """
 
     name: str
 
-    def observe(self, name: str, array: np.ndarray) -> None: ...
+    def observe(self, name: str, array: np.ndarray, *, index: int | None = None) -> None: ...
 
     def compute(self) -> dict[str, TensorRange]: ...
