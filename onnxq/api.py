@@ -22,6 +22,7 @@ from onnxq.io import save_model
 from onnxq.kernels.isa import resolve_target, target_of
 from onnxq.passes import (
     CleanupPass,
+    DecomposeHardActivationsPass,
     FusionPass,
     InsertQDQPass,
     PreprocessPass,
@@ -29,9 +30,10 @@ from onnxq.passes import (
     RequantFoldPass,
     VerifyPass,
 )
-from onnxq.passes.annotate import QuantPlan, annotate
 from onnxq.pipeline import Pipeline, PipelineResult
+from onnxq.plan import QuantPlan, annotate
 from onnxq.qtypes import QTYPES, QType, TensorRange
+from onnxq.quant_ops import Role
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
            "as_onnx", "resolve", "stamp_target"]
@@ -223,7 +225,7 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
                     exclude_nodes=config.exclude_nodes,
                     exclude_op_types=config.exclude_op_types,
                     fold_activations=config.fold_activations)
-    if not any(n.role.value == "anchor" for n in plan.nodes):
+    if not any(n.role is Role.ANCHOR for n in plan.nodes):
         raise ModelError(
             "the model has nothing onnxq can quantize: no Conv, ConvTranspose, Gemm or MatMul "
             "with float32 inputs was found (or all were excluded); quantization would only "
@@ -260,6 +262,9 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
         InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
                       activation_symmetric=config.activation.symmetric, weight_type=weight,
                       reduce_range=reduce_range),
+        DecomposeHardActivationsPass(nodes=tuple(
+            n.name for n in plan.nodes if n.op in ("HardSigmoid", "HardSwish")),
+            activation_type=act),
         *_finishing_passes(config),
     ])
 

@@ -35,6 +35,7 @@ from onnxq.calibrators import CALIBRATORS, make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.qtypes import TensorRange
+from onnxq.quant_ops import Role
 
 __all__ = ["TuneTarget", "Trial", "TuneResult", "tune", "cosine_metric", "top1_metric"]
 
@@ -267,7 +268,7 @@ def _fp32(model) -> onnx.ModelProto:
 
 def _anchors(model, config: QuantConfig) -> tuple[list[str], object]:
     fused, plan = prepare(model, config)
-    return [n.name for n in plan.nodes if n.role.value == "anchor"], (fused, plan)
+    return [n.name for n in plan.nodes if n.role is Role.ANCHOR], (fused, plan)
 
 
 def _recipes(s: _Search) -> None:
@@ -346,7 +347,7 @@ def _latency_groups(model, config: QuantConfig) -> dict[str, list[str]]:
                                                          for r in readers.get(o, [])]
         if any(t is not None and t.op_type in FLOAT_ONLY for t in touches):
             near_float.append(n.name)
-        if quantized[n.name].role.value == "elective":
+        if quantized[n.name].role is Role.ELECTIVE:
             elementwise.append(n.name)
     groups = {"depthwise convs float": depthwise, "ops next to float-only ops float":
               near_float, "elementwise int8 ops float": elementwise}

@@ -2,11 +2,12 @@
 
 from onnxq.passes.cleanup import CleanupPass
 from onnxq.passes.fusion import FusionPass
+from onnxq.passes.hard_activations import DecomposeHardActivationsPass
 from onnxq.passes.preprocess import PreprocessPass
 from onnxq.passes.qdq_insert import InsertQDQPass
 from onnxq.passes.qlinear import QLinearLoweringPass
 from onnxq.passes.requant_fold import RequantFoldPass
 from onnxq.passes.verify import VerifyPass
 
-__all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "CleanupPass", "VerifyPass",
-           "QLinearLoweringPass", "RequantFoldPass"]
+__all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActivationsPass",
+           "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass"]

@@ -15,14 +15,42 @@ Same MobileNetV3-shaped CNN: 1.21× FP32, output cosine unchanged (0.99991).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq import quant_math as qm
+from onnxq.pipeline import PassResult
 from onnxq.qtypes import QParams, QType, TensorRange
 
-__all__ = ["decompose_hard_activation"]
+__all__ = ["DecomposeHardActivationsPass", "decompose_hard_activation"]
+
+_HARD = ("HardSigmoid", "HardSwish")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecomposeHardActivationsPass:
+    """Rewrite the planned HardSigmoid/HardSwish nodes whose input is already int8 (after
+    ``InsertQDQPass``) into int8 Add (+ Mul); the others stay float, reported as skipped."""
+
+    nodes: tuple[str, ...]  # the planned HardSigmoid/HardSwish nodes, by name
+    activation_type: QType = QType.U8
+    name: str = "decompose_hard_activations"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        wanted = set(self.nodes)
+        modified, skipped = False, []
+        for node in [n for n in graph.nodes if n.name in wanted and n.op in _HARD]:
+            if decompose_hard_activation(graph, node, self.activation_type):
+                modified = True
+            else:
+                skipped.append((node.name, "input is not a per-tensor int8 tensor; kept in "
+                                "float"))
+        if modified:
+            graph.cleanup().toposort()
+        return PassResult(graph=graph, modified=modified, skipped=tuple(skipped))
 
 _COEFFS = {"HardSwish": (1.0 / 6.0, 0.5)}
 

@@ -16,9 +16,8 @@ import onnx_graphsurgeon as gs
 from onnxq import graph as G
 from onnxq import quant_math as qm
 from onnxq.errors import CalibrationError
-from onnxq.passes.annotate import ActivationPlan, NodePlan, QuantPlan
-from onnxq.passes.hard_activations import decompose_hard_activation
 from onnxq.pipeline import PassResult
+from onnxq.plan import ActivationPlan, NodePlan, QuantPlan
 from onnxq.qtypes import QParams, QType, TensorRange
 
 __all__ = ["InsertQDQPass"]
@@ -68,14 +67,6 @@ class InsertQDQPass:
             t = tensors.get(act.name)
             if t is not None and not _already_quantized(t):
                 self._insert(state, t, act, quantized_nodes)
-        for node_plan in self.plan.nodes:
-            node = nodes.get(node_plan.name)
-            if node is not None and node.op in ("HardSigmoid", "HardSwish"):
-                if decompose_hard_activation(graph, node, self.activation_type):
-                    state.modified = True
-                else:
-                    state.skipped.append((node.name, "input is not a per-tensor int8 tensor; "
-                                          "kept in float"))
         if state.modified:
             graph.cleanup().toposort()
         return PassResult(graph=graph, modified=state.modified, skipped=tuple(state.skipped))
