@@ -24,6 +24,10 @@ __all__ = [
     "producer",
     "consumers",
     "graph_output_names",
+    "replace_uses",
+    "detach",
+    "same_qparams",
+    "const_key",
     "make_qdq",
     "make_dq_constant",
     "fingerprint",
@@ -167,6 +171,42 @@ def consumers(tensor: gs.Tensor) -> list[gs.Node]:
 
 def graph_output_names(graph: gs.Graph) -> set[str]:
     return {t.name for t in graph.outputs}
+
+
+def replace_uses(old: gs.Tensor, new: gs.Tensor, readers: Iterable[gs.Node] | None = None
+                 ) -> None:
+    """Make every reader of ``old`` (or only ``readers``) read ``new`` instead."""
+    chosen = list(old.outputs) if readers is None else list(readers)
+    for consumer in chosen:
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+
+
+def detach(*nodes: gs.Node) -> None:
+    """Disconnect ``nodes`` from the graph (``cleanup()`` then drops them)."""
+    for node in nodes:
+        node.inputs.clear()
+        node.outputs.clear()
+
+
+def const_key(t: gs.Tensor) -> tuple | None:
+    """A hashable key of a constant's dtype, shape and bytes (None if not constant)."""
+    v = constant_value(t)
+    return None if v is None else (str(v.dtype), v.shape, v.tobytes())
+
+
+def same_qparams(a: gs.Node, b: gs.Node) -> bool:
+    """True when two Q/DQ nodes use identical scale, zero point and axis."""
+    scale = constant_value(a.inputs[1]) if len(a.inputs) > 1 else None
+    if scale is not None and scale.ndim > 0 and a.attrs.get("axis", 1) != b.attrs.get("axis", 1):
+        return False
+    for i in (1, 2):
+        ka = const_key(a.inputs[i]) if len(a.inputs) > i else None
+        kb = const_key(b.inputs[i]) if len(b.inputs) > i else None
+        if ka is None or kb is None or ka != kb:
+            return False
+    return True
 
 
 def _param_constants(prefix: str, params: QParams) -> tuple[gs.Constant, gs.Constant]:

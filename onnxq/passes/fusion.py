@@ -40,8 +40,7 @@ def _bn_factors(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
 def _replace_output(producer: gs.Node, old: gs.Node) -> None:
     """Make ``producer`` write ``old``'s output and disconnect ``old``."""
     producer.outputs[0] = old.outputs[0]
-    old.inputs.clear()
-    old.outputs.clear()
+    G.detach(old)
 
 
 def _fold_bn_conv(conv: gs.Node, bn: gs.Node, mult: np.ndarray, offset: np.ndarray) -> bool:
@@ -130,10 +129,7 @@ def _matmul_add_to_gemm(graph: gs.Graph) -> int:
         gemm = gs.Node("Gemm", mm.name, inputs=[a, b, gs.Constant(add.name + "_bias",
                        np.ascontiguousarray(c.reshape(-1).astype(np.float32)))],
                        outputs=[add.outputs[0]])
-        mm.inputs.clear()
-        mm.outputs.clear()
-        add.inputs.clear()
-        add.outputs.clear()
+        G.detach(mm, add)
         graph.nodes.append(gemm)
         fused += 1
     return fused
@@ -178,8 +174,7 @@ def _pad_into_conv(graph: gs.Graph) -> int:
         current = np.asarray(conv.attrs.get("pads", [0] * 2 * spatial)).reshape(2, spatial)
         conv.attrs["pads"] = [int(v) for v in (current + amounts[:, 2:]).reshape(-1)]
         conv.inputs[0] = pad.inputs[0]
-        pad.inputs.clear()
-        pad.outputs.clear()
+        G.detach(pad)
         fused += 1
     return fused
 
@@ -194,12 +189,8 @@ def _drop_noops(graph: gs.Graph) -> int:
         src, dst = node.inputs[0], node.outputs[0]
         if dst.name in outputs or isinstance(src, gs.Constant) and not dst.outputs:
             continue
-        for consumer in list(dst.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is dst:
-                    consumer.inputs[i] = src
-        node.inputs.clear()
-        node.outputs.clear()
+        G.replace_uses(dst, src)
+        G.detach(node)
         dropped += 1
     return dropped
 

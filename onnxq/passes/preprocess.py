@@ -49,10 +49,7 @@ def _constants_to_initializers(graph: gs.Graph) -> int:
         if value is None or out.name in outputs:
             continue
         const = gs.Constant(out.name, np.array(value, order="C"))  # keeps 0-d scalars 0-d
-        for consumer in list(out.outputs):
-            for i, tensor in enumerate(consumer.inputs):
-                if tensor is out:
-                    consumer.inputs[i] = const
+        G.replace_uses(out, const)
         node.outputs.clear()
         count += 1
     if count:

@@ -152,8 +152,7 @@ class InsertQDQPass:
                 continue
             producer = G.producer(source)
             producer.outputs[producer.outputs.index(source)] = relu.outputs[0]
-            relu.inputs.clear()
-            relu.outputs.clear()
+            G.detach(relu)
             state.modified = True
 
     # -- activations -------------------------------------------------------------------------
@@ -165,10 +164,7 @@ class InsertQDQPass:
         if not readers and not (is_output and act.all_consumers):
             return
         _, _, dq_out = G.make_qdq(state.graph, t, params, t.name)
-        for consumer in readers:
-            for i, inp in enumerate(consumer.inputs):
-                if inp is t:
-                    consumer.inputs[i] = dq_out
+        G.replace_uses(t, dq_out, readers)
         if is_output and act.all_consumers:
             name = t.name
             t.name = G.unique_name(state.graph, f"{name}_float")

@@ -23,8 +23,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
-from onnxq.passes.requant_fold import same_params
+from onnxq import quant_math as qm
 from onnxq.pipeline import PassResult
+from onnxq.qtypes import QParams, QType
 
 __all__ = ["QLinearLoweringPass", "MS_DOMAIN"]
 
@@ -63,28 +64,29 @@ def _replace(graph: gs.Graph, node: gs.Node, op: str, inputs: list, output: gs.T
              *, domain: str = "", attrs: dict | None = None) -> None:
     new = gs.Node(op, node.name, attrs=dict(node.attrs if attrs is None else attrs),
                   inputs=inputs, outputs=[output], domain=domain or None)
-    node.inputs.clear()
-    node.outputs.clear()
+    G.detach(node)
     graph.nodes.append(new)
 
 
 def _detach_q(q: gs.Node) -> gs.Tensor:
     out = q.outputs[0]
-    q.inputs.clear()
-    q.outputs.clear()
+    G.detach(q)
     return out
 
 
-def _int32_bias(graph: gs.Graph, node: gs.Node, bias: gs.Tensor, x_scale: gs.Tensor, w_scale: gs.Tensor
-                ) -> list[gs.Tensor] | None:
+def _int32_bias(graph: gs.Graph, node: gs.Node, bias: gs.Tensor, x_scale: gs.Tensor,
+                w_scale: gs.Tensor) -> list[gs.Tensor] | None:
+    """A float bias (QAT exports) as int32 with ``quant_math.bias_params`` (the same scale,
+    floor included, as ``InsertQDQPass`` gives a bias)."""
     b, xs, ws = (G.constant_value(t) for t in (bias, x_scale, w_scale))
-    if b is None or xs is None or ws is None or b.ndim != 1:
+    if b is None or xs is None or ws is None or b.ndim != 1 or xs.size != 1:
         return None
-    scale = (xs.astype(np.float32) * ws.astype(np.float32)).astype(np.float64)
-    info = np.iinfo(np.int32)
-    q = np.clip(np.rint(b.astype(np.float64) / scale), info.min, info.max).astype(np.int32)
+    wparams = QParams(scale=np.asarray(ws, np.float32), zero_point=np.zeros(ws.shape, np.int8),
+                      qtype=QType.S8, axis=0 if ws.ndim else None)
+    params = qm.bias_params(np.float32(xs.reshape(())), wparams)
+    q, _ = qm.quantize_bias(b, params)
     return [gs.Constant(G.unique_name(graph, f"{node.name}_bias_int32"),
-                        np.broadcast_to(q, b.shape).copy())]
+                        np.broadcast_to(q, b.shape).astype(np.int32).copy())]
 
 
 def _lower_compute(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str | None:
@@ -148,7 +150,7 @@ def _lower_elementwise(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str
 def _lower_movement(node: gs.Node, outputs: set[str]) -> str | None:
     dq = _dq_of(node.inputs[0]) if node.inputs else None
     qs = [_q_after(t, outputs) for t in node.outputs if t.name]
-    if dq is None or not qs or any(q is None or not same_params(dq, q) for q in qs):
+    if dq is None or not qs or any(q is None or not G.same_qparams(dq, q) for q in qs):
         return "input and output parameters differ"
     node.inputs[0] = dq.inputs[0]
     for i, q in enumerate(qs):

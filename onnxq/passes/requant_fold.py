@@ -25,42 +25,11 @@ from onnxq import graph as G
 from onnxq.pipeline import PassResult
 from onnxq.quant_ops import HANDLERS, clip_bounds
 
-__all__ = ["RequantFoldPass", "same_params"]
+__all__ = ["RequantFoldPass"]
 
 #: Ops onnxruntime's CPU EP can run on int8 when wrapped in Q/DQ.
 INT8_CAPABLE = frozenset(HANDLERS) - {"Relu", "Clip"} | {"Where", "Gather", "Expand", "Tile",
                                                           "DepthToSpace", "ArgMax", "Identity"}
-
-
-def _const_key(t: gs.Tensor) -> tuple | None:
-    v = G.constant_value(t)
-    return None if v is None else (str(v.dtype), v.shape, v.tobytes())
-
-
-def same_params(a: gs.Node, b: gs.Node) -> bool:
-    """True when two Q/DQ nodes use identical scale, zero point and axis."""
-    scale = G.constant_value(a.inputs[1]) if len(a.inputs) > 1 else None
-    if scale is not None and scale.ndim > 0 and a.attrs.get("axis", 1) != b.attrs.get("axis", 1):
-        return False
-    for i in (1, 2):
-        ka = _const_key(a.inputs[i]) if len(a.inputs) > i else None
-        kb = _const_key(b.inputs[i]) if len(b.inputs) > i else None
-        if ka is None or kb is None or ka != kb:
-            return False
-    return True
-
-
-def _rewire(old: gs.Tensor, new: gs.Tensor) -> None:
-    for consumer in list(old.outputs):
-        for i, t in enumerate(consumer.inputs):
-            if t is old:
-                consumer.inputs[i] = new
-
-
-def _disconnect(*nodes: gs.Node) -> None:
-    for n in nodes:
-        n.inputs.clear()
-        n.outputs.clear()
 
 
 def _identity_pairs(graph: gs.Graph, outputs: set[str]) -> int:
@@ -69,9 +38,9 @@ def _identity_pairs(graph: gs.Graph, outputs: set[str]) -> int:
         if not G.is_q(q) or not q.inputs or q.outputs[0].name in outputs:
             continue
         dq = G.producer(q.inputs[0])
-        if dq is not None and G.is_dq(dq) and same_params(dq, q):
-            _rewire(q.outputs[0], dq.inputs[0])
-            _disconnect(q)
+        if dq is not None and G.is_dq(dq) and G.same_qparams(dq, q):
+            G.replace_uses(q.outputs[0], dq.inputs[0])
+            G.detach(q)
             removed += 1
     return removed
 
@@ -90,7 +59,7 @@ def _double_requant(graph: gs.Graph, outputs: set[str]) -> int:
         if q2.inputs[0].name in outputs or dq1.inputs[0].name in outputs:
             continue
         q2.inputs[0] = q1.inputs[0]
-        _disconnect(q1, dq1)
+        G.detach(q1, dq1)
         merged += 1
     return merged
 
@@ -118,7 +87,7 @@ def _clamping_activation(graph: gs.Graph, outputs: set[str]) -> int:
                                                       top > bounds[1] * (1 + 1e-6)):
                 continue
         q.inputs[0] = act.inputs[0]
-        _disconnect(act)
+        G.detach(act)
         folded += 1
     return folded
 
@@ -141,9 +110,9 @@ def _float_islands(graph: gs.Graph, outputs: set[str]) -> int:
                 c.op in INT8_CAPABLE or G.is_q(c) for c in readers):
             continue
         for d in dqs:
-            _rewire(d.outputs[0], x)
-            _disconnect(d)
-        _disconnect(q)
+            G.replace_uses(d.outputs[0], x)
+            G.detach(d)
+        G.detach(q)
         dropped += 1
     return dropped
 
@@ -157,7 +126,7 @@ def _dedupe_params(graph: gs.Graph) -> int:
         for i in (1, 2):
             if len(node.inputs) <= i or not isinstance(node.inputs[i], gs.Constant):
                 continue
-            first = seen.setdefault(_const_key(node.inputs[i]), node.inputs[i])
+            first = seen.setdefault(G.const_key(node.inputs[i]), node.inputs[i])
             if first is not node.inputs[i]:
                 node.inputs[i] = first
                 merged += 1
