@@ -170,53 +170,69 @@ def export_model(source: Any, *, example_inputs: Any = None, input_shapes: Any =
 
         return load_model(source)
     if _is_torch_module(source):
-        from onnxq.exporters.torch import from_torch, make_example_inputs
-
-        if example_inputs is None and input_shapes is not None:
-            example_inputs = make_example_inputs(input_shapes)
-        if example_inputs is None:
-            raise OnnxqError("exporting a torch.nn.Module needs example_inputs (a tensor or a "
-                             "tuple of tensors) or input_shapes=[(1, 3, 224, 224)]")
-        return from_torch(source, example_inputs, opset=opset, **kwargs)
+        return _export_torch_module(source, example_inputs, input_shapes, opset, kwargs)
     if _is_keras_model(source):
         from onnxq.exporters.tensorflow import from_keras
 
         return from_keras(source, input_signature=kwargs.pop("input_signature", input_shapes),
                           **_opset(opset), **kwargs)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise ModelError(f"model {str(path)!r} does not exist; check the path")
-        if path.is_dir():
-            if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
-                from onnxq.exporters.tensorflow import from_saved_model
-
-                return from_saved_model(path, **_opset(opset), **kwargs)
-            raise ModelError(f"{str(path)!r} is a folder without saved_model.pb, so not a "
-                             f"TensorFlow SavedModel; supported: {_SUPPORTED}")
-        suffix = _suffix(path)
-        if suffix == ".onnx":
-            from onnxq.io import load_model
-
-            return load_model(path)
-        if suffix in (".pt", ".pth"):
-            from onnxq.exporters.torch import load_torchscript
-
-            return load_torchscript(path, example_inputs, input_shapes=input_shapes,
-                                    opset=opset, **kwargs)
-        if suffix in (".keras", ".h5", ".hdf5"):
-            from onnxq.exporters.tensorflow import load_keras
-
-            return load_keras(path, input_signature=kwargs.pop("input_signature", input_shapes),
-                              **_opset(opset), **kwargs)
-        if suffix == ".tflite":
-            from onnxq.exporters.tensorflow import from_tflite
-
-            return from_tflite(path, **_opset(opset), **kwargs)
-        raise ModelError(f"unknown model type {str(path)!r} (suffix {suffix or 'none'!r}); "
-                         f"supported: {_SUPPORTED}")
+        return _export_path(Path(source), example_inputs, input_shapes, opset, kwargs)
     raise ModelError(f"unknown model type {type(source).__module__}.{type(source).__name__}; "
                      f"supported: {_SUPPORTED}")
+
+
+def _export_torch_module(module: Any, example_inputs: Any, input_shapes: Any,
+                         opset: int | None, kwargs: dict[str, Any]) -> onnx.ModelProto:
+    """``export_model`` for a ``torch.nn.Module``: ``from_torch`` on the example inputs."""
+    from onnxq.exporters.torch import from_torch, make_example_inputs
+
+    if example_inputs is None and input_shapes is not None:
+        example_inputs = make_example_inputs(input_shapes)
+    if example_inputs is None:
+        raise OnnxqError("exporting a torch.nn.Module needs example_inputs (a tensor or a "
+                         "tuple of tensors) or input_shapes=[(1, 3, 224, 224)]")
+    return from_torch(module, example_inputs, opset=opset, **kwargs)
+
+
+def _export_path(path: Path, example_inputs: Any, input_shapes: Any, opset: int | None,
+                 kwargs: dict[str, Any]) -> onnx.ModelProto:
+    """``export_model`` for a file or folder, routed by its suffix (or ``saved_model.pb``)."""
+    if not path.exists():
+        raise ModelError(f"model {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        return _export_folder(path, opset, kwargs)
+    suffix = _suffix(path)
+    if suffix == ".onnx":
+        from onnxq.io import load_model
+
+        return load_model(path)
+    if suffix in (".pt", ".pth"):
+        from onnxq.exporters.torch import load_torchscript
+
+        return load_torchscript(path, example_inputs, input_shapes=input_shapes,
+                                opset=opset, **kwargs)
+    if suffix in (".keras", ".h5", ".hdf5"):
+        from onnxq.exporters.tensorflow import load_keras
+
+        return load_keras(path, input_signature=kwargs.pop("input_signature", input_shapes),
+                          **_opset(opset), **kwargs)
+    if suffix == ".tflite":
+        from onnxq.exporters.tensorflow import from_tflite
+
+        return from_tflite(path, **_opset(opset), **kwargs)
+    raise ModelError(f"unknown model type {str(path)!r} (suffix {suffix or 'none'!r}); "
+                     f"supported: {_SUPPORTED}")
+
+
+def _export_folder(path: Path, opset: int | None, kwargs: dict[str, Any]) -> onnx.ModelProto:
+    """``export_model`` for a folder: a TensorFlow SavedModel, else a ModelError."""
+    if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+        from onnxq.exporters.tensorflow import from_saved_model
+
+        return from_saved_model(path, **_opset(opset), **kwargs)
+    raise ModelError(f"{str(path)!r} is a folder without saved_model.pb, so not a "
+                     f"TensorFlow SavedModel; supported: {_SUPPORTED}")
 
 
 def _opset(opset: int | None) -> dict:

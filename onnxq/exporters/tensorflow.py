@@ -35,7 +35,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -43,7 +43,10 @@ import onnx
 from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
 
-tf = require("tensorflow", "tf")
+if TYPE_CHECKING:
+    import tensorflow as tf
+else:
+    tf = require("tensorflow", "tf")
 tf2onnx = require("tf2onnx", "tf")
 require("tf2onnx.convert", "tf")
 
