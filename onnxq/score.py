@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from onnx import TensorProto, numpy_helper
 
 from onnxq.errors import ConfigError, ModelError
 from onnxq.io import external_copy, load_model
-from onnxq.runtime import InputSpec, input_specs, iter_feeds, make_session
+from onnxq.runtime import InputSpec, input_specs, iter_feeds, make_session, time_interleaved
 from onnxq.score_render import plot_sqnr, render_report  # re-exported
+from onnxq.score_types import OutputAgreement, OutputStats, TensorError, TensorReport
 
 __all__ = ["OutputStats", "OutputAgreement", "TensorError", "TensorReport", "compare_outputs",
            "tensor_report", "render_report", "plot_sqnr", "measure_latency", "time_interleaved"]
@@ -31,73 +31,6 @@ Metric = Callable[[list[np.ndarray], list[np.ndarray]], float]
 _QRANGE = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127),
            TensorProto.UINT16: (0, 65535), TensorProto.INT16: (-32768, 32767),
            TensorProto.UINT4: (0, 15), TensorProto.INT4: (-8, 7)}
-
-
-@dataclass(frozen=True, slots=True)
-class OutputStats:
-    """Agreement of one graph output over all feeds."""
-
-    name: str
-    top1_agreement: float | None  # argmax over the last axis; None for rank < 2
-    cosine: float
-    sqnr_db: float
-    max_abs_error: float
-    mean_abs_error: float
-    max_error_lsb: float | None  # |error| / scale where the INT8 output comes from a DQ
-    mean_error_lsb: float | None
-    elements: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutputAgreement:
-    outputs: tuple[OutputStats, ...]
-    feeds: int
-    metric: float | None = None  # the user metric on the stacked outputs
-
-    def __getitem__(self, name: str) -> OutputStats:
-        found = next((s for s in self.outputs if s.name == name), None)
-        if found is None:
-            raise KeyError(f"no output {name!r}; outputs: {[s.name for s in self.outputs]}")
-        return found
-
-    @property
-    def cosine(self) -> float:  # the worst output's
-        return min(s.cosine for s in self.outputs)
-
-    @property
-    def top1_agreement(self) -> float | None:  # the worst output's of rank >= 2
-        values = [s.top1_agreement for s in self.outputs if s.top1_agreement is not None]
-        return min(values) if values else None
-
-
-@dataclass(frozen=True, slots=True)
-class TensorError:
-    """Error of one quantized activation: FP32 value vs the INT8 model's dequantized value."""
-
-    name: str
-    sqnr_db: float
-    cosine: float
-    max_abs_error: float
-    saturated_fraction: float  # FP32 values outside the representable range
-    scale: float  # per-channel parameters: the largest scale, the first zero point
-    zero_point: int
-    elements: int
-
-
-@dataclass(frozen=True, slots=True)
-class TensorReport(Sequence):
-    """``TensorError``s worst (lowest SQNR) first, as a sequence; ``missing``: quantized INT8
-    tensors with no FP32 counterpart (e.g. removed by fusion) or a different shape."""
-
-    tensors: tuple[TensorError, ...]
-    missing: tuple[str, ...] = ()
-    feeds: int = 0
-
-    def __getitem__(self, index):
-        return self.tensors[index]
-
-    def __len__(self) -> int:
-        return len(self.tensors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,24 +332,3 @@ def measure_latency(models: Mapping[str, ModelLike], feed: Feed, *, threads: int
     sessions = {name: _session(src, threads) for name, (_, src) in loaded.items()}
     return time_interleaved(sessions, checked, min_seconds=min_seconds, warmup=warmup,
                             rounds=rounds)
-
-
-def time_interleaved(sessions: Mapping[str, object], feed: Feed, *, min_seconds: float = 2.0,
-                     warmup: int = 3, rounds: int = 5) -> dict[str, float]:
-    """Median seconds per ``run`` of each onnxruntime session, in alternating rounds sized so
-    each session gets about ``min_seconds`` of work in total."""
-    rounds, iters = max(rounds, 1), {}
-    for name, sess in sessions.items():
-        for _ in range(max(warmup, 1)):  # the last warm-up run sizes the rounds
-            start = time.perf_counter()
-            sess.run(None, feed)
-        once = max(time.perf_counter() - start, 1e-5)
-        iters[name] = max(3, int(min_seconds / rounds / once))
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            for _ in range(iters[name]):
-                start = time.perf_counter()
-                sess.run(None, feed)
-                samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(s)) for name, s in samples.items()}

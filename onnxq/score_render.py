@@ -16,7 +16,7 @@ import numpy as np
 from onnxq.errors import ConfigError
 
 if TYPE_CHECKING:
-    from onnxq.score import TensorError
+    from onnxq.score_types import TensorError
 
 __all__ = ["render_report", "plot_sqnr"]
 
