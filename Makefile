@@ -20,7 +20,7 @@ demo: venv
 	$(PY) -m benchmarks.demo_digits
 
 test: venv
-	$(PY) -m ruff check onnxq tests benchmarks
+	$(PY) -m ruff check onnxq tests benchmarks tools
 	$(PY) -m pytest -q
 
 # The ISA-dependent tests as the other kind of x86 CPU runs them (forced target; qemu AVX2).

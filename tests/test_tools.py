@@ -1,0 +1,53 @@
+"""The thin scripts in tools/ run on a small model (so they cannot rot)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import onnxq
+from tests import builders as B
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _models(tmp_path: Path) -> tuple[Path, Path, Path]:
+    model = B.residual_block()
+    feeds = B.feeds(model, batch=2, n=3, seed=1)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, fp32)
+    onnxq.quantize(model, feeds, progress=False, target="portable").save(int8)
+    np.savez(tmp_path / "data.npz", **feeds[0])
+    return fp32, int8, tmp_path / "data.npz"
+
+
+def test_profile_model_two_models(tmp_path, capsys):
+    fp32, int8, data = _models(tmp_path)
+    out = tmp_path / "profile.json"
+    assert _tool("profile_model").main([str(fp32), str(int8), "--data", str(data), "--batch",
+                                        "2", "--runs", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Conv" in text and "total" in text
+    figures = json.loads(out.read_text())
+    assert any(op.startswith("QLinear") or op == "QLinearConv" for op in figures[str(int8)]["ops"])
+
+
+def test_model_diff_and_ort_graph(tmp_path, capsys):
+    fp32, int8, _ = _models(tmp_path)
+    assert _tool("model_diff").main([str(fp32), str(int8)]) == 0
+    text = capsys.readouterr().out
+    assert "QuantizeLinear" in text and "portable" in text
+    assert _tool("ort_graph").main([str(int8), "--save", str(tmp_path / "opt.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "QLinearConv" in text and "leftover Q/DQ" in text and (tmp_path / "opt.onnx").exists()
