@@ -1,0 +1,1 @@
+"""Tests of onnxq/exporters/."""
