@@ -52,7 +52,7 @@ def _stream(session, names: list[str], specs: list[InputSpec], data, calibrator:
             ) -> dict[str, TensorRange]:
     from tqdm.auto import tqdm
 
-    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+    total = len(data) if hasattr(data, "__len__") else None
     if max_samples is not None and total is not None:
         total = min(total, max_samples)
     count = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -190,7 +191,7 @@ class QuantConfig:
             raise ConfigError(f"invalid configuration: {exc}") from None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> QuantConfig:
+    def from_file(cls, path: str | os.PathLike) -> QuantConfig:
         """Load a ``.toml`` or ``.json`` configuration file."""
         p = Path(path)
         if not p.is_file():

@@ -56,6 +56,7 @@ class NpzFeeds:
                 f"into feeds; got leading sizes {lengths}. Save one feed per file in a folder "
                 "instead")
         n = next(iter(lengths.values()))
+        assert n is not None  # every array has a leading axis: None was rejected just above
         if n == 0:
             raise CalibrationError(f"calibration file {str(self.path)!r} has 0 samples")
         return -(-n // self.batch)

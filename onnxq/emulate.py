@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -38,6 +39,13 @@ EMULATED_ISAS: dict[str, bool] = {"avx2": True, "avx512": True, "vnni": False, "
 
 _MS = "com.microsoft"
 _INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
+
+
+class _NodeSession(Protocol):
+    """What ``EmulatedSession`` uses of the onnxruntime session ``make_session`` returns."""
+
+    def run(self, output_names: Sequence[str] | None,
+            input_feed: Mapping[str, np.ndarray]) -> list: ...
 
 
 def lower_for_emulation(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -130,7 +138,7 @@ class EmulatedSession:
         graph = self.model.graph
         self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.counts = _Counts()
-        self._sessions: dict[tuple, object] = {}
+        self._sessions: dict[tuple, _NodeSession] = {}
         self._opsets = list(self.model.opset_import)
         if not any(o.domain == _MS for o in self._opsets):
             self._opsets.append(helper.make_opsetid(_MS, 1))
@@ -187,7 +195,7 @@ class EmulatedSession:
         feeds = {n: a for n, a in arrays.items() if n not in self.consts}
         return sess.run(None, feeds)
 
-    def _build(self, node: onnx.NodeProto, arrays: Mapping[str, np.ndarray]):
+    def _build(self, node: onnx.NodeProto, arrays: Mapping[str, np.ndarray]) -> _NodeSession:
         from onnxq.runtime import make_session
 
         inputs, inits = [], []

@@ -35,7 +35,8 @@ class Pass(Protocol):
     """A graph rewrite. Configuration goes to the constructor; ``run`` holds no state,
     does no file I/O and never runs onnxruntime."""
 
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only, so frozen dataclass passes satisfy it
 
     def run(self, graph: gs.Graph) -> PassResult: ...
 

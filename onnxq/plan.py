@@ -122,6 +122,7 @@ class _Analysis:
         acts = [i for i, t in data if not _is_const(t)]
         if h.weight_input is not None and _is_const(node.inputs[h.weight_input]):
             w_shape = G.constant_shape(node.inputs[h.weight_input])
+            assert w_shape is not None  # _is_const just said the weight has a constant shape
             axis = weight_axis(node, len(w_shape)) if self.per_channel else None
             weight = (h.weight_input, axis)
         if node.op in {"Conv", "ConvTranspose"} and weight is None:
@@ -155,6 +156,7 @@ class _Analysis:
             return None
         add = out.outputs[0]
         w = G.constant_shape(node.inputs[1])
+        assert w is not None  # weight (input 1) is set only for a constant weight
         for i, t in enumerate(add.inputs):
             b = G.constant_shape(t) if t is not out else None
             if b is not None and len(b) == 1 and b[0] == w[-1] and _is_float(t):

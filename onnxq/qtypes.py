@@ -24,7 +24,9 @@ class QType(enum.Enum):
 
     @property
     def numpy(self) -> type[np.integer]:
-        return {QType.U8: np.uint8, QType.S8: np.int8, QType.S32: np.int32}[self]
+        table: dict[QType, type[np.integer]] = {
+            QType.U8: np.uint8, QType.S8: np.int8, QType.S32: np.int32}
+        return table[self]
 
     @property
     def qmin(self) -> int:

@@ -74,7 +74,7 @@ def weight_params(
     return QParams(scale=scale, zero_point=zp, qtype=qtype, axis=axis)
 
 
-def bias_params(input_scale: np.ndarray, weight: QParams) -> QParams:
+def bias_params(input_scale: np.ndarray | np.floating, weight: QParams) -> QParams:
     """int32 bias parameters: scale = input scale × weight scale, zero point 0."""
     scale = (np.float32(input_scale) * weight.scale.astype(np.float32)).astype(np.float32)
     scale = np.maximum(scale, np.float32(MIN_SCALE * MIN_SCALE)).astype(np.float32)

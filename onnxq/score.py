@@ -28,7 +28,7 @@ ModelLike = onnx.ModelProto | str | os.PathLike
 Feed = Mapping[str, np.ndarray]
 Metric = Callable[[list[np.ndarray], list[np.ndarray]], float]
 
-_QRANGE = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127),
+_QRANGE: dict[int, tuple[int, int]] = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127),
            TensorProto.UINT16: (0, 65535), TensorProto.INT16: (-32768, 32767),
            TensorProto.UINT4: (0, 15), TensorProto.INT4: (-8, 7)}
 
@@ -189,7 +189,7 @@ def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe],
         params = _qparams(consts, node)
         if name in seen:
             continue
-        if name is None or params is None:
+        if name is None or dq is None or params is None:  # no dq always means no name
             missing.append(node.input[0])
             continue
         seen.add(name)

@@ -28,9 +28,11 @@ import onnx
 
 from onnxq.api import as_onnx, prepare, quantize, resolve
 from onnxq.calibrate import collect_ranges
-from onnxq.calibrators import CALIBRATORS, make_calibrator
+from onnxq.calibrators import CALIBRATORS, Calibrator, make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.errors import CalibrationError, ConfigError, ModelError
+from onnxq.pipeline import PipelineResult
+from onnxq.plan import QuantPlan
 from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
 from onnxq.tune_types import (
@@ -50,8 +52,9 @@ class _FanOut:
     """One calibration run feeding every calibrator (statistics collected once)."""
 
     name = "fan-out"
+    results: dict[str, dict[str, TensorRange]]  # set by compute()
 
-    def __init__(self, calibrators: Mapping[str, object]) -> None:
+    def __init__(self, calibrators: Mapping[str, Calibrator]) -> None:
         self.calibrators = dict(calibrators)
 
     def observe(self, name: str, array: np.ndarray, *, index: int | None = None) -> None:
@@ -63,10 +66,16 @@ class _FanOut:
         return next(iter(self.results.values()))
 
 
-def _all_ranges(model, calibration_data, config: QuantConfig) -> dict[str, dict]:
+def _prepared(model, config: QuantConfig) -> tuple[PipelineResult, QuantPlan]:
+    """``prepare`` for a model that has a plan: an already quantized one has nothing to tune."""
     fused, plan = prepare(model, config)
     if plan is None:
         raise ConfigError("the model is already quantized; there is nothing to tune")
+    return fused, plan
+
+
+def _all_ranges(model, calibration_data, config: QuantConfig) -> dict[str, dict]:
+    fused, plan = _prepared(model, config)
     fan = _fan_out(config)
     collect_ranges(fused.model, plan.calibration_tensors, calibration_data, fan,
                    progress=False, max_samples=config.calibration.max_samples,
@@ -140,7 +149,7 @@ class _Search:
 
     def _extend_ranges(self, cfg: QuantConfig) -> None:
         """A plan variant needs tensors the first calibration did not measure."""
-        fused, plan = prepare(self.model, cfg)
+        fused, plan = _prepared(self.model, cfg)
         missing = [t for t in plan.calibration_tensors if t not in self.ranges["minmax"]]
         fan = _fan_out(self.config)
         collect_ranges(fused.model, missing, self.calib, fan, progress=False,
@@ -162,8 +171,8 @@ def _fp32(model) -> onnx.ModelProto:
     return load_model(model)
 
 
-def _anchors(model, config: QuantConfig) -> tuple[list[str], object]:
-    fused, plan = prepare(model, config)
+def _anchors(model, config: QuantConfig) -> tuple[list[str], tuple[PipelineResult, QuantPlan]]:
+    fused, plan = _prepared(model, config)
     return [n.name for n in plan.nodes if n.role is Role.ANCHOR], (fused, plan)
 
 
@@ -273,6 +282,7 @@ def _latency(s: _Search, chosen: Trial) -> Trial | None:
         if t.meets_target and _speed(s, t) > (chosen.latency_ratio or 0):
             t.decision += "; faster, kept"
             chosen = t
+            assert t.latency_ratio is not None  # _speed(s, t) in the condition just set it
             if t.latency_ratio >= 1.0:
                 return chosen
         else:

@@ -64,7 +64,9 @@ class MinMaxCalibrator(TensorCalibratorBase):
 
     def _range(self, stats: TensorStats) -> TensorRange:
         lo, hi = stats.lo, stats.hi
-        if isinstance(stats, _MovingStats) and stats.avg_lo is not None:
+        # avg_lo and avg_hi are always set together (in _update)
+        if (isinstance(stats, _MovingStats) and stats.avg_lo is not None
+                and stats.avg_hi is not None):
             lo, hi = stats.avg_lo, stats.avg_hi
         if self.symmetric:
             m = max(abs(lo), abs(hi))

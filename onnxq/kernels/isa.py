@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +61,17 @@ def _cpuid_flags() -> set[str] | None:
     """Features from the CPUID instruction as numpy's runtime dispatcher sees them (what the
     process really runs on, also under an emulator or a VM that hides features), in
     /proc/cpuinfo spelling; None when numpy does not expose them."""
+    feats: Mapping[str, bool]
     try:
-        from numpy._core._multiarray_umath import __cpu_features__ as feats
+        from numpy._core._multiarray_umath import __cpu_features__ as np2_feats
     except ImportError:  # pragma: no cover - numpy < 2
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as feats
+            from numpy.core._multiarray_umath import __cpu_features__ as np1_feats
         except ImportError:
             return None
+        feats = np1_feats
+    else:
+        feats = np2_feats
     names = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni",
              "ASIMDDP": "asimddp"}
     return {flag for key, flag in names.items() if feats.get(key)}

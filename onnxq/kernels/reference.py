@@ -58,7 +58,7 @@ def _qdtype(zero_point: object, default: np.dtype | type) -> np.dtype:
 
 def _param(value: object, ndim: int, axis: int | None, dtype: type) -> np.ndarray:
     """A scale/zero point shaped to broadcast along ``axis`` of an ``ndim``-d tensor."""
-    p = np.asarray(0 if value is None else value, dtype=dtype)
+    p: np.ndarray = np.asarray(0 if value is None else value, dtype=dtype)
     if axis is None or p.size == 1 and p.ndim == 0:
         if p.size != 1:
             raise ValueError(f"per-axis parameter of shape {p.shape} needs an axis")
@@ -135,7 +135,8 @@ def output_scale(in_scale: object, w_scale: object, y_scale: object = None,
 
 
 def requantize(acc_int32: np.ndarray, multiplier: np.ndarray | float, y_zp: object,
-               dtype: type | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+               dtype: np.dtype | type | None = None,
+               bias: np.ndarray | None = None) -> np.ndarray:
     """MLAS's requantization of int32 accumulators (``MlasRequantizeOutput``).
 
     ``bias`` (int32, broadcast) is added with wrap-around, then ``float32(acc) * multiplier``,

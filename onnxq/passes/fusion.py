@@ -139,6 +139,8 @@ def _pad_amounts(pad: gs.Node, rank: int) -> np.ndarray | None:
     """Pad's begin/end amounts as a [2, rank] array when it is a zero constant pad."""
     if pad.attrs.get("mode", "constant") not in ("constant", b"constant"):
         return None
+    pads: np.ndarray | None
+    value: float | None
     if "pads" in pad.attrs:  # opset < 11
         pads, value = np.asarray(pad.attrs["pads"]), float(pad.attrs.get("value", 0.0))
     else:

@@ -148,9 +148,11 @@ class InsertQDQPass:
         for fold in self.plan.folds:
             relu = nodes.get(fold.node)
             source = tensors.get(fold.source)
-            if relu is None or source is None or not relu.outputs or G.producer(source) is None:
+            if relu is None or source is None or not relu.outputs:
                 continue
             producer = G.producer(source)
+            if producer is None:
+                continue
             producer.outputs[producer.outputs.index(source)] = relu.outputs[0]
             G.detach(relu)
             state.modified = True

@@ -49,10 +49,19 @@ def _q_after(t: gs.Tensor, outputs: set[str]) -> gs.Node | None:
     return t.outputs[0]
 
 
+def _zero_of(dq: gs.Node) -> np.generic:
+    """0 in the integer type of ``dq``'s constant input (its default zero point)."""
+    value = G.constant_value(dq.inputs[0])
+    if value is None:
+        raise ValueError(f"DequantizeLinear {dq.name!r} has no zero point and a non-constant "
+                         "input, so its integer type is unknown; give it a zero point")
+    return value.dtype.type(0)
+
+
 def _triplet(graph: gs.Graph, dq: gs.Node) -> list[gs.Tensor]:
     """(quantized tensor, scale, zero point) feeding ``dq``."""
     zp = dq.inputs[2] if len(dq.inputs) > 2 else gs.Constant(
-        G.unique_name(graph, f"{dq.name}_zp0"), G.constant_value(dq.inputs[0]).dtype.type(0))
+        G.unique_name(graph, f"{dq.name}_zp0"), _zero_of(dq))
     return [dq.inputs[0], dq.inputs[1], zp]
 
 
@@ -97,6 +106,7 @@ def _lower_compute(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> str | N
     x, w = (_triplet(graph, d) for d in dqs)
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     bias_dq = _dq_of(bias) if bias is not None else None
+    b_q: list[gs.Tensor] | None
     if bias_dq is not None:
         b_q = [bias_dq.inputs[0]]
     elif bias is not None:  # a float bias (QAT exports): int32 with scale x_scale × w_scale

@@ -126,7 +126,9 @@ def _dedupe_params(graph: gs.Graph) -> int:
         for i in (1, 2):
             if len(node.inputs) <= i or not isinstance(node.inputs[i], gs.Constant):
                 continue
-            first = seen.setdefault(G.const_key(node.inputs[i]), node.inputs[i])
+            key = G.const_key(node.inputs[i])
+            assert key is not None  # node.inputs[i] is a gs.Constant, which always has a key
+            first = seen.setdefault(key, node.inputs[i])
             if first is not node.inputs[i]:
                 node.inputs[i] = first
                 merged += 1
