@@ -21,6 +21,7 @@ demo: venv
 
 test: venv
 	$(PY) -m ruff check onnxq tests benchmarks tools
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 # The ISA-dependent tests as the other kind of x86 CPU runs them (forced target; qemu AVX2).

@@ -1,6 +1,6 @@
 """The op-handler table: how each operator's inputs and outputs are quantized.
 
-Handlers only *declare*; ``passes/annotate.py`` decides and ``InsertQDQPass`` materializes.
+Handlers only *declare*; ``onnxq/plan.py`` decides and ``InsertQDQPass`` materializes.
 Roles:
 
 * ``ANCHOR`` — compute ops with an int8 kernel in onnxruntime (QLinearConv, QGemm,
