@@ -37,7 +37,7 @@ from onnxq.qtypes import QTYPES, QType, TensorRange
 from onnxq.quant_ops import Role
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
-           "as_onnx", "resolve", "stamp_target"]
+           "as_onnx", "resolve", "stamp_target", "materialize"]
 
 logger = logging.getLogger(__name__)
 
@@ -304,13 +304,20 @@ def quantize(
             raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
                               "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
         ranges = _calibrate(fused.model, plan, calibration_data, cfg, progress)
-    else:
-        missing = [t for t in plan.calibration_tensors if t not in ranges]
-        if missing:
-            raise CalibrationError(
-                f"the given ranges lack {len(missing)} tensor(s) this model needs (e.g. "
-                f"{missing[:3]}); they were measured on another model or config: recalibrate")
-    result = build_pipeline(cfg, plan, ranges).run(fused.model, copy=False)
+    return materialize(fused, plan, cfg, ranges, source=exported)
+
+
+def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
+                ranges: Mapping[str, TensorRange], *, source: onnx.ModelProto | None = None,
+                consume: bool = True) -> QuantResult:
+    """Turn a prepared model (``prepare``) and its ranges into the quantized ``QuantResult``.
+    ``consume=False`` keeps ``fused`` reusable (``tune`` prepares once per distinct plan)."""
+    missing = [t for t in plan.calibration_tensors if t not in ranges]
+    if missing:
+        raise CalibrationError(
+            f"the given ranges lack {len(missing)} tensor(s) this model needs (e.g. "
+            f"{missing[:3]}); they were measured on another model or config: recalibrate")
+    result = build_pipeline(cfg, plan, ranges).run(fused.model, copy=not consume)
     act, weight, reduce_range = _types(cfg)
     stamp_target(result.model, cfg.target, reduce_range)
     histogram = Counter(n.op_type for n in result.model.graph.node)
@@ -324,4 +331,4 @@ def quantize(
         target=cfg.target, weight_bits=7 if reduce_range else 8,
     )
     return QuantResult(model=result.model, plan=plan, ranges=dict(ranges), report=report,
-                       config=cfg, source=exported)
+                       config=cfg, source=source)

@@ -26,11 +26,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnxq.api import as_onnx, prepare, quantize, resolve
+from onnxq.api import as_onnx, materialize, prepare, resolve
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import CALIBRATORS, Calibrator, make_calibrator
 from onnxq.config import QuantConfig
-from onnxq.errors import CalibrationError, ConfigError, ModelError
+from onnxq.errors import ConfigError, ModelError
 from onnxq.pipeline import PipelineResult
 from onnxq.plan import QuantPlan
 from onnxq.qtypes import TensorRange
@@ -102,8 +102,10 @@ class _Search:
         self.start = time.monotonic()
         self.trials: list[Trial] = []
         self.models: dict[int, onnx.ModelProto] = {}
+        self.fp32 = _fp32(model)  # loaded once: evaluation, ranking and timing reuse it
+        self._plans: dict[tuple, tuple[PipelineResult, QuantPlan]] = {}
         self.ranges = _all_ranges(model, calib, config)
-        self.fp32_metric = evaluate(_fp32(model))
+        self.fp32_metric = evaluate(self.fp32)
         self.allowed = target.allowed_drop(self.fp32_metric)
 
     # -- budget ------------------------------------------------------------------------------
@@ -124,13 +126,10 @@ class _Search:
                                          exclude_nodes=sorted(set(self.config.exclude_nodes)
                                                               | set(float_nodes)))
         try:
-            try:
-                result = quantize(self.model, ranges=self.ranges[calibrator], config=cfg,
-                                  progress=False)
-            except CalibrationError:  # this plan variant needs tensors not measured yet
-                self._extend_ranges(cfg)
-                result = quantize(self.model, ranges=self.ranges[calibrator], config=cfg,
-                                  progress=False)
+            fused, plan = self.prepared(cfg)
+            if any(t not in self.ranges[calibrator] for t in plan.calibration_tensors):
+                self._extend_ranges(cfg)  # this plan variant needs tensors not measured yet
+            result = materialize(fused, plan, cfg, self.ranges[calibrator], consume=False)
         except ModelError as exc:  # e.g. nothing left to quantize: logged, not fatal
             trial.decision = f"failed: {exc}"
             trial.seconds = time.monotonic() - t0
@@ -147,9 +146,18 @@ class _Search:
                     trial.drop)
         return trial
 
+    def prepared(self, cfg: QuantConfig) -> tuple[PipelineResult, QuantPlan]:
+        """Preprocess + fusion + plan, once per distinct plan-shaping setting (trials that
+        differ only in calibrator share it)."""
+        key = (cfg.min_opset, cfg.weight.per_channel, cfg.exclude_nodes, cfg.exclude_op_types,
+               cfg.fold_activations)
+        if key not in self._plans:
+            self._plans[key] = _prepared(self.model, cfg)
+        return self._plans[key]
+
     def _extend_ranges(self, cfg: QuantConfig) -> None:
         """A plan variant needs tensors the first calibration did not measure."""
-        fused, plan = _prepared(self.model, cfg)
+        fused, plan = self.prepared(cfg)
         missing = [t for t in plan.calibration_tensors if t not in self.ranges["minmax"]]
         fan = _fan_out(self.config)
         collect_ranges(fused.model, missing, self.calib, fan, progress=False,
@@ -171,8 +179,9 @@ def _fp32(model) -> onnx.ModelProto:
     return load_model(model)
 
 
-def _anchors(model, config: QuantConfig) -> tuple[list[str], tuple[PipelineResult, QuantPlan]]:
-    fused, plan = _prepared(model, config)
+def _anchors(s: _Search, config: QuantConfig
+             ) -> tuple[list[str], tuple[PipelineResult, QuantPlan]]:
+    fused, plan = s.prepared(config)
     return [n.name for n in plan.nodes if n.role is Role.ANCHOR], (fused, plan)
 
 
@@ -185,7 +194,7 @@ def _recipes(s: _Search) -> None:
     if s.best() is not None or s.out_of_budget():
         return
     best = max(trials, key=lambda t: t.metric or -np.inf)
-    anchors, _ = _anchors(s.model, s.config)
+    anchors, _ = _anchors(s, s.config)
     if len(anchors) > 2:
         s.run("first and last layers float", best.calibrator, True, (anchors[0], anchors[-1]))
 
@@ -194,10 +203,10 @@ def _ranking(s: _Search, trial: Trial) -> list[str]:
     """Quantized nodes, most sensitive first (lowest SQNR of the tensors they touch)."""
     from onnxq.score import tensor_report
 
-    report = tensor_report(_fp32(s.model), s.models[trial.index], s.calib[:8])
+    report = tensor_report(s.fp32, s.models[trial.index], s.calib[:8])
     sqnr = {t.name: t.sqnr_db for t in report}
     cfg = s.config.with_overrides(exclude_nodes=list(trial.float_nodes))
-    (fused, plan) = _anchors(s.model, cfg)[1]
+    (fused, plan) = _anchors(s, cfg)[1]
     by_name = {n.name: n for n in fused.model.graph.node}
     scored = []
     for node in plan.nodes:
@@ -230,10 +239,10 @@ def _fallback(s: _Search) -> None:
         lo, hi = (lo, mid) if t.meets_target else (mid, hi)
 
 
-def _latency_groups(model, config: QuantConfig) -> dict[str, list[str]]:
+def _latency_groups(s: _Search, config: QuantConfig) -> dict[str, list[str]]:
     from onnxq.quant_ops import FLOAT_ONLY
 
-    _, (fused, plan) = _anchors(model, config)
+    _, (fused, plan) = _anchors(s, config)
     graph = fused.model.graph
     quantized = {n.name: n for n in plan.nodes}
     producers = {o: n for n in graph.node for o in n.output}
@@ -263,7 +272,7 @@ def _speed(s: _Search, trial: Trial) -> float:
     from onnxq.score import measure_latency
 
     feed = s.latency_feed or s.calib[0]
-    times = measure_latency({"fp32": _fp32(s.model), "int8": s.models[trial.index]}, feed,
+    times = measure_latency({"fp32": s.fp32, "int8": s.models[trial.index]}, feed,
                             threads=s.target.threads, min_seconds=1.0)
     trial.latency_ratio = times["fp32"] / times["int8"]
     return trial.latency_ratio
@@ -274,7 +283,7 @@ def _latency(s: _Search, chosen: Trial) -> Trial | None:
     if _speed(s, chosen) >= 1.0:
         return chosen
     chosen.decision += "; slower than FP32"
-    for recipe, nodes in _latency_groups(s.model, s.config).items():
+    for recipe, nodes in _latency_groups(s, s.config).items():
         if s.out_of_budget():
             break
         t = s.run(recipe, chosen.calibrator, chosen.per_channel,
