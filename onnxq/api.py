@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -19,7 +20,7 @@ from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.exporters.front_door import as_onnx
-from onnxq.io import save_model
+from onnxq.io import check_outputs, model_files, save_model
 from onnxq.kernels.isa import resolve_target, target_of
 from onnxq.passes import (
     CleanupPass,
@@ -97,9 +98,11 @@ class QuantResult:
     report: QuantReport
     config: QuantConfig
     source: onnx.ModelProto | None = None  # the exported FP32 model, for framework inputs
+    read_from: tuple[Path, ...] = ()  # the files the input model was read from
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Validate (checker + onnxruntime) and write atomically."""
+        """Validate (checker + onnxruntime) and write atomically; never over the input."""
+        check_outputs({"output": path}, list(self.read_from))
         return save_model(self.model, path)
 
 
@@ -298,13 +301,20 @@ def quantize(
     exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
     fused, plan = prepare(model, cfg)  # the pipeline makes the one private copy
     if plan is None:
-        return _quantize_prequantized(fused.model, cfg)
+        return _reads(_quantize_prequantized(fused.model, cfg), original)
     if ranges is None:
         if calibration_data is None:
             raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
                               "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
         ranges = _calibrate(fused.model, plan, calibration_data, cfg, progress)
-    return materialize(fused, plan, cfg, ranges, source=exported)
+    return _reads(materialize(fused, plan, cfg, ranges, source=exported), original)
+
+
+def _reads(result: QuantResult, original: object) -> QuantResult:
+    """Remember which files the input came from, so ``save`` never writes over them."""
+    if isinstance(original, (str, os.PathLike)):
+        return dataclasses.replace(result, read_from=tuple(model_files(original)))
+    return result
 
 
 def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,

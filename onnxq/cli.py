@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from onnxq.calibrators import CALIBRATORS
-from onnxq.errors import ConfigError, ModelError, OnnxqError
+from onnxq.errors import ConfigError, OnnxqError
 from onnxq.qtypes import QTYPES
 
 __all__ = ["main", "build_parser"]
@@ -151,24 +151,42 @@ def overrides(args: argparse.Namespace) -> dict:
             if getattr(args, attr, None) is not None}
 
 
-def _check_output(args: argparse.Namespace) -> Path:
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise ModelError(f"output folder {str(out.parent)!r} does not exist; create it first")
-    if out.exists() and Path(args.input).exists() and out.resolve() == Path(args.input).resolve():
-        raise ConfigError("output path is the input model; onnxq never overwrites its input, "
-                          "choose another file name")
-    if out.is_dir():
-        raise ModelError(f"output path {str(out)!r} is a directory; give a file name")
-    return out
+def guard_outputs(outputs: dict, inputs: list) -> dict[str, Path]:
+    """Every output path checked against every input file (model, its external data, data,
+    ranges, config) and the other outputs, before anything runs or is written."""
+    from onnxq.io import check_outputs, model_files
+
+    files: list = []
+    for src in inputs:
+        if src is not None:
+            files.extend(model_files(src) if str(src).lower().endswith(".onnx") else [src])
+    return check_outputs(outputs, files)
+
+
+def _framework_only(args: argparse.Namespace) -> None:
+    """Export options mean nothing for an ONNX input: refuse them rather than ignore them."""
+    given = [flag for flag, value in (("--input-shape", args.input_shape), ("--opset", args.opset),
+                                      ("--dynamo", args.dynamo),
+                                      ("--save-fp32", getattr(args, "save_fp32", None)))
+             if value]
+    if given and str(args.input).lower().endswith(".onnx"):
+        raise ConfigError(f"{', '.join(given)} only apply to framework models (.pt, .keras, "
+                          "SavedModel, .tflite); the input is already ONNX: drop them")
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
     from onnxq.data import load_feeds
-    from onnxq.io import load_ranges, save_model
+    from onnxq.io import load_ranges, save_model, write_text_atomic
 
-    out = _check_output(args)
+    _framework_only(args)
+    if args.ranges and args.calib_data:
+        raise ConfigError("give either --ranges (reuse measured ranges) or --calib-data "
+                          "(calibrate now), not both")
+    paths = guard_outputs({"output": args.output, "--report": args.report,
+                           "--save-fp32": args.save_fp32},
+                          [args.input, args.calib_data, args.ranges, args.config])
+    out = paths["output"]
     config = _resolve_config(args.config, overrides(args))
     model = args.input  # loaded once, by the pipeline (a framework file is exported first)
     if args.ranges:
@@ -179,11 +197,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         ranges, feeds = None, None
     result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet,
                       export_options=_export_options(args))
+    result.save(out)  # the INT8 model first: the main output is never missing next to extras
     if args.save_fp32 and result.source is not None:
         save_model(result.source, args.save_fp32)
-    result.save(out)
     if args.report:
-        Path(args.report).write_text(json.dumps(result.report.to_dict(), indent=2) + "\n")
+        write_text_atomic(args.report, json.dumps(result.report.to_dict(), indent=2) + "\n")
     if not args.quiet:
         print(result.report.summary())
         print(f"wrote {out}")
@@ -195,9 +213,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from onnxq.data import load_feeds
     from onnxq.io import save_ranges
 
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise ModelError(f"output folder {str(out.parent)!r} does not exist; create it first")
+    out = guard_outputs({"--output": args.output},
+                        [args.input, args.calib_data, args.config])["--output"]
     config = _resolve_config(args.config, overrides(args))
     feeds = load_feeds(args.calib_data, batch=args.calib_batch)
     ranges = calibrate(args.input, feeds, config, progress=not args.quiet)
@@ -212,7 +229,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from onnxq.exporters import export_model
     from onnxq.io import save_model
 
-    out = _check_output(args)
+    out = guard_outputs({"output": args.output}, [args.input])["output"]
     model = export_model(args.input, **_export_options(args))
     save_model(model, out)
     if not getattr(args, "quiet", False):

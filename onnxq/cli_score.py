@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
+
+from onnxq.io import write_text_atomic
 
 __all__ = ["add_parsers", "cmd_compare", "cmd_bench"]
 
@@ -46,8 +49,11 @@ def _feeds(args: argparse.Namespace) -> list:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from onnxq.cli import guard_outputs
     from onnxq.score import compare_outputs, render_report, tensor_report
 
+    guard_outputs({"--report": args.report, "--json": args.json},
+                  [args.fp32, args.int8, args.data])
     feeds = _feeds(args)
     agreement = compare_outputs(args.fp32, args.int8, feeds, emulate=args.emulate)
     report = tensor_report(args.fp32, args.int8, feeds)
@@ -66,7 +72,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.report:
         print(f"wrote {render_report(report, args.report)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        write_text_atomic(args.json, json.dumps({
             "outputs": [vars_of(s) for s in agreement.outputs], "emulate": args.emulate,
             "tensors": [vars_of(t) for t in report], "missing": list(report.missing),
             "feeds": len(feeds)}, indent=2) + "\n")
@@ -78,8 +84,14 @@ def vars_of(obj) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from onnxq.cli import guard_outputs
+    from onnxq.errors import ConfigError
     from onnxq.score import measure_latency
 
+    guard_outputs({"--json": args.json, "--plot": args.plot}, [*args.models, args.data])
+    if not args.threads >= 1 or not args.seconds > 0 or args.seconds == float("inf"):
+        raise ConfigError(f"--threads {args.threads} must be >= 1 and --seconds {args.seconds} "
+                          "a positive number")
     feed = _feeds(args)[0]
     models = {Path(m).name if Path(m).name not in {Path(x).name for x in args.models if x != m}
               else m: m for m in args.models}
@@ -89,7 +101,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name, t in times.items():
         print(f"{name:<40}{t * 1e3:>12.3f}{base / t:>9.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"median_seconds": times, "threads": args.threads,
+        write_text_atomic(args.json, json.dumps({"median_seconds": times, "threads": args.threads,
                                                "batch": args.batch}, indent=2) + "\n")
     if args.plot:
         _plot(times, args.plot)
@@ -107,4 +119,6 @@ def _plot(times: dict[str, float], path: str) -> None:
     ax.barh(list(times)[::-1], [t * 1e3 for t in times.values()][::-1], color="tab:blue")
     ax.set_xlabel("median latency (ms)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_text_atomic(path, buf.getvalue())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from pathlib import Path
 
 __all__ = ["add_parser", "cmd_tune"]
 
@@ -64,14 +63,18 @@ def _metric(args, evals: list[dict]):
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from onnxq.cli import guard_outputs
     from onnxq.data import load_feeds
-    from onnxq.errors import ModelError
+    from onnxq.errors import ConfigError
     from onnxq.io import save_model
     from onnxq.tune import TuneTarget, tune
 
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise ModelError(f"output folder {str(out.parent)!r} does not exist; create it first")
+    out = guard_outputs({"output": args.output, "--log": args.log},
+                        [args.input, args.calib_data, args.eval_data, args.config])["output"]
+    if args.max_drop is not None and not args.max_drop >= 0:
+        raise ConfigError(f"--max-drop {args.max_drop} must be >= 0 (the drop allowed)")
+    if args.max_relative_drop is not None and not args.max_relative_drop >= 0:
+        raise ConfigError(f"--max-relative-drop {args.max_relative_drop} must be >= 0")
     evals = [dict(f) for f in load_feeds(args.eval_data, batch=args.batch)]
     evaluate, evals = _metric(args, evals)
     target = TuneTarget(

@@ -6,6 +6,7 @@ __all__ = [
     "OnnxqError",
     "ConfigError",
     "ModelError",
+    "OutputPathError",
     "UnsupportedOpError",
     "CalibrationError",
     "PassError",
@@ -34,3 +35,9 @@ class CalibrationError(OnnxqError):
 
 class PassError(OnnxqError):
     """A graph pass failed; the message names the pass and the passes before it."""
+
+
+class OutputPathError(ConfigError, ModelError):
+    """An output path onnxq cannot or must not write (missing folder, a directory or device,
+    one of its own inputs, another output). Both a ``ConfigError`` and a ``ModelError``, the
+    two classes such problems were reported as before this class existed."""

@@ -12,9 +12,11 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxq.errors import ModelError
+from onnxq.errors import ModelError, OutputPathError
 
-__all__ = ["load_model", "save_model", "validate_model", "external_copy", "PROTOBUF_LIMIT"]
+__all__ = ["load_model", "save_model", "validate_model", "external_copy", "PROTOBUF_LIMIT",
+           "fits_in_protobuf", "check_output", "check_outputs", "same_file", "model_files",
+           "write_text_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +76,13 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def fits_in_protobuf(model: onnx.ModelProto) -> bool:
+    """True when ``model`` serializes in one protobuf message (with a 64 MiB margin)."""
+    return model.ByteSize() <= PROTOBUF_LIMIT - 64 * 2**20
+
+
 def _needs_external_data(model: onnx.ModelProto) -> bool:
-    return model.ByteSize() > PROTOBUF_LIMIT - 64 * 2**20
+    return not fits_in_protobuf(model)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, validate: bool = True) -> Path:
@@ -84,14 +91,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, validate: boo
     Models near the 2 GiB protobuf limit get their weights in ``<name>.data`` beside the file.
     On any failure nothing is left at ``path``.
     """
-    dest = Path(path)
-    if dest.exists() and dest.is_dir():
-        raise ModelError(f"output path {str(dest)!r} is a directory; give a file name")
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if not parent.is_dir():
-        raise ModelError(
-            f"output folder {str(parent)!r} does not exist; create it first (mkdir -p)"
-        )
+    dest = check_output(path)
+    parent = dest.parent
     tmpdir = Path(tempfile.mkdtemp(prefix=".onnxq-", dir=parent))
     try:
         tmp = tmpdir / dest.name
@@ -117,15 +118,9 @@ def save_ranges(ranges: dict, path: str | os.PathLike, *, meta: dict | None = No
     """Write calibrated ranges as JSON (``{"ranges": {tensor: {"min", "max"}}, ...meta}``)."""
     import json
 
-    dest = Path(path)
-    if not dest.parent.is_dir():
-        raise ModelError(f"output folder {str(dest.parent)!r} does not exist; create it first")
     payload = dict(meta or {})
     payload["ranges"] = {name: r.to_dict() for name, r in ranges.items()}
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, dest)
-    return dest
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def load_ranges(path: str | os.PathLike) -> dict:
@@ -194,3 +189,87 @@ def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: 
     path = folder / "model.onnx"
     onnx.save_model(light, str(path))
     return path
+
+
+# -- output paths: every file onnxq writes is checked here ---------------------------------------
+def check_output(path: str | os.PathLike, *, what: str = "output") -> Path:
+    """``path`` as a file onnxq may write: its folder exists, it is not a folder, and if it
+    exists it is a regular file (never a device, FIFO or socket such as /dev/null)."""
+    dest = Path(path)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputPathError(f"{what} folder {str(parent)!r} does not exist; create it first "
+                         "(mkdir -p)")
+    if dest.is_dir():
+        raise OutputPathError(f"{what} path {str(dest)!r} is a directory; give a file name")
+    if dest.exists() and not dest.is_file():
+        raise OutputPathError(f"{what} path {str(dest)!r} exists and is not a regular file (a "
+                         "device, FIFO or socket); onnxq only writes regular files: choose "
+                         "another path")
+    return dest
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when two paths name the same file (symlinks and hard links included)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return pa.resolve() == pb.resolve()
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The files reading model ``path`` touches: the file (or folder) itself and, for ONNX,
+    its external-data files."""
+    src = Path(path)
+    files = [src]
+    if src.is_file() and src.suffix.lower() == ".onnx":
+        try:
+            light = onnx.load_model(str(src), load_external_data=False)
+        except Exception:  # noqa: BLE001 - unreadable: load_model reports it properly later
+            return files
+        for t in light.graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                loc = next((e.value for e in t.external_data if e.key == "location"), None)
+                if loc and (src.parent / loc) not in files:
+                    files.append(src.parent / loc)
+    return files
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike | None],
+                  inputs: Sequence[str | os.PathLike | None]) -> dict[str, Path]:
+    """Check every output path (``check_output``) against every input and every other output:
+    onnxq never writes over a file it reads, nor writes two outputs to one file."""
+    checked: dict[str, Path] = {}
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        dest = check_output(path, what=what)
+        for src in inputs:
+            if src is not None and same_file(dest, src):
+                raise OutputPathError(f"{what} {str(dest)!r} is a file onnxq reads ({str(src)!r}); "
+                                 "it never overwrites its inputs: choose another file name")
+        for other, earlier in checked.items():
+            if same_file(dest, earlier):
+                raise OutputPathError(f"{what} and {other} are the same file {str(dest)!r}; give "
+                                 "each output its own path")
+        checked[what] = dest
+    return checked
+
+
+def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
+    """Write ``text`` to ``path`` through a private temporary file in the same folder
+    (``mkstemp``: unpredictable name, created exclusively), then rename; on failure nothing is
+    left behind and an existing file is unchanged."""
+    dest = check_output(path)
+    fd, tmp = tempfile.mkstemp(prefix=".onnxq-", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest

@@ -98,9 +98,8 @@ def render_report(report: Sequence[TensorError], path: str | os.PathLike) -> Pat
     writer = {".md": _markdown, ".html": _html, ".htm": _html}.get(dest.suffix.lower())
     if writer is None:
         raise ConfigError(f"cannot render a report as {dest.name!r}: use a .md or .html path")
-    if not dest.parent.is_dir():
-        raise ConfigError(f"output folder {str(dest.parent)!r} does not exist; create it first")
-    dest.write_text(writer(report, getattr(report, "missing", ())), encoding="utf-8")
-    return dest
+    from onnxq.io import write_text_atomic
+
+    return write_text_atomic(dest, writer(report, getattr(report, "missing", ())))
 
 

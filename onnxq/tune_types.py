@@ -69,9 +69,9 @@ class TuneResult:
                 "trials": [asdict(t) for t in self.trials]}
 
     def save_log(self, path: str | Path) -> Path:
-        dest = Path(path)
-        dest.write_text(json.dumps(self.log(), indent=2) + "\n")
-        return dest
+        from onnxq.io import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.log(), indent=2) + "\n")
 
     def table(self) -> str:
         lines = [f"{'#':>3} {'recipe':<34}{'float':>6}{'metric':>10}{'drop':>9}{'speed':>7}"
