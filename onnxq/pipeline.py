@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -15,7 +15,8 @@ from onnxq import graph as G
 from onnxq.errors import OnnxqError, PassError
 from onnxq.io import load_model
 
-__all__ = ["PassResult", "Pass", "PassRecord", "PipelineResult", "Pipeline"]
+__all__ = ["PassResult", "Pass", "PassRecord", "PipelineResult", "Pipeline", "RewriteRule",
+           "apply_rules"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +125,21 @@ class Pipeline:
             done = [r.name for r in records[:-1]]
             raise PassError(f"pass {name!r} (after {done}) produced an invalid graph: "
                             f"{exc}") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RewriteRule:
+    """One named rewrite of a rule-set pass: ``rewrite(graph, graph_output_names)`` rewrites
+    every match in place and returns how many it rewrote. ``switch`` names the pass's boolean
+    field that turns the rule off (None: always on)."""
+
+    name: str
+    rewrite: Callable[[gs.Graph, set[str]], int]
+    switch: str | None = None
+
+
+def apply_rules(rules: Sequence[RewriteRule], graph: gs.Graph, owner: object) -> dict[str, int]:
+    """Apply ``rules`` in order (skipping those ``owner`` switched off); counts per rule."""
+    outputs = {t.name for t in graph.outputs}
+    return {r.name: r.rewrite(graph, outputs) for r in rules
+            if r.switch is None or getattr(owner, r.switch)}

@@ -8,12 +8,13 @@ Relu/Clip absorption into a producer's quantization range is decided by the plan
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
-from onnxq.pipeline import PassResult
+from onnxq.pipeline import PassResult, RewriteRule, apply_rules
 
 __all__ = ["FusionPass"]
 
@@ -199,18 +200,24 @@ def _drop_noops(graph: gs.Graph) -> int:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FusionPass:
-    """Float-exact rewrites that make quantization cheaper and more accurate."""
+    """Float-exact rewrites that make quantization cheaper and more accurate, as a declared
+    rule set applied in order (see ``RULES``)."""
 
     fold_batchnorm: bool = True
     matmul_add_to_gemm: bool = True
     name: str = "fusion"
 
+    RULES: ClassVar[tuple[RewriteRule, ...]] = (
+        RewriteRule(name="noop", rewrite=lambda g, outs: _drop_noops(g)),
+        RewriteRule(name="pad_conv", rewrite=lambda g, outs: _pad_into_conv(g)),
+        RewriteRule(name="batchnorm", rewrite=lambda g, outs: _fold_batchnorms(g),
+                    switch="fold_batchnorm"),
+        RewriteRule(name="matmul_add", rewrite=lambda g, outs: _matmul_add_to_gemm(g),
+                    switch="matmul_add_to_gemm"),
+    )
+
     def run(self, graph: gs.Graph) -> PassResult:
-        counts = {"noop": _drop_noops(graph), "pad_conv": _pad_into_conv(graph)}
-        if self.fold_batchnorm:
-            counts["batchnorm"] = _fold_batchnorms(graph)
-        if self.matmul_add_to_gemm:
-            counts["matmul_add"] = _matmul_add_to_gemm(graph)
+        counts = apply_rules(self.RULES, graph, self)
         modified = any(counts.values())
         if modified:
             graph.cleanup().toposort()

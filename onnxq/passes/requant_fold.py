@@ -17,12 +17,13 @@ which runs them on int8. Everything done is reported in the pass notes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
-from onnxq.pipeline import PassResult
+from onnxq.pipeline import PassResult, RewriteRule, apply_rules
 from onnxq.quant_ops import HANDLERS, clip_bounds
 
 __all__ = ["RequantFoldPass"]
@@ -137,18 +138,22 @@ def _dedupe_params(graph: gs.Graph) -> int:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequantFoldPass:
+    """Fold what quantization left behind, as a declared rule set applied in order (see
+    ``RULES``); duplicate scale/zero-point constants are merged last."""
+
     drop_float_islands: bool = True
     name: str = "requant_fold"
 
+    RULES: ClassVar[tuple[RewriteRule, ...]] = (
+        RewriteRule(name="identity DQ→Q pairs removed", rewrite=_identity_pairs),
+        RewriteRule(name="back-to-back requantizations merged", rewrite=_double_requant),
+        RewriteRule(name="Relu/Clip folded into a QuantizeLinear", rewrite=_clamping_activation),
+        RewriteRule(name="Q/DQ pairs between float ops dropped", rewrite=_float_islands,
+                    switch="drop_float_islands"),
+    )
+
     def run(self, graph: gs.Graph) -> PassResult:
-        outputs = G.graph_output_names(graph)
-        counts = {
-            "identity DQ→Q pairs removed": _identity_pairs(graph, outputs),
-            "back-to-back requantizations merged": _double_requant(graph, outputs),
-            "Relu/Clip folded into a QuantizeLinear": _clamping_activation(graph, outputs),
-            "Q/DQ pairs between float ops dropped": _float_islands(graph, outputs)
-            if self.drop_float_islands else 0,
-        }
+        counts = apply_rules(self.RULES, graph, self)
         changed = any(counts.values())
         if changed:
             graph.cleanup()
