@@ -27,7 +27,8 @@ def _check_qdq(node: gs.Node, opset: int) -> str | None:
         return f"per-channel parameters need opset >= 13 (model has {opset})"
     if len(node.inputs) > 2:
         zp = G.constant_value(node.inputs[2])
-        if zp is None or zp.shape != scale.shape:
+        per_tensor = zp is not None and zp.size == 1 and scale.size == 1  # () and (1,) alike
+        if zp is None or (zp.shape != scale.shape and not per_tensor):
             return "zero point must be a constant with the scale's shape"
     return None
 
