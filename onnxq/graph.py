@@ -41,6 +41,11 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     plan and folds are keyed by them), and the model's own tensors are marked so that a name
     onnxq generates never takes a name the model already uses (see ``export_graph``)."""
     graph = gs.import_onnx(model)
+    inits = {t.name for t in model.graph.initializer}
+    # An input with an initializer is an overridable default; graphsurgeon makes it a
+    # constant and drops it from the inputs. Remember it so that export lists it again.
+    graph._onnxq_default_inputs = [i.name for i in model.graph.input if i.name in inits]
+    defaults = set(graph._onnxq_default_inputs)
     graphs = list(iter_graphs(graph))
     taken = {n.name for g in graphs for n in g.nodes if n.name}
     seen: set[str] = set()
@@ -57,6 +62,8 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
             seen.add(node.name)
         for t in g.tensors().values():
             t._onnxq_own = True
+            if t.name in defaults:
+                t._onnxq_default = True  # not a constant: callers may feed another value
     return graph
 
 
@@ -104,10 +111,24 @@ def _unique_tensor_names(graph: gs.Graph) -> None:
             taken.add(t.name)
 
 
+def _restore_default_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """List again, as graph inputs, the inputs with an initializer (defaults a caller may
+    override) that are still in the graph unchanged."""
+    names = vars(graph).get("_onnxq_default_inputs") or []
+    listed = {i.name for i in model.graph.input}
+    inits = {t.name: t for t in model.graph.initializer}
+    for name in names:
+        if name in inits and name not in listed:
+            t = inits[name]
+            model.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, t.data_type, list(t.dims)))
+
+
 def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export ``graph``, keeping the template's model-level metadata (doc, props, version)."""
     _unique_tensor_names(graph)
     model = gs.export_onnx(graph, do_type_check=False)
+    _restore_default_inputs(graph, model)
     if template is not None:
         model.doc_string = template.doc_string
         model.domain = template.domain
@@ -142,7 +163,7 @@ def is_dq(node: gs.Node) -> bool:
 
 def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of a constant tensor (initializer or ``Constant`` node output), else None."""
-    if tensor is None:
+    if tensor is None or getattr(tensor, "_onnxq_default", False):
         return None
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
