@@ -331,12 +331,17 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     act, weight, reduce_range = _types(cfg)
     stamp_target(result.model, cfg.target, reduce_range)
     histogram = Counter(n.op_type for n in result.model.graph.node)
+    kept = {i.name for i in result.model.graph.input}
+    lost = [i.name for i in fused.model.graph.input if i.name not in kept]
+    defaults = (f"input(s) {', '.join(lost)} had a default value (an initializer) and were "
+                "quantized as constants: feeding them no longer changes the model (exclude "
+                "their consumers with exclude_nodes to keep them overridable)",) if lost else ()
     report = QuantReport(
         quantized=tuple((n.name, n.op) for n in plan.nodes),
         skipped=plan.skipped + fused.skipped + result.skipped,
         folded=tuple(f.node for f in plan.folds),
         op_histogram=dict(sorted(histogram.items())),
-        notes=tuple(n for r in fused.records + result.records for n in r.notes),
+        notes=tuple(n for r in fused.records + result.records for n in r.notes) + defaults,
         activation_type=act.value, weight_type=weight.value, per_channel=plan.per_channel,
         target=cfg.target, weight_bits=7 if reduce_range else 8,
     )

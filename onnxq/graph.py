@@ -44,8 +44,10 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     inits = {t.name for t in model.graph.initializer}
     # An input with an initializer is an overridable default; graphsurgeon makes it a
     # constant and drops it from the inputs. Remember it so that export lists it again.
-    graph._onnxq_default_inputs = [i.name for i in model.graph.input if i.name in inits]
-    defaults = set(graph._onnxq_default_inputs)
+    # Before IR 4 every initializer had to be listed as an input (model-zoo style): there
+    # the listing means nothing, and the weights are plain constants.
+    graph._onnxq_default_inputs = [i.name for i in model.graph.input if i.name in inits] \
+        if model.ir_version >= 4 else []
     graphs = list(iter_graphs(graph))
     taken = {n.name for g in graphs for n in g.nodes if n.name}
     seen: set[str] = set()
@@ -62,8 +64,6 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
             seen.add(node.name)
         for t in g.tensors().values():
             t._onnxq_own = True
-            if t.name in defaults:
-                t._onnxq_default = True  # not a constant: callers may feed another value
     return graph
 
 
@@ -163,7 +163,7 @@ def is_dq(node: gs.Node) -> bool:
 
 def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of a constant tensor (initializer or ``Constant`` node output), else None."""
-    if tensor is None or getattr(tensor, "_onnxq_default", False):
+    if tensor is None:
         return None
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)

@@ -57,6 +57,22 @@ def _constants_to_initializers(graph: gs.Graph) -> int:
     return count
 
 
+def _ir4(model: onnx.ModelProto) -> onnx.ModelProto:
+    """IR < 4 models (model-zoo style) must list every initializer as an input; graphsurgeon
+    drops those listings, so declare IR 4 (initializers need not be inputs) before the opset
+    converter checks the model. Edits only the private exported copy."""
+    if model.ir_version < 4:
+        model.ir_version = 4
+    return model
+
+
+def _ir_for_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """At least the IR version the (upgraded) opset needs."""
+    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(model.ir_version, needed)
+    return model
+
+
 def _through_proto(graph: gs.Graph, fn) -> gs.Graph:
     model = G.export_graph(graph)
     return G.import_graph(fn(model))
@@ -133,8 +149,8 @@ class PreprocessPass:
         if current >= self.min_opset:
             return graph
         try:
-            upgraded = _through_proto(graph, lambda m: onnx.version_converter.convert_version(
-                m, self.min_opset))
+            upgraded = _through_proto(graph, lambda m: _ir_for_opset(
+                onnx.version_converter.convert_version(_ir4(m), self.min_opset)))
         except Exception as exc:  # noqa: BLE001 - the converter raises many types
             if current < 10:
                 raise UnsupportedOpError(
