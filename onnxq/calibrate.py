@@ -16,7 +16,14 @@ from onnxq.calibrators.base import Calibrator
 from onnxq.errors import CalibrationError
 from onnxq.io import external_copy
 from onnxq.qtypes import TensorRange
-from onnxq.runtime import InputSpec, check_feed, check_finite, input_specs, make_session
+from onnxq.runtime import (
+    InputSpec,
+    check_feed,
+    check_finite,
+    feed_label,
+    input_specs,
+    make_session,
+)
 
 __all__ = ["collect_ranges"]
 
@@ -42,7 +49,14 @@ def collect_ranges(
     with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
         # Basic optimizations only: values exactly as the graph defines them, no pre-packed
         # weight copies (the session lives only for this run).
-        session = make_session(str(external_copy(model, names, Path(tmp))), optimize=False)
+        try:
+            session = make_session(str(external_copy(model, names, Path(tmp))),
+                                   optimize=False)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
+            raise CalibrationError(
+                f"onnxruntime cannot run this model for calibration: {_first_line(exc)}; "
+                "check that onnxruntime supports every op (custom domains need their "
+                "library) and that the model is valid (onnx.checker)") from None
         return _stream(session, names, specs, data, calibrator, max_samples=max_samples,
                        progress=progress, allow_nonfinite=allow_nonfinite)
 
@@ -64,7 +78,13 @@ def _stream(session, names: list[str], specs: list[InputSpec], data, calibrator:
             feed = check_feed(feed, specs, index)
             if not allow_nonfinite:
                 check_finite(feed, index)
-            arrays = session.run(names, feed)
+            try:
+                arrays = session.run(names, feed)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
+                raise CalibrationError(
+                    f"onnxruntime failed on {feed_label(feed, index)}: {_first_line(exc)}; "
+                    "check that this feed matches the model (shapes, batch size, value "
+                    "ranges such as token ids)") from None
             for name, array in zip(names, arrays, strict=True):
                 calibrator.observe(name, array, index=index)
             count += 1
@@ -78,3 +98,9 @@ def _stream(session, names: list[str], specs: list[InputSpec], data, calibrator:
         raise CalibrationError(f"no values were observed for tensor(s) {absent[:5]}")
     logger.info("calibrated %d tensors on %d feeds", len(names), count)
     return ranges
+
+
+def _first_line(exc: BaseException) -> str:
+    """onnxruntime's message without its multi-line stack (one line for the CLI)."""
+    text = " ".join(str(exc).split())
+    return text[:400] + ("…" if len(text) > 400 else "")

@@ -11,7 +11,18 @@ import numpy as np
 
 from onnxq.errors import CalibrationError
 
-__all__ = ["NpzFeeds", "load_feeds"]
+__all__ = ["Feed", "NpzFeeds", "load_feeds"]
+
+
+class Feed(dict):
+    """A feed (input name → array) that knows where it came from, so messages can name the
+    file (``sample_004.npz``) rather than a position."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, arrays: dict, source: str) -> None:
+        super().__init__(arrays)
+        self.source = source
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -64,14 +75,16 @@ class NpzFeeds:
     def __len__(self) -> int:
         return self._len
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[Feed]:
         if self.arrays is None:
             for f in self.files:
-                yield _read_npz(f)
+                yield Feed(_read_npz(f), f.name)
             return
         for i in range(self._len):
             sl = slice(i * self.batch, (i + 1) * self.batch)
-            yield {k: v[sl] for k, v in self.arrays.items()}
+            part = {k: v[sl] for k, v in self.arrays.items()}
+            n = len(next(iter(part.values())))
+            yield Feed(part, f"{self.path.name}, samples {sl.start}-{sl.start + n - 1}")
 
 
 def load_feeds(path: str | Path, *, batch: int = 1) -> NpzFeeds:

@@ -14,7 +14,7 @@ import onnx
 from onnxq.errors import CalibrationError
 from onnxq.io import PROTOBUF_LIMIT
 
-__all__ = ["InputSpec", "input_specs", "check_feed", "check_finite", "iter_feeds",
+__all__ = ["InputSpec", "input_specs", "check_feed", "check_finite", "feed_label", "iter_feeds",
            "make_session", "ort_version", "time_interleaved"]
 
 
@@ -51,50 +51,68 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 def check_feed(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec], index: int,
                what: str = "calibration feed") -> dict:
     """Validate one feed against the model inputs; return it as a dict of numpy arrays.
-    ``what`` names the feed in messages ("calibration feed", "feed")."""
+    ``what`` names the feed in messages ("calibration feed", "feed"), with the file it came
+    from when the feed knows it (``onnxq.data.Feed``)."""
+    what = feed_label(feed, index, what)
     if not isinstance(feed, Mapping):
         raise CalibrationError(
-            f"{what} #{index} is a {type(feed).__name__}, not a dict of input name "
+            f"{what} is a {type(feed).__name__}, not a dict of input name "
             "-> numpy array")
     names = {s.name for s in specs}
     missing = sorted(names - set(feed))
     if missing:
         raise CalibrationError(
-            f"{what} #{index} is missing input(s) {missing}; the model expects "
+            f"{what} is missing input(s) {missing}; the model expects "
             f"{', '.join(s.describe() for s in specs)}")
     extra = sorted(set(feed) - names)
     if extra:
         raise CalibrationError(
-            f"{what} #{index} has unknown input(s) {extra}; the model's inputs are "
+            f"{what} has unknown input(s) {extra}; the model's inputs are "
             f"{sorted(names)}")
     out = {}
     for spec in specs:
         arr = np.asarray(feed[spec.name])
         if arr.dtype != spec.dtype:
             raise CalibrationError(
-                f"{what} #{index}: input {spec.name!r} has dtype {arr.dtype}, the "
+                f"{what}: input {spec.name!r} has dtype {arr.dtype}, the "
                 f"model expects {spec.dtype}; convert it (e.g. arr.astype(np.{spec.dtype}))")
         if spec.shape is not None:
             if arr.ndim != len(spec.shape):
                 raise CalibrationError(
-                    f"{what} #{index}: input {spec.name!r} has shape {arr.shape} "
+                    f"{what}: input {spec.name!r} has shape {arr.shape} "
                     f"(rank {arr.ndim}), the model expects rank {len(spec.shape)}: "
                     f"{spec.describe()}")
             for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
                 if want not in (None, 0) and got != want:
                     raise CalibrationError(
-                        f"{what} #{index}: input {spec.name!r} has size {got} on "
+                        f"{what}: input {spec.name!r} has size {got} on "
                         f"axis {axis}, the model expects {want}: {spec.describe()}")
         out[spec.name] = arr
-    return out
+    return _with_source(out, feed)
+
+
+def feed_label(feed: Mapping, index: int, what: str = "calibration feed") -> str:
+    """``calibration feed #4 (sample_004.npz)`` — the file when the feed knows it."""
+    source = getattr(feed, "source", None)
+    return f"{what} #{index}" + (f" ({source})" if source else "")
+
+
+def _with_source(arrays: dict, feed: Mapping) -> dict:
+    source = getattr(feed, "source", None)
+    if source is None:
+        return arrays
+    from onnxq.data import Feed
+
+    return Feed(arrays, source)
 
 
 def check_finite(feed: Mapping[str, np.ndarray], index: int) -> None:
+    label = feed_label(feed, index)
     for name, arr in feed.items():
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             bad = int(np.count_nonzero(~np.isfinite(arr)))
             raise CalibrationError(
-                f"calibration feed #{index}: input {name!r} has {bad} NaN/Inf value(s); clean "
+                f"{label}: input {name!r} has {bad} NaN/Inf value(s); clean "
                 "the data, or allow them (allow_nonfinite=True / --ignore-nonfinite) to skip "
                 "non-finite values")
 
