@@ -35,7 +35,7 @@ from onnxq.passes import (
 from onnxq.pipeline import Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
 from onnxq.qtypes import QTYPES, QType, TensorRange
-from onnxq.quant_ops import Role
+from onnxq.quant_ops import HANDLERS, Role
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
            "as_onnx", "resolve", "stamp_target", "materialize"]
@@ -170,10 +170,15 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
                     exclude_op_types=config.exclude_op_types,
                     fold_activations=config.fold_activations)
     if not any(n.role is Role.ANCHOR for n in plan.nodes):
+        anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR}
+        ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
+        why = [f"{name} ({ops.get(name, '?')}): {reason}" for name, reason in plan.skipped
+               if ops.get(name) in anchors]
         raise ModelError(
-            "the model has nothing onnxq can quantize: no Conv, ConvTranspose, Gemm or MatMul "
-            "with float32 inputs was found (or all were excluded); quantization would only "
-            "slow it down")
+            "the model has nothing onnxq can quantize; quantization would only slow it down: "
+            + ("; ".join(why[:4]) + (f" (and {len(why) - 4} more)" if len(why) > 4 else "")
+               if why else "no Conv, ConvTranspose, Gemm or MatMul with float32 inputs was "
+               "found"))
     return fused, plan
 
 

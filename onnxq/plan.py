@@ -127,8 +127,11 @@ class _Analysis:
             weight = (h.weight_input, axis)
         if node.op in {"Conv", "ConvTranspose"} and weight is None:
             return "weights are computed at run time; only constant weights are quantized"
-        if not acts or (weight is None and len(acts) < 2):
+        if not acts:
             return "both operands are constant; fold constants first"
+        if weight is None and len(acts) < 2:
+            return ("the constant operand is the first input; onnxruntime's int8 MatMul/Gemm "
+                    "kernels take the weight as the second input, so it stays float")
         if node.op == "Gemm":
             if float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0:
                 return "Gemm with alpha/beta != 1 has no int8 kernel; kept in float"

@@ -136,6 +136,32 @@ def _matmul_add_to_gemm(graph: gs.Graph) -> int:
     return fused
 
 
+def _gemm_scales(graph: gs.Graph) -> int:
+    """Gemm ``alpha``/``beta`` folded into its constant B and C (onnxruntime's QGemm has no
+    beta, and alpha would scale the int8 product): ``alpha·A·B + beta·C`` =
+    ``A·(alpha·B) + (beta·C)``."""
+    folded = 0
+    for node in [n for n in graph.nodes if n.op == "Gemm"]:
+        alpha = float(node.attrs.get("alpha", 1.0))
+        beta = float(node.attrs.get("beta", 1.0))
+        if alpha == 1.0 and beta == 1.0 or len(node.inputs) < 2:
+            continue
+        b = G.constant_value(node.inputs[1])
+        has_c = len(node.inputs) > 2 and bool(node.inputs[2].name)
+        c = G.constant_value(node.inputs[2]) if has_c else None
+        if b is None or (has_c and c is None) or len(node.inputs[1].outputs) != 1 or (
+                has_c and len(node.inputs[2].outputs) != 1):
+            continue
+        node.inputs[1] = gs.Constant(G.unique_name(graph, f"{node.inputs[1].name}_alpha"),
+                                     (b * np.float32(alpha)).astype(b.dtype))
+        if has_c and c is not None:
+            node.inputs[2] = gs.Constant(G.unique_name(graph, f"{node.inputs[2].name}_beta"),
+                                         (c * np.float32(beta)).astype(c.dtype))
+        node.attrs["alpha"], node.attrs["beta"] = 1.0, 1.0
+        folded += 1
+    return folded
+
+
 def _pad_amounts(pad: gs.Node, rank: int) -> np.ndarray | None:
     """Pad's begin/end amounts as a [2, rank] array when it is a zero constant pad."""
     if pad.attrs.get("mode", "constant") not in ("constant", b"constant"):
@@ -214,6 +240,7 @@ class FusionPass:
                     switch="fold_batchnorm"),
         RewriteRule(name="matmul_add", rewrite=lambda g, outs: _matmul_add_to_gemm(g),
                     switch="matmul_add_to_gemm"),
+        RewriteRule(name="gemm_alpha_beta", rewrite=lambda g, outs: _gemm_scales(g)),
     )
 
     def run(self, graph: gs.Graph) -> PassResult:
