@@ -332,15 +332,33 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
         raise CalibrationError(
             f"the given ranges lack {len(missing)} tensor(s) this model needs (e.g. "
             f"{missing[:3]}); they were measured on another model or config: recalibrate")
+    huge = [t for t in plan.calibration_tensors
+            if max(abs(ranges[t].lo), abs(ranges[t].hi)) > 1e30]
+    if huge:
+        r = ranges[huge[0]]
+        raise CalibrationError(
+            f"tensor {huge[0]!r} has a calibrated range [{r.lo:g}, {r.hi:g}] beyond 1e30: int8 "
+            "at that scale would zero every ordinary value; keep the nodes around it in float "
+            "(exclude_nodes) or fix the model or the calibration data"
+            + (f" ({len(huge) - 1} more such tensor(s))" if len(huge) > 1 else ""))
     result = build_pipeline(cfg, plan, ranges).run(fused.model, copy=not consume)
     act, weight, reduce_range = _types(cfg)
     stamp_target(result.model, cfg.target, reduce_range)
     histogram = Counter(n.op_type for n in result.model.graph.node)
     kept = {i.name for i in result.model.graph.input}
     lost = [i.name for i in fused.model.graph.input if i.name not in kept]
-    defaults = (f"input(s) {', '.join(lost)} had a default value (an initializer) and were "
-                "quantized as constants: feeding them no longer changes the model (exclude "
-                "their consumers with exclude_nodes to keep them overridable)",) if lost else ()
+    flat = sorted(t for t, r in ranges.items() if r.hi == r.lo and t in plan.calibration_tensors)
+    if flat:
+        logger.warning("tensor(s) %s were constant (%s) in every calibration feed: their int8 "
+                       "range has no width, so other values will saturate; check the "
+                       "calibration data", ", ".join(flat[:5]), ranges[flat[0]].lo)
+    flat_note = (f"warning: {len(flat)} tensor(s) had a zero-width calibrated range (e.g. "
+                 f"{flat[0]!r}: constant in every feed); values outside it saturate — check "
+                 "the calibration data",) if flat else ()
+    defaults = flat_note + ((
+        f"input(s) {', '.join(lost)} had a default value (an initializer) and were quantized as "
+        "constants: feeding them no longer changes the model (exclude their consumers with "
+        "exclude_nodes to keep them overridable)",) if lost else ())
     report = QuantReport(
         quantized=tuple((n.name, n.op) for n in plan.nodes),
         skipped=plan.skipped + fused.skipped + result.skipped,

@@ -194,6 +194,9 @@ class QuantConfig:
     def from_file(cls, path: str | os.PathLike) -> QuantConfig:
         """Load a ``.toml`` or ``.json`` configuration file."""
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config path {str(p)!r} is a directory; give a .toml or .json "
+                              "file")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; check the path")
         try:

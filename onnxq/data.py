@@ -27,7 +27,12 @@ class Feed(dict):
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy: one array, no input name
+            raise CalibrationError(
+                f"{str(path)!r} holds one array without an input name (a .npy); save feeds "
+                "as .npz with input names: numpy.savez('calib.npz', input_name=array)")
+        with data:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise CalibrationError(f"cannot read calibration file {str(path)!r}: {exc}; it must "

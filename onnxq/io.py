@@ -136,10 +136,22 @@ def load_ranges(path: str | os.PathLike) -> dict:
                                "first")
     try:
         data = json.loads(src.read_text())
-        return {name: TensorRange.from_dict(r) for name, r in data["ranges"].items()}
-    except (ValueError, KeyError, TypeError) as exc:
+        ranges = {str(name): TensorRange.from_dict(r) for name, r in data["ranges"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CalibrationError(f"{str(src)!r} is not an onnxq ranges file ({exc}); write it "
                                "with onnxq calibrate -o FILE.json") from None
+    for name, r in ranges.items():
+        if max(abs(r.lo), abs(r.hi)) > _RANGE_LIMIT:
+            raise CalibrationError(
+                f"{str(src)!r}: tensor {name!r} has range [{r.lo:g}, {r.hi:g}], beyond what "
+                "float32 activations can usefully take (|x| <= 1e30): the file is corrupt or "
+                "was measured on broken data; recalibrate")
+    return ranges
+
+
+#: Largest magnitude accepted in a ranges file (float32 overflows at ~3.4e38; anything near it
+#: makes every quantized value zero).
+_RANGE_LIMIT = 1e30
 
 
 def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: Path

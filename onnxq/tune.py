@@ -30,7 +30,7 @@ from onnxq.api import as_onnx, materialize, prepare, resolve
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import CALIBRATORS, Calibrator, make_calibrator
 from onnxq.config import QuantConfig
-from onnxq.errors import ConfigError, ModelError
+from onnxq.errors import ConfigError, ModelError, OnnxqError
 from onnxq.pipeline import PipelineResult
 from onnxq.plan import QuantPlan
 from onnxq.qtypes import TensorRange
@@ -318,7 +318,7 @@ def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None =
             raise ConfigError("tune needs evaluate=callable or eval_data (feeds) for the "
                               "default cosine metric")
         evaluate = cosine_metric(_fp32(model), list(eval_data))
-    s = _Search(model, calib, evaluate, target, config, latency_feed)
+    s = _Search(model, calib, _checked(evaluate), target, config, latency_feed)
     stopped = "search complete"
     chosen: Trial | None = None
     try:
@@ -339,3 +339,25 @@ def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None =
         model_out = _fp32(model)
     return TuneResult(model=model_out, chosen=chosen, fp32_metric=s.fp32_metric,
                       allowed_drop=s.allowed, trials=s.trials, stopped=stopped)
+
+
+def _checked(evaluate: Evaluate) -> Evaluate:
+    """The user's metric, with its failures and non-numbers as clean errors."""
+    name = getattr(evaluate, "__qualname__", repr(evaluate))
+
+    def checked(model: onnx.ModelProto) -> float:
+        try:
+            value = evaluate(model)
+        except (OnnxqError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of user code
+            raise ConfigError(f"the metric {name} failed: {type(exc).__name__}: {exc}; it must "
+                              "take an onnx.ModelProto and return a number (higher is "
+                              "better)") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or \
+                not np.isfinite(value):
+            raise ConfigError(f"the metric {name} returned {value!r}; it must return a finite "
+                              "number (higher is better)")
+        return float(value)
+
+    return checked

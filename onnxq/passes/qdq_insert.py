@@ -92,6 +92,10 @@ class InsertQDQPass:
             w = G.constant_value(node.inputs[idx])
             if w is None:  # already quantized by an earlier run
                 return
+            if w.size and not (np.all(np.isfinite(w)) and float(np.abs(w).max()) <= 1e30):
+                state.skipped.append((node.name, "weights are not finite or exceed 1e30 in "
+                                      "magnitude; kept in float (int8 would zero them)"))
+                return
             key = (node.inputs[idx].name, axis)
             if key not in state.weight_cache:
                 params = qm.weight_params(w, self.weight_type, axis=axis,
