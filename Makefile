@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-isa bench bench-quick bench-suite bench-suite-quick clean
+.PHONY: venv demo test test-isa fuzz bench bench-quick bench-suite bench-suite-quick clean
 
 # The test environment includes both framework extras (torch CPU wheel, tensorflow-cpu): the
 # exporter tests run in CI.
@@ -27,6 +27,11 @@ test: venv
 # The ISA-dependent tests as the other kind of x86 CPU runs them (forced target; qemu AVX2).
 test-isa: venv
 	PY=$(PY) bash .ci/isa_checks
+
+# A long random fuzz run (CI runs a bounded, derandomized profile of the same tests).
+fuzz: venv
+	ONNXQ_FUZZ_EXAMPLES=$${ONNXQ_FUZZ_EXAMPLES:-1000} ONNXQ_FUZZ_MUTATIONS=$${ONNXQ_FUZZ_MUTATIONS:-400} \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics
 
 bench: venv
 	$(PY) -m benchmarks.bench_resnet18
