@@ -334,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxq: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system said no: a full disk, a read-only folder, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"onnxq: error: {exc.strerror or exc}{where}; check the path, its permissions "
+              "and the free space", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception:  # noqa: BLE001 - an onnxq bug: say so, with the traceback
         traceback.print_exc()
         print("onnxq: internal error (a bug in onnxq); please report it with the traceback "
