@@ -27,6 +27,14 @@ PROTOBUF_LIMIT = 2**31 - 1
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """Return a private copy of ``source`` (a path or a ``ModelProto``; never modified)."""
     if isinstance(source, onnx.ModelProto):
+        unloaded = sorted({next((e.value for e in t.external_data if e.key == "location"), "?")
+                           for t in source.graph.initializer
+                           if t.data_location == onnx.TensorProto.EXTERNAL})
+        if unloaded:
+            raise ModelError(
+                f"the model's weights are in external file(s) {unloaded} that were not loaded; "
+                "pass the .onnx path instead, or load it with onnx.load(path) (which loads "
+                "external data)")
         return _copy(source)
     path = Path(source)
     if not path.exists():

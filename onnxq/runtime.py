@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxq.errors import CalibrationError
+from onnxq.errors import CalibrationError, ModelError
 from onnxq.io import PROTOBUF_LIMIT
 
 __all__ = ["InputSpec", "input_specs", "check_feed", "check_finite", "feed_label", "iter_feeds",
@@ -39,7 +39,12 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"model input {vi.name!r} has element type {tt.elem_type}, "
+                             "which has no numpy equivalent (0 means undefined); re-export "
+                             "the model with a typed input") from None
         shape = None
         if tt.HasField("shape"):
             shape = tuple(d.dim_value if d.HasField("dim_value") else None

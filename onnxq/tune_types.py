@@ -90,8 +90,9 @@ class TuneResult:
 
 def cosine_metric(reference: onnx.ModelProto, feeds: Sequence[Mapping]) -> Evaluate:
     """Mean per-sample cosine similarity of the first output with ``reference``'s."""
-    from onnxq.runtime import make_session
+    from onnxq.runtime import input_specs, iter_feeds, make_session
 
+    feeds = list(iter_feeds(feeds, input_specs(reference), "eval feed"))
     ref_sess = make_session(reference, threads=2)
     refs = [ref_sess.run(None, dict(f))[0] for f in feeds]
 

@@ -14,7 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
-from onnxq.errors import UnsupportedOpError
+from onnxq.errors import ModelError, UnsupportedOpError
 from onnxq.pipeline import PassResult
 
 __all__ = ["PreprocessPass"]
@@ -55,6 +55,17 @@ def _constants_to_initializers(graph: gs.Graph) -> int:
     if count:
         graph.cleanup()
     return count
+
+
+def _check_input_types(graph: gs.Graph) -> None:
+    """Every graph input has an element type numpy knows (0 = undefined is a broken model)."""
+    for t in graph.inputs:
+        try:
+            np.dtype(t.dtype)
+        except TypeError:
+            raise ModelError(f"model input {t.name!r} has element type {t.dtype!r}, which has "
+                             "no numpy equivalent (0 means undefined); re-export the model "
+                             "with a typed input") from None
 
 
 def _ir4(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -124,6 +135,7 @@ class PreprocessPass:
     name: str = "preprocess"
 
     def run(self, graph: gs.Graph) -> PassResult:
+        _check_input_types(graph)
         before = G.fingerprint(graph)
         notes: list[str] = []
         skipped: list[tuple[str, str]] = []
