@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-isa fuzz bench bench-quick bench-suite bench-suite-quick clean
+.PHONY: venv demo test test-isa test-large fuzz bench bench-quick bench-suite bench-suite-quick clean
 
 # The test environment includes both framework extras (torch CPU wheel, tensorflow-cpu): the
 # exporter tests run in CI.
@@ -27,6 +27,10 @@ test: venv
 # The ISA-dependent tests as the other kind of x86 CPU runs them (forced target; qemu AVX2).
 test-isa: venv
 	PY=$(PY) bash .ci/isa_checks
+
+# A model over 2 GiB end to end (2.3 GB on disk, ~10 GB RSS): not part of make test.
+test-large: venv
+	ONNXQ_LARGE_TESTS=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_large_model.py
 
 # A long random fuzz run (CI runs a bounded, derandomized profile of the same tests).
 fuzz: venv
