@@ -14,7 +14,7 @@ import onnx
 
 from onnxq.calibrators.base import Calibrator
 from onnxq.errors import CalibrationError
-from onnxq.io import external_copy
+from onnxq.io import clean_stale, external_copy, temp_prefix
 from onnxq.qtypes import TensorRange
 from onnxq.runtime import (
     InputSpec,
@@ -46,7 +46,8 @@ def collect_ranges(
                                "single dict; wrap it in a list: [feed]")
     names = list(tensors)
     specs = input_specs(model)
-    with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
+    clean_stale(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="calib")) as tmp:
         # Basic optimizations only: values exactly as the graph defines them, no pre-packed
         # weight copies (the session lives only for this run).
         try:

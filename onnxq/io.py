@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from onnxq.errors import ModelError, OutputPathError
 
 __all__ = ["load_model", "save_model", "validate_model", "external_copy", "PROTOBUF_LIMIT",
            "fits_in_protobuf", "check_output", "check_outputs", "same_file", "model_files",
-           "write_text_atomic"]
+           "write_text_atomic", "temp_prefix", "clean_stale"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, validate: boo
     """
     dest = check_output(path)
     parent = dest.parent
-    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxq-", dir=parent))
+    clean_stale(parent)
+    tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix("."), dir=parent))
     try:
         tmp = tmpdir / dest.name
         if _needs_external_data(model):
@@ -284,7 +286,8 @@ def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
     (``mkstemp``: unpredictable name, created exclusively), then rename; on failure nothing is
     left behind and an existing file is unchanged."""
     dest = check_output(path)
-    fd, tmp = tempfile.mkstemp(prefix=".onnxq-", suffix=".tmp", dir=dest.parent)
+    clean_stale(dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("."), suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode("utf-8") if isinstance(text, str) else text)
@@ -293,3 +296,50 @@ def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+# -- temporaries: named after their process, so a killed run's leftovers can be recognised ------
+_TEMP = re.compile(r"^\.?onnxq-(?:[a-z]+-)?(\d+)-")
+
+
+def temp_prefix(dot: str = "", kind: str = "") -> str:
+    """``.onnxq-<pid>-`` (or ``onnxq-<kind>-<pid>-``): the owner of a temporary is visible."""
+    return f"{dot}onnxq-{kind + '-' if kind else ''}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: leave its files alone
+    return True
+
+
+def clean_stale(folder: str | os.PathLike, *, min_age: float = 3600.0) -> list[Path]:
+    """Remove onnxq temporaries in ``folder`` whose process is gone (a run killed with -9)
+    and that are older than ``min_age`` seconds (a process of another PID namespace sharing
+    the folder looks dead too); returns what was removed. Other names are never touched."""
+    import time
+
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m is None or entry.is_symlink() or _alive(int(m.group(1))):
+            continue
+        try:
+            if time.time() - entry.stat().st_mtime < min_age:
+                continue
+        except OSError:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

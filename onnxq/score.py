@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnxq.errors import ConfigError, ModelError
-from onnxq.io import external_copy, load_model
+from onnxq.io import clean_stale, external_copy, load_model, temp_prefix
 from onnxq.runtime import InputSpec, input_specs, iter_feeds, make_session, time_interleaved
 from onnxq.score_render import plot_sqnr, render_report  # re-exported
 from onnxq.score_types import OutputAgreement, OutputStats, TensorError, TensorReport
@@ -284,7 +284,8 @@ def tensor_report(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
     fetch8 = list(dict.fromkeys(p.dq for p in probes))
     accs = {p.name: _Acc() for p in probes}
     count = 0
-    with tempfile.TemporaryDirectory(prefix="onnxq-score-") as tmp:
+    clean_stale(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="score")) as tmp:
         run32 = _fetcher(g32, fetch32, Path(tmp, "fp32"), threads)
         run8 = _fetcher(g8, fetch8, Path(tmp, "int8"), threads)
         for feed in _iter_feeds(feeds, specs):

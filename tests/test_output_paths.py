@@ -137,3 +137,35 @@ def test_settings_that_would_be_ignored_are_refused(work, capsys):
     ]
     for argv, needle in cases:
         _refused(argv, work, capsys, needle)
+
+
+def test_leftovers_of_killed_runs_are_cleaned(work):
+    """A run killed with -9 leaves its temporary folder; the next run removes it once its
+    process is gone (and it is old enough), and never touches a live process's files."""
+    import subprocess
+    import sys
+    import time
+
+    from onnxq.io import clean_stale, temp_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = work / f".onnxq-{dead}-abc123"
+    stale.mkdir()
+    (stale / "m.onnx").write_bytes(b"partial")
+    mine = work / f"{temp_prefix('.')}live"
+    mine.mkdir()
+    other = work / ".onnxq-notapid"
+    other.mkdir()
+    old = time.time() - 7200
+    for path in (stale, mine, other):
+        os.utime(path, (old, old))
+    young = work / f".onnxq-{dead}-young"
+    young.mkdir()
+    assert clean_stale(work) == [stale]
+    assert mine.exists() and other.exists() and young.exists() and not stale.exists()
+    # quantize to this folder cleans as it goes
+    os.utime(young, (old, old))
+    assert main(["quantize", str(work / "m.onnx"), str(work / "again.onnx"), "--calib-data",
+                 str(work / "calib.npz"), "--quiet"]) == 0
+    assert not young.exists()

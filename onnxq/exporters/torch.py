@@ -76,6 +76,7 @@ from onnxq.exporters._torch_io import (
     run_forward,
 )
 from onnxq.exporters._torch_qat import check_qat_opset, exportable_fake_quant
+from onnxq.io import clean_stale, temp_prefix
 
 if TYPE_CHECKING:
     import torch
@@ -172,8 +173,9 @@ def from_torch(
         kwargs = export_kwargs(in_names, out_names, export_args, opset=opset, dynamo=dynamo,
                                dynamic_batch=dynamic_batch)
         dest = _destination(output_path)
-        tmpdir = Path(tempfile.mkdtemp(prefix=".onnxq-export-",
-                                       dir=dest.parent if dest is not None else None))
+        folder = dest.parent if dest is not None else Path(tempfile.gettempdir())
+        clean_stale(folder)
+        tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(".", "export"), dir=folder))
         try:
             tmp = tmpdir / (dest.name if dest is not None else "model.onnx")
             run_export(module, export_args, tmp, kwargs, exporter=exporter, opset=opset,
