@@ -177,7 +177,7 @@ def _framework_only(args: argparse.Namespace) -> None:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
     from onnxq.data import load_feeds
-    from onnxq.io import load_ranges, save_model, write_text_atomic
+    from onnxq.io import Staged, load_ranges, save_model
 
     _framework_only(args)
     if args.ranges and args.calib_data:
@@ -197,11 +197,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         ranges, feeds = None, None
     result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet,
                       export_options=_export_options(args))
-    result.save(out)  # the INT8 model first: the main output is never missing next to extras
-    if args.save_fp32 and result.source is not None:
-        save_model(result.source, args.save_fp32)
-    if args.report:
-        write_text_atomic(args.report, json.dumps(result.report.to_dict(), indent=2) + "\n")
+    with Staged() as staged:  # every output, or none (an error leaves no half-done set)
+        save_model(result.model, out, staged=staged)
+        if args.save_fp32 and result.source is not None:
+            save_model(result.source, args.save_fp32, staged=staged)
+        if args.report:
+            staged.text(args.report, json.dumps(result.report.to_dict(), indent=2) + "\n")
+        staged.commit()
     if not args.quiet:
         print(result.report.summary())
         print(f"wrote {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 
 __all__ = ["add_parser", "cmd_tune"]
 
@@ -66,7 +67,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from onnxq.cli import guard_outputs
     from onnxq.data import load_feeds
     from onnxq.errors import ConfigError
-    from onnxq.io import save_model
+    from onnxq.io import Staged, save_model
     from onnxq.tune import TuneTarget, tune
 
     out = guard_outputs({"output": args.output, "--log": args.log},
@@ -91,9 +92,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config = _resolve_config(args.config, overrides(args))
     calib = list(load_feeds(args.calib_data, batch=args.batch))
     result = tune(args.input, calib, evaluate, target=target, eval_data=evals, config=config)
-    save_model(result.model, out)
-    if args.log:
-        result.save_log(args.log)
+    with Staged() as staged:  # the model and the log, or neither
+        save_model(result.model, out, staged=staged)
+        if args.log:
+            staged.text(args.log, json.dumps(result.log(), indent=2) + "\n")
+        staged.commit()
     if not args.quiet:
         print(result.table())
         print(f"wrote {out}")

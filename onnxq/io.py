@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxq.errors import ModelError, OutputPathError
+from onnxq.errors import ModelError
+from onnxq.outputs import (  # re-exported: io is where callers look for file handling
+    Staged,
+    check_output,
+    check_outputs,
+    clean_stale,
+    model_files,
+    same_file,
+    temp_prefix,
+    write_text_atomic,
+)
 
 __all__ = ["load_model", "save_model", "validate_model", "external_copy", "PROTOBUF_LIMIT",
            "fits_in_protobuf", "check_output", "check_outputs", "same_file", "model_files",
-           "write_text_atomic", "temp_prefix", "clean_stale"]
+           "write_text_atomic", "temp_prefix", "clean_stale", "Staged"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,34 +101,32 @@ def _needs_external_data(model: onnx.ModelProto) -> bool:
     return not fits_in_protobuf(model)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, validate: bool = True) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, validate: bool = True,
+               staged: Staged | None = None) -> Path:
     """Write ``model`` to ``path`` atomically: temporary folder, validate, then rename.
 
     Models near the 2 GiB protobuf limit get their weights in ``<name>.data`` beside the file.
-    On any failure nothing is left at ``path``.
+    On any failure nothing is left at ``path``. With ``staged`` the rename waits for
+    ``staged.commit()`` (several outputs, all or nothing).
     """
-    dest = check_output(path)
-    parent = dest.parent
-    clean_stale(parent)
-    tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix("."), dir=parent))
-    try:
-        tmp = tmpdir / dest.name
-        if _needs_external_data(model):
-            data_name = dest.name + ".data"
-            model = _copy(model)  # conversion to external data edits the proto in place
-            onnx.save_model(model, str(tmp), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name,
-                            size_threshold=1024)
-        else:
-            onnx.save_model(model, str(tmp))
-        if validate:
-            validate_model(tmp)
-        for item in sorted(tmpdir.iterdir()):
-            os.replace(item, parent / item.name)
+    if staged is None:
+        with Staged() as own:
+            dest = save_model(model, path, validate=validate, staged=own)
+            own.commit()
         logger.info("wrote %s", dest)
         return dest
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    dest = check_output(path)
+    tmp = staged.folder_for(dest) / dest.name
+    if _needs_external_data(model):
+        model = _copy(model)  # conversion to external data edits the proto in place
+        onnx.save_model(model, str(tmp), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=dest.name + ".data",
+                        size_threshold=1024)
+    else:
+        onnx.save_model(model, str(tmp))
+    if validate:
+        validate_model(tmp)
+    return dest
 
 
 def save_ranges(ranges: dict, path: str | os.PathLike, *, meta: dict | None = None) -> Path:
@@ -211,135 +216,3 @@ def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: 
     path = folder / "model.onnx"
     onnx.save_model(light, str(path))
     return path
-
-
-# -- output paths: every file onnxq writes is checked here ---------------------------------------
-def check_output(path: str | os.PathLike, *, what: str = "output") -> Path:
-    """``path`` as a file onnxq may write: its folder exists, it is not a folder, and if it
-    exists it is a regular file (never a device, FIFO or socket such as /dev/null)."""
-    dest = Path(path)
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputPathError(f"{what} folder {str(parent)!r} does not exist; create it first "
-                         "(mkdir -p)")
-    if dest.is_dir():
-        raise OutputPathError(f"{what} path {str(dest)!r} is a directory; give a file name")
-    if dest.exists() and not dest.is_file():
-        raise OutputPathError(f"{what} path {str(dest)!r} exists and is not a regular file (a "
-                         "device, FIFO or socket); onnxq only writes regular files: choose "
-                         "another path")
-    return dest
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when two paths name the same file (symlinks and hard links included)."""
-    pa, pb = Path(a), Path(b)
-    try:
-        if pa.exists() and pb.exists():
-            return os.path.samefile(pa, pb)
-    except OSError:
-        pass
-    return pa.resolve() == pb.resolve()
-
-
-def model_files(path: str | os.PathLike) -> list[Path]:
-    """The files reading model ``path`` touches: the file (or folder) itself and, for ONNX,
-    its external-data files."""
-    src = Path(path)
-    files = [src]
-    if src.is_file() and src.suffix.lower() == ".onnx":
-        try:
-            light = onnx.load_model(str(src), load_external_data=False)
-        except Exception:  # noqa: BLE001 - unreadable: load_model reports it properly later
-            return files
-        for t in light.graph.initializer:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                loc = next((e.value for e in t.external_data if e.key == "location"), None)
-                if loc and (src.parent / loc) not in files:
-                    files.append(src.parent / loc)
-    return files
-
-
-def check_outputs(outputs: dict[str, str | os.PathLike | None],
-                  inputs: Sequence[str | os.PathLike | None]) -> dict[str, Path]:
-    """Check every output path (``check_output``) against every input and every other output:
-    onnxq never writes over a file it reads, nor writes two outputs to one file."""
-    checked: dict[str, Path] = {}
-    for what, path in outputs.items():
-        if path is None:
-            continue
-        dest = check_output(path, what=what)
-        for src in inputs:
-            if src is not None and same_file(dest, src):
-                raise OutputPathError(f"{what} {str(dest)!r} is a file onnxq reads ({str(src)!r}); "
-                                 "it never overwrites its inputs: choose another file name")
-        for other, earlier in checked.items():
-            if same_file(dest, earlier):
-                raise OutputPathError(f"{what} and {other} are the same file {str(dest)!r}; give "
-                                 "each output its own path")
-        checked[what] = dest
-    return checked
-
-
-def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
-    """Write ``text`` to ``path`` through a private temporary file in the same folder
-    (``mkstemp``: unpredictable name, created exclusively), then rename; on failure nothing is
-    left behind and an existing file is unchanged."""
-    dest = check_output(path)
-    clean_stale(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("."), suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
-
-
-# -- temporaries: named after their process, so a killed run's leftovers can be recognised ------
-_TEMP = re.compile(r"^\.?onnxq-(?:[a-z]+-)?(\d+)-")
-
-
-def temp_prefix(dot: str = "", kind: str = "") -> str:
-    """``.onnxq-<pid>-`` (or ``onnxq-<kind>-<pid>-``): the owner of a temporary is visible."""
-    return f"{dot}onnxq-{kind + '-' if kind else ''}{os.getpid()}-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # someone else's process: leave its files alone
-    return True
-
-
-def clean_stale(folder: str | os.PathLike, *, min_age: float = 3600.0) -> list[Path]:
-    """Remove onnxq temporaries in ``folder`` whose process is gone (a run killed with -9)
-    and that are older than ``min_age`` seconds (a process of another PID namespace sharing
-    the folder looks dead too); returns what was removed. Other names are never touched."""
-    import time
-
-    removed: list[Path] = []
-    try:
-        entries = list(Path(folder).iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _TEMP.match(entry.name)
-        if m is None or entry.is_symlink() or _alive(int(m.group(1))):
-            continue
-        try:
-            if time.time() - entry.stat().st_mtime < min_age:
-                continue
-        except OSError:
-            continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed

@@ -169,3 +169,26 @@ def test_leftovers_of_killed_runs_are_cleaned(work):
     assert main(["quantize", str(work / "m.onnx"), str(work / "again.onnx"), "--calib-data",
                  str(work / "calib.npz"), "--quiet"]) == 0
     assert not young.exists()
+
+
+def test_several_outputs_are_written_all_or_nothing(work, monkeypatch, capsys):
+    """--save-fp32 used to be written before the INT8 model; now every output is staged beside
+    its target and renamed together: a failure on the last one leaves none of them."""
+    from onnxq.outputs import Staged
+
+    real = Staged.text
+
+    def full_disk(self, path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(Staged, "text", full_disk)
+    before = _digest(work)
+    assert main(["quantize", str(work / "m.onnx"), str(work / "new.onnx"), "--calib-data",
+                 str(work / "calib.npz"), "--report", str(work / "r.json"), "--quiet"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert _digest(work) == before and not (work / "new.onnx").exists()
+    assert not [p for p in work.iterdir() if p.name.startswith(".onnxq-")]
+    monkeypatch.setattr(Staged, "text", real)
+    assert main(["quantize", str(work / "m.onnx"), str(work / "new.onnx"), "--calib-data",
+                 str(work / "calib.npz"), "--report", str(work / "r.json"), "--quiet"]) == 0
+    assert (work / "new.onnx").is_file() and (work / "r.json").is_file()
