@@ -30,10 +30,12 @@ convert those with the tf2onnx CLI (``--large_model``) and unzip.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +45,33 @@ import onnx
 from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
 
+
+@contextlib.contextmanager
+def _native_quiet() -> Iterator[None]:
+    """Silence what TensorFlow's native code prints straight to the process's stderr (absl
+    pre-init notices, oneDNN and CPU-feature banners, the XNNPACK delegate line): onnxq's
+    messages stay one line. Python exceptions still propagate."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 if TYPE_CHECKING:
     import tensorflow as tf
 else:
-    tf = require("tensorflow", "tf")
-tf2onnx = require("tf2onnx", "tf")
-require("tf2onnx.convert", "tf")
+    with _native_quiet():
+        tf = require("tensorflow", "tf")
+with _native_quiet():
+    tf2onnx = require("tf2onnx", "tf")
+    require("tf2onnx.convert", "tf")
 
 __all__ = ["from_keras", "load_keras", "from_saved_model", "from_tflite", "DEFAULT_OPSET"]
 
@@ -105,8 +128,9 @@ def _keras_specs(model: Any, input_signature: Any, dynamic_batch: bool) -> list:
 
 def _convert_function(fn, specs: list, opset: int, what: str) -> onnx.ModelProto:
     try:
-        model, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=specs),
-                                                 input_signature=specs, opset=opset)
+        with _native_quiet():
+            model, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=specs),
+                                                     input_signature=specs, opset=opset)
     except Exception as exc:  # noqa: BLE001 - TF and tf2onnx raise many types
         text = first_line(exc)
         hint = ("the model exceeds 2 GiB: use the tf2onnx CLI with --large_model"
@@ -250,7 +274,7 @@ def from_tflite(path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> onnx.
     if not src.is_file():
         raise ModelError(f"TFLite file {str(src)!r} does not exist; check the path")
     try:
-        with warnings.catch_warnings():  # tf2onnx reads the file with tf.lite.Interpreter
+        with warnings.catch_warnings(), _native_quiet():  # tf2onnx reads it with tf.lite
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             model, _ = tf2onnx.convert.from_tflite(str(src), opset=opset)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types

@@ -239,3 +239,21 @@ def test_bad_inputs(tmp_path):
     model = from_keras(Subclassed(), input_signature=[(None, 4)])
     assert [d.dim_param or d.dim_value for d in
             model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 4]
+
+
+def test_tflite_export_prints_no_native_log_noise(artifacts, tmp_path):
+    """TensorFlow's native banners (absl pre-init, oneDNN, CPU features, XNNPACK) used to fill
+    stderr; a success prints nothing there and a failure exactly one line."""
+    import subprocess
+    import sys
+
+    tflite = artifacts[next(iter(MODELS))]["tflite"]
+    cli = [sys.executable, "-m", "onnxq.cli", "export"]
+    ok = subprocess.run([*cli, str(tflite), str(tmp_path / "out.onnx"), ], capture_output=True,
+                        text=True, timeout=300)
+    assert ok.returncode == 0 and ok.stderr.strip() == "", ok.stderr
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer" * 8)
+    fail = subprocess.run([*cli, str(bad), str(tmp_path / "bad.onnx")], capture_output=True,
+                          text=True, timeout=300)
+    assert fail.returncode == 2 and len(fail.stderr.strip().splitlines()) == 1, fail.stderr
