@@ -82,3 +82,25 @@ def test_a_model_onnxruntime_cannot_load_is_a_clean_error(tmp_path, capsys):
                                                     helper.make_opsetid("com.example", 1)])
     err = _run(tmp_path, model, _folder(tmp_path, [2]), capsys)
     assert "onnxruntime" in err and "Mystery" in err
+
+
+def test_ir_version_99_and_dilated_same_upper_are_clean_errors(tmp_path, capsys):
+    from tests import builders as B
+
+    model = B.conv_bn_relu()
+    model.ir_version = 99
+    folder = tmp_path / "c"
+    folder.mkdir()
+    np.savez(folder / "f.npz", **B.feeds(B.conv_bn_relu(), n=1)[0])
+    err = _run(tmp_path, model, folder, capsys)
+    assert "IR version: 99" in err
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="c", dilations=[2, 2],
+                          auto_pad="SAME_UPPER", kernel_shape=[3, 3])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")])
+    dilated = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    err = _run(tmp_path, dilated, _folder(tmp_path, [2]), capsys)
+    assert "(sample_000.npz)" in err and "Dilation not supported" in err
