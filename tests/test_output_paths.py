@@ -150,20 +150,25 @@ def test_leftovers_of_killed_runs_are_cleaned(work):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    stale = work / f".onnxq-{dead}-abc123"
+    stale = work / f".onnxq-{dead}-abc123xy"
     stale.mkdir()
     (stale / "m.onnx").write_bytes(b"partial")
     mine = work / f"{temp_prefix('.')}live"
     mine.mkdir()
     other = work / ".onnxq-notapid"
     other.mkdir()
+    users = [work / f"onnxq-{dead}-results.csv", work / f".onnxq-{dead}-notes",
+             work / f"onnxq-{dead}-abc123xy"]  # look alike, but not onnxq's temporaries
+    for path in users:
+        path.write_text("the user's")
     old = time.time() - 7200
-    for path in (stale, mine, other):
+    for path in (stale, mine, other, *users):
         os.utime(path, (old, old))
-    young = work / f".onnxq-{dead}-young"
+    young = work / f".onnxq-{dead}-young123"
     young.mkdir()
     assert clean_stale(work) == [stale]
     assert mine.exists() and other.exists() and young.exists() and not stale.exists()
+    assert all(p.read_text() == "the user's" for p in users)
     # quantize to this folder cleans as it goes
     os.utime(young, (old, old))
     assert main(["quantize", str(work / "m.onnx"), str(work / "again.onnx"), "--calib-data",
