@@ -32,13 +32,13 @@ from onnxq.passes import (
     RequantFoldPass,
     VerifyPass,
 )
-from onnxq.pipeline import Pipeline, PipelineResult
-from onnxq.plan import QuantPlan, annotate
+from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
+from onnxq.plan import QuantPlan, annotate, without_unobserved
 from onnxq.qtypes import QTYPES, QType, TensorRange
 from onnxq.quant_ops import HANDLERS, Role
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
-           "as_onnx", "resolve", "stamp_target", "materialize"]
+           "as_onnx", "resolve", "stamp_target", "materialize", "settle"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
     is None for a model that is already quantized (QDQ from QAT or another tool)."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    fused = Pipeline([PreprocessPass(min_opset=config.min_opset), FusionPass()]).run(model)
+    fused = Pipeline([PreprocessPass(min_opset=config.min_opset),
+                      ForEachGraph(FusionPass())]).run(model)
     if is_prequantized(fused.model):
         return fused, None
     graph = G.import_graph(fused.model)
@@ -208,12 +209,12 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
     """The passes that turn a prepared float model into the quantized one."""
     act, weight, reduce_range = _types(config)
     return Pipeline([
-        InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
-                      activation_symmetric=config.activation.symmetric, weight_type=weight,
-                      reduce_range=reduce_range),
-        DecomposeHardActivationsPass(nodes=tuple(
+        ForEachGraph(InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
+                                   activation_symmetric=config.activation.symmetric,
+                                   weight_type=weight, reduce_range=reduce_range)),
+        ForEachGraph(DecomposeHardActivationsPass(nodes=tuple(
             n.name for n in plan.nodes if n.op in ("HardSigmoid", "HardSwish")),
-            activation_type=act),
+            activation_type=act)),
         *_finishing_passes(config),
     ])
 
@@ -221,13 +222,14 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
 #: The passes that lower the QDQ graph to each output form of ``config.FORMATS``.
 LOWERINGS: Mapping[str, Callable[[], list]] = MappingProxyType({
     "qdq": lambda: [],
-    "qlinear": lambda: [QLinearLoweringPass(), CleanupPass()],
+    "qlinear": lambda: [ForEachGraph(QLinearLoweringPass()), ForEachGraph(CleanupPass())],
 })
 
 
 def _finishing_passes(config: QuantConfig) -> list:
     """Folding, cleanup, the format's lowering (of the same QDQ graph), verification."""
-    return [RequantFoldPass(), CleanupPass(), *LOWERINGS[config.format](), VerifyPass()]
+    return [ForEachGraph(RequantFoldPass()), ForEachGraph(CleanupPass()),
+            *LOWERINGS[config.format](), VerifyPass()]
 
 
 def is_prequantized(model: onnx.ModelProto) -> bool:
@@ -279,7 +281,20 @@ def _calibrate(model: onnx.ModelProto, plan: QuantPlan, data, cfg: QuantConfig,
     return collect_ranges(model, plan.calibration_tensors, data,
                           make_calibrator(cfg.calibration),
                           max_samples=cfg.calibration.max_samples, progress=progress,
-                          allow_nonfinite=cfg.calibration.allow_nonfinite)
+                          allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
+
+
+def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
+           ranges: Mapping[str, TensorRange]) -> QuantPlan:
+    """``plan`` without the nodes of subgraphs that no calibration feed ran (see
+    ``plan.without_unobserved``)."""
+    if all(t in ranges for t in plan.calibration_tensors):
+        return plan
+    graph = G.import_graph(fused.model)
+    return without_unobserved(graph, plan, ranges, lambda keep: annotate(
+        graph, per_channel=cfg.weight.per_channel, exclude_nodes=cfg.exclude_nodes,
+        exclude_op_types=cfg.exclude_op_types, fold_activations=cfg.fold_activations,
+        keep_float=keep))
 
 
 def quantize(
@@ -327,6 +342,7 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
                 consume: bool = True) -> QuantResult:
     """Turn a prepared model (``prepare``) and its ranges into the quantized ``QuantResult``.
     ``consume=False`` keeps ``fused`` reusable (``tune`` prepares once per distinct plan)."""
+    plan = settle(fused, plan, cfg, ranges)
     missing = [t for t in plan.calibration_tensors if t not in ranges]
     if missing:
         raise CalibrationError(

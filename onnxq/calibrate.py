@@ -39,8 +39,13 @@ def collect_ranges(
     max_samples: int | None = None,
     progress: bool = True,
     allow_nonfinite: bool = False,
+    partial: bool = False,
 ) -> dict[str, TensorRange]:
-    """Run ``model`` on every feed of ``data`` and return the calibrator's range per tensor."""
+    """Run ``model`` on every feed of ``data`` and return the calibrator's range per tensor.
+
+    Tensors inside If/Loop/Scan bodies are observed too. A tensor that no feed reached (an If
+    branch the data never takes, a body that never ran, a body onnxq cannot observe) is an
+    error, or, with ``partial=True``, simply absent from the result."""
     if isinstance(data, Mapping):
         raise CalibrationError("calibration data must be an iterable of feeds (dicts), not a "
                                "single dict; wrap it in a list: [feed]")
@@ -50,27 +55,32 @@ def collect_ranges(
     with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="calib")) as tmp:
         # Basic optimizations only: values exactly as the graph defines them, no pre-packed
         # weight copies (the session lives only for this run).
+        path, carriers = external_copy(model, names, Path(tmp))
         try:
-            session = make_session(str(external_copy(model, names, Path(tmp))),
-                                   optimize=False)
+            session = make_session(str(path), optimize=False)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
             raise CalibrationError(
                 f"onnxruntime cannot run this model for calibration: {_first_line(exc)}; "
                 "check that onnxruntime supports every op (custom domains need their "
                 "library) and that the model is valid (onnx.checker)") from None
-        return _stream(session, names, specs, data, calibrator, max_samples=max_samples,
-                       progress=progress, allow_nonfinite=allow_nonfinite)
+        return _stream(session, carriers, specs, data, calibrator, max_samples=max_samples,
+                       progress=progress, allow_nonfinite=allow_nonfinite,
+                       partial=partial, wanted=names)
 
 
-def _stream(session, names: list[str], specs: list[InputSpec], data, calibrator: Calibrator,
-            *, max_samples: int | None, progress: bool, allow_nonfinite: bool
+def _stream(session, carriers: dict[str, str], specs: list[InputSpec], data,
+            calibrator: Calibrator, *, max_samples: int | None, progress: bool,
+            allow_nonfinite: bool, partial: bool, wanted: list[str]
             ) -> dict[str, TensorRange]:
     from tqdm.auto import tqdm
 
+    names = sorted(carriers, key=wanted.index)
+    outputs = [carriers[n] for n in names]
     total = len(data) if hasattr(data, "__len__") else None
     if max_samples is not None and total is not None:
         total = min(total, max_samples)
     count = 0
+    seen: set[str] = set()
     with tqdm(total=total, desc="calibrating", unit="feed", disable=not progress,
               leave=False) as bar:
         for index, feed in enumerate(data):
@@ -80,24 +90,29 @@ def _stream(session, names: list[str], specs: list[InputSpec], data, calibrator:
             if not allow_nonfinite:
                 check_finite(feed, index)
             try:
-                arrays = session.run(names, feed)
+                arrays = session.run(outputs, feed)
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
                 raise CalibrationError(
                     f"onnxruntime failed on {feed_label(feed, index)}: {_first_line(exc)}; "
                     "check that this feed matches the model (shapes, batch size, value "
                     "ranges such as token ids)") from None
             for name, array in zip(names, arrays, strict=True):
-                calibrator.observe(name, array, index=index)
+                if array.size:  # empty: the branch holding it did not run on this feed
+                    calibrator.observe(name, array, index=index)
+                    seen.add(name)
             count += 1
             bar.update(1)
     if count == 0:
         raise CalibrationError("calibration data is empty: give at least one feed (a dict of "
                                "input name -> numpy array)")
-    ranges = calibrator.compute()
-    absent = [n for n in names if n not in ranges]
-    if absent:
-        raise CalibrationError(f"no values were observed for tensor(s) {absent[:5]}")
-    logger.info("calibrated %d tensors on %d feeds", len(names), count)
+    absent = [n for n in wanted if n not in seen]
+    ranges = calibrator.compute() if seen else {}
+    if absent and not partial:
+        raise CalibrationError(
+            f"no values were observed for tensor(s) {absent[:5]}: they are inside an If "
+            "branch or a loop body that no calibration feed ran; add feeds that take it, or "
+            "keep its nodes in float (exclude_nodes)")
+    logger.info("calibrated %d tensors on %d feeds", len(ranges), count)
     return ranges
 
 

@@ -9,11 +9,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxq.qtypes import QParams
+from onnxq.scopes import hoist_shared_initializers
 
 __all__ = [
     "import_graph",
     "export_graph",
     "iter_graphs",
+    "share_names",
     "unique_name",
     "opset",
     "set_opset",
@@ -29,6 +31,7 @@ __all__ = [
     "same_qparams",
     "const_key",
     "make_qdq",
+    "make_dq",
     "make_dq_constant",
     "fingerprint",
 ]
@@ -76,6 +79,12 @@ def iter_graphs(graph: gs.Graph):
             for sub in subs:
                 if isinstance(sub, gs.Graph):
                     yield from iter_graphs(sub)
+
+
+def share_names(root: gs.Graph, sub: gs.Graph) -> None:
+    """Make ``unique_name`` on ``sub`` (a subgraph of ``root``) avoid, and reserve, the names
+    of the whole model: names are unique across a model and its subgraphs (ONNX scoping)."""
+    sub._onnxq_taken = _taken_names(root)
 
 
 def _unique_tensor_names(graph: gs.Graph) -> None:
@@ -129,6 +138,7 @@ def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None) -> on
     _unique_tensor_names(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     _restore_default_inputs(graph, model)
+    hoist_shared_initializers(model)
     if template is not None:
         model.doc_string = template.doc_string
         model.domain = template.domain
@@ -289,6 +299,19 @@ def make_qdq(
                  inputs=[q_out, scale, zp], outputs=[dq_out])
     graph.nodes.extend([q, dq])
     return q, dq, dq_out
+
+
+def make_dq(graph: gs.Graph, quantized: gs.Tensor, params: QParams, prefix: str
+            ) -> gs.Variable:
+    """Append ``DequantizeLinear(quantized)`` to ``graph`` (which may be a subgraph reading an
+    outer scope's int8 tensor); return its float output."""
+    prefix = unique_name(graph, prefix, _QDQ_SUFFIXES)
+    scale, zp = _param_constants(prefix, params)
+    out = gs.Variable(f"{prefix}_dequantized", dtype=np.float32, shape=quantized.shape)
+    graph.nodes.append(gs.Node("DequantizeLinear", f"{prefix}_DequantizeLinear",
+                               attrs=_axis_attrs(params), inputs=[quantized, scale, zp],
+                               outputs=[out]))
+    return out
 
 
 def make_dq_constant(

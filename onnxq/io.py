@@ -11,6 +11,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxq.errors import ModelError
+from onnxq.observe import expose
 from onnxq.outputs import (  # re-exported: io is where callers look for file handling
     Staged,
     check_output,
@@ -170,10 +171,12 @@ _RANGE_LIMIT = 1e30
 
 
 def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: Path
-                   ) -> Path:
+                   ) -> tuple[Path, dict[str, str]]:
     """Write ``model`` (plus ``extra_outputs`` as graph outputs) to ``folder`` with every large
     initializer in one external data file, one tensor at a time: no second in-memory copy of
-    the weights, and onnxruntime maps the data file instead of copying it."""
+    the weights, and onnxruntime maps the data file instead of copying it. Returns the path
+    and, per extra output, the output that carries it (tensors inside If/Loop/Scan bodies are
+    threaded out, see ``observe.expose``; those that cannot be are left out)."""
     from onnx import numpy_helper
 
     light = onnx.ModelProto()
@@ -188,9 +191,7 @@ def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: 
     g.input.extend(src.input)
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
-    existing = {o.name for o in src.output}
-    g.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                    for n in extra_outputs if n not in existing)
+    carriers = expose(g, extra_outputs)
     data_name = "weights.bin"
     offset = 0
     with open(folder / data_name, "wb") as data:
@@ -215,4 +216,4 @@ def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: 
             offset += len(raw)
     path = folder / "model.onnx"
     onnx.save_model(light, str(path))
-    return path
+    return path, carriers

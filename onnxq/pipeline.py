@@ -15,8 +15,8 @@ from onnxq import graph as G
 from onnxq.errors import OnnxqError, PassError
 from onnxq.io import load_model
 
-__all__ = ["PassResult", "Pass", "PassRecord", "PipelineResult", "Pipeline", "RewriteRule",
-           "apply_rules"]
+__all__ = ["PassResult", "Pass", "PassRecord", "PipelineResult", "Pipeline", "ForEachGraph",
+           "RewriteRule", "apply_rules"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,43 @@ class Pass(Protocol):
     def name(self) -> str: ...  # read-only, so frozen dataclass passes satisfy it
 
     def run(self, graph: gs.Graph) -> PassResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ForEachGraph:
+    """Runs a graph-local pass on the main graph and then on every subgraph (If branches,
+    Loop and Scan bodies), outer scopes first: a rewrite in an outer graph may rewire readers
+    inside its subgraphs (they can read outer tensors), never the reverse. Generated names
+    stay unique across the whole model."""
+
+    inner: Pass
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        skipped: list[tuple[str, str]] = []
+        notes: list[str] = []
+        result = self.inner.run(graph)
+        root = result.graph
+        modified = result.modified
+        skipped.extend(result.skipped)
+        notes.extend(result.notes)
+        pending = list(root.subgraphs())
+        while pending:
+            sub = pending.pop(0)
+            G.share_names(root, sub)
+            r = self.inner.run(sub)
+            if r.graph is not sub:
+                raise PassError(f"pass {self.name!r} replaced a subgraph instead of rewriting "
+                                "it in place; it cannot run inside If/Loop/Scan bodies")
+            modified |= r.modified
+            skipped.extend(r.skipped)
+            notes.extend(r.notes)
+            pending.extend(sub.subgraphs())
+        return PassResult(graph=root, modified=modified, skipped=tuple(skipped),
+                          notes=tuple(notes))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ The rules run to a fixed point.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,8 @@ import onnx_graphsurgeon as gs
 from onnxq import graph as G
 from onnxq.quant_ops import FLOAT_ONLY, HANDLERS, OpHandler, Role, clip_bounds, weight_axis
 
-__all__ = ["NodePlan", "ActivationPlan", "Fold", "QuantPlan", "annotate"]
+__all__ = ["NodePlan", "ActivationPlan", "Fold", "QuantPlan", "annotate", "without_unobserved",
+           "UNOBSERVED"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,7 +102,7 @@ def _data_outputs(node: gs.Node, h: OpHandler) -> list[gs.Tensor]:
 class _Analysis:
     """Mutable working state of one ``annotate`` call (not shared, not global)."""
 
-    def __init__(self, graph: gs.Graph, per_channel: bool, excluded_nodes: set[str],
+    def __init__(self, graph: gs.Graph, per_channel: bool, excluded_nodes: dict[str, str],
                  excluded_ops: set[str], fold_activations: bool) -> None:
         self.graph = graph
         self.per_channel = per_channel and G.opset(graph) >= 13
@@ -176,7 +178,8 @@ class _Analysis:
         if h is None:
             return False
         if node.name in self.excluded_nodes or node.op in self.excluded_ops:
-            self.skipped[node.name] = "excluded by configuration"
+            self.skipped[node.name] = self.excluded_nodes.get(node.name,
+                                                              "excluded by configuration")
             return False
         if h.role is Role.ANCHOR:
             return self._visit_anchor(node, h)
@@ -289,9 +292,37 @@ def _roots(graph: gs.Graph, an: _Analysis) -> dict[str, str]:
 
 
 def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
-             exclude_op_types=(), fold_activations: bool = True) -> QuantPlan:
-    """Decide what to quantize in ``graph`` (which is not changed)."""
-    an = _Analysis(graph, per_channel, set(exclude_nodes), set(exclude_op_types),
+             exclude_op_types=(), fold_activations: bool = True,
+             keep_float: dict[str, str] | None = None) -> QuantPlan:
+    """Decide what to quantize in ``graph`` and in every subgraph (If branches, Loop and Scan
+    bodies), each by the same rules; ``graph`` is not changed. A subgraph's plan may use a
+    tensor of an outer scope (its activation is then quantized where it is read).
+    ``keep_float`` maps more nodes to keep in float to the reason the report gives."""
+    excluded = {n: "excluded by configuration" for n in exclude_nodes} | dict(keep_float or {})
+    plans = [_annotate_one(g, per_channel, excluded, exclude_op_types, fold_activations)
+             for g in G.iter_graphs(graph)]
+    if len(plans) == 1:
+        return plans[0]
+    seen: set[str] = set()
+    activations = []
+    for p in plans:
+        for a in p.activations:
+            if a.name not in seen:
+                seen.add(a.name)
+                activations.append(a)
+    uppers: dict[str, float] = {}
+    for p in plans:
+        uppers.update(p.upper_bounds)
+    return QuantPlan(nodes=tuple(n for p in plans for n in p.nodes),
+                     activations=tuple(activations),
+                     folds=tuple(f for p in plans for f in p.folds),
+                     skipped=tuple(s for p in plans for s in p.skipped),
+                     per_channel=plans[0].per_channel, upper_bounds=uppers)
+
+
+def _annotate_one(graph: gs.Graph, per_channel: bool, excluded: dict[str, str],
+                  exclude_op_types, fold_activations: bool) -> QuantPlan:
+    an = _Analysis(graph, per_channel, excluded, set(exclude_op_types),
                    fold_activations)
     nodes = list(graph.nodes)
     for _ in range(len(nodes) + 1):
@@ -320,3 +351,36 @@ def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
     return QuantPlan(nodes=plan_nodes, activations=acts,
                      folds=tuple(an.folds[n.name] for n in nodes if n.name in an.folds),
                      skipped=skipped, per_channel=an.per_channel, upper_bounds=uppers)
+
+
+UNOBSERVED = ("its tensors were never computed on the calibration data (an If branch no "
+              "feed took, or a loop body that never ran); kept in float - add feeds that "
+              "reach it to quantize it")
+
+
+def without_unobserved(graph: gs.Graph, plan: QuantPlan, ranges: Mapping[str, object],
+                       replan: Callable[[dict[str, str]], QuantPlan]) -> QuantPlan:
+    """``plan`` without the subgraph nodes whose tensors have no range (their If branch or
+    loop body never ran on the calibration data): ``replan(keep_float)`` re-annotates with
+    those nodes kept float, until every planned tensor has a range. A missing main-graph
+    tensor is left alone (``materialize`` refuses ranges measured on another model)."""
+    missing = {t for t in plan.calibration_tensors if t not in ranges}
+    subs = list(G.iter_graphs(graph))[1:]
+    inner = {t.name for g in subs for t in g.inputs} | {
+        t.name for g in subs for n in g.nodes for t in n.outputs}
+    if not missing or not missing <= inner:
+        return plan
+    keep: dict[str, str] = {}
+    while missing:
+        unseen = {a.name for a in plan.activations if a.root in missing} | missing
+        planned = {n.name for n in plan.nodes}
+        # a body that ran is observed whole: a missing tensor means its graph never ran
+        dark = [g for g in subs if any(t.name in unseen for n in g.nodes
+                                       for t in [*n.inputs, *n.outputs])]
+        new = {n.name for g in dark for n in g.nodes if n.name in planned and n.name not in keep}
+        if not new:
+            break
+        keep.update(dict.fromkeys(sorted(new), UNOBSERVED))
+        plan = replan(keep)
+        missing = {t for t in plan.calibration_tensors if t not in ranges}
+    return plan

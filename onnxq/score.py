@@ -305,8 +305,10 @@ def _fetcher(graph: onnx.ModelProto, names: list[str], folder: Path, threads: in
     if not names:
         return lambda feed: {}
     folder.mkdir()
-    session = _session(str(external_copy(graph, names, folder)), threads, basic=True)
-    return lambda feed: dict(zip(names, session.run(names, feed), strict=True))
+    path, carriers = external_copy(graph, names, folder)
+    session = _session(str(path), threads, basic=True)
+    outputs = [carriers[n] for n in names]  # main-graph probes: always carried
+    return lambda feed: dict(zip(names, session.run(outputs, feed), strict=True))
 
 
 def _tensor_error(probe: _Probe, acc: _Acc) -> TensorError:

@@ -79,7 +79,7 @@ def _all_ranges(model, calibration_data, config: QuantConfig) -> dict[str, dict]
     fan = _fan_out(config)
     collect_ranges(fused.model, plan.calibration_tensors, calibration_data, fan,
                    progress=False, max_samples=config.calibration.max_samples,
-                   allow_nonfinite=config.calibration.allow_nonfinite)
+                   allow_nonfinite=config.calibration.allow_nonfinite, partial=True)
     return fan.results
 
 
@@ -162,7 +162,7 @@ class _Search:
         fan = _fan_out(self.config)
         collect_ranges(fused.model, missing, self.calib, fan, progress=False,
                        max_samples=self.config.calibration.max_samples,
-                       allow_nonfinite=self.config.calibration.allow_nonfinite)
+                       allow_nonfinite=self.config.calibration.allow_nonfinite, partial=True)
         for method, extra in fan.results.items():
             self.ranges[method].update(extra)
 

@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from onnxq import graph as G
 from onnxq.errors import ModelError, UnsupportedOpError
 from onnxq.pipeline import PassResult
+from onnxq.scopes import proto_subgraphs
 
 __all__ = ["PreprocessPass"]
 
@@ -38,7 +39,16 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     return None  # sparse or string constants stay as they are
 
 
-def _constants_to_initializers(graph: gs.Graph) -> int:
+def _constants_to_initializers(root: gs.Graph) -> int:
+    count = 0
+    for graph in G.iter_graphs(root):
+        count += _constants_in(graph)
+    if count:
+        root.cleanup()
+    return count
+
+
+def _constants_in(graph: gs.Graph) -> int:
     outputs = G.graph_output_names(graph)
     count = 0
     for node in list(graph.nodes):
@@ -52,8 +62,6 @@ def _constants_to_initializers(graph: gs.Graph) -> int:
         G.replace_uses(out, const)
         node.outputs.clear()
         count += 1
-    if count:
-        graph.cleanup()
     return count
 
 
@@ -114,8 +122,8 @@ def _infer_shapes_light(graph: gs.Graph) -> None:
             node.inputs[i] = const
     inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
                                                  data_prop=True)
-    tensors = graph.tensors()
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+    tensors = {name: t for g in G.iter_graphs(graph) for name, t in g.tensors().items()}
+    for vi in _value_infos(inferred.graph):
         var = tensors.get(vi.name)
         if not isinstance(var, gs.Variable) or not vi.type.HasField("tensor_type"):
             continue
@@ -125,6 +133,14 @@ def _infer_shapes_light(graph: gs.Graph) -> None:
         if tt.HasField("shape"):
             var.shape = [d.dim_value if d.HasField("dim_value") else
                          (d.dim_param or None) for d in tt.shape.dim]
+
+
+def _value_infos(graph: onnx.GraphProto):
+    """Inferred types of ``graph`` and of its subgraphs (If branches, loop bodies)."""
+    yield from graph.value_info
+    yield from graph.output
+    for sub in proto_subgraphs(graph):
+        yield from _value_infos(sub)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

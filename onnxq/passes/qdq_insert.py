@@ -23,9 +23,12 @@ from onnxq.qtypes import QParams, QType, TensorRange
 __all__ = ["InsertQDQPass"]
 
 
-def _already_quantized(t: gs.Tensor) -> bool:
+def _already_quantized(t: gs.Tensor, here: set[int]) -> bool:
+    """``t`` comes from a DequantizeLinear, or is quantized by a QuantizeLinear of this graph
+    (``here``: ids of its nodes; a subgraph reading an outer tensor quantizes it itself)."""
     p = G.producer(t)
-    return (p is not None and G.is_dq(p)) or any(G.is_q(c) for c in t.outputs)
+    return (p is not None and G.is_dq(p)) or any(G.is_q(c) and id(c) in here
+                                                 for c in t.outputs)
 
 
 @dataclass(slots=True)
@@ -63,10 +66,11 @@ class InsertQDQPass:
         self._fold(state, nodes, tensors)
         tensors = graph.tensors()
         quantized_nodes = {n.name for n in self.plan.nodes}
+        here = {id(n) for n in graph.nodes}
         for act in self.plan.activations:
             t = tensors.get(act.name)
-            if t is not None and not _already_quantized(t):
-                self._insert(state, t, act, quantized_nodes)
+            if t is not None and not _already_quantized(t, here):
+                self._insert(state, t, act, quantized_nodes, here)
         if state.modified:
             graph.cleanup().toposort()
         return PassResult(graph=graph, modified=state.modified, skipped=tuple(state.skipped))
@@ -163,18 +167,39 @@ class InsertQDQPass:
 
     # -- activations -------------------------------------------------------------------------
     def _insert(self, state: _Run, t: gs.Variable, act: ActivationPlan,
-                quantized_nodes: set[str]) -> None:
+                quantized_nodes: set[str], here: set[int]) -> None:
+        """Q→DQ of ``t`` for its readers in this graph. Every graph that reads ``t`` gets its
+        own pair, so the DequantizeLinear sits beside its consumer (onnxruntime fuses only
+        within one graph); "all consumers" holds only in the graph that produces ``t``."""
         params = state.act_params[act.root]
-        readers = [c for c in t.outputs if act.all_consumers or c.name in quantized_nodes]
+        p = G.producer(t)
+        all_here = act.all_consumers and (p is None or id(p) in here)
+        readers = [c for c in t.outputs if id(c) in here
+                   and (all_here or c.name in quantized_nodes)]
         is_output = t.name in G.graph_output_names(state.graph)
-        if not readers and not (is_output and act.all_consumers):
+        nested = self._nested_readers(state.graph, t) if all_here else []
+        if not readers and not nested and not (is_output and all_here):
             return
-        _, _, dq_out = G.make_qdq(state.graph, t, params, t.name)
+        q, _, dq_out = G.make_qdq(state.graph, t, params, t.name)
         G.replace_uses(t, dq_out, readers)
-        if is_output and act.all_consumers:
+        for sub, sub_readers in nested:
+            # an int8 producer: subgraphs read its int8 output and dequantize it themselves
+            G.share_names(state.graph, sub)
+            G.replace_uses(t, G.make_dq(sub, q.outputs[0], params, t.name), sub_readers)
+        if is_output and all_here:
             name = t.name
             t.name = G.unique_name(state.graph, f"{name}_float")
             dq_out.name = name
             state.graph.outputs = [dq_out if o is t else o for o in state.graph.outputs]
         state.modified = True
 
+    @staticmethod
+    def _nested_readers(graph: gs.Graph, t: gs.Tensor) -> list[tuple[gs.Graph, list[gs.Node]]]:
+        """Readers of ``t`` inside subgraphs of ``graph`` (at any depth), per subgraph."""
+        found = []
+        for sub in list(G.iter_graphs(graph))[1:]:
+            ids = {id(n) for n in sub.nodes}
+            readers = [c for c in t.outputs if id(c) in ids]
+            if readers:
+                found.append((sub, readers))
+        return found

@@ -41,7 +41,7 @@ class VerifyPass:
     def run(self, graph: gs.Graph) -> PassResult:
         version = G.opset(graph)
         problems = []
-        for node in graph.nodes:
+        for node in (n for g in G.iter_graphs(graph) for n in g.nodes):
             if G.is_q(node) or G.is_dq(node):
                 problem = _check_qdq(node, version)
                 if problem:

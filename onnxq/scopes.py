@@ -1,0 +1,85 @@
+"""Nested graphs (If branches, Loop and Scan bodies) at the protobuf level: iterate them,
+rename what they read, and store constants they share once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx
+import onnx.numpy_helper
+
+__all__ = ["proto_subgraphs", "rename_inputs", "hoist_shared_initializers"]
+
+
+def proto_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The direct subgraphs of ``graph``'s nodes."""
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                yield from attr.graphs
+
+
+def rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for sub in proto_subgraphs(graph):
+        rename_inputs(sub, renames)
+
+
+def hoist_shared_initializers(model: onnx.ModelProto) -> None:
+    """graphsurgeon exports an outer-scope constant into every subgraph that reads it (a weight
+    shared by both branches of an If is stored twice). Identical initializers of several
+    subgraphs, or of a subgraph and the main graph, are stored once, in the main graph."""
+    main = model.graph
+    nested: list[onnx.GraphProto] = []
+    stack = list(proto_subgraphs(main))
+    while stack:
+        g = stack.pop(0)
+        nested.append(g)
+        stack.extend(proto_subgraphs(g))
+    if not nested:
+        return
+
+    def key(t: onnx.TensorProto) -> tuple:
+        if t.HasField("raw_data"):
+            data: object = t.raw_data
+        elif t.data_type == onnx.TensorProto.STRING:
+            data = tuple(t.string_data)
+        else:
+            data = onnx.numpy_helper.to_array(t).tobytes()
+        return t.data_type, tuple(t.dims), data
+
+    overridable = {i.name for i in main.input}
+    owner: dict[tuple, str] = {}
+    count: dict[tuple, int] = {}
+    shapes = {(t.data_type, tuple(t.dims)) for g in nested for t in g.initializer}
+    for t in main.initializer:
+        if (t.data_location != onnx.TensorProto.EXTERNAL and t.name not in overridable
+                and (t.data_type, tuple(t.dims)) in shapes):
+            owner.setdefault(key(t), t.name)
+            count[key(t)] = 2
+    for g in nested:
+        for t in g.initializer:
+            k = key(t)
+            count[k] = count.get(k, 0) + 1
+    renames: dict[str, str] = {}
+    for g in nested:
+        moved = []
+        for i, t in enumerate(g.initializer):
+            k = key(t)
+            if count[k] < 2 or t.data_location == onnx.TensorProto.EXTERNAL:
+                continue
+            moved.append(i)
+            if k not in owner:
+                owner[k] = t.name
+                main.initializer.append(t)  # a copy
+            elif owner[k] != t.name:
+                renames[t.name] = owner[k]
+        for i in reversed(moved):
+            del g.initializer[i]
+    if renames:
+        rename_inputs(main, renames)

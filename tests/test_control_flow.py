@@ -1,0 +1,183 @@
+"""Control flow: If branches, Loop and Scan bodies are quantized like the main graph, with
+their tensors calibrated from inside the bodies (outer-scope captures included)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import onnxq
+from onnxq import graph as G
+from onnxq.observe import expose
+from onnxq.scopes import proto_subgraphs
+from tests import builders_flow as F
+from tests.conftest import cosine, run_model
+
+QLINEAR = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat"}
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for sub in proto_subgraphs(graph):
+        yield from _graphs(sub)
+
+
+def _ops(model: onnx.ModelProto) -> list[Counter]:
+    return [Counter(n.op_type for n in g.node) for g in _graphs(model.graph)]
+
+
+def _int8_inits(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for g in _graphs(model.graph) for t in g.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
+
+
+def _lsb(model: onnx.ModelProto) -> float:
+    scales = [numpy_helper.to_array(t) for g in _graphs(model.graph) for t in g.initializer
+              if t.name.endswith("_scale") and t.data_type == onnx.TensorProto.FLOAT]
+    return float(np.median([s.max() for s in scales]))
+
+
+CASES = {
+    "if": (F.if_branches, lambda m, seed, n: F.rate_feeds(n, seed=seed)),
+    "if_no_stem": (lambda: F.if_branches(stem=False), lambda m, seed, n: F.rate_feeds(n, seed=seed)),
+    "loop": (F.loop_rnn, lambda m, seed, n: F.sequence_feeds(m, n, seed=seed)),
+    "scan": (F.scan_rnn, lambda m, seed, n: F.sequence_feeds(m, n, seed=seed)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def quantized(request):
+    build, feeds = CASES[request.param]
+    model = build()
+    before = model.SerializeToString()
+    ranges = onnxq.calibrate(model, feeds(model, 0, 8), progress=False)
+    qdq = onnxq.quantize(model, ranges=ranges, progress=False)
+    qlinear = onnxq.quantize(model, ranges=ranges, progress=False, format="qlinear")
+    assert model.SerializeToString() == before  # the input is never modified
+    return request.param, model, feeds, qdq, qlinear
+
+
+def test_bodies_are_quantized_inside(quantized):
+    """Acceptance 1: every anchor inside the bodies runs on int8 (QLinear ops in the
+    QOperator form; int8 weights in both), and both forms pass the full checker."""
+    name, model, _, qdq, qlinear = quantized
+    fp32_bodies = _ops(model)[1:]
+    anchors = sum(c[op] for c in fp32_bodies for op in ("Conv", "Gemm", "MatMul"))
+    assert anchors > 0
+    lowered = _ops(qlinear.model)[1:]
+    assert sum(c[op] for c in lowered for op in QLINEAR) == anchors
+    assert sum(c[op] for c in lowered for op in ("Conv", "Gemm", "MatMul")) == 0
+    for result in (qdq, qlinear):
+        onnx.checker.check_model(result.model, full_check=True)
+        inner = [n for n, _ in result.report.quantized
+                 if n.startswith(("wide.", "narrow.", "cell."))]
+        assert len(inner) >= 2
+        weights = {t.name for g in _graphs(model.graph) for t in g.initializer
+                   if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1}
+        assert len(_int8_inits(result.model)) == len(weights)  # shared ones stored once
+
+
+def test_outputs_agree_with_fp32_and_between_forms(quantized):
+    """Acceptance 1: cosine >= 0.999 against FP32 on unseen feeds (both If branches run);
+    QDQ and QLinear of the same plan within 1 LSB on >= 99.9 % of outputs."""
+    _, model, feeds, qdq, qlinear = quantized
+    lsb = _lsb(qdq.model)
+    for feed in feeds(model, 9, 4):
+        ref = run_model(model, feed)[0]
+        a, b = run_model(qdq.model, feed)[0], run_model(qlinear.model, feed)[0]
+        assert cosine(ref, a) >= 0.999 and cosine(ref, b) >= 0.999
+        assert np.mean(np.abs(a - b) <= lsb) >= 0.999
+
+
+def test_shared_weight_stays_shared_and_model_shrinks():
+    """The conv weight both branches read is stored once (int8, in the main graph), and the
+    quantized model is less than half the FP32 size."""
+    model = F.if_branches()
+    result = onnxq.quantize(model, F.rate_feeds(8), progress=False, format="qlinear")
+    shared = numpy_helper.to_array(next(t for t in model.graph.initializer
+                                        if t.name == "shared.w"))
+    same = [t for t in _int8_inits(result.model) if tuple(t.dims) == shared.shape
+            and np.corrcoef(numpy_helper.to_array(t).ravel(), shared.ravel())[0, 1] > 0.99]
+    assert len(same) == 1
+    assert same[0].name in {t.name for t in result.model.graph.initializer}
+    assert result.model.ByteSize() < model.ByteSize() / 2
+
+
+def test_branch_never_taken_stays_float_with_reason():
+    """Calibration data that takes one branch only: that branch is quantized, the other
+    stays float (reported), and the model is still right for both rates."""
+    model = F.if_branches()
+    result = onnxq.quantize(model, F.rate_feeds(6, rates=(16000,)), progress=False)
+    reasons = dict(result.report.skipped)
+    assert "never computed on the calibration data" in reasons["narrow.conv1"]
+    assert "wide.conv1" in dict(result.report.quantized)
+    for rate in (16000, 8000):
+        for feed in F.rate_feeds(2, seed=5, rates=(rate,)):
+            assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.999
+
+
+def test_unobserved_tensors_error_without_partial():
+    from onnxq.calibrate import collect_ranges
+    from onnxq.calibrators import MinMaxCalibrator
+    from onnxq.errors import CalibrationError
+
+    model = F.if_branches()
+    with pytest.raises(CalibrationError, match="If branch or a loop body"):
+        collect_ranges(model, ["narrow.c1"], F.rate_feeds(2, rates=(16000,)),
+                       MinMaxCalibrator(), progress=False)
+
+
+def test_expose_threads_loop_values_out_every_iteration():
+    """``expose`` makes a body tensor an output: for Scan, the stacked per-step values equal
+    the model's own scan output; the model's own outputs are unchanged."""
+    model = F.scan_rnn()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    carriers = expose(copy.graph, ["h_next", "cell.sb", "logits"])
+    assert carriers["logits"] == "logits"
+    feed = F.sequence_feeds(model, 1, steps=5)[0]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+    h_next, sb = sess.run([carriers["h_next"], carriers["cell.sb"]], feed)
+    ref = run_model(model, feed)
+    assert h_next.shape == (5, 2, 64)
+    np.testing.assert_allclose(np.tanh(sb), h_next, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sess.run(["logits"], feed)[0], ref[0], rtol=1e-6)
+    assert model.SerializeToString() != copy.SerializeToString()
+
+
+def test_expose_if_branch_returns_empty_when_not_taken():
+    model = F.if_branches()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    carriers = expose(copy.graph, ["wide.c1", "narrow.c1"])
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = F.rate_feeds(1, rates=(16000,))[0]
+    wide, narrow = sess.run([carriers["wide.c1"], carriers["narrow.c1"]], feed)
+    assert wide.shape == (2, 16, 16, 16) and narrow.size == 0
+
+
+def test_deterministic_bytes_and_unique_names():
+    model = F.if_branches()
+    a = onnxq.quantize(model, F.rate_feeds(4), progress=False).model.SerializeToString()
+    b = onnxq.quantize(model, F.rate_feeds(4), progress=False).model.SerializeToString()
+    assert a == b
+    quantized = onnx.load_from_string(a)
+    names = [o for g in _graphs(quantized.graph) for n in g.node for o in n.output]
+    assert len(names) == len(set(names))
+
+
+def test_main_graph_needs_nothing_quantizable():
+    """No anchor in the main graph (the whole network inside the branches): quantized."""
+    model = F.if_branches(stem=False)
+    graph = G.import_graph(model)
+    assert not any(n.op in ("Conv", "Gemm", "MatMul") for n in graph.nodes)
+    result = onnxq.quantize(model, F.rate_feeds(6), progress=False)
+    assert sum(1 for _, op in result.report.quantized if op == "Conv") == 6
