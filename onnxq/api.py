@@ -25,15 +25,18 @@ from onnxq.kernels.isa import resolve_target, target_of
 from onnxq.passes import (
     CleanupPass,
     DecomposeHardActivationsPass,
+    DynamicLSTMPass,
     FusionPass,
     InsertQDQPass,
     PreprocessPass,
     QLinearLoweringPass,
     RequantFoldPass,
     VerifyPass,
+    WeightOnlyPass,
 )
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
-from onnxq.plan import QuantPlan, annotate, without_unobserved
+from onnxq.plan import QuantPlan, annotate
+from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import QTYPES, QType, TensorRange
 from onnxq.quant_ops import HANDLERS, Role
 
@@ -169,8 +172,9 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
     plan = annotate(graph, per_channel=config.weight.per_channel,
                     exclude_nodes=config.exclude_nodes,
                     exclude_op_types=config.exclude_op_types,
-                    fold_activations=config.fold_activations)
-    if not any(n.role is Role.ANCHOR for n in plan.nodes):
+                    fold_activations=config.fold_activations,
+                    weight_only_ops=config.weight.weight_only_ops)
+    if not any(n.role in (Role.ANCHOR, Role.DYNAMIC) for n in plan.nodes):
         anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR}
         ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
         why = [f"{name} ({ops.get(name, '?')}): {reason}" for name, reason in plan.skipped
@@ -215,8 +219,16 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
         ForEachGraph(DecomposeHardActivationsPass(nodes=tuple(
             n.name for n in plan.nodes if n.op in ("HardSigmoid", "HardSwish")),
             activation_type=act)),
+        ForEachGraph(WeightOnlyPass(nodes=_named(plan, Role.WEIGHT_ONLY))),
+        ForEachGraph(DynamicLSTMPass(nodes=_named(plan, Role.DYNAMIC),
+                                     per_channel=plan.per_channel,
+                                     reduce_range=reduce_range)),
         *_finishing_passes(config),
     ])
+
+
+def _named(plan: QuantPlan, role: Role) -> tuple[str, ...]:
+    return tuple(n.name for n in plan.nodes if n.role is role)
 
 
 #: The passes that lower the QDQ graph to each output form of ``config.FORMATS``.
@@ -294,7 +306,7 @@ def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     return without_unobserved(graph, plan, ranges, lambda keep: annotate(
         graph, per_channel=cfg.weight.per_channel, exclude_nodes=cfg.exclude_nodes,
         exclude_op_types=cfg.exclude_op_types, fold_activations=cfg.fold_activations,
-        keep_float=keep))
+        keep_float=keep, weight_only_ops=cfg.weight.weight_only_ops))
 
 
 def quantize(

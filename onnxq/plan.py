@@ -16,17 +16,16 @@ The rules run to a fixed point.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
+from onnxq.plan_weights import weights_plan
 from onnxq.quant_ops import FLOAT_ONLY, HANDLERS, OpHandler, Role, clip_bounds, weight_axis
 
-__all__ = ["NodePlan", "ActivationPlan", "Fold", "QuantPlan", "annotate", "without_unobserved",
-           "UNOBSERVED"]
+__all__ = ["NodePlan", "ActivationPlan", "Fold", "QuantPlan", "annotate"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,7 +102,9 @@ class _Analysis:
     """Mutable working state of one ``annotate`` call (not shared, not global)."""
 
     def __init__(self, graph: gs.Graph, per_channel: bool, excluded_nodes: dict[str, str],
-                 excluded_ops: set[str], fold_activations: bool) -> None:
+                 excluded_ops: set[str], fold_activations: bool,
+                 weight_only_ops: tuple[str, ...] = ()) -> None:
+        self.weight_only_ops = weight_only_ops
         self.graph = graph
         self.per_channel = per_channel and G.opset(graph) >= 13
         self.excluded_nodes = excluded_nodes
@@ -187,7 +188,20 @@ class _Analysis:
             return self._visit_shared(node, h)
         if h.role is Role.FOLD:
             return self._visit_fold(node)
+        if h.role in (Role.DYNAMIC, Role.WEIGHT_ONLY):
+            return self._visit_weights(node, h)
         return self._visit_elective(node, h)
+
+    def _visit_weights(self, node: gs.Node, h: OpHandler) -> bool:
+        """int8 weights without int8 activations: marks no tensor, so never changes others."""
+        if node.name in self.quantized or node.name in self.skipped:
+            return False
+        found = weights_plan(node, h, self.weight_only_ops)
+        if isinstance(found, str):
+            self.skipped[node.name] = found
+        elif found is not None:
+            self.quantized[node.name] = NodePlan(**found)
+        return False
 
     def _visit_anchor(self, node: gs.Node, h: OpHandler) -> bool:
         plan = self.quantized.get(node.name) or self.anchor_plan(node, h)
@@ -196,9 +210,23 @@ class _Analysis:
             return False
         self.quantized[node.name] = plan
         changed = self.mark(*(t for _, t in _data_inputs(node, h)))
-        if h.output_required:
+        if h.output_required or self._gemm_trap(node, plan):
             changed |= self.mark(*_data_outputs(node, h))
         return changed
+
+    def _gemm_trap(self, node: gs.Node, plan: NodePlan) -> bool:
+        """A 2-D MatMul read only by an Add of another activation: onnxruntime fuses the two
+        into a float Gemm before its QDQ fusions, which then dequantizes the weight on every
+        run (measured 11x slower than FP32 on an RNN cell). An int8 output keeps the MatMul
+        apart (QLinearMatMul)."""
+        if node.op != "MatMul" or plan.bias_add is not None or plan.weight is None:
+            return False
+        shape = node.inputs[0].shape
+        out = node.outputs[0]
+        if shape is None or len(shape) != 2 or len(out.outputs) != 1 or out.name in self.outputs:
+            return False
+        add = out.outputs[0]
+        return add.op == "Add" and all(not _is_const(t) for t in add.inputs)
 
     def _visit_shared(self, node: gs.Node, h: OpHandler) -> bool:
         x = node.inputs[0] if node.inputs else None
@@ -293,13 +321,16 @@ def _roots(graph: gs.Graph, an: _Analysis) -> dict[str, str]:
 
 def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
              exclude_op_types=(), fold_activations: bool = True,
-             keep_float: dict[str, str] | None = None) -> QuantPlan:
+             keep_float: dict[str, str] | None = None,
+             weight_only_ops: tuple[str, ...] = ()) -> QuantPlan:
     """Decide what to quantize in ``graph`` and in every subgraph (If branches, Loop and Scan
     bodies), each by the same rules; ``graph`` is not changed. A subgraph's plan may use a
     tensor of an outer scope (its activation is then quantized where it is read).
-    ``keep_float`` maps more nodes to keep in float to the reason the report gives."""
+    ``keep_float`` maps more nodes to keep in float to the reason the report gives;
+    ``weight_only_ops`` (e.g. Gather) get int8 weights behind a DequantizeLinear."""
     excluded = {n: "excluded by configuration" for n in exclude_nodes} | dict(keep_float or {})
-    plans = [_annotate_one(g, per_channel, excluded, exclude_op_types, fold_activations)
+    plans = [_annotate_one(g, per_channel, excluded, exclude_op_types, fold_activations,
+                           tuple(weight_only_ops))
              for g in G.iter_graphs(graph)]
     if len(plans) == 1:
         return plans[0]
@@ -321,9 +352,10 @@ def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
 
 
 def _annotate_one(graph: gs.Graph, per_channel: bool, excluded: dict[str, str],
-                  exclude_op_types, fold_activations: bool) -> QuantPlan:
+                  exclude_op_types, fold_activations: bool,
+                  weight_only_ops: tuple[str, ...]) -> QuantPlan:
     an = _Analysis(graph, per_channel, excluded, set(exclude_op_types),
-                   fold_activations)
+                   fold_activations, weight_only_ops)
     nodes = list(graph.nodes)
     for _ in range(len(nodes) + 1):
         changed = False
@@ -351,36 +383,3 @@ def _annotate_one(graph: gs.Graph, per_channel: bool, excluded: dict[str, str],
     return QuantPlan(nodes=plan_nodes, activations=acts,
                      folds=tuple(an.folds[n.name] for n in nodes if n.name in an.folds),
                      skipped=skipped, per_channel=an.per_channel, upper_bounds=uppers)
-
-
-UNOBSERVED = ("its tensors were never computed on the calibration data (an If branch no "
-              "feed took, or a loop body that never ran); kept in float - add feeds that "
-              "reach it to quantize it")
-
-
-def without_unobserved(graph: gs.Graph, plan: QuantPlan, ranges: Mapping[str, object],
-                       replan: Callable[[dict[str, str]], QuantPlan]) -> QuantPlan:
-    """``plan`` without the subgraph nodes whose tensors have no range (their If branch or
-    loop body never ran on the calibration data): ``replan(keep_float)`` re-annotates with
-    those nodes kept float, until every planned tensor has a range. A missing main-graph
-    tensor is left alone (``materialize`` refuses ranges measured on another model)."""
-    missing = {t for t in plan.calibration_tensors if t not in ranges}
-    subs = list(G.iter_graphs(graph))[1:]
-    inner = {t.name for g in subs for t in g.inputs} | {
-        t.name for g in subs for n in g.nodes for t in n.outputs}
-    if not missing or not missing <= inner:
-        return plan
-    keep: dict[str, str] = {}
-    while missing:
-        unseen = {a.name for a in plan.activations if a.root in missing} | missing
-        planned = {n.name for n in plan.nodes}
-        # a body that ran is observed whole: a missing tensor means its graph never ran
-        dark = [g for g in subs if any(t.name in unseen for n in g.nodes
-                                       for t in [*n.inputs, *n.outputs])]
-        new = {n.name for g in dark for n in g.nodes if n.name in planned and n.name not in keep}
-        if not new:
-            break
-        keep.update(dict.fromkeys(sorted(new), UNOBSERVED))
-        plan = replan(keep)
-        missing = {t for t in plan.calibration_tensors if t not in ranges}
-    return plan

@@ -10,6 +10,10 @@ Roles:
 * ``SHARED`` — data movement; runs on int8 with its input's parameters (onnxruntime drops the
   Q/DQ around it when both sides share parameters).
 * ``FOLD`` — Relu and Clip(0, x): absorbed into the producer's output quantization range.
+* ``DYNAMIC`` — recurrent ops with a dynamic-quantization kernel (LSTM → onnxruntime's
+  DynamicQuantizeLSTM): int8 weights offline, activations quantized by the kernel per run.
+* ``WEIGHT_ONLY`` — ops with no int8 kernel whose constant weights are stored int8 behind a
+  DequantizeLinear (Gather on an embedding table: the DequantizeLinear follows the Gather).
 
 The table is a read-only mapping; extend it by copying into a new dict.
 """
@@ -32,6 +36,8 @@ class Role(enum.Enum):
     ELECTIVE = "elective"
     SHARED = "shared"
     FOLD = "fold"
+    DYNAMIC = "dynamic"
+    WEIGHT_ONLY = "weight_only"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +100,10 @@ HANDLERS: MappingProxyType[str, OpHandler] = MappingProxyType({
     "Slice": OpHandler(role=_S),
     "Relu": OpHandler(role=Role.FOLD),
     "Clip": OpHandler(role=Role.FOLD),
+    "LSTM": OpHandler(role=Role.DYNAMIC, weight_input=1),
+    "Gather": OpHandler(role=Role.WEIGHT_ONLY, data_inputs=(0,), weight_input=0),
+    "GRU": OpHandler(role=Role.WEIGHT_ONLY, weight_input=1),
+    "RNN": OpHandler(role=Role.WEIGHT_ONLY, weight_input=1),
 })
 
 #: Ops that onnxruntime's CPU EP has no int8 kernel for: quantizing them would only add a

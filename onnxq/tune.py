@@ -150,7 +150,7 @@ class _Search:
         """Preprocess + fusion + plan, once per distinct plan-shaping setting (trials that
         differ only in calibrator share it)."""
         key = (cfg.min_opset, cfg.weight.per_channel, cfg.exclude_nodes, cfg.exclude_op_types,
-               cfg.fold_activations)
+               cfg.fold_activations, cfg.weight.weight_only_ops)
         if key not in self._plans:
             self._plans[key] = _prepared(self.model, cfg)
         return self._plans[key]

@@ -6,8 +6,11 @@ from onnxq.passes.hard_activations import DecomposeHardActivationsPass
 from onnxq.passes.preprocess import PreprocessPass
 from onnxq.passes.qdq_insert import InsertQDQPass
 from onnxq.passes.qlinear import QLinearLoweringPass
+from onnxq.passes.recurrent import DynamicLSTMPass
 from onnxq.passes.requant_fold import RequantFoldPass
 from onnxq.passes.verify import VerifyPass
+from onnxq.passes.weight_only import WeightOnlyPass
 
 __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActivationsPass",
-           "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass"]
+           "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass",
+           "DynamicLSTMPass", "WeightOnlyPass"]
