@@ -7,7 +7,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -39,6 +39,8 @@ from onnxq.plan import QuantPlan, annotate
 from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import QTYPES, QType, TensorRange
 from onnxq.quant_ops import HANDLERS, Role
+from onnxq.report import QuantReport
+from onnxq.sizes import describe_sizes
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
            "as_onnx", "resolve", "stamp_target", "materialize", "settle"]
@@ -46,51 +48,6 @@ __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "bu
 logger = logging.getLogger(__name__)
 
 Feed = Mapping[str, np.ndarray]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QuantReport:
-    """What was quantized, what was skipped and why, and how the graph changed."""
-
-    quantized: tuple[tuple[str, str], ...]   # (node, op type)
-    skipped: tuple[tuple[str, str], ...]     # (node, reason)
-    folded: tuple[str, ...]                  # absorbed Relu/Clip nodes
-    op_histogram: dict[str, int] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-    activation_type: str = "u8"
-    weight_type: str = "s8"
-    per_channel: bool = True
-    target: str = ""
-    weight_bits: int = 8
-
-    def summary(self) -> str:
-        ops = Counter(op for _, op in self.quantized)
-        lines = [f"quantized {len(self.quantized)} node(s): "
-                 + ", ".join(f"{op}×{n}" for op, n in sorted(ops.items())),
-                 f"types: activations {self.activation_type}, weights {self.weight_type} "
-                 f"({self.weight_bits}-bit, "
-                 f"{'per-channel' if self.per_channel else 'per-tensor'})"
-                 + (f", target {self.target}" if self.target else "")]
-        if self.folded:
-            lines.append(f"absorbed {len(self.folded)} Relu/Clip into quantization ranges")
-        lines.extend(self.notes)
-        if self.skipped:
-            lines.append(f"kept in float ({len(self.skipped)}):")
-            lines.extend(f"  {node}: {reason}" for node, reason in self.skipped)
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {
-            "quantized": [{"node": n, "op": o} for n, o in self.quantized],
-            "skipped": [{"node": n, "reason": r} for n, r in self.skipped],
-            "folded": list(self.folded),
-            "op_histogram": dict(self.op_histogram),
-            "activation_type": self.activation_type,
-            "weight_type": self.weight_type,
-            "per_channel": self.per_channel,
-            "target": self.target,
-            "weight_bits": self.weight_bits,
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -392,7 +349,8 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
         skipped=plan.skipped + fused.skipped + result.skipped,
         folded=tuple(f.node for f in plan.folds),
         op_histogram=dict(sorted(histogram.items())),
-        notes=tuple(n for r in fused.records + result.records for n in r.notes) + defaults,
+        notes=tuple(n for r in fused.records + result.records for n in r.notes) + defaults
+        + (describe_sizes(fused.model, result.model),),
         activation_type=act.value, weight_type=weight.value, per_channel=plan.per_channel,
         target=cfg.target, weight_bits=7 if reduce_range else 8,
     )

@@ -42,8 +42,6 @@ def _table(node: gs.Node, opt_in: tuple[str, ...]) -> str | None | bool:
     table = node.inputs[0] if node.inputs else None
     if "Gather" not in opt_in or not _float_const(table) or len(node.inputs) < 2:
         return False
-    if G.constant_shape(node.inputs[1]) is not None:
-        return False  # constant indices: constant folding's business
     shape = G.constant_shape(table)
     assert shape is not None  # _float_const checked it
     if len(shape) < 2 or int(np.prod(shape)) < MIN_TABLE_ELEMENTS:

@@ -25,6 +25,7 @@ IR_VERSION = 8
 __all__ = [
     "ALL_SMALL",
     "attention_block",
+    "bert_embedded",
     "bert_shaped",
     "conv_bn_relu",
     "depthwise_hardswish",
@@ -373,6 +374,26 @@ def bert_shaped(seed: int = 0, opset: int = 17, layers: int = 12, hidden: int = 
     _encoder(b, "hidden_in", layers, hidden, heads, 0.02, 0.02, 1e-12, 0.02)
     shape = ["batch", seq, hidden]
     return b.model("bert_shaped", [("hidden_in", shape)], [("hidden_out", shape)])
+
+
+def bert_embedded(seed: int = 0, opset: int = 17, vocab: int = 8000, layers: int = 2,
+                  hidden: int = 128, heads: int = 4, seq: int = 32) -> onnx.ModelProto:
+    """A MiniLM-class encoder with its embeddings: token ids "input_ids" [batch, seq] (int64)
+    → word-embedding Gather + position-embedding Gather (constant positions) → LayerNorm →
+    encoder layers → "hidden_out". Most of its bytes are the word-embedding table."""
+    b = _Builder(seed, opset)
+    words = b.param("embeddings.word", b.normal((vocab, hidden), 0.05))
+    positions = b.param("embeddings.position", b.normal((seq, hidden), 0.02))
+    ids = b.const("position_ids", np.arange(seq)[None, :], np.int64)
+    w = b.op("Gather", [words, "input_ids"], "embeddings.word_lookup", axis=0)
+    p = b.op("Gather", [positions, ids], "embeddings.position_lookup", axis=0)
+    x = b.op("Add", [w, p], "embeddings.add")
+    x = b.layernorm(x, "embeddings.layernorm", hidden, 1e-12, 0.02)
+    _encoder(b, x, layers, hidden, heads, None, 0.1, 1e-12, 0.02)
+    model = b.model("bert_embedded", [], [("hidden_out", ["batch", seq, hidden])])
+    model.graph.input.insert(0, helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                                              ["batch", seq]))
+    return model
 
 
 # ---------------------------------------------------------------------------------------

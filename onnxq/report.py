@@ -1,0 +1,53 @@
+"""The quantize report: what was quantized, what stayed float and why, how the graph changed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["QuantReport"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuantReport:
+    """What was quantized, what was skipped and why, and how the graph changed."""
+
+    quantized: tuple[tuple[str, str], ...]   # (node, op type)
+    skipped: tuple[tuple[str, str], ...]     # (node, reason)
+    folded: tuple[str, ...]                  # absorbed Relu/Clip nodes
+    op_histogram: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    activation_type: str = "u8"
+    weight_type: str = "s8"
+    per_channel: bool = True
+    target: str = ""
+    weight_bits: int = 8
+
+    def summary(self) -> str:
+        ops = Counter(op for _, op in self.quantized)
+        lines = [f"quantized {len(self.quantized)} node(s): "
+                 + ", ".join(f"{op}×{n}" for op, n in sorted(ops.items())),
+                 f"types: activations {self.activation_type}, weights {self.weight_type} "
+                 f"({self.weight_bits}-bit, "
+                 f"{'per-channel' if self.per_channel else 'per-tensor'})"
+                 + (f", target {self.target}" if self.target else "")]
+        if self.folded:
+            lines.append(f"absorbed {len(self.folded)} Relu/Clip into quantization ranges")
+        lines.extend(self.notes)
+        if self.skipped:
+            lines.append(f"kept in float ({len(self.skipped)}):")
+            lines.extend(f"  {node}: {reason}" for node, reason in self.skipped)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "quantized": [{"node": n, "op": o} for n, o in self.quantized],
+            "skipped": [{"node": n, "reason": r} for n, r in self.skipped],
+            "folded": list(self.folded),
+            "op_histogram": dict(self.op_histogram),
+            "activation_type": self.activation_type,
+            "weight_type": self.weight_type,
+            "per_channel": self.per_channel,
+            "target": self.target,
+            "weight_bits": self.weight_bits,
+        }
