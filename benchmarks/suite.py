@@ -33,8 +33,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks import common, peers
-from benchmarks.real_models import REAL_MODELS, Bench, EvalResult, Unavailable, top1_agreement
+from benchmarks import common, peers, zoo
+from benchmarks.real_models import REAL_MODELS as _SHIPPED
+from benchmarks.real_models import Bench, EvalResult, Unavailable, top1_agreement
+
+#: the zoo: every real pretrained model (the built-in models are synthetic or trained here)
+REAL_MODELS = {**_SHIPPED, **zoo.LOADERS}
 
 BUILTIN = ("digits", "resnet18", "bert")
 PEERS = ("ort_default", "ort_best", "nncf", "inc")
@@ -45,7 +49,7 @@ BERT_MIN_COSINE = 0.9995
 TIMING_TOLERANCE = 0.03  # "at least as fast": within 3 % (run-to-run noise of a shared 2-core box)
 ROW_KEYS = ("model", "method", "label", "status", "metric", "drop", "top1_agreement", "cosine",
             "latency_ms", "throughput_b8", "speedup_b1", "speedup_b8", "quantize_s",
-            "peak_rss_mb", "size_mb", "targets")
+            "peak_rss_mb", "size_mb", "targets", "zoo_pass", "zoo_why")
 
 
 # ================================================================== built-in models
@@ -267,6 +271,56 @@ def evaluate_targets(bench: Bench | None, rows: list[dict]) -> list[dict]:
     return checks
 
 
+# ================================================================== zoo pass rate
+ZOO_MIN_COSINE = 0.999
+
+
+def zoo_verdicts(bench: Bench, rows: list[dict]) -> None:
+    """Mark every quantized row of a zoo model: ``zoo_pass`` when the model loads and runs,
+    is at least as fast as FP32 at batch 1 (within the timing tolerance) and meets the
+    accuracy target (CNN drop <= 0.5 pt; transformer/speech drop <= 1 pt or output cosine
+    >= 0.999; or the model's own minimum); ``zoo_why`` says what missed."""
+    for row in rows:
+        if row["method"] == "fp32":
+            continue
+        why = []
+        if row.get("status") != "ok" or row.get("speedup_b1") is None:
+            why.append(str(row.get("status"))[:80])
+        else:
+            if row["speedup_b1"] < 1 - TIMING_TOLERANCE:
+                why.append(f"{row['speedup_b1']:.2f}x FP32")
+            if bench.min_metric is not None:
+                accurate = row["metric"] >= bench.min_metric
+            elif bench.family == "cnn":
+                accurate = row["drop"] <= CNN_MAX_DROP
+            else:
+                accurate = row["drop"] <= TRANSFORMER_MAX_DROP or (
+                    row.get("cosine") or 0) >= ZOO_MIN_COSINE
+            if not accurate:
+                why.append(f"drop {row['drop']:.2f}")
+        row["zoo_pass"], row["zoo_why"] = not why, "; ".join(why)
+
+
+def zoo_pass_rates(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Per method: how many zoo models passed (see ``zoo_verdicts``), and which missed why."""
+    out = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method and r["model"] in REAL_MODELS
+                and "zoo_pass" in r]
+        if not mine:
+            continue
+        passed = sum(r["zoo_pass"] for r in mine)
+        out.append({"method": method, "label": peers.METHODS[method], "passed": passed,
+                    "models": len(mine), "rate": 100.0 * passed / len(mine),
+                    "misses": "; ".join(f"{r['model']} ({r['zoo_why']})" for r in mine
+                                        if not r["zoo_pass"])})
+    return out
+
+
+ZOO_COLUMNS = [("method", "label", str), ("passed", "passed", str), ("models", "models", str),
+               ("pass rate %", "rate", lambda v: f"{v:.0f}"), ("misses", "misses", str)]
+
+
 # ================================================================== reporting
 def _fmt(digits: int):
     def fmt(v):
@@ -381,6 +435,14 @@ def render(payload: dict) -> str:
              "and peak RSS: the quantizer in a child process (calibration included; peak RSS is "
              "the child's VmHWM, which includes the interpreter, the model and the calibration "
              "data).", "",
+             "## Zoo pass rate", "",
+             "Share of the real models (not the synthetic ones) where the method's output loads, "
+             f"runs at >= {1 - TIMING_TOLERANCE:.2f}x FP32 batch-1 latency and meets the "
+             f"accuracy target (CNN drop <= {CNN_MAX_DROP} pt; transformer/speech <= "
+             f"{TRANSFORMER_MAX_DROP} pt or cosine >= {ZOO_MIN_COSINE}); onnxq QDQ is onnxq's "
+             f"default output. ISA {env['isa']}.", "",
+             common.markdown_table(payload.get("zoo") or [], ZOO_COLUMNS)
+             if payload.get("zoo") else "no zoo model measured", "",
              "## Targets", ""]
     missed = [c for c in payload["targets"] if not c["met"]]
     lines.append(f"onnxq QDQ / QLinear must, on every model, be at least as accurate as ORT "
@@ -467,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_rows = run_bench(bench, methods, threads=args.threads, min_seconds=min_seconds,
                                log=log)
         checks += evaluate_targets(bench, bench_rows)
+        if name in REAL_MODELS:
+            zoo_verdicts(bench, bench_rows)
         rows += bench_rows
         model_info.append({"name": name, "status": "ok", "family": bench.family,
                            "description": bench.description, "metric": bench.metric,
@@ -478,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"quick": args.quick, "threads": args.threads, "min_seconds": min_seconds,
                "methods": methods, "rows": rows, "targets": checks, "models": model_info,
                "targets_met": bool(checks) and all(c["met"] for c in checks),
+               "zoo": zoo_pass_rates(rows, methods),
                "environment": common.environment(), "versions": versions(),
                "cpu_flags": cpu_flags(), "load_average_at_start": load_start,
                "load_average_at_end": os.getloadavg()[0],

@@ -66,3 +66,36 @@ def test_unavailable_model_is_a_row(tmp_path, monkeypatch):
     payload = json.loads((tmp_path / "u.json").read_text())
     assert [r["status"] for r in payload["rows"]] == ["skipped: pip install something"]
     assert payload["targets"] == [] and payload["targets_met"] is False
+
+
+def test_zoo_pass_rate_from_rows():
+    """The headline number: a row passes when it runs, is not slower than FP32 (3 % band) and
+    meets its family's accuracy target; each miss says why."""
+    from benchmarks.real_models import Bench
+
+    def bench(family, min_metric=None):
+        return Bench(name="m", family=family, model=None, calib=[], feed_b1={}, feed_b8=None,
+                     evaluate=None, metric="%", description="", data={},
+                     min_metric=min_metric)
+
+    rows = [{"model": "magika", "method": "fp32", "status": "ok"},
+            {"model": "magika", "method": "onnxq_qdq", "status": "ok", "speedup_b1": 0.98,
+             "drop": 0.4, "metric": 90.0, "cosine": 0.99},
+            {"model": "magika", "method": "ort_best", "status": "ok", "speedup_b1": 0.90,
+             "drop": 0.1, "metric": 90.0, "cosine": 0.99},
+            {"model": "magika", "method": "ort_default", "status": "failed: boom"}]
+    suite.zoo_verdicts(bench("cnn"), rows)
+    assert [r.get("zoo_pass") for r in rows[1:]] == [True, False, False]
+    assert rows[2]["zoo_why"] == "0.90x FP32" and "boom" in rows[3]["zoo_why"]
+    speech = [{"model": "minilm", "method": "onnxq_qdq", "status": "ok", "speedup_b1": 1.2,
+               "drop": 3.0, "metric": 80.0, "cosine": 0.9995}]
+    suite.zoo_verdicts(bench("transformer"), speech)
+    assert speech[0]["zoo_pass"]  # over the drop, but cosine >= 0.999
+    suite.zoo_verdicts(bench("cnn"), speech)
+    assert speech[0]["zoo_why"] == "drop 3.00"
+    rates = {r["method"]: r for r in suite.zoo_pass_rates(rows + speech,
+                                                          ["onnxq_qdq", "ort_best"])}
+    assert rates["onnxq_qdq"]["passed"] == 1 and rates["onnxq_qdq"]["models"] == 2
+    assert rates["onnxq_qdq"]["rate"] == 50.0 and "minilm (drop 3.00)" in \
+        rates["onnxq_qdq"]["misses"]
+    assert rates["ort_best"]["rate"] == 0.0

@@ -2,7 +2,8 @@
 
 * Generated graphs (hypothesis): random chains/DAGs of Conv (dense, depthwise, 1x1),
   Gemm/MatMul heads, Add/Mul/Concat, pools, Relu/Clip/Sigmoid/HardSwish/LeakyRelu, Reshape,
-  Transpose; random node and tensor names (empty, duplicated, and names onnxq itself generates
+  Transpose, some inside If branches or a Loop body (weights captured from the outer
+  scope); random node and tensor names (empty, duplicated, and names onnxq itself generates
   such as ``t_scale``); opsets 13–21; shared initializers; a dynamic batch axis. Property:
   ``quantize`` either raises an ``OnnxqError`` or returns a model that passes the full ONNX
   checker, loads in onnxruntime, has FP32's outputs and shapes, agrees with FP32 on the
@@ -121,6 +122,78 @@ def _step(net: _Net, draw, tensors: list[tuple[str, int]]) -> tuple[str, int]:
     return net.node("Transpose", [x], perm=[0, 1, 3, 2]), c
 
 
+def _head(net: _Net, draw, out: str, c: int) -> str:
+    pooled = net.node("GlobalAveragePool", [out])
+    flat = net.node("Flatten", [pooled])
+    head = draw(st.sampled_from(["Gemm", "MatMul"]))
+    w = net.rng.standard_normal((c, 5)) / np.sqrt(c)
+    if head == "Gemm":
+        return net.node("Gemm", [flat, net.const(w, reuse=False),
+                                 net.const(np.zeros(5), reuse=False)])
+    return net.node("MatMul", [flat, net.const(w, reuse=False)])
+
+
+def _body(net: _Net, build) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes that ``build()`` appends, taken out of the main graph (for a subgraph); their
+    weights stay main-graph initializers (outer-scope captures)."""
+    outer, net.nodes = net.nodes, []
+    try:
+        out = build()
+        return net.nodes, out
+    finally:
+        net.nodes = outer
+
+
+def _if_head(net: _Net, draw, tensors: list[tuple[str, int]]) -> str:
+    """If(mean(input) > 0): each branch runs its own chain from an outer tensor + a head."""
+    mean = net.node("ReduceMean", ["input"], keepdims=0)
+    cond = net.node("Greater", [mean, net.const(np.float32(0.0), reuse=False)])
+    branches = []
+    for tag in ("then", "else"):
+        def build():
+            local = list(tensors)
+            for _ in range(draw(st.integers(1, 3))):
+                local.append(_step(net, draw, local))
+            return _head(net, draw, *local[-1])
+        nodes, out = _body(net, build)
+        branches.append(helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(
+            out, TensorProto.FLOAT, ["n", 5])]))
+    y = net.tensor("if")
+    net.nodes.append(helper.make_node("If", [cond], [y], name=net.name("If"),
+                                      then_branch=branches[0], else_branch=branches[1]))
+    return y
+
+
+def _loop(net: _Net, draw, x: str, c: int) -> str:
+    """Loop ×2 over a carried tensor: v = chain(v) with the channel count kept."""
+    v_in, cond_in, i = net.tensor("v"), net.tensor("cond"), net.tensor("iter")
+
+    def build():
+        local = [(v_in, c)]
+        for _ in range(draw(st.integers(1, 3))):
+            y, cy = _step(net, draw, local)
+            if cy != c:  # back to c channels with a 1x1 conv
+                w = net.rng.standard_normal((c, cy, 1, 1)) / np.sqrt(cy)
+                y = net.node("Conv", [y, net.const(w, reuse=False)])
+            local.append((y, c))
+        return local[-1][0]
+    nodes, out = _body(net, build)
+    cond_out = net.tensor("cond")
+    nodes.append(helper.make_node("Identity", [cond_in], [cond_out], name=net.name("Id")))
+    body = helper.make_graph(nodes, "body", [
+        helper.make_tensor_value_info(i, TensorProto.INT64, []),
+        helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+        helper.make_tensor_value_info(v_in, TensorProto.FLOAT, ["n", c, 6, 6])], [
+        helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+        helper.make_tensor_value_info(out, TensorProto.FLOAT, ["n", c, 6, 6])])
+    trips = f"trips{len(net.inits)}"
+    net.inits[trips] = np.array(2, np.int64)
+    y = net.tensor("loop")
+    net.nodes.append(helper.make_node("Loop", [trips, "", x], [y], name=net.name("Loop"),
+                                      body=body))
+    return y
+
+
 @st.composite
 def graphs(draw):
     opset = draw(st.sampled_from([13, 14, 17, 19, 21]))
@@ -128,16 +201,10 @@ def graphs(draw):
     tensors = [("input", 3)]
     for _ in range(draw(st.integers(1, 6))):
         tensors.append(_step(net, draw, tensors))
-    out, c = tensors[-1]
-    pooled = net.node("GlobalAveragePool", [out])
-    flat = net.node("Flatten", [pooled])
-    head = draw(st.sampled_from(["Gemm", "MatMul"]))
-    w = net.rng.standard_normal((c, 5)) / np.sqrt(c)
-    if head == "Gemm":
-        y = net.node("Gemm", [flat, net.const(w, reuse=False),
-                              net.const(np.zeros(5), reuse=False)])
-    else:
-        y = net.node("MatMul", [flat, net.const(w, reuse=False)])
+    flow = draw(st.sampled_from(["none", "none", "if", "loop"]))
+    if flow == "loop":
+        tensors.append((_loop(net, draw, *tensors[-1]), tensors[-1][1]))
+    y = _if_head(net, draw, tensors) if flow == "if" else _head(net, draw, *tensors[-1])
     inits = [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k)
              for k, v in net.inits.items()]
     graph = helper.make_graph(
@@ -151,10 +218,17 @@ def graphs(draw):
 def _reference(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same model with unique node names: onnxruntime refuses duplicate node names, which
     onnxq must accept (ONNX node names are optional)."""
+    from onnxq.scopes import proto_subgraphs
+
     ref = onnx.ModelProto()
     ref.CopyFrom(model)
-    for i, node in enumerate(ref.graph.node):
-        node.name = f"reference_{i}"
+    stack, count = [ref.graph], 0
+    while stack:
+        g = stack.pop()
+        for node in g.node:
+            node.name = f"reference_{count}"
+            count += 1
+        stack.extend(proto_subgraphs(g))
     return ref
 
 
