@@ -132,9 +132,12 @@ class _Analysis:
             return "weights are computed at run time; only constant weights are quantized"
         if not acts:
             return "both operands are constant; fold constants first"
+        const_first: tuple[int, ...] = ()
         if weight is None and len(acts) < 2:
-            return ("the constant operand is the first input; onnxruntime's int8 MatMul/Gemm "
-                    "kernels take the weight as the second input, so it stays float")
+            if node.op != "MatMul":
+                return ("the constant operand is Gemm's first input; onnxruntime's int8 Gemm "
+                        "takes the weight as the second input, so it stays float")
+            const_first = (0,)  # W·x: W quantized like an activation (u8 × u8 kernels exist)
         if node.op == "Gemm":
             if float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0:
                 return "Gemm with alpha/beta != 1 has no int8 kernel; kept in float"
@@ -145,7 +148,7 @@ class _Analysis:
                 return "bias is not a constant vector; kept in float"
             bias = h.bias_input
         return NodePlan(name=node.name, op=node.op, role=h.role, weight=weight, bias=bias,
-                        bias_add=self._bias_add(node, weight))
+                        bias_add=self._bias_add(node, weight), const_inputs=const_first)
 
     def _bias_add(self, node: gs.Node, weight: tuple[int, int | None] | None):
         """A 2-D MatMul's bias in a following Add: int32 lets onnxruntime fuse both into QGemm

@@ -47,8 +47,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
                              "the model with a typed input") from None
         shape = None
         if tt.HasField("shape"):
-            shape = tuple(d.dim_value if d.HasField("dim_value") else None
-                          for d in tt.shape.dim)
+            # old Paddle2ONNX exports write -1 for a dynamic size: like a symbol, any size
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                          else None for d in tt.shape.dim)
         specs.append(InputSpec(vi.name, dtype, shape))
     return specs
 

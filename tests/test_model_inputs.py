@@ -39,3 +39,23 @@ def test_tune_with_another_models_eval_data(tmp_path):
     with pytest.raises(CalibrationError, match="eval feed #0 is missing input"):
         tune(model, B.feeds(model, n=2), eval_data=other,
              target=TuneTarget(max_drop=0.5, latency=False, max_trials=1))
+
+
+def test_negative_dim_value_is_dynamic():
+    """Old Paddle2ONNX exports declare a dynamic batch as dim_value -1 (the checker accepts
+    it, onnxruntime runs any batch): onnxq must accept any size there too."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxq
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4, name="conv")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4, 8, 8])],
+        initializer=[numpy_helper.from_array(
+            (0.3 * rng.standard_normal((4, 3, 3, 3))).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.standard_normal((b, 3, 8, 8)).astype(np.float32)} for b in (1, 2)]
+    result = onnxq.quantize(model, feeds, progress=False)
+    assert dict(result.report.quantized) == {"conv": "Conv"}

@@ -48,6 +48,33 @@ def _constants_to_initializers(root: gs.Graph) -> int:
     return count
 
 
+def _fold_constant_casts(root: gs.Graph) -> int:
+    """``Cast`` of a constant (fp16/bf16 weights cast to float32 at run time, as mixed-precision
+    exports write them) becomes the constant it computes, so its consumer has a constant
+    weight to quantize. The cast is exact, so the model computes the same values."""
+    count = 0
+    for graph in G.iter_graphs(root):
+        outputs = G.graph_output_names(graph)
+        for node in list(graph.nodes):
+            if node.op != "Cast" or len(node.inputs) != 1 or len(node.outputs) != 1:
+                continue
+            value = G.constant_value(node.inputs[0])
+            out = node.outputs[0]
+            if value is None or out.name in outputs:
+                continue
+            try:
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))
+                folded = np.array(value.astype(dtype), order="C")
+            except (KeyError, TypeError, ValueError):
+                continue  # strings, exotic types: leave it to onnxruntime
+            G.replace_uses(out, gs.Constant(out.name, folded))
+            node.outputs.clear()
+            count += 1
+    if count:
+        root.cleanup()
+    return count
+
+
 def _constants_in(graph: gs.Graph) -> int:
     outputs = G.graph_output_names(graph)
     count = 0
@@ -158,6 +185,9 @@ class PreprocessPass:
         folded = _constants_to_initializers(graph)
         if folded:
             notes.append(f"{folded} Constant node(s) turned into initializers")
+        casts = _fold_constant_casts(graph)
+        if casts:
+            notes.append(f"{casts} Cast(s) of constants (e.g. fp16 weights) folded")
         graph = self._upgrade(graph, notes, skipped)
         graph = self._infer_shapes(graph, notes)
         graph.toposort()

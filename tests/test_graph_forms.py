@@ -1,0 +1,94 @@
+"""Graph forms real models use: fp16 weights behind Cast, SiLU (x·Sigmoid(x)) between int8
+convs, MatMul with a constant first operand."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from tests.conftest import cosine, run_model
+
+n = helper.make_node
+
+
+def _model(nodes, inits, x_shape, y, y_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, x_shape)], [helper.make_tensor_value_info(
+            y, TensorProto.FLOAT, y_shape)], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _feeds(shape, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(k)]
+
+
+def _check(model, feeds, fmt):
+    result = onnxq.quantize(model, feeds, progress=False, format=fmt)
+    onnx.checker.check_model(result.model, full_check=True)
+    for feed in feeds[:2]:
+        assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.999
+    return result, Counter(x.op_type for x in result.model.graph.node)
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_fp16_weights_behind_cast_are_quantized(fmt):
+    rng = np.random.default_rng(0)
+    w = (0.3 * rng.standard_normal((8, 3, 3, 3))).astype(np.float16)
+    fc = (0.3 * rng.standard_normal((8, 4))).astype(np.float16)
+    model = _model([n("Cast", ["w16"], ["w"], to=1, name="cast_w"),
+                    n("Conv", ["x", "w"], ["c"], pads=[1] * 4, name="conv"),
+                    n("Relu", ["c"], ["r"], name="relu"),
+                    n("GlobalAveragePool", ["r"], ["p"], name="gap"),
+                    n("Flatten", ["p"], ["f"], name="flat"),
+                    n("Cast", ["fc16"], ["fcw"], to=1, name="cast_fc"),
+                    n("MatMul", ["f", "fcw"], ["y"], name="fc")],
+                   [numpy_helper.from_array(w, "w16"), numpy_helper.from_array(fc, "fc16")],
+                   ["n", 3, 16, 16], "y", ["n", 4])
+    result, ops = _check(model, _feeds((2, 3, 16, 16)), fmt)
+    assert {"conv", "fc"} <= {name for name, _ in result.report.quantized}
+    assert ops["Cast"] == 0
+    assert any("Cast(s) of constants" in note for note in result.report.notes)
+    from onnxq.sizes import component_bytes
+
+    weights = "conv/matmul weights"  # int8 is smaller than fp16
+    assert component_bytes(result.model)[weights] < component_bytes(model)[weights]
+
+
+def test_silu_between_convs_stays_int8():
+    rng = np.random.default_rng(1)
+    nodes, inits, x, c = [], [], "x", 3
+    for i in range(3):
+        w = rng.standard_normal((16, c, 3, 3)) * np.sqrt(2 / (9 * c))
+        inits.append(numpy_helper.from_array(w.astype(np.float32), f"w{i}"))
+        nodes += [n("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1] * 4, name=f"conv{i}"),
+                  n("Sigmoid", [f"c{i}"], [f"s{i}"], name=f"sigmoid{i}"),
+                  n("Mul", [f"c{i}", f"s{i}"], [f"a{i}"], name=f"silu{i}")]
+        x, c = f"a{i}", 16
+    model = _model(nodes, inits, ["n", 3, 16, 16], x, ["n", 16, 16, 16])
+    _, ops = _check(model, _feeds((1, 3, 16, 16)), "qlinear")
+    assert ops["QLinearConv"] == 3 and ops["QLinearSigmoid"] == 3 and ops["QLinearMul"] == 3
+    assert ops["Sigmoid"] == ops["Mul"] == ops["Conv"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_matmul_with_constant_first_operand(fmt):
+    """W·x: W is quantized like an activation (u8), so onnxruntime's u8×u8 kernels run it."""
+    rng = np.random.default_rng(2)
+    model = _model([n("MatMul", ["A", "x"], ["y"], name="left"),
+                    n("Relu", ["y"], ["r"], name="relu"),
+                    n("MatMul", ["r", "B"], ["z"], name="right")],
+                   [numpy_helper.from_array((0.2 * rng.standard_normal((32, 64))).astype(
+                       np.float32), "A"),
+                    numpy_helper.from_array((0.2 * rng.standard_normal((16, 8))).astype(
+                        np.float32), "B")], [64, 16], "z", [32, 8])
+    result, ops = _check(model, _feeds((64, 16)), fmt)
+    assert "left" in dict(result.report.quantized) and not result.report.skipped
+    if fmt == "qlinear":
+        assert ops["MatMul"] == 0
+
