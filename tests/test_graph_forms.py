@@ -53,7 +53,7 @@ def test_fp16_weights_behind_cast_are_quantized(fmt):
     result, ops = _check(model, _feeds((2, 3, 16, 16)), fmt)
     assert {"conv", "fc"} <= {name for name, _ in result.report.quantized}
     assert ops["Cast"] == 0
-    assert any("Cast(s) of constants" in note for note in result.report.notes)
+    assert any("node(s) computing constants folded" in note for note in result.report.notes)
     from onnxq.sizes import component_bytes
 
     weights = "conv/matmul weights"  # int8 is smaller than fp16
@@ -92,3 +92,33 @@ def test_matmul_with_constant_first_operand(fmt):
     if fmt == "qlinear":
         assert ops["MatMul"] == 0
 
+
+
+def test_lstm_weights_computed_from_constants_are_folded_and_quantized():
+    """torch-style exports build LSTM weights at run time (Concat of per-gate constants,
+    Unsqueeze): preprocessing folds them, so the LSTM still gets int8 weights."""
+    from tests import builders_flow as F
+
+    model = F.recurrent("LSTM")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    keep = [t for t in model.graph.initializer if t.name not in ("rnn.W", "rnn.R")]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    plumbing = []
+    for name in ("rnn.W", "rnn.R"):
+        w = inits[name][0]  # [4H, K]
+        half = w.shape[0] // 2
+        model.graph.initializer.extend([numpy_helper.from_array(w[:half], f"{name}.a"),
+                                        numpy_helper.from_array(w[half:], f"{name}.b")])
+        plumbing += [n("Concat", [f"{name}.a", f"{name}.b"], [f"{name}.cat"], axis=0,
+                       name=f"{name}.concat"),
+                     n("Unsqueeze", [f"{name}.cat", "axis0"], [name], name=f"{name}.unsq")]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    for i, node in enumerate(plumbing):
+        model.graph.node.insert(i, node)
+    onnx.checker.check_model(model, full_check=True)
+    feeds = F.sequence_feeds(model, 4)
+    result = onnxq.quantize(model, feeds, progress=False)
+    ops = Counter(x.op_type for x in result.model.graph.node)
+    assert ops["DynamicQuantizeLSTM"] == 1 and ops["Concat"] == ops["Unsqueeze"] == 0
+    assert cosine(run_model(model, feeds[0])[0], run_model(result.model, feeds[0])[0]) >= 0.999

@@ -48,31 +48,65 @@ def _constants_to_initializers(root: gs.Graph) -> int:
     return count
 
 
-def _fold_constant_casts(root: gs.Graph) -> int:
-    """``Cast`` of a constant (fp16/bf16 weights cast to float32 at run time, as mixed-precision
-    exports write them) becomes the constant it computes, so its consumer has a constant
-    weight to quantize. The cast is exact, so the model computes the same values."""
+#: ops folded when every input is a constant: weight plumbing that exporters leave in the graph
+#: (fp16 weights cast to float32, LSTM weights concatenated/sliced/unsqueezed from torch's
+#: per-gate tensors, weight normalisation). onnxruntime folds them at session start; folding
+#: them here gives the consumers constant weights to quantize.
+FOLDABLE = frozenset({
+    "Cast", "Identity", "Unsqueeze", "Squeeze", "Concat", "Slice", "Split", "Reshape",
+    "Transpose", "Flatten", "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Pow", "Abs",
+    "ReduceSum", "ReduceL2", "ReduceMean"})  # not Gather/Expand/Tile: a looked-up embedding
+#                       table stays a table (int8, see WeightOnlyPass), and nothing grows
+_MAX_FOLD_ELEMENTS = 1 << 26
+
+
+def _evaluate(node: gs.Node, values: list[np.ndarray | None], opset: int
+              ) -> list[np.ndarray] | None:
+    """``node``'s outputs for the input ``values``, computed by onnx's reference evaluator
+    (numpy; exact for the data movement and casts above), or None when it cannot be."""
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [gs.Constant(f"input_{i}", np.asarray(v)) if v is not None
+              else gs.Variable.empty() for i, v in enumerate(values)]
+    outs = [gs.Variable(f"output_{i}", dtype=t.dtype) for i, t in enumerate(node.outputs)]
+    one = gs.Node(node.op, "fold", attrs=dict(node.attrs), inputs=inputs, outputs=outs)
+    graph = gs.Graph(nodes=[one], outputs=outs, opset=opset)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {})]
+    except Exception:  # noqa: BLE001 - anything the evaluator cannot do stays a node
+        return None
+
+
+def _fold_constant_nodes(root: gs.Graph) -> int:
+    """Nodes of ``FOLDABLE`` whose inputs are all constants become the constants they compute
+    (in every graph and subgraph), in graph order so that chains fold in one sweep."""
     count = 0
     for graph in G.iter_graphs(root):
         outputs = G.graph_output_names(graph)
         for node in list(graph.nodes):
-            if node.op != "Cast" or len(node.inputs) != 1 or len(node.outputs) != 1:
+            if node.op not in FOLDABLE or node.domain not in (None, "", "ai.onnx") \
+                    or not node.outputs or any(o.name in outputs for o in node.outputs):
                 continue
-            value = G.constant_value(node.inputs[0])
-            out = node.outputs[0]
-            if value is None or out.name in outputs:
+            values = [G.constant_value(t) for t in node.inputs if t.name]
+            if any(v is None or v.size > _MAX_FOLD_ELEMENTS for v in values):
                 continue
-            try:
-                dtype = onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))
-                folded = np.array(value.astype(dtype), order="C")
-            except (KeyError, TypeError, ValueError):
-                continue  # strings, exotic types: leave it to onnxruntime
-            G.replace_uses(out, gs.Constant(out.name, folded))
+            results = _evaluate(node, _aligned(node, values), G.opset(root))
+            if results is None or len(results) != len(node.outputs):
+                continue
+            for out, value in zip(list(node.outputs), results, strict=True):
+                G.replace_uses(out, gs.Constant(out.name, np.array(value, order="C")))
             node.outputs.clear()
             count += 1
     if count:
         root.cleanup()
     return count
+
+
+def _aligned(node: gs.Node, values: list) -> list[np.ndarray | None]:
+    """``values`` (of the named inputs) placed at their input positions (None for omitted)."""
+    it = iter(values)
+    return [next(it) if t.name else None for t in node.inputs]
 
 
 def _constants_in(graph: gs.Graph) -> int:
@@ -185,9 +219,10 @@ class PreprocessPass:
         folded = _constants_to_initializers(graph)
         if folded:
             notes.append(f"{folded} Constant node(s) turned into initializers")
-        casts = _fold_constant_casts(graph)
+        casts = _fold_constant_nodes(graph)
         if casts:
-            notes.append(f"{casts} Cast(s) of constants (e.g. fp16 weights) folded")
+            notes.append(f"{casts} node(s) computing constants folded (e.g. Cast of fp16 "
+                         "weights, Concat/Slice of recurrent weights)")
         graph = self._upgrade(graph, notes, skipped)
         graph = self._infer_shapes(graph, notes)
         graph.toposort()
