@@ -18,6 +18,7 @@ from onnxq import graph as G
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig
+from onnxq.dynamic_check import LOSSY, DynamicInputCheck, keep_accurate
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.exporters.front_door import as_onnx
 from onnxq.io import check_outputs, model_files, save_model
@@ -242,15 +243,21 @@ def calibrate(
         raise ModelError("the model is already quantized (it holds QuantizeLinear/"
                          "DequantizeLinear); there is nothing to calibrate: pass it to "
                          "onnxq quantize without calibration data")
-    return _calibrate(fused.model, plan, calibration_data, cfg, progress)
+    return _calibrate(fused.model, plan, calibration_data, cfg, progress)[0]
 
 
 def _calibrate(model: onnx.ModelProto, plan: QuantPlan, data, cfg: QuantConfig,
-               progress: bool) -> dict[str, TensorRange]:
-    return collect_ranges(model, plan.calibration_tensors, data,
-                          make_calibrator(cfg.calibration),
-                          max_samples=cfg.calibration.max_samples, progress=progress,
-                          allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
+               progress: bool) -> tuple[dict[str, TensorRange], QuantPlan]:
+    """The ranges, and the plan without dynamic ops whose input run-time int8 would ruin
+    (``dynamic_check``; watched in the same calibration run)."""
+    watch = sorted({n.dynamic_input for n in plan.nodes if n.dynamic_input})
+    check = DynamicInputCheck(make_calibrator(cfg.calibration), watch, plan.calibration_tensors)
+    tensors = [*plan.calibration_tensors,
+               *(t for t in watch if t not in set(plan.calibration_tensors))]
+    ranges = collect_ranges(model, tensors, data, check,
+                            max_samples=cfg.calibration.max_samples, progress=progress,
+                            allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
+    return ranges, keep_accurate(plan, check.lost())
 
 
 def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
@@ -260,10 +267,11 @@ def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     if all(t in ranges for t in plan.calibration_tensors):
         return plan
     graph = G.import_graph(fused.model)
+    lossy = {name: why for name, why in plan.skipped if why.startswith(LOSSY)}
     return without_unobserved(graph, plan, ranges, lambda keep: annotate(
         graph, per_channel=cfg.weight.per_channel, exclude_nodes=cfg.exclude_nodes,
         exclude_op_types=cfg.exclude_op_types, fold_activations=cfg.fold_activations,
-        keep_float=keep, weight_only_ops=cfg.weight.weight_only_ops))
+        keep_float=lossy | keep, weight_only_ops=cfg.weight.weight_only_ops))
 
 
 def quantize(
@@ -295,7 +303,7 @@ def quantize(
         if calibration_data is None:
             raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
                               "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
-        ranges = _calibrate(fused.model, plan, calibration_data, cfg, progress)
+        ranges, plan = _calibrate(fused.model, plan, calibration_data, cfg, progress)
     return _reads(materialize(fused, plan, cfg, ranges, source=exported), original)
 
 

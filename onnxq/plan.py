@@ -37,6 +37,7 @@ class NodePlan:
     bias: int | None = None                         # input index of an int32 bias
     const_inputs: tuple[int, ...] = ()              # constant data inputs quantized as activations
     bias_add: tuple[str, int] | None = None         # (Add node, input) holding a MatMul's bias
+    dynamic_input: str | None = None                # input quantized at run time (LSTM's X)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -61,4 +61,7 @@ def weights_plan(node: gs.Node, h: OpHandler, opt_in: tuple[str, ...]):
     if isinstance(why, str):
         return why
     role = Role.DYNAMIC if node.op == "LSTM" else Role.WEIGHT_ONLY
-    return {"name": node.name, "op": node.op, "role": role}
+    found = {"name": node.name, "op": node.op, "role": role}
+    if role is Role.DYNAMIC:
+        found["dynamic_input"] = node.inputs[0].name
+    return found

@@ -186,3 +186,30 @@ def test_matmul_into_activation_add_stays_integer_in_onnxruntime(tmp_path):
     assert ops["Gemm"] == 0 and ops["MatMul"] == 0
     assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] == 2
     assert _agree(model, result.model, feeds[:3]) >= 0.999
+
+
+def test_dynamic_loss_closed_form():
+    from onnxq.dynamic_check import dynamic_u8_loss
+
+    rng = np.random.default_rng(0)
+    nonzero, lost = dynamic_u8_loss(rng.uniform(-1, 1, 10000))
+    assert nonzero == 10000 and lost / nonzero < 0.01  # half a step of 2/255 around 0
+    power = np.exp(3.0 * rng.standard_normal(10000))  # a power spectrum: heavy-tailed
+    nonzero, lost = dynamic_u8_loss(power)
+    assert lost / nonzero > 0.5
+    assert dynamic_u8_loss(np.zeros(5)) == (0, 0)
+
+
+def test_lstm_reading_a_heavy_tailed_input_stays_float():
+    """Run-time u8 would zero most values of a power-spectrum input: that LSTM stays float,
+    with the measured share in the report; a normalised input keeps DynamicQuantizeLSTM."""
+    model = F.recurrent("LSTM")
+    rng = np.random.default_rng(0)
+    heavy = [{"x": np.exp(3.0 * rng.standard_normal((12, 2, 32))).astype(np.float32)}
+             for _ in range(4)]
+    result = onnxq.quantize(model, heavy, progress=False)
+    assert _ops(result.model)["DynamicQuantizeLSTM"] == 0
+    reason = dict(result.report.skipped)["rnn"]
+    assert "would zero" in reason and "heavy-tailed" in reason
+    normal = onnxq.quantize(model, F.sequence_feeds(model, 4), progress=False)
+    assert _ops(normal.model)["DynamicQuantizeLSTM"] == 1
