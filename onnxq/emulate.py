@@ -126,6 +126,25 @@ def _outer_names(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
+def _check_emulable(model: onnx.ModelProto) -> None:
+    """Integer kernels inside If/Loop/Scan bodies, and onnxruntime's dynamic LSTM, would run
+    on this CPU's own kernels: refuse rather than report them as emulated."""
+    from onnxq.scopes import proto_subgraphs
+
+    integer = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm",
+               "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
+
+    def has_integer(g: onnx.GraphProto) -> bool:
+        return any(n.op_type in integer for n in g.node) or any(
+            has_integer(sub) for sub in proto_subgraphs(g))
+
+    if any(n.op_type == "DynamicQuantizeLSTM" for n in model.graph.node) or any(
+            has_integer(sub) for sub in proto_subgraphs(model.graph)):
+        raise ModelError("this model has int8 kernels that --emulate does not model (inside "
+                         "If/Loop/Scan bodies, or DynamicQuantizeLSTM): they would run with this "
+                         "CPU's kernels; compare it on a machine of the target kind instead")
+
+
 class EmulatedSession:
     """Duck-types ``InferenceSession.run(names, feed)`` for an INT8 model on ``isa``."""
 
@@ -134,6 +153,7 @@ class EmulatedSession:
             raise ConfigError(f"--emulate {isa!r} is not an ISA onnxq models; choose one of "
                               f"{', '.join(EMULATED_ISAS)}")
         self.isa, self.no_vnni = isa, EMULATED_ISAS[isa]
+        _check_emulable(model)
         self.model = lower_for_emulation(model)
         graph = self.model.graph
         self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

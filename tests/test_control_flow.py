@@ -181,3 +181,14 @@ def test_main_graph_needs_nothing_quantizable():
     assert not any(n.op in ("Conv", "Gemm", "MatMul") for n in graph.nodes)
     result = onnxq.quantize(model, F.rate_feeds(6), progress=False)
     assert sum(1 for _, op in result.report.quantized if op == "Conv") == 6
+
+
+def test_emulation_refuses_int8_inside_bodies():
+    """--emulate models main-graph integer kernels only: a model with int8 inside If
+    branches is refused with the reason, not silently run on this CPU's kernels."""
+    from onnxq.emulate import EmulatedSession
+    from onnxq.errors import ModelError
+
+    result = onnxq.quantize(F.if_branches(), F.rate_feeds(4), progress=False)
+    with pytest.raises(ModelError, match="If/Loop/Scan bodies"):
+        EmulatedSession(result.model, "avx2")
