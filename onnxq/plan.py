@@ -23,7 +23,15 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.plan_weights import weights_plan
-from onnxq.quant_ops import FLOAT_ONLY, HANDLERS, OpHandler, Role, clip_bounds, weight_axis
+from onnxq.quant_ops import (
+    FLOAT_ONLY,
+    HANDLERS,
+    OpHandler,
+    Role,
+    clip_bounds,
+    filter_bank_reason,
+    weight_axis,
+)
 
 __all__ = ["NodePlan", "ActivationPlan", "Fold", "QuantPlan", "annotate"]
 
@@ -131,6 +139,8 @@ class _Analysis:
             weight = (h.weight_input, axis)
         if node.op in {"Conv", "ConvTranspose"} and weight is None:
             return "weights are computed at run time; only constant weights are quantized"
+        if node.op == "Conv" and (why := filter_bank_reason(node)):
+            return why
         if not acts:
             return "both operands are constant; fold constants first"
         const_first: tuple[int, ...] = ()

@@ -122,3 +122,31 @@ def test_lstm_weights_computed_from_constants_are_folded_and_quantized():
     ops = Counter(x.op_type for x in result.model.graph.node)
     assert ops["DynamicQuantizeLSTM"] == 1 and ops["Concat"] == ops["Unsqueeze"] == 0
     assert cosine(run_model(model, feeds[0])[0], run_model(result.model, feeds[0])[0]) >= 0.999
+
+
+def test_raw_signal_filter_bank_stays_float_but_depthwise_does_not():
+    """A Conv reading one channel with a long 1-D kernel (an FIR filter bank on raw audio)
+    stays float with the reason; a 9×9 depthwise conv (81 taps, group = channels) and a
+    short raw-waveform conv are still quantized."""
+    rng = np.random.default_rng(3)
+    bank = (0.05 * rng.standard_normal((8, 1, 128))).astype(np.float32)
+    short = (0.3 * rng.standard_normal((8, 1, 10))).astype(np.float32)
+    dw = (0.1 * rng.standard_normal((8, 1, 9, 9))).astype(np.float32)
+    graph = helper.make_graph(
+        [n("Conv", ["x", "bank"], ["a"], name="filter_bank", pads=[64, 63]),
+         n("Conv", ["x", "short"], ["b"], name="short_conv", pads=[5, 4]),
+         n("Add", ["a", "b"], ["s"], name="sum"),
+         n("Unsqueeze", ["s", "axis"], ["s4"], name="to_2d"),
+         n("Conv", ["s4", "dw"], ["y"], name="depthwise", group=8, pads=[4] * 4)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 256, 1])],
+        initializer=[numpy_helper.from_array(bank, "bank"),
+                     numpy_helper.from_array(short, "short"),
+                     numpy_helper.from_array(dw, "dw"),
+                     numpy_helper.from_array(np.array([-1], np.int64), "axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    feeds = [{"x": rng.standard_normal((1, 1, 256)).astype(np.float32)} for _ in range(4)]
+    result = onnxq.quantize(model, feeds, progress=False)
+    assert "FIR filter bank" in dict(result.report.skipped)["filter_bank"]
+    assert {"short_conv", "depthwise"} <= set(dict(result.report.quantized))
