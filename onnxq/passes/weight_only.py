@@ -23,6 +23,7 @@ __all__ = ["WeightOnlyPass", "ROW_GAIN_DB"]
 
 #: per-row scales are used when they improve the table's SQNR by more than this
 ROW_GAIN_DB = 6.0
+_FP16_NORMAL = 6.2e-5  # smallest normal fp16 (rounded up): smaller scales stay float32
 
 
 def _sqnr(w: np.ndarray, params: QParams) -> float:
@@ -38,8 +39,13 @@ def _gather(graph: gs.Graph, node: gs.Node, table: np.ndarray) -> None:
     rows = qm.weight_params(table, QType.S8, axis=0) if axis == 0 else None
     out = node.outputs[0]
     prefix = G.unique_name(graph, node.inputs[0].name, ("_quantized", "_scale", "_zero_point",
-                                                         "_rows", "_row_scale", "_float"))
+                                                         "_rows", "_row_scale", "_float",
+                                                         "_scale_float", "_CastScale"))
     per_row = rows is not None and _sqnr(table, rows) - _sqnr(table, tensor) > ROW_GAIN_DB
+    if per_row and rows is not None and rows.scale.min() >= _FP16_NORMAL:
+        # the scales that will be stored (fp16), so quantization and dequantization agree
+        rows = QParams(scale=rows.scale.astype(np.float16).astype(np.float32),
+                       zero_point=rows.zero_point, qtype=rows.qtype, axis=rows.axis)
     params = rows if per_row else tensor
     assert params is not None
     node.inputs[0] = gs.Constant(f"{prefix}_quantized", qm.quantize(table, params))
@@ -51,14 +57,22 @@ def _gather(graph: gs.Graph, node: gs.Node, table: np.ndarray) -> None:
         graph.nodes.append(gs.Node("DequantizeLinear", f"{prefix}_DequantizeLinear",
                                    inputs=[q_rows, scale, zp], outputs=[out]))
         return
-    # per-row: gather each row's scale with the row, then int8 → float and scale
+    # per-row: gather each row's scale with the row, then int8 → float and scale. The scales
+    # are stored as fp16 when they fit (half the bytes; a Cast onnxruntime folds at load)
     shape = (table.shape[0],) + (1,) * (table.ndim - 1)
-    scales = gs.Constant(f"{prefix}_scale", params.scale.reshape(shape).astype(np.float32))
+    scales = params.scale.reshape(shape).astype(np.float32)
+    stored: gs.Tensor = gs.Constant(f"{prefix}_scale", scales)
+    if np.all(np.isfinite(scales.astype(np.float16))) and scales.min() >= _FP16_NORMAL:
+        stored = gs.Variable(f"{prefix}_scale_float", dtype=np.float32, shape=list(shape))
+        graph.nodes.append(gs.Node("Cast", f"{prefix}_CastScale", attrs={"to": 1},
+                                   inputs=[gs.Constant(f"{prefix}_scale",
+                                                       scales.astype(np.float16))],
+                                   outputs=[stored]))
     row_scale = gs.Variable(f"{prefix}_row_scale", dtype=np.float32)
     as_float = gs.Variable(f"{prefix}_float", dtype=np.float32, shape=out.shape)
     graph.nodes.extend([
         gs.Node("Gather", f"{prefix}_GatherScale", attrs={"axis": 0},
-                inputs=[scales, node.inputs[1]], outputs=[row_scale]),
+                inputs=[stored, node.inputs[1]], outputs=[row_scale]),
         gs.Node("Cast", f"{prefix}_Cast", attrs={"to": 1}, inputs=[q_rows],
                 outputs=[as_float]),
         gs.Node("Mul", f"{prefix}_Mul", inputs=[as_float, row_scale], outputs=[out]),
