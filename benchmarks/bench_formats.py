@@ -62,12 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(f"\n### {res['model']}\n\n"
                      f"{common.markdown_table(res['rows'], common.MODEL_COLUMNS)}\n\n"
                      f"targets: {res['targets']}")
-    text = "\n".join(parts)
-    print(text)
-    path = common.write_results("formats" + ("_quick" if args.quick else ""),
-                                {"results": results, "environment": env,
-                                 "load_average_at_start": load}, text, args.out)
-    print(f"wrote {path}")
+    common.publish("formats", args.quick, {"results": results, "environment": env,
+                                          "load_average_at_start": load},
+                   "\n".join(parts), args.out)
     return 0
 
 

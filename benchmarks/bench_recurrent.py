@@ -115,12 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         parts.append(f"\n### {res['model']}\n\n{common.markdown_table(res['rows'], COLUMNS)}"
                      f"\n\nbest peer: {res['best_peer']}; targets: {res['targets']}")
-    text = "\n".join(parts)
-    print(text)
-    path = common.write_results("recurrent" + ("_quick" if args.quick else ""),
-                                {"results": results, "environment": env,
-                                 "load_average_at_start": load}, text, args.out)
-    print(f"wrote {path}")
+    common.publish("recurrent", args.quick, {"results": results, "environment": env,
+                                          "load_average_at_start": load},
+                   "\n".join(parts), args.out)
     return 0
 
 

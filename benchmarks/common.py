@@ -172,3 +172,11 @@ def write_results(name: str, payload: dict, table: str, out_dir: Path | None = N
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     (out / f"{name}.md").write_text(table + "\n")
     return path
+
+
+def publish(stem: str, quick: bool, payload: dict, text: str, out: str | Path | None) -> Path:
+    """Print ``text`` and write the results (``stem`` or ``stem_quick``: JSON + markdown)."""
+    print(text)
+    path = write_results(stem + ("_quick" if quick else ""), payload, text, out)
+    print(f"wrote {path}")
+    return path

@@ -298,13 +298,7 @@ def silero_vad(quick: bool = False) -> Bench:
 
     def evaluate(run: Run, ref: EvalResult | None) -> EvalResult:
         probs, _ = stream(run, eval_x)
-        scores = _vad_scores(probs, eval_labels)
-        extra = {"f1": scores["f1"]}
-        if ref is not None:
-            extra["decision_agreement_with_fp32"] = 100.0 * float(np.mean(
-                (probs >= THRESHOLD) == (ref.outputs >= THRESHOLD)))
-            extra["prob_max_abs_diff"] = float(np.max(np.abs(probs - ref.outputs)))
-        return EvalResult(scores["accuracy"], probs, extra)
+        return _vad_result(probs, eval_labels, ref)
 
     mid = eval_x.shape[1] // 2
     state8 = np.zeros((2, 8, 128), np.float32)
@@ -323,6 +317,17 @@ def silero_vad(quick: bool = False) -> Bench:
                  classes=False)
 
 
+def _vad_result(probs: np.ndarray, labels: np.ndarray, ref: EvalResult | None) -> EvalResult:
+    """Frame accuracy (and F1) against the labels; decision agreement with FP32's."""
+    scores = _vad_scores(probs, labels)
+    extra = {"f1": scores["f1"]}
+    if ref is not None:
+        extra["decision_agreement_with_fp32"] = 100.0 * float(np.mean(
+            (probs >= THRESHOLD) == (ref.outputs >= THRESHOLD)))
+        extra["prob_max_abs_diff"] = float(np.max(np.abs(probs - ref.outputs)))
+    return EvalResult(scores["accuracy"], probs, extra)
+
+
 # ================================================================== Silero VAD (sequence)
 def silero_vad_seq(quick: bool = False) -> Bench:
     need("scipy", "scipy")
@@ -335,13 +340,7 @@ def silero_vad_seq(quick: bool = False) -> Bench:
 
     def evaluate(run: Run, ref: EvalResult | None) -> EvalResult:
         probs = np.stack([run({"input": clip, "h": zero, "c": zero})[0] for clip in eval_x])
-        scores = _vad_scores(probs, eval_labels)
-        extra = {"f1": scores["f1"]}
-        if ref is not None:
-            extra["decision_agreement_with_fp32"] = 100.0 * float(np.mean(
-                (probs >= THRESHOLD) == (ref.outputs >= THRESHOLD)))
-            extra["prob_max_abs_diff"] = float(np.max(np.abs(probs - ref.outputs)))
-        return EvalResult(scores["accuracy"], probs, extra)
+        return _vad_result(probs, eval_labels, ref)
 
     return Bench("silero_vad_seq", "transformer", model,
                  [{"input": clip, "h": zero, "c": zero} for clip in calib_x],
