@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxq.large_constants import fill_stubs, stub_large_constants
 from onnxq.qtypes import QParams
 from onnxq.scopes import hoist_shared_initializers
 
@@ -136,7 +137,13 @@ def _restore_default_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
 def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export ``graph``, keeping the template's model-level metadata (doc, props, version)."""
     _unique_tensor_names(graph)
-    model = gs.export_onnx(graph, do_type_check=False)
+    large = stub_large_constants(graph)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for const, values, _ in large:
+            const._values = values
+    fill_stubs(model, {stub.name: (const, values) for const, values, stub in large})
     _restore_default_inputs(graph, model)
     hoist_shared_initializers(model)
     if template is not None:
@@ -171,11 +178,16 @@ def is_dq(node: gs.Node) -> bool:
     return node.op == "DequantizeLinear"
 
 
-def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The value of a constant tensor (initializer or ``Constant`` node output), else None."""
+def constant_value(tensor: gs.Tensor | None, *, cache: bool = True) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or ``Constant`` node output), else None.
+    ``cache=False`` reads a not-yet-loaded initializer without keeping the array on the
+    tensor (a weight about to be replaced by its int8 form: one float copy, briefly)."""
     if tensor is None:
         return None
     if isinstance(tensor, gs.Constant):
+        lazy = vars(tensor).get("_values")
+        if not cache and lazy is not None and not isinstance(lazy, np.ndarray):
+            return np.asarray(lazy.load())
         return np.asarray(tensor.values)
     if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         attrs = tensor.inputs[0].attrs

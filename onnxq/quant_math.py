@@ -57,12 +57,9 @@ def weight_params(
     ``reduce_range`` they use 7 bits ([-63, 63]) to avoid the 16-bit saturation of non-VNNI x86.
     """
     w = np.asarray(weight, dtype=np.float32)
-    if axis is None:
-        absmax = np.asarray(np.max(np.abs(w)) if w.size else 0.0, dtype=np.float32)
-    else:
+    if axis is not None:
         axis = axis % w.ndim
-        other = tuple(i for i in range(w.ndim) if i != axis)
-        absmax = np.max(np.abs(w), axis=other) if other else np.abs(w)
+    absmax = _absmax(w, axis)
     if qtype is QType.S8:
         levels = 63.0 if reduce_range else 127.0
         zp_value = 0
@@ -72,6 +69,30 @@ def weight_params(
     scale = np.maximum(absmax.astype(np.float64) / levels, MIN_SCALE).astype(np.float32)
     zp = np.full(scale.shape, zp_value, dtype=qtype.numpy)
     return QParams(scale=scale, zero_point=zp, qtype=qtype, axis=axis)
+
+
+def _absmax(w: np.ndarray, axis: int | None) -> np.ndarray:
+    """max |w| over everything (axis None) or over all axes but ``axis``, in blocks along the
+    first axis (no full-size temporary)."""
+    if not w.size:
+        return np.asarray(0.0, np.float32) if axis is None else np.zeros(w.shape[axis],
+                                                                          np.float32)
+    if w.ndim == 0:
+        return np.abs(w)
+    rows = max(1, _BLOCK // max(1, w.size // w.shape[0]))
+    parts = []
+    for start in range(0, w.shape[0], rows):
+        block = np.abs(w[start:start + rows])
+        if axis is None:
+            parts.append(np.max(block))
+        else:
+            other = tuple(i for i in range(w.ndim) if i != axis)
+            parts.append(np.max(block, axis=other) if other else block)
+    if axis is None:
+        return np.asarray(max(parts), dtype=np.float32)
+    if axis == 0:
+        return np.concatenate(parts).astype(np.float32)
+    return np.max(np.stack(parts), axis=0).astype(np.float32)
 
 
 def bias_params(input_scale: np.ndarray | np.floating, weight: QParams) -> QParams:
@@ -92,12 +113,36 @@ def _broadcast(params: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     return scale, zp
 
 
+_BLOCK = 1 << 22  # elements per block: temporaries stay ~16 MB whatever the tensor's size
+
+
 def quantize(x: np.ndarray, params: QParams) -> np.ndarray:
-    """QuantizeLinear: ``saturate(round_half_even(x / scale) + zero_point)``."""
+    """QuantizeLinear: ``saturate(round_half_even(x / scale) + zero_point)``.
+
+    Computed in blocks along the first axis, so a 1 GB weight needs a few MB of temporaries,
+    not several copies of itself (8-bit types round and clip in float32, which is exact: a
+    rounded value beyond 2**24 is clipped anyway)."""
     x = np.asarray(x, dtype=np.float32)
     scale, zp = _broadcast(params, x.ndim)
-    q = np.rint(x / scale).astype(np.float64) + zp
-    return np.clip(q, params.qtype.qmin, params.qtype.qmax).astype(params.qtype.numpy)
+    wide = np.dtype(params.qtype.numpy).itemsize > 2
+    out = np.empty(x.shape, dtype=params.qtype.numpy)
+    if x.ndim == 0 or x.size <= _BLOCK:
+        out[...] = _quantize_block(x, scale, zp, params, wide)
+        return out
+    rows = max(1, _BLOCK // max(1, x.size // x.shape[0]))
+    for start in range(0, x.shape[0], rows):
+        block = slice(start, start + rows)
+        s = scale[block] if scale.ndim and scale.shape[0] == x.shape[0] > 1 else scale
+        z = zp[block] if zp.ndim and zp.shape[0] == x.shape[0] > 1 else zp
+        out[block] = _quantize_block(x[block], s, z, params, wide)
+    return out
+
+
+def _quantize_block(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, params: QParams,
+                    wide: bool) -> np.ndarray:
+    q = np.rint(x / scale)
+    q = q.astype(np.float64) + zp if wide else q + zp.astype(np.float32)
+    return np.clip(q, params.qtype.qmin, params.qtype.qmax)
 
 
 def dequantize(q: np.ndarray, params: QParams) -> np.ndarray:

@@ -140,6 +140,8 @@ def make_session(model: onnx.ModelProto | str | bytes, *, threads: int = 0,
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        # a short-lived session (calibration, probes): no pre-packed second copy of the weights
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if isinstance(model, onnx.ModelProto):
         if model.ByteSize() >= PROTOBUF_LIMIT - 2**26:
             raise CalibrationError("model too large for an in-memory session; pass a path")

@@ -1,5 +1,5 @@
 """A model over 2 GiB (two ~1.1 GB weights in external data) quantizes and saves end to end,
-in a child process whose peak memory is measured. Heavy (2.3 GB on disk, ~45 s, ~10 GB RSS):
+in a child process whose peak memory is measured. Heavy (2.3 GB on disk, ~45 s, ~6.4 GB RSS):
 runs with ``make test-large`` (ONNXQ_LARGE_TESTS=1), skipped otherwise."""
 
 from __future__ import annotations
@@ -51,7 +51,11 @@ def test_model_over_2_gib_end_to_end(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rss = float(proc.stdout.split("RSS_GB")[1])
-    print(f"peak RSS {rss:.1f} GB for a {(tmp_path / 'big.data').stat().st_size / 1e9:.2f} GB "
-          "model")
+    size = (tmp_path / "big.data").stat().st_size / 1e9
+    print(f"peak RSS {rss:.1f} GB for a {size:.2f} GB model")
+    # measured 6.4 GB for 2.27 GB (2.8x; 9.6 GB = 4.2x before blockwise quantization,
+    # uncached weight reads, calibration sessions without pre-packed copies and large
+    # constants exported once): a regression guard, not yet the bound #12 asks for
+    assert rss < 3.2 * size
     quantized = onnx.load(str(tmp_path / "q.onnx"), load_external_data=False)
     assert {n.op_type for n in quantized.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}

@@ -93,7 +93,7 @@ class InsertQDQPass:
         wparams = None
         if plan.weight is not None:
             idx, axis = plan.weight
-            w = G.constant_value(node.inputs[idx])
+            w = G.constant_value(node.inputs[idx], cache=False)
             if w is None:  # already quantized by an earlier run
                 return
             if w.size and not (np.all(np.isfinite(w)) and float(np.abs(w).max()) <= 1e30):
