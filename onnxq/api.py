@@ -41,6 +41,7 @@ from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import QTYPES, QType, TensorRange
 from onnxq.quant_ops import HANDLERS, Role
 from onnxq.report import QuantReport
+from onnxq.scopes import all_nodes
 from onnxq.sizes import describe_sizes
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
@@ -337,7 +338,7 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     result = build_pipeline(cfg, plan, ranges).run(fused.model, copy=not consume)
     act, weight, reduce_range = _types(cfg)
     stamp_target(result.model, cfg.target, reduce_range)
-    histogram = Counter(n.op_type for n in result.model.graph.node)
+    histogram = Counter(n.op_type for n in all_nodes(result.model.graph))
     kept = {i.name for i in result.model.graph.input}
     lost = [i.name for i in fused.model.graph.input if i.name not in kept]
     flat = sorted(t for t, r in ranges.items() if r.hi == r.lo and t in plan.calibration_tensors)

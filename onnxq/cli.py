@@ -244,8 +244,9 @@ def describe(model, host: str | None = None) -> dict:
     quantized for and whether ``host`` (default: this CPU) may compute it less accurately."""
     from onnxq.emulate import EMULATED_ISAS, full_range_weights
     from onnxq.kernels.isa import host_target
+    from onnxq.scopes import all_nodes
 
-    nodes = list(model.graph.node)
+    nodes = all_nodes(model.graph)  # If branches and loop bodies included
     meta = {p.key: p.value for p in model.metadata_props}
     host = host or host_target()
     wide = full_range_weights(model)

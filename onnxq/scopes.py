@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import onnx
 import onnx.numpy_helper
 
-__all__ = ["proto_subgraphs", "rename_inputs", "hoist_shared_initializers"]
+__all__ = ["proto_subgraphs", "all_nodes", "rename_inputs", "hoist_shared_initializers"]
 
 
 def proto_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -19,6 +19,14 @@ def proto_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield attr.g
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 yield from attr.graphs
+
+
+def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` and of every subgraph inside it (If branches, loop bodies)."""
+    nodes = list(graph.node)
+    for sub in proto_subgraphs(graph):
+        nodes.extend(all_nodes(sub))
+    return nodes
 
 
 def rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:

@@ -192,3 +192,13 @@ def test_emulation_refuses_int8_inside_bodies():
     result = onnxq.quantize(F.if_branches(), F.rate_feeds(4), progress=False)
     with pytest.raises(ModelError, match="If/Loop/Scan bodies"):
         EmulatedSession(result.model, "avx2")
+
+
+def test_inspect_and_report_count_nodes_inside_bodies():
+    from onnxq.cli import describe
+
+    result = onnxq.quantize(F.if_branches(), F.rate_feeds(4), progress=False)
+    info = describe(result.model)
+    assert info["op_histogram"]["Conv"] == 7  # stem + 3 per branch, all scopes counted
+    assert info["dequantize_linear"] > 10 and len(info["quantized_nodes"]) >= 13
+    assert result.report.op_histogram["Conv"] == 7
