@@ -164,10 +164,7 @@ def ddddocr_rec(quick: bool = False) -> Bench:
         raise Unavailable(f"ddddocr's CHARSET_BETA lacks {''.join(missing)}")
     # logits kept for the output comparison: blank + every character the texts can contain
     kept = [0] + sorted({charset.index(c) for c in string.ascii_letters + string.digits})
-    words = word_list()
-    split = np.random.default_rng(0).permutation(len(words))
-    calib_pool = [words[i] for i in split[: len(words) // 3]]
-    eval_pool = [words[i] for i in split[len(words) // 3:]]  # disjoint from calibration words
+    calib_pool, eval_pool = _split_words()
     fpath = font_path()
     fonts = [ImageFont.truetype(fpath, s) for s in (30, 36, 42, 48)]
 
@@ -391,14 +388,19 @@ def _text_line(pool: list[str], font, rng: np.random.Generator) -> np.ndarray:
     return _render_line(words, font, rng)
 
 
+def _split_words() -> tuple[list[str], list[str]]:
+    """Calibration words (a third) and evaluation words (the rest): disjoint."""
+    words = word_list()
+    split = np.random.default_rng(0).permutation(len(words))
+    return ([words[i] for i in split[: len(words) // 3]],
+            [words[i] for i in split[len(words) // 3:]])
+
+
 def ppocr_cls(quick: bool = False) -> Bench:
     from PIL import ImageFont
 
     model = _rapidocr_model("ch_ppocr_mobile_v2.0_cls_infer.onnx")
-    words = word_list()
-    split = np.random.default_rng(0).permutation(len(words))
-    calib_pool = [words[i] for i in split[: len(words) // 3]]
-    eval_pool = [words[i] for i in split[len(words) // 3:]]  # disjoint from calibration words
+    calib_pool, eval_pool = _split_words()
     fpath = font_path()
     fonts = [ImageFont.truetype(fpath, s) for s in (20, 26, 32, 40)]
 
