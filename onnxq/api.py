@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from onnxq import graph as G
-from onnxq.calibrate import collect_ranges
+from onnxq.calibrate import collect_ranges_spilling
 from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.dynamic_check import LOSSY, DynamicInputCheck, keep_accurate
@@ -244,21 +244,22 @@ def calibrate(
         raise ModelError("the model is already quantized (it holds QuantizeLinear/"
                          "DequantizeLinear); there is nothing to calibrate: pass it to "
                          "onnxq quantize without calibration data")
-    return _calibrate(fused.model, plan, calibration_data, cfg, progress)[0]
+    return _calibrate([fused.model], plan, calibration_data, cfg, progress)[0]
 
 
-def _calibrate(model: onnx.ModelProto, plan: QuantPlan, data, cfg: QuantConfig,
-               progress: bool) -> tuple[dict[str, TensorRange], QuantPlan]:
-    """The ranges, and the plan without dynamic ops whose input run-time int8 would ruin
-    (``dynamic_check``; watched in the same calibration run)."""
+def _calibrate(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantConfig,
+               progress: bool) -> tuple[dict[str, TensorRange], QuantPlan, onnx.ModelProto]:
+    """The ranges; the plan without dynamic ops whose input run-time int8 would ruin
+    (``dynamic_check``; watched in the same calibration run); the prepared model, which the
+    caller hands over in ``box`` (a large one waits on disk meanwhile)."""
     watch = sorted({n.dynamic_input for n in plan.nodes if n.dynamic_input})
     check = DynamicInputCheck(make_calibrator(cfg.calibration), watch, plan.calibration_tensors)
     tensors = [*plan.calibration_tensors,
                *(t for t in watch if t not in set(plan.calibration_tensors))]
-    ranges = collect_ranges(model, tensors, data, check,
-                            max_samples=cfg.calibration.max_samples, progress=progress,
-                            allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
-    return ranges, keep_accurate(plan, check.lost())
+    ranges, model = collect_ranges_spilling(
+        box, tensors, data, check, max_samples=cfg.calibration.max_samples, progress=progress,
+        allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
+    return ranges, keep_accurate(plan, check.lost()), model
 
 
 def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
@@ -304,7 +305,10 @@ def quantize(
         if calibration_data is None:
             raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
                               "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
-        ranges, plan = _calibrate(fused.model, plan, calibration_data, cfg, progress)
+        box = [fused.model]
+        fused = dataclasses.replace(fused, model=onnx.ModelProto())  # the box has it now
+        ranges, plan, prepared = _calibrate(box, plan, calibration_data, cfg, progress)
+        fused = dataclasses.replace(fused, model=prepared)
     return _reads(materialize(fused, plan, cfg, ranges, source=exported), original)
 
 

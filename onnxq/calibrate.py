@@ -4,6 +4,8 @@ the number of batches)."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,7 +16,7 @@ import onnx
 
 from onnxq.calibrators.base import Calibrator
 from onnxq.errors import CalibrationError
-from onnxq.io import clean_stale, external_copy, temp_prefix
+from onnxq.io import clean_stale, external_copy, load_model, temp_prefix
 from onnxq.qtypes import TensorRange
 from onnxq.runtime import (
     InputSpec,
@@ -24,8 +26,9 @@ from onnxq.runtime import (
     input_specs,
     make_session,
 )
+from onnxq.scopes import tensor_bytes
 
-__all__ = ["collect_ranges"]
+__all__ = ["collect_ranges", "collect_ranges_spilling", "SPILL_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ def collect_ranges(
     progress: bool = True,
     allow_nonfinite: bool = False,
     partial: bool = False,
+    folder: Path | None = None,
 ) -> dict[str, TensorRange]:
     """Run ``model`` on every feed of ``data`` and return the calibrator's range per tensor.
 
@@ -52,10 +56,12 @@ def collect_ranges(
     names = list(tensors)
     specs = input_specs(model)
     clean_stale(tempfile.gettempdir())
-    with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="calib")) as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = folder or Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix=temp_prefix(kind="calib"))))
         # Basic optimizations only: values exactly as the graph defines them, no pre-packed
         # weight copies (the session lives only for this run).
-        path, carriers = external_copy(model, names, Path(tmp))
+        path, carriers = external_copy(model, names, Path(tmp), data_name="calibration.bin")
         try:
             session = make_session(str(path), optimize=False)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
@@ -66,6 +72,34 @@ def collect_ranges(
         return _stream(session, carriers, specs, data, calibrator, max_samples=max_samples,
                        progress=progress, allow_nonfinite=allow_nonfinite,
                        partial=partial, wanted=names)
+
+
+#: prepared models at least this large wait on disk while onnxruntime calibrates them
+SPILL_BYTES = 1 << 28
+
+
+def collect_ranges_spilling(box: list[onnx.ModelProto], tensors: Sequence[str], data,
+                            calibrator: Calibrator, **options) -> tuple[dict[str, TensorRange],
+                                                                        onnx.ModelProto]:
+    """``collect_ranges`` for the model in ``box``, which the caller hands over (the list is
+    emptied). A large model is written to a temporary folder and dropped from memory while
+    onnxruntime runs it (its weights are then held once, by onnxruntime, not twice), and is
+    loaded back afterwards; the model returned is the one to go on with."""
+    model = box.pop()
+    if sum(tensor_bytes(t) for t in model.graph.initializer) < SPILL_BYTES:
+        return collect_ranges(model, tensors, data, calibrator, **options), model
+    clean_stale(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="calib")) as tmp:
+        path = Path(tmp) / "prepared.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="prepared.bin",
+                        size_threshold=4096)
+        del model
+        gc.collect()  # the IR of the planning step held references to the weights
+        light = onnx.load(str(path), load_external_data=False)
+        ranges = collect_ranges(light, tensors, data, calibrator, folder=Path(tmp), **options)
+        del light
+        return ranges, load_model(path)
 
 
 def _stream(session, carriers: dict[str, str], specs: list[InputSpec], data,

@@ -22,6 +22,7 @@ from onnxq.outputs import (  # re-exported: io is where callers look for file ha
     temp_prefix,
     write_text_atomic,
 )
+from onnxq.scopes import tensor_bytes
 
 __all__ = ["load_model", "save_model", "validate_model", "external_copy", "PROTOBUF_LIMIT",
            "fits_in_protobuf", "check_output", "check_outputs", "same_file", "model_files",
@@ -94,8 +95,22 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def fits_in_protobuf(model: onnx.ModelProto) -> bool:
-    """True when ``model`` serializes in one protobuf message (with a 64 MiB margin)."""
-    return model.ByteSize() <= PROTOBUF_LIMIT - 64 * 2**20
+    """True when ``model`` serializes in one protobuf message (with a 64 MiB margin). Large
+    models are judged by their tensor data (``ByteSize()`` would serialize them once just to
+    measure); small ones exactly."""
+    from onnxq.scopes import all_nodes, proto_subgraphs
+
+    graphs, stack = [], [model.graph]
+    while stack:
+        graphs.append(stack.pop())
+        stack.extend(proto_subgraphs(graphs[-1]))
+    data = sum(tensor_bytes(t) for g in graphs for t in g.initializer
+               if t.data_location != onnx.TensorProto.EXTERNAL)
+    data += sum(tensor_bytes(a.t) for n in all_nodes(model.graph) for a in n.attribute
+                if a.type == onnx.AttributeProto.TENSOR)
+    if data < 2**30:
+        return model.ByteSize() <= PROTOBUF_LIMIT - 64 * 2**20
+    return data <= PROTOBUF_LIMIT - 64 * 2**20
 
 
 def _needs_external_data(model: onnx.ModelProto) -> bool:
@@ -170,8 +185,8 @@ def load_ranges(path: str | os.PathLike) -> dict:
 _RANGE_LIMIT = 1e30
 
 
-def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: Path
-                   ) -> tuple[Path, dict[str, str]]:
+def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: Path,
+                  data_name: str = "weights.bin") -> tuple[Path, dict[str, str]]:
     """Write ``model`` (plus ``extra_outputs`` as graph outputs) to ``folder`` with every large
     initializer in one external data file, one tensor at a time: no second in-memory copy of
     the weights, and onnxruntime maps the data file instead of copying it. Returns the path
@@ -192,11 +207,10 @@ def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: 
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
     carriers = expose(g, extra_outputs)
-    data_name = "weights.bin"
     offset = 0
     with open(folder / data_name, "wb") as data:
         for init in src.initializer:
-            if init.data_location == onnx.TensorProto.EXTERNAL or init.ByteSize() < 4096:
+            if init.data_location == onnx.TensorProto.EXTERNAL or tensor_bytes(init) < 4096:
                 g.initializer.append(init)
                 continue
             raw = init.raw_data if init.HasField("raw_data") else \
@@ -214,6 +228,6 @@ def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: 
                 entry = t.external_data.add()
                 entry.key, entry.value = key, value
             offset += len(raw)
-    path = folder / "model.onnx"
+    path = folder / f"{Path(data_name).stem}.onnx"
     onnx.save_model(light, str(path))
     return path, carriers

@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxq.scopes import tensor_bytes
+
 __all__ = ["stub_large_constants", "fill_stubs"]
 
 _LARGE = 1 << 20  # bytes: a constant this large is exported once, not copied three times
@@ -28,7 +30,7 @@ def stub_large_constants(graph: gs.Graph) -> list:
                 continue
             seen.add(id(t))
             values = vars(t).get("_values")
-            nbytes = values.tensor.ByteSize() if isinstance(values, LazyValues) else \
+            nbytes = tensor_bytes(values.tensor) if isinstance(values, LazyValues) else \
                 getattr(values, "nbytes", 0)
             if nbytes < _LARGE or np.dtype(t.dtype) == np.dtype(object):
                 continue

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import onnx
 import onnx.numpy_helper
 
-__all__ = ["proto_subgraphs", "all_nodes", "rename_inputs", "hoist_shared_initializers"]
+__all__ = ["proto_subgraphs", "all_nodes", "rename_inputs", "hoist_shared_initializers",
+           "tensor_bytes"]
 
 
 def proto_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -19,6 +20,21 @@ def proto_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield attr.g
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 yield from attr.graphs
+
+
+def tensor_bytes(t: onnx.TensorProto) -> int:
+    """The data size of an initializer, without ``ByteSize()`` (which serializes the whole
+    tensor to measure it: a transient copy of every weight)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return next((int(e.value) for e in t.external_data if e.key == "length"), 0)
+    count = 1
+    for d in t.dims:
+        count *= d
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 8
+    return count * max(itemsize, 1)
 
 
 def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

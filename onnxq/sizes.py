@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnx
 
-from onnxq.scopes import proto_subgraphs
+from onnxq.scopes import proto_subgraphs, tensor_bytes
 
 __all__ = ["component_bytes", "describe_sizes"]
 
@@ -50,7 +50,7 @@ def component_bytes(model: onnx.ModelProto) -> dict[str, int]:
     for g in _graphs(model.graph):
         for t in g.initializer:
             k = kind(t.name)
-            sizes[k] = sizes.get(k, 0) + t.ByteSize()
+            sizes[k] = sizes.get(k, 0) + tensor_bytes(t)
     return sizes
 
 

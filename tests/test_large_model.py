@@ -1,5 +1,5 @@
 """A model over 2 GiB (two ~1.1 GB weights in external data) quantizes and saves end to end,
-in a child process whose peak memory is measured. Heavy (2.3 GB on disk, ~45 s, ~6.4 GB RSS):
+in a child process whose peak memory is measured. Heavy (2.3 GB on disk, ~45 s, ~5 GB RSS):
 runs with ``make test-large`` (ONNXQ_LARGE_TESTS=1), skipped otherwise."""
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ pytestmark = pytest.mark.skipif(os.environ.get("ONNXQ_LARGE_TESTS") != "1",
 K, N = 16384, 17000  # 2 x ~1.1 GB of float32 weights
 
 _CHILD = """
-import resource, sys, numpy as np, onnx, onnxq
+import sys, numpy as np, onnx, onnxq
 K = int(sys.argv[3])
 feeds = [{"x": np.random.default_rng(0).uniform(0, 1, (1, K)).astype(np.float32)}
          for _ in range(2)]
 result = onnxq.quantize(sys.argv[1], feeds, progress=False)
 result.save(sys.argv[2])
-print("RSS_GB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+# VmHWM: this process's own peak (ru_maxrss would include the forking parent's RSS)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status")
+           if line.startswith("VmHWM"))
+print("RSS_GB", hwm / 1e6)
 """
 
 
@@ -53,9 +56,10 @@ def test_model_over_2_gib_end_to_end(tmp_path):
     rss = float(proc.stdout.split("RSS_GB")[1])
     size = (tmp_path / "big.data").stat().st_size / 1e9
     print(f"peak RSS {rss:.1f} GB for a {size:.2f} GB model")
-    # measured 6.4 GB for 2.27 GB (2.8x; 9.6 GB = 4.2x before blockwise quantization,
-    # uncached weight reads, calibration sessions without pre-packed copies and large
-    # constants exported once): a regression guard, not yet the bound #12 asks for
-    assert rss < 3.2 * size
+    # measured 5.1 GB for 2.27 GB (2.25x; 9.6 GB = 4.2x before blockwise quantization,
+    # uncached weight reads, calibration sessions without pre-packed copies, large constants
+    # exported once, sizes measured without serializing and the prepared model waiting on
+    # disk during calibration): a regression guard, not yet the bound #12 asks for
+    assert rss < 2.6 * size
     quantized = onnx.load(str(tmp_path / "q.onnx"), load_external_data=False)
     assert {n.op_type for n in quantized.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}

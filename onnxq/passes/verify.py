@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.errors import PassError
+from onnxq.io import fits_in_protobuf
 from onnxq.pipeline import PassResult
 
 __all__ = ["VerifyPass"]
@@ -50,7 +51,7 @@ class VerifyPass:
             raise PassError("quantized graph is invalid: " + "; ".join(problems[:5]))
         if self.check_model:
             model = G.export_graph(graph)
-            if model.ByteSize() < 2**31 - 2**26:
+            if fits_in_protobuf(model):
                 try:
                     onnx.checker.check_model(model, full_check=True)
                 except Exception as exc:  # noqa: BLE001
