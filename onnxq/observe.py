@@ -62,7 +62,7 @@ def _export_from_body(body: onnx.GraphProto, wanted: set[str], namer: _Namer
     """Expose ``wanted`` (where defined in ``body`` or deeper) as new outputs of ``body``,
     each through an Identity of a fresh name; returns tensor → new output name."""
     inner = _expose_in(body, wanted, namer)
-    found = {t: local for t, local in inner.items()}
+    found = dict(inner)
     for t in sorted(wanted & _local(body)):
         found[t] = t
     outputs = {}
