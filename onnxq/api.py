@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 from collections import Counter
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 
 from onnxq import graph as G
+from onnxq import placement
 from onnxq.calibrate import collect_ranges_spilling
 from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig
@@ -116,10 +118,13 @@ def stamp_target(model: onnx.ModelProto, target: str, reduce_range: bool) -> Non
         model.metadata_props.add(key=key, value=value)
 
 
-def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
+def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
+            input_shapes: Mapping[str, tuple] | None = None
             ) -> tuple[PipelineResult, QuantPlan | None]:
-    """Preprocess + fuse ``model`` and plan its quantization (no calibration yet). The plan
-    is None for a model that is already quantized (QDQ from QAT or another tool)."""
+    """Preprocess + fuse ``model`` and plan its quantization (no calibration yet): which
+    nodes run int8 is decided by the placement (``config.placement``; ``input_shapes``, e.g.
+    a calibration feed's, size its cost model, else symbolic dims count as 1). The plan is None
+    for a model that is already quantized (QDQ from QAT or another tool)."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     fused = Pipeline([PreprocessPass(min_opset=config.min_opset),
@@ -128,22 +133,44 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig
         return fused, None
     graph = G.import_graph(fused.model)
     _check_exclusions(graph, config)
-    plan = annotate(graph, per_channel=config.weight.per_channel,
+    plan = _annotate(graph, config)
+    if not any(n.role in (Role.ANCHOR, Role.DYNAMIC) for n in plan.nodes):
+        _refuse_unquantizable(graph, plan)
+    return fused, _placed(fused.model, graph, plan, config, input_shapes)
+
+
+def _placed(model: onnx.ModelProto, graph, plan: QuantPlan, config: QuantConfig,
+            input_shapes) -> QuantPlan:
+    """``plan`` with the placement's float regions kept float, and its summary as a note."""
+    placed = placement.decide(model, graph, plan, objective=config.placement.objective,
+                              table_spec=config.placement.cost_table, target=config.target,
+                              input_shapes=input_shapes)
+    if placed is None:
+        return plan
+    if placed.keep_float:
+        plan = _annotate(graph, config, placed.keep_float)
+    return dataclasses.replace(plan, notes=plan.notes + (placed.note(),))
+
+
+def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None = None
+              ) -> QuantPlan:
+    return annotate(graph, per_channel=config.weight.per_channel,
                     exclude_nodes=config.exclude_nodes,
                     exclude_op_types=config.exclude_op_types,
-                    fold_activations=config.fold_activations,
+                    fold_activations=config.fold_activations, keep_float=dict(keep_float or {}),
                     weight_only_ops=config.weight.weight_only_ops)
-    if not any(n.role in (Role.ANCHOR, Role.DYNAMIC) for n in plan.nodes):
-        anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR}
-        ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
-        why = [f"{name} ({ops.get(name, '?')}): {reason}" for name, reason in plan.skipped
-               if ops.get(name) in anchors]
-        raise ModelError(
-            "the model has nothing onnxq can quantize; quantization would only slow it down: "
-            + ("; ".join(why[:4]) + (f" (and {len(why) - 4} more)" if len(why) > 4 else "")
-               if why else "no Conv, ConvTranspose, Gemm or MatMul with float32 inputs was "
-               "found"))
-    return fused, plan
+
+
+def _refuse_unquantizable(graph, plan: QuantPlan) -> None:
+    anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR}
+    ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
+    why = [f"{name} ({ops.get(name, '?')}): {reason}" for name, reason in plan.skipped
+           if ops.get(name) in anchors]
+    raise ModelError(
+        "the model has nothing onnxq can quantize; quantization would only slow it down: "
+        + ("; ".join(why[:4]) + (f" (and {len(why) - 4} more)" if len(why) > 4 else "")
+           if why else "no Conv, ConvTranspose, Gemm or MatMul with float32 inputs was "
+           "found"))
 
 
 def _check_exclusions(graph, config: QuantConfig) -> None:
@@ -239,7 +266,8 @@ def calibrate(
     """Measure the activation ranges ``quantize`` needs; reuse them with ``ranges=``."""
     cfg = _resolve_config(config, overrides)
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
-    fused, plan = prepare(model, cfg)
+    shapes, calibration_data = _peek_shapes(calibration_data)
+    fused, plan = prepare(model, cfg, shapes)
     if plan is None:
         raise ModelError("the model is already quantized (it holds QuantizeLinear/"
                          "DequantizeLinear); there is nothing to calibrate: pass it to "
@@ -269,11 +297,11 @@ def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     if all(t in ranges for t in plan.calibration_tensors):
         return plan
     graph = G.import_graph(fused.model)
-    lossy = {name: why for name, why in plan.skipped if why.startswith(LOSSY)}
-    return without_unobserved(graph, plan, ranges, lambda keep: annotate(
-        graph, per_channel=cfg.weight.per_channel, exclude_nodes=cfg.exclude_nodes,
-        exclude_op_types=cfg.exclude_op_types, fold_activations=cfg.fold_activations,
-        keep_float=lossy | keep, weight_only_ops=cfg.weight.weight_only_ops))
+    kept = {name: why for name, why in plan.skipped
+            if why.startswith(LOSSY) or why.startswith(placement.PLACED)}
+    settled = without_unobserved(graph, plan, ranges,
+                                 lambda keep: _annotate(graph, cfg, kept | keep))
+    return dataclasses.replace(settled, notes=plan.notes)
 
 
 def quantize(
@@ -298,7 +326,8 @@ def quantize(
     original = model
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
-    fused, plan = prepare(model, cfg)  # the pipeline makes the one private copy
+    shapes, calibration_data = _peek_shapes(calibration_data)
+    fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
         return _reads(_quantize_prequantized(fused.model, cfg), original)
     if ranges is None:
@@ -310,6 +339,25 @@ def quantize(
         ranges, plan, prepared = _calibrate(box, plan, calibration_data, cfg, progress)
         fused = dataclasses.replace(fused, model=prepared)
     return _reads(materialize(fused, plan, cfg, ranges, source=exported), original)
+
+
+def _peek_shapes(data):
+    """The input shapes of the first feed of ``data`` (for the cost model), and ``data`` to
+    iterate in full (an iterator gets its first feed back in front)."""
+    if data is None or isinstance(data, Mapping):
+        return None, data
+    if isinstance(data, (list, tuple)):
+        first = data[0] if data else None
+    else:
+        it = iter(data)
+        if it is not data:  # a re-iterable: peek on a fresh iterator
+            first = next(it, None)
+        else:
+            first = next(it, None)
+            data = data if first is None else itertools.chain([first], it)
+    if not isinstance(first, Mapping):
+        return None, data
+    return {k: tuple(np.shape(v)) for k, v in first.items()}, data
 
 
 def _reads(result: QuantResult, original: object) -> QuantResult:
@@ -362,7 +410,8 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
         skipped=plan.skipped + fused.skipped + result.skipped,
         folded=tuple(f.node for f in plan.folds),
         op_histogram=dict(sorted(histogram.items())),
-        notes=tuple(n for r in fused.records + result.records for n in r.notes) + defaults
+        notes=plan.notes + tuple(n for r in fused.records + result.records for n in r.notes)
+        + defaults
         + (describe_sizes(fused.model, result.model),),
         activation_type=act.value, weight_type=weight.value, per_channel=plan.per_channel,
         target=cfg.target, weight_bits=7 if reduce_range else 8,

@@ -29,6 +29,8 @@ __all__ = [
     "FORMATS",
     "CALIBRATORS",
     "WEIGHT_ONLY_OPS",
+    "PlacementConfig",
+    "OBJECTIVES",
 ]
 
 #: Output forms of a quantized model: name → description (the lowering passes are chosen in
@@ -148,6 +150,31 @@ class CalibrationConfig:
             raise ConfigError(f"calibration.max_samples={self.max_samples} must be >= 1")
 
 
+#: What the placement optimises (``placement.objective``): name → description. Read-only.
+OBJECTIVES: Mapping[str, str] = MappingProxyType({
+    "latency": "int8 or float per region, whichever the cost model predicts faster at batch 1 "
+               "(conversions included); int8 wins near-ties",
+    "balanced": "as latency, but a region goes float only when that is predicted >= 20% "
+                "faster (a smaller model for a little speed)",
+    "size": "int8 wherever onnxq can quantize, whatever the speed (the smallest model)"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementConfig:
+    """Latency-aware placement (``onnxq.placement``)."""
+
+    objective: str = "latency"
+    #: "target" (the table shipped for the target ISA), "host" (measured on this machine once,
+    #: then cached per CPU model and onnxruntime version) or the path of a table (JSON)
+    cost_table: str = "target"
+
+    def __post_init__(self) -> None:
+        _check_types(self, "placement.")
+        _check_choice("placement.objective", self.objective, tuple(OBJECTIVES))
+        if not self.cost_table:
+            raise ConfigError('placement.cost_table must be "target", "host" or a path')
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuantConfig:
     """Everything that decides what a quantization run writes."""
@@ -156,6 +183,7 @@ class QuantConfig:
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     weight: WeightConfig = field(default_factory=WeightConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     fold_activations: bool = True
@@ -167,7 +195,8 @@ class QuantConfig:
     def __post_init__(self) -> None:
         _check_types(self, "")
         for name, klass in (("activation", ActivationConfig), ("weight", WeightConfig),
-                            ("calibration", CalibrationConfig)):
+                            ("calibration", CalibrationConfig),
+                            ("placement", PlacementConfig)):
             if not isinstance(getattr(self, name), klass):
                 raise ConfigError(f"{name} must be a {klass.__name__} (a table in a file)")
         _check_choice("format", self.format, tuple(FORMATS))
@@ -196,7 +225,7 @@ class QuantConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"configuration must be a mapping, got {type(data).__name__}")
         nested = {"activation": ActivationConfig, "weight": WeightConfig,
-                  "calibration": CalibrationConfig}
+                  "calibration": CalibrationConfig, "placement": PlacementConfig}
         kwargs: dict[str, Any] = {}
         for key, value in _checked_items(cls, data, "config"):
             if key in nested:
@@ -234,7 +263,7 @@ class QuantConfig:
             if key in OVERRIDES:
                 section, name = OVERRIDES[key]
                 data[section][name] = value
-            elif key in data and key not in {"activation", "weight", "calibration"}:
+            elif key in data and key not in {"activation", "weight", "calibration", "placement"}:
                 data[key] = value
             else:
                 valid = sorted(set(OVERRIDES) | {k for k in data if not isinstance(data[k], dict)})
@@ -255,6 +284,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "allow_nonfinite": ("calibration", "allow_nonfinite"),
     "percentile": ("calibration", "percentile"),
     "num_bins": ("calibration", "num_bins"),
+    "objective": ("placement", "objective"),
+    "cost_table": ("placement", "cost_table"),
 }
 
 

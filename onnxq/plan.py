@@ -71,6 +71,7 @@ class QuantPlan:
     skipped: tuple[tuple[str, str], ...] = ()
     per_channel: bool = True
     upper_bounds: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # for the report (e.g. the placement's summary)
 
     @property
     def calibration_tensors(self) -> tuple[str, ...]:

@@ -290,6 +290,40 @@ def mobilenet_shaped(seed: int = 0, opset: int = 17, image: int = 224,
                    [("logits", ["batch", num_classes])])
 
 
+def lcnet_shaped(seed: int = 0, opset: int = 17, image: int = 224,
+                 num_classes: int = 1000) -> onnx.ModelProto:
+    """PP-LCNet-like stack: HardSwish after every conv, depthwise 3x3/5x5 + pointwise blocks,
+    squeeze-excitation (GAP, 1x1 Relu, 1x1, HardSigmoid, Mul) in the last three blocks, a 1x1
+    "last conv" after the pooling and a Gemm head. Random He-init weights."""
+    b = _Builder(seed, opset)
+    x = b.hardswish(b.bn(b.conv("input", "stem", 3, 16, 3, stride=2), "stem.bn", 16),
+                    "stem.hswish")
+    # (kernel, in, out, stride, squeeze-excitation)
+    cfg = [(3, 16, 32, 1, False), (3, 32, 64, 2, False), (3, 64, 64, 1, False),
+           (3, 64, 128, 2, False), (3, 128, 128, 1, False), (3, 128, 256, 2, False)]
+    cfg += [(5, 256, 256, 1, False)] * 4 + [(5, 256, 256, 1, True), (5, 256, 512, 2, True),
+                                            (5, 512, 512, 1, True)]
+    for i, (k, cin, cout, stride, se) in enumerate(cfg):
+        name = f"block{i}"
+        x = b.hardswish(b.bn(b.conv(x, f"{name}.dw", cin, cin, k, stride=stride, group=cin),
+                             f"{name}.dw.bn", cin), f"{name}.dw.act")
+        if se:
+            g = b.op("GlobalAveragePool", [x], f"{name}.se.pool")
+            g = b.relu(b.conv(g, f"{name}.se.reduce", cin, cin // 4, 1, bias=True),
+                       f"{name}.se.relu")
+            g = b.conv(g, f"{name}.se.expand", cin // 4, cin, 1, bias=True)
+            g = b.op("HardSigmoid", [g], f"{name}.se.gate", alpha=1.0 / 6.0, beta=0.5)
+            x = b.op("Mul", [x, g], f"{name}.se.mul")
+        x = b.hardswish(b.bn(b.conv(x, f"{name}.pw", cin, cout, 1), f"{name}.pw.bn", cout),
+                        f"{name}.pw.act")
+    x = b.op("GlobalAveragePool", [x], "pool")
+    x = b.hardswish(b.conv(x, "last_conv", 512, 1280, 1, bias=True), "last_conv.act")
+    x = b.op("Flatten", [x], "flatten", axis=1)
+    b.gemm(x, "fc", 1280, num_classes, out="logits", gain=4.0)
+    return b.model("lcnet_shaped", [("input", ["batch", 3, image, image])],
+                   [("logits", ["batch", num_classes])])
+
+
 # ---------------------------------------------------------------------------------------
 # MatMul / transformer builders
 # ---------------------------------------------------------------------------------------

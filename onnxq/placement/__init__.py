@@ -1,0 +1,42 @@
+"""Latency-aware placement: which planned nodes run int8 and which stay float (see
+``place.py``), from a cost model of onnxruntime's CPU EP kernels (``costs.py``, ``model.py``)
+measured on the host (``measure.py``) or shipped per target ISA (``tables/``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxq.placement.costs import CostTable, host_table, load_table, table_for_target
+from onnxq.placement.place import PLACED, Placement, Region, place
+from onnxq.placement.shapes import batch1_shapes
+
+__all__ = ["decide", "cost_table", "Placement", "Region", "PLACED", "MARGINS"]
+
+#: int8's preference per objective: a node goes float only when its predicted float cost is
+#: below this share of its int8 cost (conversions included)
+MARGINS: Mapping[str, float] = {"latency": 0.97, "balanced": 0.8}
+
+
+def cost_table(spec: str, target: str) -> CostTable:
+    """The table a ``placement.cost_table`` setting names for ``target``."""
+    if spec == "target":
+        return table_for_target(target)
+    if spec == "host":
+        return host_table()
+    return load_table(spec)
+
+
+def decide(model: onnx.ModelProto, graph: gs.Graph, plan, *, objective: str, table_spec: str,
+           target: str, input_shapes: Mapping[str, tuple] | None = None) -> Placement | None:
+    """The placement of ``plan`` on ``graph`` (imported from ``model``), or None for the size
+    objective or when the shapes cannot be inferred."""
+    if objective not in MARGINS:
+        return None
+    shapes = batch1_shapes(model, input_shapes)
+    if not shapes:
+        return None
+    return place(graph, plan, shapes, cost_table(table_spec, target),
+                 margin=MARGINS[objective])

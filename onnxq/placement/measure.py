@@ -1,0 +1,217 @@
+"""Measure the CPU EP's float and int8 kernels on this host: the cost table of the placement.
+
+Convolutions and GEMMs are timed as chains (the marginal cost of one more layer, so the layout
+changes at a chain's ends cancel out); elementwise ops, quantize/dequantize and layout changes
+as single ops at a fixed size. Each figure is a median of interleaved rounds (``runtime``).
+The table is a plain dict, written as JSON (``costs.save_table``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq import runtime
+
+__all__ = ["measure_table", "CHANNELS", "GEMM_ROWS", "ELEMENTWISE"]
+
+#: channel counts the conv rates are measured at (interpolated log-linearly between)
+CHANNELS = (3, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: GEMM rows (batch × tokens) the GEMM rates are measured at
+GEMM_ROWS = (1, 4, 16, 64, 256)
+#: elements of the tensors the elementwise costs are measured on
+_ELEMENTS = 64 * 56 * 56
+_F, _U8, _I8, _I32 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32
+
+
+def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "m", inputs, outputs, initializer=inits)
+    return helper.make_model(graph, ir_version=9, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def _info(name: str, dtype: int, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, list(shape))
+
+
+def _arr(name: str, value, dtype) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def _conv_chain(kind: str, c: int, hw: int, depth: int, int8: bool) -> onnx.ModelProto:
+    """``depth`` convs of one kind (c → c channels, stride 1) on a [1, c, hw, hw] tensor."""
+    rng = np.random.default_rng(0)
+    k, group = {"pointwise": (1, 1), "depthwise3": (3, c), "depthwise5": (5, c),
+                "dense3": (3, 1)}[kind]
+    attrs = {"kernel_shape": [k, k], "pads": [k // 2] * 4, "group": group}
+    wshape = (c, c // group, k, k)
+    inits = [_arr("xs", 0.05, np.float32), _arr("xz", 128, np.uint8)]
+    nodes, x = [], "x"
+    for i in range(depth):
+        y = "y" if i == depth - 1 else f"t{i}"
+        if int8:
+            inits += [_arr(f"w{i}", rng.integers(-60, 60, wshape), np.int8),
+                      _arr(f"ws{i}", np.full(c, 0.01), np.float32), _arr(f"wz{i}", np.zeros(c),
+                                                                         np.int8),
+                      _arr(f"b{i}", rng.integers(-500, 500, c), np.int32)]
+            nodes.append(helper.make_node("QLinearConv", [x, "xs", "xz", f"w{i}", f"ws{i}",
+                                                          f"wz{i}", "xs", "xz", f"b{i}"], [y],
+                                          **attrs))
+        else:
+            inits += [_arr(f"w{i}", rng.normal(0, 0.1, wshape), np.float32),
+                      _arr(f"b{i}", rng.normal(0, 0.1, c), np.float32)]
+            nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [y], **attrs))
+        x = y
+    dtype = _U8 if int8 else _F
+    return _model(nodes, [_info("x", dtype, [1, c, hw, hw])], [_info("y", dtype,
+                                                                     [1, c, hw, hw])], inits)
+
+
+def _gemm_chain(m: int, n: int, depth: int, int8: bool) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [_arr("xs", 0.05, np.float32), _arr("xz", 128, np.uint8)]
+    nodes, x = [], "x"
+    for i in range(depth):
+        y = "y" if i == depth - 1 else f"t{i}"
+        if int8:
+            inits += [_arr(f"w{i}", rng.integers(-60, 60, (n, n)), np.int8),
+                      _arr(f"ws{i}", 0.01, np.float32), _arr(f"wz{i}", 0, np.int8)]
+            nodes.append(helper.make_node("QLinearMatMul", [x, "xs", "xz", f"w{i}", f"ws{i}",
+                                                            f"wz{i}", "xs", "xz"], [y]))
+        else:
+            inits.append(_arr(f"w{i}", rng.normal(0, 0.05, (n, n)), np.float32))
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [y]))
+        x = y
+    dtype = _U8 if int8 else _F
+    return _model(nodes, [_info("x", dtype, [m, n])], [_info("y", dtype, [m, n])], inits)
+
+
+def _single(op: str, inputs: list[tuple[str, int, list]], out: tuple[int, list],
+            extra_inputs=(), inits=(), domain: str = "", **attrs) -> onnx.ModelProto:
+    names = [n for n, _, _ in inputs] + list(extra_inputs)
+    node = helper.make_node(op, names, ["y"], domain=domain, **attrs)
+    return _model([node], [_info(n, t, s) for n, t, s in inputs], [_info("y", *out)],
+                  list(inits))
+
+
+def _elementwise_models() -> dict[str, onnx.ModelProto]:
+    c, hw = 64, 56
+    s, g = [1, c, hw, hw], [1, c, 1, 1]
+    q = [_arr("s", 0.05, np.float32), _arr("z", 128, np.uint8)]
+    ms = "com.microsoft"
+    two = [("a", _U8, s), ("b", _U8, s)]
+    return {
+        "QuantizeLinear": _single("QuantizeLinear", [("x", _F, s)], (_U8, s), ["s", "z"], q),
+        "DequantizeLinear": _single("DequantizeLinear", [("x", _U8, s)], (_F, s), ["s", "z"], q),
+        "Transpose.u8": _single("Transpose", [("x", _U8, s)], (_U8, [1, hw, hw, c]),
+                                perm=[0, 2, 3, 1]),
+        "Transpose.f32": _single("Transpose", [("x", _F, s)], (_F, [1, hw, hw, c]),
+                                 perm=[0, 2, 3, 1]),
+        "QLinearAdd": _model([helper.make_node("QLinearAdd", ["a", "s", "z", "b", "s", "z", "s",
+                                                             "z"], ["y"], domain=ms)],
+                             [_info(*t) for t in two], [_info("y", _U8, s)], q),
+        "QLinearMul": _model([helper.make_node("QLinearMul", ["a", "s", "z", "b", "s", "z", "s",
+                                                             "z"], ["y"], domain=ms)],
+                             [_info(*t) for t in two], [_info("y", _U8, s)], q),
+        "QLinearMul.bcast": _model([helper.make_node(
+            "QLinearMul", ["a", "s", "z", "b", "s", "z", "s", "z"], ["y"], domain=ms)],
+            [_info("a", _U8, s), _info("b", _U8, g)], [_info("y", _U8, s)], q),
+        "QLinearSigmoid": _single("QLinearSigmoid", [("x", _U8, s)], (_U8, s),
+                                  ["s", "z", "s", "z"], q, domain=ms),
+        "QLinearGlobalAveragePool": _single("QLinearGlobalAveragePool", [("x", _U8, s)],
+                                            (_U8, g), ["s", "z", "s", "z"], q, domain=ms,
+                                            channels_last=0),
+        "Add": _single("Add", [("a", _F, s), ("b", _F, s)], (_F, s)),
+        "Mul": _single("Mul", [("a", _F, s), ("b", _F, s)], (_F, s)),
+        "Mul.bcast": _single("Mul", [("a", _F, s), ("b", _F, g)], (_F, s)),
+        "Sigmoid": _single("Sigmoid", [("x", _F, s)], (_F, s)),
+        "HardSwish": _single("HardSwish", [("x", _F, s)], (_F, s)),
+        "GlobalAveragePool": _single("GlobalAveragePool", [("x", _F, s)], (_F, g)),
+    }
+
+
+def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    feed = {}
+    for i in model.graph.input:
+        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        if i.type.tensor_type.elem_type == _U8:
+            feed[i.name] = rng.integers(0, 255, shape).astype(np.uint8)
+        else:
+            feed[i.name] = rng.normal(0, 1, shape).astype(np.float32)
+    return feed
+
+
+def _time(models: dict[str, onnx.ModelProto], threads: int, seconds: float) -> dict[str, float]:
+    """Models with the same inputs, timed interleaved."""
+    sessions = {k: runtime.make_session(m, threads=threads) for k, m in models.items()}
+    feed = _feed(next(iter(models.values())))
+    return runtime.time_interleaved(sessions, feed, min_seconds=seconds, rounds=3)
+
+
+def _marginal(build: Callable[[int, bool], onnx.ModelProto], threads: int, seconds: float,
+              depth: int = 4) -> dict[str, float]:
+    """Seconds of one more layer, float and int8: (T(1 + depth) − T(1)) / depth."""
+    out = {}
+    for int8 in (False, True):
+        t = _time({"short": build(1, int8), "long": build(1 + depth, int8)}, threads, seconds)
+        out["int8" if int8 else "float"] = max(t["long"] - t["short"], 1e-7) / depth
+    return out
+
+
+def _hw_for(c: int, kind: str) -> int:
+    target = 200_000 if kind != "dense3" else 60_000
+    return int(min(112, max(7, round(math.sqrt(target / c)))))
+
+
+def measure_table(*, threads: int = 2, seconds: float = 0.4, repeats: int = 1,
+                  progress=None) -> dict:
+    """The host's cost table: conv and GEMM µs per million MACs by channels / rows, per-node
+    overhead, and ns per element of elementwise ops and conversions; with ``repeats`` > 1,
+    the median of that many measurements of each figure (a shared machine is noisy)."""
+    tables = [_measure_once(threads, seconds, progress) for _ in range(max(repeats, 1))]
+    return _median(tables)
+
+
+def _median(tables: list):
+    first = tables[0]
+    if isinstance(first, dict):
+        return {k: _median([t[k] for t in tables]) for k in first}
+    if isinstance(first, list) and first and isinstance(first[0], list):
+        return [[p[0], float(np.median([t[i][1] for t in tables]))] for i, p in
+                enumerate(first)]
+    return float(np.median(tables))
+
+
+def _measure_once(threads: int, seconds: float, progress) -> dict:
+    conv: dict[str, dict[str, list]] = {}
+    steps = [(kind, c) for kind in ("pointwise", "depthwise3", "depthwise5", "dense3")
+             for c in CHANNELS if not (kind == "dense3" and c > 256) and c >= 8]
+    for kind, c in steps:
+        hw = _hw_for(c, kind)
+        k2 = {"pointwise": 1, "depthwise3": 9, "depthwise5": 25, "dense3": 9}[kind]
+        macs = hw * hw * c * (k2 if kind.startswith("depthwise") else k2 * c) / 1e6
+        t = _marginal(lambda d, q, kind=kind, c=c, hw=hw: _conv_chain(kind, c, hw, d, q),
+                      threads, seconds)
+        for dtype, sec in t.items():
+            conv.setdefault(kind, {}).setdefault(dtype, []).append([c, sec * 1e6 / macs])
+        if progress:
+            progress(f"conv {kind} c={c}")
+    gemm: dict[str, list] = {}
+    for m in GEMM_ROWS:
+        t = _marginal(lambda d, q, m=m: _gemm_chain(m, 512, d, q), threads, seconds)
+        for dtype, sec in t.items():
+            gemm.setdefault(dtype, []).append([m, sec * 1e6 / (m * 512 * 512 / 1e6)])
+    tiny = _marginal(lambda d, q: _conv_chain("pointwise", 8, 4, d, q), threads, seconds)
+    elementwise = {k: _time({k: m}, threads, seconds)[k] * 1e9 / _ELEMENTS
+                   for k, m in _elementwise_models().items()}
+    return {"conv_us_per_mmac": conv, "gemm_us_per_mmac": gemm,
+            "node_overhead_us": {k: v * 1e6 for k, v in tiny.items()},
+            "elementwise_ns": elementwise}
+
+
+ELEMENTWISE = tuple(_elementwise_models())

@@ -1,0 +1,82 @@
+"""Predicted float and int8 cost of each node of a graph (``costs.CostTable`` + shapes)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import onnx_graphsurgeon as gs
+
+from onnxq.placement.costs import CostTable, NodeCost, conv_kind
+
+__all__ = ["node_cost", "elements"]
+
+#: int8 forms onnxruntime runs for each elective op (kernels of the cost table, per element)
+_INT8 = {"Add": ("QLinearAdd",), "Mul": ("QLinearMul",), "HardSigmoid": ("QLinearAdd",),
+         "HardSwish": ("QLinearAdd", "QLinearMul"), "Sigmoid": ("QLinearSigmoid",),
+         "LeakyRelu": ("QLinearSigmoid",), "Softmax": ("QLinearSigmoid",),
+         "GlobalAveragePool": ("QLinearGlobalAveragePool",), "AveragePool": ("QLinearAdd",),
+         "Concat": ("QLinearAdd",), "Transpose": ("Transpose.u8",)}
+_FLOAT = {"Add": ("Add",), "Mul": ("Mul",), "HardSigmoid": ("HardSwish",),
+          "HardSwish": ("HardSwish",), "Sigmoid": ("Sigmoid",), "LeakyRelu": ("HardSwish",),
+          "Softmax": ("Sigmoid",), "GlobalAveragePool": ("GlobalAveragePool",),
+          "AveragePool": ("GlobalAveragePool",), "Concat": ("Add",), "Relu": ("Add",),
+          "Clip": ("Add",), "Transpose": ("Transpose.f32",)}
+
+
+def elements(shapes: Mapping[str, tuple], name: str) -> int | None:
+    shape = shapes.get(name)
+    return None if shape is None else math.prod(shape)
+
+
+def _conv(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
+    x, w = shapes.get(node.inputs[0].name), shapes.get(node.inputs[1].name)
+    y = shapes.get(node.outputs[0].name)
+    if x is None or w is None or y is None or len(x) < 3:
+        return None
+    cin, group = x[1], int(node.attrs.get("group", 1))
+    macs = math.prod(y) * (cin // max(group, 1)) * math.prod(w[2:]) / 1e6
+    kind = conv_kind(node, cin)
+    channels = cin if kind in ("pointwise", "dense3") else cin
+    return NodeCost(table.overhead("float") + macs * table.conv_rate(kind, "float", channels),
+                    table.overhead("int8") + macs * table.conv_rate(kind, "int8", channels))
+
+
+def _gemm(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
+    a, y = shapes.get(node.inputs[0].name), shapes.get(node.outputs[0].name)
+    if a is None or y is None or not a or not y:
+        return None
+    transa = node.op == "Gemm" and int(node.attrs.get("transA", 0))
+    k = a[-2] if transa else a[-1]
+    rows = math.prod(y[:-1]) if len(y) > 1 else 1
+    macs = rows * k * y[-1] / 1e6
+    return NodeCost(table.overhead("float") + macs * table.gemm_rate("float", rows),
+                    table.overhead("int8") + macs * table.gemm_rate("int8", rows))
+
+
+def _elementwise(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
+    big = max((elements(shapes, t.name) or 0) for t in list(node.inputs) + list(node.outputs))
+    if big == 0:
+        return None
+    bcast = node.op == "Mul" and len({elements(shapes, t.name) for t in node.inputs}) > 1
+    i8 = ("QLinearMul.bcast",) if bcast else _INT8.get(node.op, ())
+    f32 = ("Mul.bcast",) if bcast else _FLOAT.get(node.op, ())
+    over_i = table.overhead("int8") * len(i8)
+    over_f = table.overhead("float") * len(f32)
+    return NodeCost(over_f + big * sum(table.per_element(k) for k in f32),
+                    over_i + big * sum(table.per_element(k) for k in i8))
+
+
+def node_cost(node: gs.Node, shapes: Mapping[str, tuple], table: CostTable) -> NodeCost | None:
+    """The node's own predicted µs in float and int8 at the shapes given; None when a shape is
+    unknown. Data movement costs nothing either way; Relu/Clip nothing in int8 (folded)."""
+    if node.op == "Conv" and len(node.inputs) > 1:
+        return _conv(node, shapes, table)
+    if node.op in ("Gemm", "MatMul"):
+        return _gemm(node, shapes, table)
+    if node.op in _INT8 or node.op in _FLOAT:
+        cost = _elementwise(node, shapes, table)
+        if cost is not None and node.op in ("Relu", "Clip"):
+            return NodeCost(cost.float_us, 0.0)
+        return cost
+    return NodeCost(0.0, 0.0)

@@ -1,0 +1,91 @@
+"""Tensor shapes at batch 1 for the cost model: onnx shape inference on a weightless copy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx
+from onnx import TensorProto
+
+__all__ = ["batch1_shapes"]
+
+_SMALL = 4096  # initializers up to this many elements keep their values (Reshape targets …)
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose large initializers keep only their dims (shape inference needs no more)."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model) if model.ByteSize() < 2**26 else _copy_without_data(model, light)
+    for t in light.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n > _SMALL:
+            _strip(t)
+    return light
+
+
+def _copy_without_data(model: onnx.ModelProto, light: onnx.ModelProto) -> None:
+    graph = model.graph
+    inits = list(graph.initializer)
+    del graph.initializer[:]
+    try:
+        light.CopyFrom(model)
+    finally:
+        graph.initializer.extend(inits)
+    for t in inits:
+        slim = light.graph.initializer.add()
+        slim.name, slim.data_type = t.name, t.data_type
+        slim.dims.extend(t.dims)
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n <= _SMALL:
+            slim.CopyFrom(t)
+
+
+def _strip(t: TensorProto) -> None:
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+        t.ClearField(field)
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "onnxq-shape-only"
+
+
+def batch1_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | None = None
+                  ) -> dict[str, tuple[int, ...]]:
+    """Every tensor name of the main graph whose shape inference could fix → its shape, with
+    the inputs at their declared dims; a free dim takes its size from ``input_shapes`` (a
+    calibration feed), except the leading (batch) dim, which is 1, as are unknown ones."""
+    light = _weightless(model)
+    inits = {t.name for t in light.graph.initializer}
+    for inp in light.graph.input:
+        if inp.name in inits or not inp.type.HasField("tensor_type"):
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        given = (input_shapes or {}).get(inp.name)
+        for i, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                value = d.dim_value
+            elif i > 0 and given is not None and i < len(given):
+                value = given[i]  # a free dim the feed fixes; the batch (dim 0) stays 1
+            else:
+                value = 1
+            d.Clear()
+            d.dim_value = int(value)
+    del light.graph.value_info[:]
+    for out in light.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:  # noqa: BLE001 - shape inference is best effort here
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
+    for t in g.initializer:
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+    return shapes
