@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 from collections import Counter
@@ -20,6 +19,7 @@ from onnxq import placement
 from onnxq.calibrate import collect_ranges_spilling
 from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig
+from onnxq.data import peek_shapes
 from onnxq.dynamic_check import LOSSY, DynamicInputCheck, keep_accurate
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.exporters.front_door import as_onnx
@@ -142,14 +142,8 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
 def _placed(model: onnx.ModelProto, graph, plan: QuantPlan, config: QuantConfig,
             input_shapes) -> QuantPlan:
     """``plan`` with the placement's float regions kept float, and its summary as a note."""
-    placed = placement.decide(model, graph, plan, objective=config.placement.objective,
-                              table_spec=config.placement.cost_table, target=config.target,
-                              input_shapes=input_shapes)
-    if placed is None:
-        return plan
-    if placed.keep_float:
-        plan = _annotate(graph, config, placed.keep_float)
-    return dataclasses.replace(plan, notes=plan.notes + (placed.note(),))
+    return placement.apply(model, graph, plan, config, input_shapes,
+                           lambda keep: _annotate(graph, config, keep))
 
 
 def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None = None
@@ -263,11 +257,13 @@ def calibrate(
     export_options: Mapping | None = None,
     **overrides,
 ) -> dict[str, TensorRange]:
-    """Measure the activation ranges ``quantize`` needs; reuse them with ``ranges=``."""
+    """Measure the activation ranges ``quantize`` needs; reuse them with ``ranges=``. They
+    cover every node onnxq can quantize, whatever the placement (``placement.objective``)
+    later keeps float."""
     cfg = _resolve_config(config, overrides)
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
-    shapes, calibration_data = _peek_shapes(calibration_data)
-    fused, plan = prepare(model, cfg, shapes)
+    every = cfg.with_overrides(objective="size")
+    fused, plan = prepare(model, every)
     if plan is None:
         raise ModelError("the model is already quantized (it holds QuantizeLinear/"
                          "DequantizeLinear); there is nothing to calibrate: pass it to "
@@ -326,7 +322,7 @@ def quantize(
     original = model
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
-    shapes, calibration_data = _peek_shapes(calibration_data)
+    shapes, calibration_data = peek_shapes(calibration_data)
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
         return _reads(_quantize_prequantized(fused.model, cfg), original)
@@ -339,25 +335,6 @@ def quantize(
         ranges, plan, prepared = _calibrate(box, plan, calibration_data, cfg, progress)
         fused = dataclasses.replace(fused, model=prepared)
     return _reads(materialize(fused, plan, cfg, ranges, source=exported), original)
-
-
-def _peek_shapes(data):
-    """The input shapes of the first feed of ``data`` (for the cost model), and ``data`` to
-    iterate in full (an iterator gets its first feed back in front)."""
-    if data is None or isinstance(data, Mapping):
-        return None, data
-    if isinstance(data, (list, tuple)):
-        first = data[0] if data else None
-    else:
-        it = iter(data)
-        if it is not data:  # a re-iterable: peek on a fresh iterator
-            first = next(it, None)
-        else:
-            first = next(it, None)
-            data = data if first is None else itertools.chain([first], it)
-    if not isinstance(first, Mapping):
-        return None, data
-    return {k: tuple(np.shape(v)) for k, v in first.items()}, data
 
 
 def _reads(result: QuantResult, original: object) -> QuantResult:

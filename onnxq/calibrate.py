@@ -130,7 +130,7 @@ def _stream(session, carriers: dict[str, str], specs: list[InputSpec], data,
                     f"onnxruntime failed on {feed_label(feed, index)}: {_first_line(exc)}; "
                     "check that this feed matches the model (shapes, batch size, value "
                     "ranges such as token ids)") from None
-            for name, array in zip(names, arrays, strict=True):
+            for name, array in zip(names, arrays if names else [], strict=True):
                 if array.size:  # empty: the branch holding it did not run on this feed
                     calibrator.observe(name, array, index=index)
                     seen.add(name)

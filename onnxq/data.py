@@ -11,10 +11,11 @@ a leading sample axis. Feeds are read lazily, one at a time, with bounded memory
 
 from __future__ import annotations
 
+import itertools
 import os
 import tokenize
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from onnxq.errors import CalibrationError
 
-__all__ = ["Feed", "NpzFeeds", "load_feeds"]
+__all__ = ["Feed", "NpzFeeds", "load_feeds", "peek_shapes"]
 
 _READ_ERRORS = (OSError, ValueError, zipfile.BadZipFile, EOFError, tokenize.TokenError,
                 SyntaxError, KeyError, NotImplementedError, OverflowError, MemoryError)
@@ -197,3 +198,21 @@ class NpzFeeds:
 def load_feeds(path: str | Path, *, batch: int = 1) -> NpzFeeds:
     return NpzFeeds(path, batch=batch)
 
+
+def peek_shapes(data):
+    """The input shapes of the first feed of ``data`` (for the cost model), and ``data`` to
+    iterate in full (an iterator gets its first feed back in front)."""
+    if data is None or isinstance(data, Mapping):
+        return None, data
+    if isinstance(data, (list, tuple)):
+        first = data[0] if data else None
+    else:
+        it = iter(data)
+        if it is not data:  # a re-iterable: peek on a fresh iterator
+            first = next(it, None)
+        else:
+            first = next(it, None)
+            data = data if first is None else itertools.chain([first], it)
+    if not isinstance(first, Mapping):
+        return None, data
+    return {k: tuple(np.shape(v)) for k, v in first.items()}, data

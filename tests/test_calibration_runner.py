@@ -11,9 +11,11 @@ import onnxq
 from onnxq.api import prepare
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import MinMaxCalibrator, PercentileCalibrator
-from onnxq.config import QuantConfig
+from onnxq.config import PlacementConfig, QuantConfig
 from tests import builders as B
 from tests.conftest import cosine, run_model
+
+SIZE = PlacementConfig(objective="size")  # every planned node int8 (no placement)
 
 
 def _dynamic_seq_model() -> onnx.ModelProto:
@@ -96,7 +98,7 @@ def test_minmax_matches_onnxruntime_exactly(tmp_path):
 
     model = B.residual_block()
     feeds = B.feeds(model, batch=2, n=6, seed=4)
-    fused, plan = prepare(model, QuantConfig(fold_activations=False))
+    fused, plan = prepare(model, QuantConfig(fold_activations=False, placement=SIZE))
     ours = collect_ranges(fused.model, plan.calibration_tensors, feeds, MinMaxCalibrator(),
                           progress=False)
     theirs = _ort_ranges(fused.model, feeds, CalibrationMethod.MinMax, tmp_path)

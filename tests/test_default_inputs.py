@@ -77,7 +77,7 @@ def test_model_zoo_style_ir3_models_with_weights_as_inputs(opset):
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               ir_version=3)
-    result = onnxq.quantize(model, _calib(), progress=False)
+    result = onnxq.quantize(model, _calib(), progress=False, objective="size")
     assert result.report.quantized == (("conv", "Conv"),)
     assert any("opset upgraded" in n for n in result.report.notes)
     onnx.checker.check_model(result.model, full_check=True)

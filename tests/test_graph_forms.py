@@ -147,6 +147,6 @@ def test_raw_signal_filter_bank_stays_float_but_depthwise_does_not():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     feeds = [{"x": rng.standard_normal((1, 1, 256)).astype(np.float32)} for _ in range(4)]
-    result = onnxq.quantize(model, feeds, progress=False)
+    result = onnxq.quantize(model, feeds, progress=False, objective="size")
     assert "FIR filter bank" in dict(result.report.skipped)["filter_bank"]
     assert {"short_conv", "depthwise"} <= set(dict(result.report.quantized))

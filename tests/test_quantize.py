@@ -74,7 +74,8 @@ def test_input_model_is_not_modified(calib_cache):
 
 def test_report_lists_quantized_skipped_and_folded(calib_cache):
     model = B.depthwise_hardswish()
-    result = onnxq.quantize(model, calib_cache("depthwise_hardswish", model), progress=False)
+    result = onnxq.quantize(model, calib_cache("depthwise_hardswish", model), progress=False,
+                            objective="size")  # all planned nodes (no placement)
     report = result.report
     assert sum(op == "Conv" for _, op in report.quantized) == 7
     # HardSwish and x*HardSigmoid(x) run on int8 (decomposed into int8 Add and Mul)
@@ -160,7 +161,7 @@ def _op_coverage_model() -> onnx.ModelProto:
 def test_every_supported_op_quantizes_to_a_valid_accurate_model(tmp_path):
     model = _op_coverage_model()
     feeds = B.feeds(model, batch=2, n=8, seed=1)
-    result = onnxq.quantize(model, feeds, progress=False)
+    result = onnxq.quantize(model, feeds, progress=False, objective="size")
     result.save(tmp_path / "cov.onnx")
     planned = {op for _, op in result.report.quantized}
     assert {"Conv", "Gemm", "LeakyRelu", "Resize", "Split", "Sigmoid", "Transpose",
@@ -178,13 +179,15 @@ def test_hardswish_cnn_runs_fully_int8(tmp_path, calib_cache):
     """HardSwish / x*HardSigmoid(x) decompose into int8 Add and Mul: no float op is left in
     onnxruntime's optimized graph, and the outputs keep cosine >= 0.999."""
     model = B.depthwise_hardswish()
-    result = onnxq.quantize(model, calib_cache("depthwise_hardswish", model), progress=False)
+    result = onnxq.quantize(model, calib_cache("depthwise_hardswish", model), progress=False,
+                            objective="size")
     opt = optimized_ops(result.model, tmp_path)
     assert opt["HardSwish"] == opt["HardSigmoid"] == opt["Mul"] == opt["DequantizeLinear"] == 0
     assert opt["QLinearMul"] == 4 and opt["QLinearAdd"] >= 4
     for feed in B.feeds(model, batch=4, n=2, seed=13):
         assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.999
-    lowered = onnxq.quantize(model, ranges=result.ranges, progress=False, format="qlinear")
+    lowered = onnxq.quantize(model, ranges=result.ranges, progress=False, format="qlinear",
+                             objective="size")
     ops = Counter(n.op_type for n in lowered.model.graph.node)
     assert ops["QLinearMul"] == 4 and ops["HardSwish"] == 0
 

@@ -4,7 +4,8 @@ measured on the host (``measure.py``) or shipped per target ISA (``tables/``).""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -13,7 +14,7 @@ from onnxq.placement.costs import CostTable, host_table, load_table, table_for_t
 from onnxq.placement.place import PLACED, Placement, Region, place
 from onnxq.placement.shapes import batch1_shapes
 
-__all__ = ["decide", "cost_table", "Placement", "Region", "PLACED", "MARGINS"]
+__all__ = ["decide", "apply", "cost_table", "Placement", "Region", "PLACED", "MARGINS"]
 
 #: int8's preference per objective: a node goes float only when its predicted float cost is
 #: below this share of its int8 cost (conversions included)
@@ -40,3 +41,17 @@ def decide(model: onnx.ModelProto, graph: gs.Graph, plan, *, objective: str, tab
         return None
     return place(graph, plan, shapes, cost_table(table_spec, target),
                  margin=MARGINS[objective])
+
+
+def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
+          replan: Callable[[dict[str, str]], object]):
+    """``plan`` with the float regions of ``config.placement`` kept float (``replan`` plans
+    again with those nodes excluded) and the placement's summary among its notes."""
+    placed = decide(model, graph, plan, objective=config.placement.objective,
+                    table_spec=config.placement.cost_table, target=config.target,
+                    input_shapes=input_shapes)
+    if placed is None:
+        return plan
+    if placed.keep_float:
+        plan = replan(placed.keep_float)
+    return dataclasses.replace(plan, notes=plan.notes + (placed.note(),))

@@ -47,6 +47,11 @@ class Placement:
 
     def note(self) -> str:
         kept = len(self.keep_float)
+        if kept == self.candidates:
+            return (f"placement ({self.table}): no region is predicted faster in int8 on this "
+                    f"target (all-int8 {self.int8_us:.0f} µs vs FP32 {self.fp32_us:.0f} µs at "
+                    "batch 1, conversions included): the model stays float; objective=size "
+                    "quantizes it anyway")
         speed = self.fp32_us / self.placed_us if self.placed_us > 0 else 1.0
         return (f"placement ({self.table}): {kept} of {self.candidates} planned node(s) kept "
                 f"float in {len(self.regions)} region(s); predicted batch-1 time "
