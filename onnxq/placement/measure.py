@@ -8,8 +8,10 @@ The table is a plain dict, written as JSON (``costs.save_table``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,7 +49,7 @@ def _conv_chain(kind: str, c: int, hw: int, depth: int, int8: bool) -> onnx.Mode
     rng = np.random.default_rng(0)
     k, group = {"pointwise": (1, 1), "depthwise3": (3, c), "depthwise5": (5, c),
                 "dense3": (3, 1)}[kind]
-    attrs = {"kernel_shape": [k, k], "pads": [k // 2] * 4, "group": group}
+    attrs: dict[str, Any] = {"kernel_shape": [k, k], "pads": [k // 2] * 4, "group": group}
     wshape = (c, c // group, k, k)
     inits = [_arr("xs", 0.05, np.float32), _arr("xz", 128, np.uint8)]
     nodes, x = [], "x"
@@ -195,18 +197,17 @@ def _measure_once(threads: int, seconds: float, progress) -> dict:
         hw = _hw_for(c, kind)
         k2 = {"pointwise": 1, "depthwise3": 9, "depthwise5": 25, "dense3": 9}[kind]
         macs = hw * hw * c * (k2 if kind.startswith("depthwise") else k2 * c) / 1e6
-        t = _marginal(lambda d, q, kind=kind, c=c, hw=hw: _conv_chain(kind, c, hw, d, q),
-                      threads, seconds)
+        t = _marginal(functools.partial(_conv_chain, kind, c, hw), threads, seconds)
         for dtype, sec in t.items():
             conv.setdefault(kind, {}).setdefault(dtype, []).append([c, sec * 1e6 / macs])
         if progress:
             progress(f"conv {kind} c={c}")
     gemm: dict[str, list] = {}
     for m in GEMM_ROWS:
-        t = _marginal(lambda d, q, m=m: _gemm_chain(m, 512, d, q), threads, seconds)
+        t = _marginal(functools.partial(_gemm_chain, m, 512), threads, seconds)
         for dtype, sec in t.items():
             gemm.setdefault(dtype, []).append([m, sec * 1e6 / (m * 512 * 512 / 1e6)])
-    tiny = _marginal(lambda d, q: _conv_chain("pointwise", 8, 4, d, q), threads, seconds)
+    tiny = _marginal(functools.partial(_conv_chain, "pointwise", 8, 4), threads, seconds)
     elementwise = {k: _time({k: m}, threads, seconds)[k] * 1e9 / _ELEMENTS
                    for k, m in _elementwise_models().items()}
     return {"conv_us_per_mmac": conv, "gemm_us_per_mmac": gemm,

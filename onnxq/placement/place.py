@@ -108,7 +108,7 @@ class _Builder:
             self.energy.add_pair(iu, iv, a, b, c_, 0.0)
         elif iv is not None:              # fixed float producer
             self.energy.add_unary(iv, a, b)
-        else:                             # fixed float consumer
+        elif iu is not None:              # fixed float consumer
             self.energy.add_unary(iu, a, c_)
 
     def build(self) -> Energy:
