@@ -297,7 +297,7 @@ def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
             if why.startswith(LOSSY) or why.startswith(placement.PLACED)}
     settled = without_unobserved(graph, plan, ranges,
                                  lambda keep: _annotate(graph, cfg, kept | keep))
-    return dataclasses.replace(settled, notes=plan.notes)
+    return dataclasses.replace(settled, notes=plan.notes, placement=plan.placement)
 
 
 def quantize(
@@ -391,7 +391,7 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
         + defaults
         + (describe_sizes(fused.model, result.model),),
         activation_type=act.value, weight_type=weight.value, per_channel=plan.per_channel,
-        target=cfg.target, weight_bits=7 if reduce_range else 8,
+        target=cfg.target, weight_bits=7 if reduce_range else 8, placement=plan.placement,
     )
     return QuantResult(model=result.model, plan=plan, ranges=dict(ranges), report=report,
                        config=cfg, source=source)

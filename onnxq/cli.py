@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--reduce-range", action="store_true", default=None,
                    help="7-bit weights (for x86 CPUs without VNNI)")
     target_arg(q)
+    placement_args(q)
     q.add_argument("--exclude-nodes", nargs="+", default=None, metavar="NAME")
     q.add_argument("--exclude-op-types", nargs="+", default=None, metavar="TYPE")
     q.add_argument("--report", default=None, metavar="FILE.json",
@@ -63,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("output", help="where to write the .onnx model")
     _export_args(e)
 
-    from onnxq import cli_score, cli_tune
+    from onnxq import cli_profile, cli_score, cli_tune
 
     cli_score.add_parsers(sub)
     cli_tune.add_parser(sub)
+    cli_profile.add_parser(sub)
 
     i = sub.add_parser("inspect", help="op histogram and quantization summary of a model")
     i.add_argument("model")
@@ -140,13 +142,26 @@ def _version() -> str:
     return f"onnxq {__version__}"
 
 
+def placement_args(p: argparse.ArgumentParser) -> None:
+    from onnxq.config import OBJECTIVES
+
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=None,
+                   help="latency (default): int8 only where the cost model predicts it "
+                        "faster; balanced: int8 unless float is >= 20%% faster; size: int8 "
+                        "wherever possible")
+    p.add_argument("--cost-table", default=None, metavar="target|host|FILE.json",
+                   help="the placement's cost table: shipped for the target ISA (default), "
+                        "measured on this host once and cached, or a file")
+
+
 def overrides(args: argparse.Namespace) -> dict:
     mapping = {"format": "format", "calibrator": "calibrator", "per_channel": "per_channel",
                "activation_type": "activation_type", "weight_type": "weight_type",
                "reduce_range": "reduce_range", "exclude_nodes": "exclude_nodes",
                "exclude_op_types": "exclude_op_types", "max_samples": "max_samples",
                "allow_nonfinite": "allow_nonfinite", "percentile": "percentile",
-               "num_bins": "num_bins", "target": "target"}
+               "num_bins": "num_bins", "target": "target", "objective": "objective",
+               "cost_table": "cost_table"}
     return {key: getattr(args, attr, None) for attr, key in mapping.items()
             if getattr(args, attr, None) is not None}
 
@@ -321,7 +336,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return cmd_bench(args)
 
 
-COMMANDS = {"quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "export": _cmd_export,
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from onnxq.cli_profile import cmd_profile
+
+    return cmd_profile(args)
+
+
+COMMANDS = {"profile": _cmd_profile, "quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "export": _cmd_export,
             "inspect": _cmd_inspect, "compare": _cmd_compare, "bench": _cmd_bench,
             "tune": _cmd_tune}
 

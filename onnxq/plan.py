@@ -10,8 +10,7 @@ conversion that costs more than it saves:
 3. Relu/Clip(0, x) after a quantized producer is absorbed into that producer's output range;
 4. elective ops (Add, Mul, Concat, pools, Sigmoid …) are quantized only once all their inputs
    are already int8 (a residual Add in a CNN is; a residual Add in a transformer is not).
-
-The rules run to a fixed point.
+The rules run to a fixed point. Which planned nodes then stay float is the placement's call.
 """
 
 from __future__ import annotations
@@ -72,6 +71,7 @@ class QuantPlan:
     per_channel: bool = True
     upper_bounds: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # for the report (e.g. the placement's summary)
+    placement: dict | None = None  # the placement's decision, for the report
 
     @property
     def calibration_tensors(self) -> tuple[str, ...]:

@@ -22,6 +22,8 @@ class QuantReport:
     per_channel: bool = True
     target: str = ""
     weight_bits: int = 8
+    #: the placement's decision (``Placement.to_dict``): predicted times, float regions
+    placement: dict | None = None
 
     def summary(self) -> str:
         ops = Counter(op for _, op in self.quantized)
@@ -50,4 +52,5 @@ class QuantReport:
             "per_channel": self.per_channel,
             "target": self.target,
             "weight_bits": self.weight_bits,
+            "placement": self.placement,
         }

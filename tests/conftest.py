@@ -16,6 +16,19 @@ if str(ROOT) not in sys.path:
 from tests import builders as B  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _every_planned_node_int8(request, monkeypatch):
+    """The suite's small models (8-16 channels, 16x16 images) are predicted faster in float
+    by the latency placement, which would keep them float and leave untested the quantization
+    mechanics these tests check. They run with objective="size" (every planned node int8)
+    unless marked ``placement``: the default objective is tested there (test_placement.py,
+    the trained digits model, the real-model zoo). Tests only; onnxq has no global state."""
+    if request.node.get_closest_marker("placement") is None:
+        from onnxq.config import PlacementConfig
+
+        monkeypatch.setitem(PlacementConfig.__init__.__kwdefaults__, "objective", "size")
+
+
 def run_model(model: onnx.ModelProto, feed: dict, *, threads: int = 1,
               optimized_path: str | None = None) -> list[np.ndarray]:
     import onnxruntime as ort

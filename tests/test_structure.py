@@ -21,7 +21,7 @@ LAYERS = {
     "score_types": 4, "score": 4, "score_render": 4, "emulate": 4, "tune_types": 4,
     "api": 5,
     "tune": 6,
-    "cli": 7, "cli_score": 7, "cli_tune": 7, "__init__": 7,
+    "cli": 7, "cli_score": 7, "cli_tune": 7, "cli_profile": 7, "profile": 4, "__init__": 7,
 }
 #: third-party engines → the only onnxq modules that may import them
 CONFINED = {"onnxruntime": ("runtime",), "torch": ("exporters",), "tensorflow": ("exporters",),

@@ -34,13 +34,17 @@ def _models(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_profile_model_two_models(tmp_path, capsys):
     fp32, int8, data = _models(tmp_path)
-    out = tmp_path / "profile.json"
+    out, png = tmp_path / "profile.json", tmp_path / "profile.png"
     assert _tool("profile_model").main([str(fp32), str(int8), "--data", str(data), "--batch",
-                                        "2", "--runs", "3", "--json", str(out)]) == 0
+                                        "2", "--runs", "3", "--json", str(out), "--plot",
+                                        str(png)]) == 0
     text = capsys.readouterr().out
     assert "Conv" in text and "total" in text
     figures = json.loads(out.read_text())
-    assert any(op.startswith("QLinear") or op == "QLinearConv" for op in figures[str(int8)]["ops"])
+    assert any(op.startswith("QLinear") for op in figures["op_types_us"]["int8"])
+    regions = {r["region"]: r for r in figures["regions"]}
+    assert sum(r["fp32_us"] > 0 and r["int8_us"] > 0 for r in regions.values()) >= 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_model_diff_and_ort_graph(tmp_path, capsys):

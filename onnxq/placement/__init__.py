@@ -54,4 +54,5 @@ def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
         return plan
     if placed.keep_float:
         plan = replan(placed.keep_float)
-    return dataclasses.replace(plan, notes=plan.notes + (placed.note(),))
+    return dataclasses.replace(plan, notes=plan.notes + (placed.note(),),
+                               placement=placed.to_dict())

@@ -192,7 +192,8 @@ def _median(tables: list):
 def _measure_once(threads: int, seconds: float, progress) -> dict:
     conv: dict[str, dict[str, list]] = {}
     steps = [(kind, c) for kind in ("pointwise", "depthwise3", "depthwise5", "dense3")
-             for c in CHANNELS if not (kind == "dense3" and c > 256) and c >= 8]
+             for c in CHANNELS if not (kind == "dense3" and c > 256)
+             and (c >= 8 or kind in ("dense3", "pointwise"))]
     for kind, c in steps:
         hw = _hw_for(c, kind)
         k2 = {"pointwise": 1, "depthwise3": 9, "depthwise5": 25, "dense3": 9}[kind]

@@ -45,6 +45,16 @@ class Placement:
     table: str
     candidates: int
 
+    def to_dict(self) -> dict:
+        return {"table": self.table, "candidates": self.candidates,
+                "kept_float": len(self.keep_float),
+                "predicted_us": {"fp32": round(self.fp32_us, 1), "all_int8": round(self.int8_us, 1),
+                                 "placed": round(self.placed_us, 1)},
+                "predicted_speedup": round(self.fp32_us / self.placed_us, 3)
+                if self.placed_us > 0 else None,
+                "float_regions": [{"nodes": list(r.nodes), "predicted_gain_us": round(r.gain_us, 1)}
+                                  for r in self.regions]}
+
     def note(self) -> str:
         kept = len(self.keep_float)
         if kept == self.candidates:

@@ -1,0 +1,175 @@
+"""Latency-aware placement (#14): the exact min-cut, the cost model and its tables, and the
+default quantize keeping float only what the cost model predicts faster in float."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq.errors import ConfigError
+from onnxq.placement import costs, measure
+from onnxq.placement.mincut import Energy
+from onnxq.runtime import make_session
+from tests import builders as B
+from tests.conftest import cosine, run_model
+
+pytestmark = pytest.mark.placement  # the default objective (latency)
+
+
+def test_min_cut_is_the_exact_minimum():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 7)
+        e = Energy(n)
+        for v in range(n):
+            e.add_unary(v, rng.uniform(-3, 5), rng.uniform(-3, 5))
+        for _ in range(rng.randint(0, 10)):
+            if n < 2:
+                break
+            u, v = rng.sample(range(n), 2)
+            e.add_pair(u, v, rng.uniform(-2, 0), rng.uniform(0, 3), rng.uniform(0, 3), 0.0)
+        best = min(e.value(list(x)) for x in itertools.product((0, 1), repeat=n))
+        assert e.value(e.minimize()) == pytest.approx(best, abs=1e-9)
+
+
+def test_non_submodular_pairs_are_refused():
+    with pytest.raises(ValueError, match="submodular"):
+        Energy(2).add_pair(0, 1, 0.0, -1.0, -1.0, 0.0)
+
+
+@pytest.mark.parametrize("target", ["vnni", "avx2", "avx512", "amx", "portable", "arm"])
+def test_every_target_has_a_complete_table(target):
+    table = costs.table_for_target(target)
+    for kind in ("pointwise", "depthwise3", "depthwise5", "dense3"):
+        for dtype in ("float", "int8"):
+            rates = [table.conv_rate(kind, dtype, c) for c in (1, 3, 16, 100, 5000)]
+            assert all(r > 0 for r in rates)
+    assert table.gemm_rate("int8", 1) > 0 and table.overhead("float") > 0
+    for op in measure.ELEMENTWISE:
+        assert table.per_element(op) > 0
+
+
+def test_interpolation_is_log_linear_and_clamped():
+    points = [[1, 10.0], [4, 4.0], [16, 1.0]]
+    assert costs._interp(points, 0.5) == 10.0 and costs._interp(points, 99) == 1.0
+    assert costs._interp(points, 2) == pytest.approx(7.0)
+    assert costs._interp(points, 4) == pytest.approx(4.0)
+
+
+def test_micro_models_are_valid_and_run():
+    models = [measure._conv_chain(k, 8, 6, 2, q) for k in ("pointwise", "depthwise3",
+                                                            "depthwise5", "dense3")
+              for q in (False, True)]
+    models += [measure._gemm_chain(4, 32, 2, q) for q in (False, True)]
+    models += list(measure._elementwise_models().values())
+    for m in models:
+        onnx.checker.check_model(m, full_check=True)
+        make_session(m, threads=1).run(None, measure._feed(m))
+
+
+def test_host_table_is_measured_once_and_cached(tmp_path, monkeypatch):
+    calls = []
+    shipped = json.loads((costs._TABLES / "vnni.json").read_text())
+
+    def fake(**kw):
+        calls.append(kw)
+        return {k: v for k, v in shipped.items() if k != "meta"}
+
+    monkeypatch.setattr(measure, "measure_table", fake)
+    first = costs.host_table(tmp_path)
+    second = costs.host_table(tmp_path)
+    assert len(calls) == 1 and first.source == second.source
+    assert json.loads(open(first.source).read())["meta"]["measured"] == "host"
+
+
+def test_unknown_objective_is_a_clear_error():
+    with pytest.raises(ConfigError, match="placement.objective"):
+        onnxq.quantize(B.conv_bn_relu(), [], objective="fastest")
+
+
+def _quantize(model, **kw):
+    return onnxq.quantize(model, B.feeds(model, batch=1, n=4, seed=1), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def lcnet():
+    model = B.lcnet_shaped(image=160)
+    return model, _quantize(model, target="vnni"), _quantize(model, target="vnni",
+                                                             objective="size")
+
+
+def test_depthwise_hardswish_cnn_keeps_early_layers_float_and_late_ones_int8(lcnet):
+    model, latency, size = lcnet
+    placed = latency.report.placement
+    kept = {n for n, why in latency.report.skipped if why.startswith("placement")}
+    assert {"stem", "block0.dw", "block0.pw"} <= kept
+    assert {"block12.pw", "block11.pw", "fc"} <= {n for n, _ in latency.report.quantized}
+    assert placed["kept_float"] == len(kept) and placed["float_regions"]
+    assert placed["predicted_us"]["placed"] < placed["predicted_us"]["all_int8"]
+    assert placed["predicted_us"]["placed"] < placed["predicted_us"]["fp32"]
+    assert any(n.startswith("placement (vnni.json)") for n in latency.report.notes)
+    assert not size.report.placement
+    assert len(size.report.quantized) > len(latency.report.quantized)
+    for feed in B.feeds(model, batch=2, n=2, seed=7):
+        ref = run_model(model, feed)[0]
+        assert cosine(ref, run_model(latency.model, feed)[0]) >= 0.999
+
+
+def test_placement_is_deterministic(lcnet):
+    model, latency, _ = lcnet
+    again = _quantize(model, target="vnni")
+    assert again.model.SerializeToString() == latency.model.SerializeToString()
+
+
+def test_avx2_table_places_too(lcnet):
+    model = lcnet[0]
+    result = _quantize(model, target="avx2")
+    assert result.report.placement["table"] == "avx2.json"
+    for feed in B.feeds(model, batch=1, n=1, seed=3):
+        assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.99
+
+
+def _tiny_conv() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4, name="conv")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [numpy_helper.from_array((0.3 * rng.standard_normal((4, 1, 3, 3))).astype(
+            np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_model_int8_cannot_speed_up_stays_float_and_the_report_says_why():
+    model = _tiny_conv()
+    result = _quantize(model)
+    ops = Counter(n.op_type for n in result.model.graph.node)
+    assert ops["QuantizeLinear"] == 0 and ops["Conv"] == 1
+    assert any("stays float" in n for n in result.report.notes)
+    feed = B.feeds(model, batch=2, seed=4)[0]
+    np.testing.assert_allclose(run_model(result.model, feed)[0], run_model(model, feed)[0],
+                               rtol=1e-5, atol=1e-5)
+    assert Counter(n.op_type for n in _quantize(model, objective="size").model.graph.node)[
+        "QuantizeLinear"] >= 1
+
+
+def test_transformer_matmuls_stay_int8():
+    model = B.attention_block(seq=64, hidden=256, heads=4)
+    result = _quantize(model, target="vnni")
+    matmuls = [n for n, op in result.report.quantized if op == "MatMul"]
+    assert len(matmuls) >= 4 and result.report.placement["kept_float"] == 0
+
+
+def test_calibrated_ranges_fit_every_objective():
+    model = B.lcnet_shaped(image=64)
+    ranges = onnxq.calibrate(model, B.feeds(model, n=2, seed=1), progress=False)
+    for objective in ("latency", "balanced", "size"):
+        onnxq.quantize(model, ranges=ranges, progress=False, objective=objective)
