@@ -143,15 +143,16 @@ def _placed(model: onnx.ModelProto, graph, plan: QuantPlan, config: QuantConfig,
             input_shapes) -> QuantPlan:
     """``plan`` with the placement's float regions kept float, and its summary as a note."""
     return placement.apply(model, graph, plan, config, input_shapes,
-                           lambda keep: _annotate(graph, config, keep))
+                           lambda keep, force: _annotate(graph, config, keep, force))
 
 
-def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None = None
-              ) -> QuantPlan:
+def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None = None,
+              force_int8=()) -> QuantPlan:
     return annotate(graph, per_channel=config.weight.per_channel,
                     exclude_nodes=config.exclude_nodes,
                     exclude_op_types=config.exclude_op_types,
                     fold_activations=config.fold_activations, keep_float=dict(keep_float or {}),
+                    force_int8=frozenset(force_int8),
                     weight_only_ops=config.weight.weight_only_ops)
 
 
@@ -295,8 +296,9 @@ def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     graph = G.import_graph(fused.model)
     kept = {name: why for name, why in plan.skipped
             if why.startswith(LOSSY) or why.startswith(placement.PLACED)}
+    force = (plan.placement or {}).get("int8_electives", ())
     settled = without_unobserved(graph, plan, ranges,
-                                 lambda keep: _annotate(graph, cfg, kept | keep))
+                                 lambda keep: _annotate(graph, cfg, kept | keep, force))
     return dataclasses.replace(settled, notes=plan.notes, placement=plan.placement)
 
 

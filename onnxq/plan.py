@@ -1,17 +1,13 @@
 """Annotate: analyse a (preprocessed, fused) graph and decide what to quantize → ``QuantPlan``.
-
-Not a pass: it changes nothing. The rule set keeps int8 chains unbroken and never adds a
-conversion that costs more than it saves:
-
+Not a pass: it changes nothing. The rules keep int8 chains unbroken, run to a fixed point:
 1. anchors (Conv, ConvTranspose, Gemm, MatMul) are quantized; their activation inputs become
    int8 tensors, and so do their outputs where onnxruntime only fuses with an output Q;
 2. data movement (Reshape, Transpose, MaxPool …) joins its input and output: if either side is
    int8, both are, with the same parameters (so the Q/DQ pair around it can be dropped);
 3. Relu/Clip(0, x) after a quantized producer is absorbed into that producer's output range;
 4. elective ops (Add, Mul, Concat, pools, Sigmoid …) are quantized only once all their inputs
-   are already int8 (a residual Add in a CNN is; a residual Add in a transformer is not).
-The rules run to a fixed point. Which planned nodes then stay float is the placement's call.
-"""
+   are int8 (a residual Add in a CNN is; in a transformer not), or when the placement says so.
+Which planned nodes stay float is the placement's call (``onnxq.placement``)."""
 
 from __future__ import annotations
 
@@ -94,8 +90,7 @@ def _is_float(t: gs.Tensor) -> bool:
     return t.dtype is not None and np.dtype(t.dtype) == np.float32
 
 
-def _is_const(t: gs.Tensor) -> bool:
-    return G.constant_shape(t) is not None
+def _is_const(t: gs.Tensor) -> bool: return G.constant_shape(t) is not None  # noqa: E704
 
 
 def _data_inputs(node: gs.Node, h: OpHandler) -> list[tuple[int, gs.Tensor]]:
@@ -110,6 +105,7 @@ def _data_outputs(node: gs.Node, h: OpHandler) -> list[gs.Tensor]:
 
 class _Analysis:
     """Mutable working state of one ``annotate`` call (not shared, not global)."""
+    forced: frozenset[str] = frozenset()  # electives made int8 whatever their inputs
 
     def __init__(self, graph: gs.Graph, per_channel: bool, excluded_nodes: dict[str, str],
                  excluded_ops: set[str], fold_activations: bool,
@@ -297,6 +293,8 @@ class _Analysis:
             return False
         consts = tuple(i for i, t in data if _is_const(t))
         acts = [t for i, t in data if i not in consts]
+        if node.name in self.forced:  # the placement's call
+            self.mark(*acts)
         free = [t for t in acts if t.name not in self.int8 and self._int8_for_free(t, node)]
         if not acts or not all(t.name in self.int8 or t in free for t in acts) or (
                 free and not all(o.name in self.int8 for o in _data_outputs(node, h))):
@@ -337,15 +335,16 @@ def _roots(graph: gs.Graph, an: _Analysis) -> dict[str, str]:
 def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
              exclude_op_types=(), fold_activations: bool = True,
              keep_float: dict[str, str] | None = None,
-             weight_only_ops: tuple[str, ...] = ()) -> QuantPlan:
+             weight_only_ops: tuple[str, ...] = (), force_int8=frozenset()) -> QuantPlan:
     """Decide what to quantize in ``graph`` and in every subgraph (If branches, Loop and Scan
     bodies), each by the same rules; ``graph`` is not changed. A subgraph's plan may use a
     tensor of an outer scope (its activation is then quantized where it is read).
     ``keep_float`` maps more nodes to keep in float to the reason the report gives;
-    ``weight_only_ops`` (e.g. Gather) get int8 weights behind a DequantizeLinear."""
+    ``weight_only_ops`` (e.g. Gather) get int8 weights behind a DequantizeLinear;
+    ``force_int8`` names elective nodes to quantize even where their inputs are float."""
     excluded = {n: "excluded by configuration" for n in exclude_nodes} | dict(keep_float or {})
     plans = [_annotate_one(g, per_channel, excluded, exclude_op_types, fold_activations,
-                           tuple(weight_only_ops))
+                           tuple(weight_only_ops), frozenset(force_int8))
              for g in G.iter_graphs(graph)]
     if len(plans) == 1:
         return plans[0]
@@ -368,9 +367,10 @@ def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
 
 def _annotate_one(graph: gs.Graph, per_channel: bool, excluded: dict[str, str],
                   exclude_op_types, fold_activations: bool,
-                  weight_only_ops: tuple[str, ...]) -> QuantPlan:
+                  weight_only_ops: tuple[str, ...], forced: frozenset[str]) -> QuantPlan:
     an = _Analysis(graph, per_channel, excluded, set(exclude_op_types),
                    fold_activations, weight_only_ops)
+    an.forced = forced
     nodes = list(graph.nodes)
     for _ in range(len(nodes) + 1):
         changed = False

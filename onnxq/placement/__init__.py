@@ -44,7 +44,7 @@ def decide(model: onnx.ModelProto, graph: gs.Graph, plan, *, objective: str, tab
 
 
 def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
-          replan: Callable[[dict[str, str]], object]):
+          replan: Callable[[dict[str, str], tuple[str, ...]], object]):
     """``plan`` with the float regions of ``config.placement`` kept float (``replan`` plans
     again with those nodes excluded) and the placement's summary among its notes."""
     placed = decide(model, graph, plan, objective=config.placement.objective,
@@ -53,6 +53,6 @@ def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
     if placed is None:
         return plan
     if placed.keep_float:
-        plan = replan(placed.keep_float)
+        plan = replan(placed.keep_float, placed.int8_electives)
     return dataclasses.replace(plan, notes=plan.notes + (placed.note(),),
                                placement=placed.to_dict())

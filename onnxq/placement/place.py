@@ -38,6 +38,7 @@ class Region:
 @dataclass(frozen=True, slots=True)
 class Placement:
     keep_float: dict[str, str]
+    int8_electives: tuple[str, ...]  # int8 even where an input stays float (conversion paid)
     regions: tuple[Region, ...]
     fp32_us: float
     int8_us: float
@@ -47,7 +48,7 @@ class Placement:
 
     def to_dict(self) -> dict:
         return {"table": self.table, "candidates": self.candidates,
-                "kept_float": len(self.keep_float),
+                "kept_float": len(self.keep_float), "int8_electives": list(self.int8_electives),
                 "predicted_us": {"fp32": round(self.fp32_us, 1), "all_int8": round(self.int8_us, 1),
                                  "placed": round(self.placed_us, 1)},
                 "predicted_speedup": round(self.fp32_us / self.placed_us, 3)
@@ -159,7 +160,9 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
         for n in r.nodes:
             keep[n] = f"{PLACED} (region of {len(r.nodes)} node(s), predicted {r.gain_us:.1f} µs " \
                       "saved at batch 1)"
-    return Placement(keep_float=keep, regions=tuple(regions),
+    electives = {n.name for n in plan.nodes if n.role is Role.ELECTIVE}
+    forced = tuple(n for n, v in zip(names, x, strict=True) if v == 1 and n in electives)
+    return Placement(keep_float=keep, int8_electives=forced, regions=tuple(regions),
                      fp32_us=fixed + energy.value([0] * len(names)),
                      int8_us=fixed + energy.value(ones), placed_us=fixed + energy.value(x),
                      table=table.source.rsplit("/", 1)[-1], candidates=len(names))
