@@ -30,7 +30,12 @@ METHODS = {
     "ort_best": "ORT quantize_static (u8, per-channel, QDQ)",
     "nncf": "NNCF nncf.quantize",
     "inc": "onnx-neural-compressor (QDQ)",
+    "onnxq_plain": "onnxq QDQ, recipe plain (no bias correction)",
+    "onnxq_bc_full": "onnxq QDQ, recipe bc-full",
 }
+#: onnxq's accuracy-recovery recipes as extra rows (the ablation): method → quantize overrides
+RECIPE_METHODS = {"onnxq_plain": {"bias_correction": "off"},
+                  "onnxq_bc_full": {"bias_correction": "full"}}
 ONNXQ_METHODS = ("onnxq_qdq", "onnxq_qlinear")
 ORT_METHODS = ("ort_default", "ort_best")
 EXTERNAL_METHODS = ("nncf", "inc")
@@ -81,12 +86,13 @@ def _ort(src: Path, dst: Path, feeds: list[dict], best: bool) -> None:
     onnx.save(model, str(dst))
 
 
-def _onnxq(src: Path, dst: Path, feeds: list[dict], fmt: str) -> None:
+def _onnxq(src: Path, dst: Path, feeds: list[dict], fmt: str, **overrides) -> None:
     import onnx
 
     import onnxq
 
-    result = onnxq.quantize(onnx.load(str(src)), feeds, format=fmt, progress=False)
+    result = onnxq.quantize(onnx.load(str(src)), feeds, format=fmt, progress=False,
+                            **overrides)
     onnx.save(result.model, str(dst))
 
 
@@ -127,6 +133,8 @@ def run_child(method: str, workdir: Path) -> dict:
         _ort(src, dst, feeds, best=method == "ort_best")
     elif method in ONNXQ_METHODS:
         _onnxq(src, dst, feeds, "qdq" if method == "onnxq_qdq" else "qlinear")
+    elif method in RECIPE_METHODS:
+        _onnxq(src, dst, feeds, "qdq", **RECIPE_METHODS[method])
     elif method == "nncf":
         _nncf(src, dst, feeds)
     elif method == "inc":

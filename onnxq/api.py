@@ -15,17 +15,18 @@ import numpy as np
 import onnx
 
 from onnxq import graph as G
-from onnxq import placement
+from onnxq import placement, recovery
 from onnxq.calibrate import collect_ranges_spilling
-from onnxq.calibrators import make_calibrator
+from onnxq.calibrators import Calibrator, make_calibrator
 from onnxq.config import QuantConfig
+from onnxq.config_resolve import resolve, stamp_target, types_for
 from onnxq.data import peek_shapes
 from onnxq.dynamic_check import LOSSY, DynamicInputCheck, keep_accurate
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.exporters.front_door import as_onnx
 from onnxq.io import check_outputs, model_files, save_model
-from onnxq.kernels.isa import resolve_target, target_of
 from onnxq.passes import (
+    AddZeroBiasPass,
     CleanupPass,
     DecomposeHardActivationsPass,
     DynamicLSTMPass,
@@ -39,9 +40,10 @@ from onnxq.passes import (
 )
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
+from onnxq.plan_checks import check_exclusions, refuse_unquantizable
 from onnxq.plan_settle import without_unobserved
-from onnxq.qtypes import QTYPES, QType, TensorRange
-from onnxq.quant_ops import HANDLERS, Role
+from onnxq.qtypes import TensorRange
+from onnxq.quant_ops import Role
 from onnxq.report import QuantReport
 from onnxq.scopes import all_nodes
 from onnxq.sizes import describe_sizes
@@ -50,6 +52,7 @@ __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "bu
            "as_onnx", "resolve", "stamp_target", "materialize", "settle"]
 
 logger = logging.getLogger(__name__)
+_types = types_for  # the old private name (tests)
 
 Feed = Mapping[str, np.ndarray]
 
@@ -86,38 +89,6 @@ def _resolve_config(config: QuantConfig | Mapping | str | os.PathLike | None,
     return resolve(base.with_overrides(**overrides) if overrides else base)
 
 
-def resolve(config: QuantConfig) -> QuantConfig:
-    """``config`` with ``target="auto"`` replaced by the concrete target, so that the saved
-    configuration says which types were chosen and reproduces them on any machine."""
-    try:
-        concrete = resolve_target(config.target)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return config if concrete == config.target else config.with_overrides(target=concrete)
-
-
-def _types(config: QuantConfig) -> tuple[QType, QType, bool]:
-    rec = target_of(resolve(config).target).recommendation
-    act = QTYPES[config.activation.dtype] if config.activation.dtype else rec.activation
-    weight = QTYPES[config.weight.dtype]
-    reduce_range = rec.reduce_range if config.weight.reduce_range is None else \
-        config.weight.reduce_range
-    return act, weight, reduce_range
-
-
-TARGET_KEY, WEIGHT_BITS_KEY = "onnxq.target", "onnxq.weight_bits"
-
-
-def stamp_target(model: onnx.ModelProto, target: str, reduce_range: bool) -> None:
-    """Record the target ISA and weight width in the model's metadata (``onnxq inspect``)."""
-    values = {TARGET_KEY: target, WEIGHT_BITS_KEY: "7" if reduce_range else "8"}
-    keep = [p for p in model.metadata_props if p.key not in values]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for key, value in values.items():
-        model.metadata_props.add(key=key, value=value)
-
-
 def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
             input_shapes: Mapping[str, tuple] | None = None
             ) -> tuple[PipelineResult, QuantPlan | None]:
@@ -127,15 +98,16 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     for a model that is already quantized (QDQ from QAT or another tool)."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    fused = Pipeline([PreprocessPass(min_opset=config.min_opset),
-                      ForEachGraph(FusionPass())]).run(model)
+    fused = Pipeline([PreprocessPass(min_opset=config.min_opset), ForEachGraph(FusionPass()),
+                      *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else [])
+                      ]).run(model)
     if is_prequantized(fused.model):
         return fused, None
     graph = G.import_graph(fused.model)
-    _check_exclusions(graph, config)
+    check_exclusions(graph, config)
     plan = _annotate(graph, config)
     if not any(n.role in (Role.ANCHOR, Role.DYNAMIC) for n in plan.nodes):
-        _refuse_unquantizable(graph, plan)
+        refuse_unquantizable(graph, plan)
     return fused, _placed(fused.model, graph, plan, config, input_shapes)
 
 
@@ -154,39 +126,6 @@ def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None =
                     fold_activations=config.fold_activations, keep_float=dict(keep_float or {}),
                     force_int8=frozenset(force_int8),
                     weight_only_ops=config.weight.weight_only_ops)
-
-
-def _refuse_unquantizable(graph, plan: QuantPlan) -> None:
-    anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR}
-    ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
-    why = [f"{name} ({ops.get(name, '?')}): {reason}" for name, reason in plan.skipped
-           if ops.get(name) in anchors]
-    raise ModelError(
-        "the model has nothing onnxq can quantize; quantization would only slow it down: "
-        + ("; ".join(why[:4]) + (f" (and {len(why) - 4} more)" if len(why) > 4 else "")
-           if why else "no Conv, ConvTranspose, Gemm or MatMul with float32 inputs was "
-           "found"))
-
-
-def _check_exclusions(graph, config: QuantConfig) -> None:
-    """An excluded node name that is not in the graph is a typo (refused, with close names);
-    an excluded op type the model does not use is harmless (a shared config): a warning."""
-    import difflib
-
-    names = {n.name for g in G.iter_graphs(graph) for n in g.nodes}
-    unknown = [n for n in config.exclude_nodes if n not in names]
-    if unknown:
-        close = sorted({c for n in unknown for c in difflib.get_close_matches(n, names, n=3)})
-        raise ConfigError(
-            f"exclude_nodes names node(s) the model does not have (after fusion): "
-            f"{', '.join(map(repr, unknown))}"
-            + (f"; did you mean {', '.join(map(repr, close))}?" if close else
-               "; `onnxq inspect MODEL` or a quantize report lists the node names"))
-    ops = {n.op for g in G.iter_graphs(graph) for n in g.nodes}
-    absent = [o for o in config.exclude_op_types if o not in ops]
-    if absent:
-        logger.warning("exclude_op_types %s: the model has no such op (ignored)",
-                       ", ".join(absent))
 
 
 def build_pipeline(config: QuantConfig, plan: QuantPlan,
@@ -272,19 +211,55 @@ def calibrate(
     return _calibrate([fused.model], plan, calibration_data, cfg, progress)[0]
 
 
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    """What the calibration run kept for accuracy recovery."""
+
+    means: dict[str, np.ndarray] | None = None
+    feeds: tuple[Feed, ...] = ()
+
+
 def _calibrate(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantConfig,
-               progress: bool) -> tuple[dict[str, TensorRange], QuantPlan, onnx.ModelProto]:
+               progress: bool, *, recover: bool = False
+               ) -> tuple[dict[str, TensorRange], QuantPlan, onnx.ModelProto, _Stats]:
     """The ranges; the plan without dynamic ops whose input run-time int8 would ruin
     (``dynamic_check``; watched in the same calibration run); the prepared model, which the
-    caller hands over in ``box`` (a large one waits on disk meanwhile)."""
+    caller hands over in ``box`` (a large one waits on disk meanwhile); with ``recover``, the
+    statistics and feeds the recipe's recovery needs, gathered in the same run."""
     watch = sorted({n.dynamic_input for n in plan.nodes if n.dynamic_input})
     check = DynamicInputCheck(make_calibrator(cfg.calibration), watch, plan.calibration_tensors)
     tensors = [*plan.calibration_tensors,
                *(t for t in watch if t not in set(plan.calibration_tensors))]
+    calibrator: Calibrator = check
+    means, kept = None, None
+    if recover and recovery.needs_means(cfg.recipe):
+        calibrator = means = recovery.InputMeans(check, recovery.watched_inputs(box[0], plan))
+        tensors += [t for t in means.means if t not in set(tensors)]
+    if recover and recovery.needs_feeds(cfg.recipe):
+        data = kept = recovery.keep_feeds(data, cfg.recipe.samples)
     ranges, model = collect_ranges_spilling(
-        box, tensors, data, check, max_samples=cfg.calibration.max_samples, progress=progress,
-        allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
-    return ranges, keep_accurate(plan, check.lost()), model
+        box, tensors, data, calibrator, max_samples=cfg.calibration.max_samples,
+        progress=progress, allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
+    stats = _Stats(means.batch_means() if means else None, tuple(kept.kept) if kept else ())
+    return ranges, keep_accurate(plan, check.lost()), model, stats
+
+
+def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
+             ranges: Mapping[str, TensorRange], stats: _Stats, progress: bool
+             ) -> tuple[PipelineResult, recovery.Recovery]:
+    """The prepared model with the recipe's weight and bias corrections (``onnxq.recovery``)."""
+    qdq = cfg.with_overrides(format="qdq")
+    weight, reduce_range = types_for(cfg)[1:]
+
+    def build(model: onnx.ModelProto) -> onnx.ModelProto:
+        return materialize(dataclasses.replace(fused, model=model), plan, qdq, ranges,
+                           consume=False).model
+
+    done = recovery.recover(fused.model, plan, cfg.recipe,
+                            quantized=recovery.fake_quant_weight(weight, reduce_range),
+                            means=stats.means, feeds=stats.feeds, build_qdq=build,
+                            progress=progress)
+    return dataclasses.replace(fused, model=done.model), done
 
 
 def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
@@ -328,15 +303,20 @@ def quantize(
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
         return _reads(_quantize_prequantized(fused.model, cfg), original)
+    done = None
     if ranges is None:
         if calibration_data is None:
             raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
                               "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
         box = [fused.model]
         fused = dataclasses.replace(fused, model=onnx.ModelProto())  # the box has it now
-        ranges, plan, prepared = _calibrate(box, plan, calibration_data, cfg, progress)
+        ranges, plan, prepared, stats = _calibrate(box, plan, calibration_data, cfg, progress,
+                                                   recover=not cfg.recipe.is_plain)
         fused = dataclasses.replace(fused, model=prepared)
-    return _reads(materialize(fused, plan, cfg, ranges, source=exported), original)
+        if not cfg.recipe.is_plain:
+            fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
+    return _reads(materialize(fused, plan, cfg, ranges, source=exported, recovered=done),
+                  original)
 
 
 def _reads(result: QuantResult, original: object) -> QuantResult:
@@ -348,7 +328,8 @@ def _reads(result: QuantResult, original: object) -> QuantResult:
 
 def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
                 ranges: Mapping[str, TensorRange], *, source: onnx.ModelProto | None = None,
-                consume: bool = True) -> QuantResult:
+                consume: bool = True, recovered: recovery.Recovery | None = None
+                ) -> QuantResult:
     """Turn a prepared model (``prepare``) and its ranges into the quantized ``QuantResult``.
     ``consume=False`` keeps ``fused`` reusable (``tune`` prepares once per distinct plan)."""
     plan = settle(fused, plan, cfg, ranges)
@@ -367,7 +348,7 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
             "(exclude_nodes) or fix the model or the calibration data"
             + (f" ({len(huge) - 1} more such tensor(s))" if len(huge) > 1 else ""))
     result = build_pipeline(cfg, plan, ranges).run(fused.model, copy=not consume)
-    act, weight, reduce_range = _types(cfg)
+    act, weight, reduce_range = types_for(cfg)
     stamp_target(result.model, cfg.target, reduce_range)
     histogram = Counter(n.op_type for n in all_nodes(result.model.graph))
     kept = {i.name for i in result.model.graph.input}
@@ -389,11 +370,13 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
         skipped=plan.skipped + fused.skipped + result.skipped,
         folded=tuple(f.node for f in plan.folds),
         op_histogram=dict(sorted(histogram.items())),
-        notes=plan.notes + tuple(n for r in fused.records + result.records for n in r.notes)
+        notes=plan.notes + (recovered.notes if recovered else ())
+        + tuple(n for r in fused.records + result.records for n in r.notes)
         + defaults
         + (describe_sizes(fused.model, result.model),),
         activation_type=act.value, weight_type=weight.value, per_channel=plan.per_channel,
         target=cfg.target, weight_bits=7 if reduce_range else 8, placement=plan.placement,
+        recovery=recovered.report if recovered else None,
     )
     return QuantResult(model=result.model, plan=plan, ranges=dict(ranges), report=report,
                        config=cfg, source=source)

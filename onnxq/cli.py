@@ -152,6 +152,9 @@ def placement_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-table", default=None, metavar="target|host|FILE.json",
                    help="the placement's cost table: shipped for the target ISA (default), "
                         "measured on this host once and cached, or a file")
+    p.add_argument("--recipe", default=None, metavar="NAME[,NAME]",
+                   help="accuracy recovery: bc-fast (default), bc-full, cle, plain; "
+                        "comma-separated, e.g. bc-full,cle (see docs/accuracy.md)")
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -162,8 +165,13 @@ def overrides(args: argparse.Namespace) -> dict:
                "allow_nonfinite": "allow_nonfinite", "percentile": "percentile",
                "num_bins": "num_bins", "target": "target", "objective": "objective",
                "cost_table": "cost_table"}
-    return {key: getattr(args, attr, None) for attr, key in mapping.items()
-            if getattr(args, attr, None) is not None}
+    out = {key: getattr(args, attr, None) for attr, key in mapping.items()
+           if getattr(args, attr, None) is not None}
+    if getattr(args, "recipe", None):
+        from onnxq.config import recipe_overrides
+
+        out.update(recipe_overrides(args.recipe))
+    return out
 
 
 def guard_outputs(outputs: dict, inputs: list) -> dict[str, Path]:

@@ -31,6 +31,9 @@ __all__ = [
     "WEIGHT_ONLY_OPS",
     "PlacementConfig",
     "OBJECTIVES",
+    "RecipeConfig",
+    "BIAS_CORRECTION",
+    "RECIPES",
 ]
 
 #: Output forms of a quantized model: name → description (the lowering passes are chosen in
@@ -175,6 +178,52 @@ class PlacementConfig:
             raise ConfigError('placement.cost_table must be "target", "host" or a path')
 
 
+#: ``recipe.bias_correction`` modes: name → description. Read-only.
+BIAS_CORRECTION: Mapping[str, str] = MappingProxyType({
+    "off": "biases as calibrated",
+    "fast": "cancel each layer's mean output shift caused by its int8 weights, from the "
+            "calibration statistics (no extra model run)",
+    "full": "layer by layer on the quantized upstream: match each layer's output mean to "
+            "FP32's on kept calibration feeds (weights, activation rounding and upstream "
+            "error; one extra run of the feeds per network level)"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecipeConfig:
+    """Accuracy recovery beyond range calibration (``onnxq.recovery``)."""
+
+    bias_correction: str = "fast"
+    #: cross-layer equalization of Conv→(Relu|Identity)→Conv pairs before calibration
+    equalize: bool = False
+    #: calibration feeds kept for the data-driven algorithms (full bias correction)
+    samples: int = 64
+    #: seconds the data-driven algorithms may take in all (they stop there, and say so)
+    time_budget_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        _check_types(self, "recipe.")
+        _check_choice("recipe.bias_correction", self.bias_correction, tuple(BIAS_CORRECTION))
+        if self.samples < 1:
+            raise ConfigError(f"recipe.samples={self.samples} must be >= 1")
+        if self.time_budget_s <= 0:
+            raise ConfigError(f"recipe.time_budget_s={self.time_budget_s} must be > 0")
+
+    @property
+    def is_plain(self) -> bool:
+        return self.bias_correction == "off" and not self.equalize
+
+
+#: ``--recipe`` names: name → (the recipe fields it sets, description). Read-only.
+RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
+    "plain": ({"bias_correction": "off", "equalize": False},
+              "range calibration only"),
+    "bc-fast": ({"bias_correction": "fast"}, BIAS_CORRECTION["fast"]),
+    "bc-full": ({"bias_correction": "full"}, BIAS_CORRECTION["full"]),
+    "cle": ({"equalize": True}, "cross-layer equalization of Conv→(Relu|Identity)→Conv "
+                                "pairs before calibration"),
+})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuantConfig:
     """Everything that decides what a quantization run writes."""
@@ -184,6 +233,7 @@ class QuantConfig:
     weight: WeightConfig = field(default_factory=WeightConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     fold_activations: bool = True
@@ -196,7 +246,7 @@ class QuantConfig:
         _check_types(self, "")
         for name, klass in (("activation", ActivationConfig), ("weight", WeightConfig),
                             ("calibration", CalibrationConfig),
-                            ("placement", PlacementConfig)):
+                            ("placement", PlacementConfig), ("recipe", RecipeConfig)):
             if not isinstance(getattr(self, name), klass):
                 raise ConfigError(f"{name} must be a {klass.__name__} (a table in a file)")
         _check_choice("format", self.format, tuple(FORMATS))
@@ -225,7 +275,8 @@ class QuantConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"configuration must be a mapping, got {type(data).__name__}")
         nested = {"activation": ActivationConfig, "weight": WeightConfig,
-                  "calibration": CalibrationConfig, "placement": PlacementConfig}
+                  "calibration": CalibrationConfig, "placement": PlacementConfig,
+                  "recipe": RecipeConfig}
         kwargs: dict[str, Any] = {}
         for key, value in _checked_items(cls, data, "config"):
             if key in nested:
@@ -263,7 +314,7 @@ class QuantConfig:
             if key in OVERRIDES:
                 section, name = OVERRIDES[key]
                 data[section][name] = value
-            elif key in data and key not in {"activation", "weight", "calibration", "placement"}:
+            elif key in data and key not in _SECTIONS:
                 data[key] = value
             else:
                 valid = sorted(set(OVERRIDES) | {k for k in data if not isinstance(data[k], dict)})
@@ -286,7 +337,24 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "num_bins": ("calibration", "num_bins"),
     "objective": ("placement", "objective"),
     "cost_table": ("placement", "cost_table"),
+    "bias_correction": ("recipe", "bias_correction"),
+    "equalize": ("recipe", "equalize"),
+    "recipe_samples": ("recipe", "samples"),
+    "recipe_budget_s": ("recipe", "time_budget_s"),
 }
+_SECTIONS = {"activation", "weight", "calibration", "placement", "recipe"}
+
+
+def recipe_overrides(names: str) -> dict[str, Any]:
+    """Flat overrides for a ``--recipe`` list such as ``"bc-full,cle"`` (later names win)."""
+    fields: dict[str, Any] = {}
+    for name in (n.strip() for n in names.split(",")):
+        if name not in RECIPES:
+            raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)} "
+                              "(comma-separated, e.g. bc-full,cle)")
+        fields.update(RECIPES[name][0])
+    flat = {"bias_correction": "bias_correction", "equalize": "equalize"}
+    return {flat[k]: v for k, v in fields.items()}
 
 
 def _checked_items(klass: type, data: dict[str, Any], where: str):

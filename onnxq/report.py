@@ -24,6 +24,8 @@ class QuantReport:
     weight_bits: int = 8
     #: the placement's decision (``Placement.to_dict``): predicted times, float regions
     placement: dict | None = None
+    #: accuracy recovery (``onnxq.recovery``): algorithm → what it did
+    recovery: dict | None = None
 
     def summary(self) -> str:
         ops = Counter(op for _, op in self.quantized)
@@ -53,4 +55,5 @@ class QuantReport:
             "target": self.target,
             "weight_bits": self.weight_bits,
             "placement": self.placement,
+            "recovery": self.recovery,
         }

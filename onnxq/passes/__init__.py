@@ -1,5 +1,6 @@
 """Graph passes. Each is a small object with ``name`` and ``run(graph) -> PassResult``."""
 
+from onnxq.passes.bias import AddZeroBiasPass, SetBiasPass, SetWeightPass
 from onnxq.passes.cleanup import CleanupPass
 from onnxq.passes.fusion import FusionPass
 from onnxq.passes.hard_activations import DecomposeHardActivationsPass
@@ -13,4 +14,5 @@ from onnxq.passes.weight_only import WeightOnlyPass
 
 __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActivationsPass",
            "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass",
-           "DynamicLSTMPass", "WeightOnlyPass"]
+           "DynamicLSTMPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass",
+           "SetWeightPass"]

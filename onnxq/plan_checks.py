@@ -1,0 +1,49 @@
+"""Checks on a planned model before calibration: refuse a model with nothing to quantize, and
+exclusions that name nothing (a typo), each with a message that says what to do."""
+
+from __future__ import annotations
+
+import logging
+
+from onnxq import graph as G
+from onnxq.config import QuantConfig
+from onnxq.errors import ConfigError, ModelError
+from onnxq.plan import QuantPlan
+from onnxq.quant_ops import HANDLERS, Role
+
+__all__ = ["refuse_unquantizable", "check_exclusions"]
+
+logger = logging.getLogger(__name__)
+
+
+def refuse_unquantizable(graph, plan: QuantPlan) -> None:
+    anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR}
+    ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
+    why = [f"{name} ({ops.get(name, '?')}): {reason}" for name, reason in plan.skipped
+           if ops.get(name) in anchors]
+    raise ModelError(
+        "the model has nothing onnxq can quantize; quantization would only slow it down: "
+        + ("; ".join(why[:4]) + (f" (and {len(why) - 4} more)" if len(why) > 4 else "")
+           if why else "no Conv, ConvTranspose, Gemm or MatMul with float32 inputs was "
+           "found"))
+
+
+def check_exclusions(graph, config: QuantConfig) -> None:
+    """An excluded node name that is not in the graph is a typo (refused, with close names);
+    an excluded op type the model does not use is harmless (a shared config): a warning."""
+    import difflib
+
+    names = {n.name for g in G.iter_graphs(graph) for n in g.nodes}
+    unknown = [n for n in config.exclude_nodes if n not in names]
+    if unknown:
+        close = sorted({c for n in unknown for c in difflib.get_close_matches(n, names, n=3)})
+        raise ConfigError(
+            f"exclude_nodes names node(s) the model does not have (after fusion): "
+            f"{', '.join(map(repr, unknown))}"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else
+               "; `onnxq inspect MODEL` or a quantize report lists the node names"))
+    ops = {n.op for g in G.iter_graphs(graph) for n in g.nodes}
+    absent = [o for o in config.exclude_op_types if o not in ops]
+    if absent:
+        logger.warning("exclude_op_types %s: the model has no such op (ignored)",
+                       ", ".join(absent))

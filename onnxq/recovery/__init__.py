@@ -1,0 +1,124 @@
+"""Accuracy recovery beyond range calibration (``config.recipe``): bias correction (fast, from
+the calibration statistics; full, layer by layer on the quantized upstream) and AdaRound
+(layer-wise weight rounding on calibration data). Cross-layer equalization is a graph pass
+(``passes.equalize``) that runs before calibration.
+
+``recover`` takes the prepared float model and returns it with corrected weights and biases;
+the quantized model is then materialized from it as usual, so every output form gets the same
+correction. The algorithms run on the main graph's quantized Conv/ConvTranspose/Gemm/MatMul.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxq import graph as G
+from onnxq.config import RecipeConfig
+from onnxq.passes.bias import SetBiasPass, SetWeightPass
+from onnxq.pipeline import Pipeline
+from onnxq.plan import QuantPlan
+from onnxq.recovery.bias_correction import fast_shifts, full_biases
+from onnxq.recovery.stats import InputMeans, KeepFeeds, keep_feeds
+from onnxq.recovery.targets import Target, WeightQuantizer, fake_quant_weight, targets
+
+__all__ = ["Recovery", "recover", "InputMeans", "KeepFeeds", "keep_feeds", "watched_inputs",
+           "fake_quant_weight", "needs_feeds", "needs_means"]
+
+Feed = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovery:
+    model: onnx.ModelProto
+    report: dict = field(default_factory=dict)  # algorithm → what it did
+    notes: tuple[str, ...] = ()
+
+
+def needs_means(recipe: RecipeConfig) -> bool:
+    return recipe.bias_correction == "fast"
+
+
+def needs_feeds(recipe: RecipeConfig) -> bool:
+    return recipe.bias_correction == "full"
+
+
+def watched_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
+    """The activation inputs fast bias correction needs the mean of → their channel axis."""
+    graph = G.import_graph(model)
+    return {t.x: t.channel_axis for t in targets(graph, plan)}
+
+
+def recover(model: onnx.ModelProto, plan: QuantPlan, recipe: RecipeConfig, *,
+            quantized: WeightQuantizer, means: Mapping[str, np.ndarray] | None = None,
+            feeds: Sequence[Feed] = (),
+            build_qdq: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+            progress: bool = False) -> Recovery:
+    """``model`` (prepared, float; consumed) with the recipe's corrections applied."""
+    graph = G.import_graph(model)
+    found = targets(graph, plan)
+    if not found or recipe.is_plain:
+        return Recovery(model=model)
+    report: dict[str, dict] = {}
+    notes: list[str] = []
+    grid: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+    shifts: dict[str, np.ndarray] = {}
+    if recipe.bias_correction == "fast" and means:
+        shifts = fast_shifts(graph, found, means, quantized, weights=grid)
+        report["bias_correction"] = _shift_info("fast", shifts, found, start)
+    elif recipe.bias_correction == "full" and feeds and build_qdq is not None:
+        left = max(1.0, recipe.time_budget_s - (time.perf_counter() - start))
+        shifts, done, total = full_biases(model, build_qdq(model), found, feeds,
+                                          budget_s=left, progress=progress)
+        report["bias_correction"] = _shift_info("full", shifts, found, start) | {
+            "levels_done": done, "levels": total, "feeds": len(feeds)}
+        if done < total:
+            notes.append(f"full bias correction stopped at the time budget "
+                         f"({recipe.time_budget_s:g} s) after {done} of {total} levels; "
+                         "the deeper layers were left as they were")
+    if shifts:
+        model = _with_shifts(model, graph, found, shifts)
+    if report:
+        notes.insert(0, "accuracy recovery: " + "; ".join(
+            f"{name} {_describe(info)}" for name, info in report.items()))
+    return Recovery(model=model, report=report, notes=tuple(notes))
+
+
+def _describe(info: dict) -> str:
+    parts = [f"{info.get('mode', '')} on {info['layers']} layer(s)".strip()]
+    parts.append(f"{info['seconds']:.1f} s")
+    return "(" + ", ".join(parts) + ")"
+
+
+def _shift_info(mode: str, shifts: Mapping[str, np.ndarray], found: Sequence[Target],
+                start: float) -> dict:
+    return {"mode": mode, "layers": len(shifts), "candidates": len(found),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _with_shifts(model: onnx.ModelProto, graph, found: Sequence[Target],
+                 shifts: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    nodes = {n.name: n for n in graph.nodes}
+    biases = {}
+    for t in found:
+        shift, holder = shifts.get(t.node), nodes.get(t.holder)
+        if shift is None or holder is None:
+            continue
+        old = G.constant_value(holder.inputs[t.bias_index])
+        if old is None or old.size != shift.size:
+            continue
+        stored = old.astype(np.float64) + shift.reshape(old.shape) / (t.beta or 1.0)
+        biases[(t.holder, t.bias_index)] = stored.astype(np.float32)
+    return Pipeline([SetBiasPass(biases=biases)]).run(model, copy=False).model
+
+
+def _with_weights(model: onnx.ModelProto, found: Sequence[Target],
+                  grid: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    weights = {(t.node, t.weight_index): grid[t.node] for t in found if t.node in grid}
+    return Pipeline([SetWeightPass(weights=weights)]).run(model, copy=False).model
+
