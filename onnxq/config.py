@@ -193,8 +193,6 @@ class RecipeConfig:
     """Accuracy recovery beyond range calibration (``onnxq.recovery``)."""
 
     bias_correction: str = "fast"
-    #: cross-layer equalization of Conv→(Relu|Identity)→Conv pairs before calibration
-    equalize: bool = False
     #: calibration feeds kept for the data-driven algorithms (full bias correction)
     samples: int = 64
     #: seconds the data-driven algorithms may take in all (they stop there, and say so)
@@ -210,17 +208,14 @@ class RecipeConfig:
 
     @property
     def is_plain(self) -> bool:
-        return self.bias_correction == "off" and not self.equalize
+        return self.bias_correction == "off"
 
 
 #: ``--recipe`` names: name → (the recipe fields it sets, description). Read-only.
 RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
-    "plain": ({"bias_correction": "off", "equalize": False},
-              "range calibration only"),
+    "plain": ({"bias_correction": "off"}, "range calibration only"),
     "bc-fast": ({"bias_correction": "fast"}, BIAS_CORRECTION["fast"]),
     "bc-full": ({"bias_correction": "full"}, BIAS_CORRECTION["full"]),
-    "cle": ({"equalize": True}, "cross-layer equalization of Conv→(Relu|Identity)→Conv "
-                                "pairs before calibration"),
 })
 
 
@@ -338,7 +333,6 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "objective": ("placement", "objective"),
     "cost_table": ("placement", "cost_table"),
     "bias_correction": ("recipe", "bias_correction"),
-    "equalize": ("recipe", "equalize"),
     "recipe_samples": ("recipe", "samples"),
     "recipe_budget_s": ("recipe", "time_budget_s"),
 }
@@ -346,15 +340,14 @@ _SECTIONS = {"activation", "weight", "calibration", "placement", "recipe"}
 
 
 def recipe_overrides(names: str) -> dict[str, Any]:
-    """Flat overrides for a ``--recipe`` list such as ``"bc-full,cle"`` (later names win)."""
+    """Flat overrides for a ``--recipe`` list such as ``"bc-full"`` (later names win)."""
     fields: dict[str, Any] = {}
     for name in (n.strip() for n in names.split(",")):
         if name not in RECIPES:
             raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)} "
-                              "(comma-separated, e.g. bc-full,cle)")
+                              "(comma-separated; later names win)")
         fields.update(RECIPES[name][0])
-    flat = {"bias_correction": "bias_correction", "equalize": "equalize"}
-    return {flat[k]: v for k, v in fields.items()}
+    return dict(fields)
 
 
 def _checked_items(klass: type, data: dict[str, Any], where: str):

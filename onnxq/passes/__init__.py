@@ -1,6 +1,6 @@
 """Graph passes. Each is a small object with ``name`` and ``run(graph) -> PassResult``."""
 
-from onnxq.passes.bias import AddZeroBiasPass, SetBiasPass, SetWeightPass
+from onnxq.passes.bias import AddZeroBiasPass, SetBiasPass
 from onnxq.passes.cleanup import CleanupPass
 from onnxq.passes.fusion import FusionPass
 from onnxq.passes.hard_activations import DecomposeHardActivationsPass
@@ -14,5 +14,4 @@ from onnxq.passes.weight_only import WeightOnlyPass
 
 __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActivationsPass",
            "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass",
-           "DynamicLSTMPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass",
-           "SetWeightPass"]
+           "DynamicLSTMPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass"]

@@ -1,9 +1,9 @@
-"""Bias edits for accuracy recovery (bias correction, AdaRound's on-grid weights).
+"""Bias edits for accuracy recovery (bias correction).
 
 ``AddZeroBiasPass`` gives a Conv/ConvTranspose/Gemm without a bias a zero one (numerically a
 no-op), so that a later correction has a bias to move and the plan quantizes it as int32.
-``SetBiasPass`` and ``SetWeightPass`` write given values into a node's bias or weight (new
-constants: a constant shared with another node is never changed under it). Setting the values
+``SetBiasPass`` writes given values into a node's bias (a new constant: a constant shared with
+another node is never changed under it). Setting the values
 a tensor already holds is no change, so a second run reports ``modified=False``.
 """
 
@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from onnxq import graph as G
 from onnxq.pipeline import PassResult
 
-__all__ = ["AddZeroBiasPass", "SetBiasPass", "SetWeightPass", "bias_width"]
+__all__ = ["AddZeroBiasPass", "SetBiasPass", "bias_width"]
 
 
 def bias_width(node: gs.Node) -> int | None:
@@ -114,13 +114,3 @@ class SetBiasPass:
     def run(self, graph: gs.Graph) -> PassResult:
         return _run_set(graph, self.biases, "bias")
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SetWeightPass:
-    """``weights``: (node, weight input index) → the weight values to store."""
-
-    weights: Mapping[tuple[str, int], np.ndarray]
-    name: str = "set_weight"
-
-    def run(self, graph: gs.Graph) -> PassResult:
-        return _run_set(graph, self.weights, "weight")

@@ -1,11 +1,10 @@
 """Accuracy recovery beyond range calibration (``config.recipe``): bias correction (fast, from
-the calibration statistics; full, layer by layer on the quantized upstream) and AdaRound
-(layer-wise weight rounding on calibration data). Cross-layer equalization is a graph pass
-(``passes.equalize``) that runs before calibration.
+the calibration statistics; full, layer by layer on the quantized upstream).
 
 ``recover`` takes the prepared float model and returns it with corrected weights and biases;
 the quantized model is then materialized from it as usual, so every output form gets the same
 correction. The algorithms run on the main graph's quantized Conv/ConvTranspose/Gemm/MatMul.
+(AdaRound-class weight rounding and cross-layer equalization are not built yet.)
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import onnx
 
 from onnxq import graph as G
 from onnxq.config import RecipeConfig
-from onnxq.passes.bias import SetBiasPass, SetWeightPass
+from onnxq.passes.bias import SetBiasPass
 from onnxq.pipeline import Pipeline
 from onnxq.plan import QuantPlan
 from onnxq.recovery.bias_correction import fast_shifts, full_biases
@@ -65,11 +64,10 @@ def recover(model: onnx.ModelProto, plan: QuantPlan, recipe: RecipeConfig, *,
         return Recovery(model=model)
     report: dict[str, dict] = {}
     notes: list[str] = []
-    grid: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     shifts: dict[str, np.ndarray] = {}
     if recipe.bias_correction == "fast" and means:
-        shifts = fast_shifts(graph, found, means, quantized, weights=grid)
+        shifts = fast_shifts(graph, found, means, quantized)
         report["bias_correction"] = _shift_info("fast", shifts, found, start)
     elif recipe.bias_correction == "full" and feeds and build_qdq is not None:
         left = max(1.0, recipe.time_budget_s - (time.perf_counter() - start))
@@ -115,10 +113,3 @@ def _with_shifts(model: onnx.ModelProto, graph, found: Sequence[Target],
         stored = old.astype(np.float64) + shift.reshape(old.shape) / (t.beta or 1.0)
         biases[(t.holder, t.bias_index)] = stored.astype(np.float32)
     return Pipeline([SetBiasPass(biases=biases)]).run(model, copy=False).model
-
-
-def _with_weights(model: onnx.ModelProto, found: Sequence[Target],
-                  grid: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    weights = {(t.node, t.weight_index): grid[t.node] for t in found if t.node in grid}
-    return Pipeline([SetWeightPass(weights=weights)]).run(model, copy=False).model
-
