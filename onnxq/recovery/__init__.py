@@ -70,7 +70,7 @@ def recover(model: onnx.ModelProto, plan: QuantPlan, recipe: RecipeConfig, *,
         shifts = fast_shifts(graph, found, means, quantized)
         report["bias_correction"] = _shift_info("fast", shifts, found, start)
     elif recipe.bias_correction == "full" and feeds and build_qdq is not None:
-        left = max(1.0, recipe.time_budget_s - (time.perf_counter() - start))
+        left = max(0.0, recipe.time_budget_s - (time.perf_counter() - start))
         shifts, done, total = full_biases(model, build_qdq(model), found, feeds,
                                           budget_s=left, progress=progress)
         report["bias_correction"] = _shift_info("full", shifts, found, start) | {
