@@ -217,6 +217,7 @@ class _Stats:
 
     means: dict[str, np.ndarray] | None = None
     feeds: tuple[Feed, ...] = ()
+    grams: dict[str, np.ndarray] | None = None
 
 
 def _calibrate(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantConfig,
@@ -235,12 +236,18 @@ def _calibrate(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantConf
     if recover and recovery.needs_means(cfg.recipe):
         calibrator = means = recovery.InputMeans(check, recovery.watched_inputs(box[0], plan))
         tensors += [t for t in means.means if t not in set(tensors)]
+    grams = None
+    if recover and recovery.needs_grams(cfg.recipe):
+        calibrator = grams = recovery.InputGrams(calibrator,
+                                                 recovery.watched_layers(box[0], plan))
+        tensors += [t for t in grams.tensors if t not in set(tensors)]
     if recover and recovery.needs_feeds(cfg.recipe):
         data = kept = recovery.keep_feeds(data, cfg.recipe.samples)
     ranges, model = collect_ranges_spilling(
         box, tensors, data, calibrator, max_samples=cfg.calibration.max_samples,
         progress=progress, allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
-    stats = _Stats(means.batch_means() if means else None, tuple(kept.kept) if kept else ())
+    stats = _Stats(means.batch_means() if means else None, tuple(kept.kept) if kept else (),
+                   grams.grams() if grams else None)
     return ranges, keep_accurate(plan, check.lost()), model, stats
 
 
@@ -255,9 +262,10 @@ def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
         return materialize(dataclasses.replace(fused, model=model), plan, qdq, ranges,
                            consume=False).model
 
-    done = recovery.recover(fused.model, plan, cfg.recipe,
-                            quantized=recovery.fake_quant_weight(weight, reduce_range),
-                            means=stats.means, feeds=stats.feeds, build_qdq=build,
+    grid = recovery.WeightGrid(quantized=recovery.fake_quant_weight(weight, reduce_range),
+                               qtype=weight, reduce_range=reduce_range)
+    done = recovery.recover(fused.model, plan, cfg.recipe, grid=grid, means=stats.means,
+                            grams=stats.grams, feeds=stats.feeds, build_qdq=build,
                             progress=progress)
     return dataclasses.replace(fused, model=done.model), done
 

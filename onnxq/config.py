@@ -33,6 +33,7 @@ __all__ = [
     "OBJECTIVES",
     "RecipeConfig",
     "BIAS_CORRECTION",
+    "ROUNDING",
     "RECIPES",
 ]
 
@@ -188,11 +189,19 @@ BIAS_CORRECTION: Mapping[str, str] = MappingProxyType({
             "error; one extra run of the feeds per network level)"})
 
 
+#: ``recipe.rounding`` modes: name → description. Read-only.
+ROUNDING: Mapping[str, str] = MappingProxyType({
+    "nearest": "each int8 weight rounded to nearest",
+    "gptq": "each layer's int8 weights rounded to minimize its output error on the "
+            "calibration data (Hessian-based, GPTQ/OBQ-style; same scales, no extra model run)"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecipeConfig:
     """Accuracy recovery beyond range calibration (``onnxq.recovery``)."""
 
     bias_correction: str = "fast"
+    rounding: str = "nearest"
     #: calibration feeds kept for the data-driven algorithms (full bias correction)
     samples: int = 64
     #: seconds the data-driven algorithms may take in all (they stop there, and say so)
@@ -201,6 +210,7 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         _check_types(self, "recipe.")
         _check_choice("recipe.bias_correction", self.bias_correction, tuple(BIAS_CORRECTION))
+        _check_choice("recipe.rounding", self.rounding, tuple(ROUNDING))
         if self.samples < 1:
             raise ConfigError(f"recipe.samples={self.samples} must be >= 1")
         if self.time_budget_s <= 0:
@@ -208,14 +218,16 @@ class RecipeConfig:
 
     @property
     def is_plain(self) -> bool:
-        return self.bias_correction == "off"
+        return self.bias_correction == "off" and self.rounding == "nearest"
 
 
 #: ``--recipe`` names: name → (the recipe fields it sets, description). Read-only.
 RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
-    "plain": ({"bias_correction": "off"}, "range calibration only"),
+    "plain": ({"bias_correction": "off", "rounding": "nearest"}, "range calibration only"),
     "bc-fast": ({"bias_correction": "fast"}, BIAS_CORRECTION["fast"]),
     "bc-full": ({"bias_correction": "full"}, BIAS_CORRECTION["full"]),
+    "nearest": ({"rounding": "nearest"}, ROUNDING["nearest"]),
+    "gptq": ({"rounding": "gptq"}, ROUNDING["gptq"]),
 })
 
 
@@ -333,6 +345,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "objective": ("placement", "objective"),
     "cost_table": ("placement", "cost_table"),
     "bias_correction": ("recipe", "bias_correction"),
+    "rounding": ("recipe", "rounding"),
     "recipe_samples": ("recipe", "samples"),
     "recipe_budget_s": ("recipe", "time_budget_s"),
 }

@@ -1,9 +1,10 @@
-"""Bias edits for accuracy recovery (bias correction).
+"""Bias and weight edits for accuracy recovery (bias correction, weight rounding).
 
 ``AddZeroBiasPass`` gives a Conv/ConvTranspose/Gemm without a bias a zero one (numerically a
 no-op), so that a later correction has a bias to move and the plan quantizes it as int32.
 ``SetBiasPass`` writes given values into a node's bias (a new constant: a constant shared with
-another node is never changed under it). Setting the values
+another node is never changed under it); ``SetWeightPass`` does the same for weights (the
+on-grid values weight rounding chose). Setting the values
 a tensor already holds is no change, so a second run reports ``modified=False``.
 """
 
@@ -18,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnxq import graph as G
 from onnxq.pipeline import PassResult
 
-__all__ = ["AddZeroBiasPass", "SetBiasPass", "bias_width"]
+__all__ = ["AddZeroBiasPass", "SetBiasPass", "SetWeightPass", "bias_width"]
 
 
 def bias_width(node: gs.Node) -> int | None:
@@ -114,3 +115,14 @@ class SetBiasPass:
     def run(self, graph: gs.Graph) -> PassResult:
         return _run_set(graph, self.biases, "bias")
 
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetWeightPass:
+    """``weights``: (node, weight input index) → the weight values to store."""
+
+    weights: Mapping[tuple[str, int], np.ndarray]
+    name: str = "set_weight"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        return _run_set(graph, self.weights, "weight")

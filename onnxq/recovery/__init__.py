@@ -1,10 +1,12 @@
-"""Accuracy recovery beyond range calibration (``config.recipe``): bias correction (fast, from
-the calibration statistics; full, layer by layer on the quantized upstream).
+"""Accuracy recovery beyond range calibration (``config.recipe``): Hessian-based weight
+rounding (``rounding``, from the calibration run's input statistics) and bias correction (fast,
+from the calibration statistics; full, layer by layer on the quantized upstream). Rounding
+runs first; bias correction then cancels what the chosen weights still shift.
 
 ``recover`` takes the prepared float model and returns it with corrected weights and biases;
 the quantized model is then materialized from it as usual, so every output form gets the same
 correction. The algorithms run on the main graph's quantized Conv/ConvTranspose/Gemm/MatMul.
-(AdaRound-class weight rounding and cross-layer equalization are not built yet.)
+(Cross-layer equalization is not built yet.)
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ import onnx
 
 from onnxq import graph as G
 from onnxq.config import RecipeConfig
-from onnxq.passes.bias import SetBiasPass
+from onnxq.passes.bias import SetBiasPass, SetWeightPass
 from onnxq.pipeline import Pipeline
 from onnxq.plan import QuantPlan
+from onnxq.qtypes import QType
 from onnxq.recovery.bias_correction import fast_shifts, full_biases
+from onnxq.recovery.grams import Geometry, InputGrams, geometry
+from onnxq.recovery.rounding import round_weights
 from onnxq.recovery.stats import InputMeans, KeepFeeds, keep_feeds
 from onnxq.recovery.targets import Target, WeightQuantizer, fake_quant_weight, targets
 
-__all__ = ["Recovery", "recover", "InputMeans", "KeepFeeds", "keep_feeds", "watched_inputs",
-           "fake_quant_weight", "needs_feeds", "needs_means"]
+__all__ = ["Recovery", "recover", "InputMeans", "InputGrams", "KeepFeeds", "keep_feeds",
+           "watched_inputs", "watched_layers", "fake_quant_weight", "needs_feeds",
+           "needs_means", "needs_grams", "WeightGrid"]
 
 Feed = Mapping[str, np.ndarray]
 
@@ -42,6 +48,10 @@ def needs_means(recipe: RecipeConfig) -> bool:
     return recipe.bias_correction == "fast"
 
 
+def needs_grams(recipe: RecipeConfig) -> bool:
+    return recipe.rounding == "gptq"
+
+
 def needs_feeds(recipe: RecipeConfig) -> bool:
     return recipe.bias_correction == "full"
 
@@ -52,9 +62,31 @@ def watched_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
     return {t.x: t.channel_axis for t in targets(graph, plan)}
 
 
+def watched_layers(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, tuple[str, Geometry]]:
+    """The layers weight rounding can work on → (their input tensor, its geometry)."""
+    graph = G.import_graph(model)
+    nodes = {n.name: n for n in graph.nodes}
+    out = {}
+    for t in targets(graph, plan):
+        g = geometry(nodes[t.node], t)
+        if g is not None:
+            out[t.node] = (t.x, g)
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WeightGrid:
+    """onnxq's int8 weight grid for this run: round-to-nearest, and the type and width that
+    weight rounding chooses on."""
+
+    quantized: WeightQuantizer
+    qtype: QType
+    reduce_range: bool
+
+
 def recover(model: onnx.ModelProto, plan: QuantPlan, recipe: RecipeConfig, *,
-            quantized: WeightQuantizer, means: Mapping[str, np.ndarray] | None = None,
-            feeds: Sequence[Feed] = (),
+            grid: WeightGrid, means: Mapping[str, np.ndarray] | None = None,
+            grams: Mapping[str, np.ndarray] | None = None, feeds: Sequence[Feed] = (),
             build_qdq: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
             progress: bool = False) -> Recovery:
     """``model`` (prepared, float; consumed) with the recipe's corrections applied."""
@@ -65,12 +97,27 @@ def recover(model: onnx.ModelProto, plan: QuantPlan, recipe: RecipeConfig, *,
     report: dict[str, dict] = {}
     notes: list[str] = []
     start = time.perf_counter()
+    weights: dict[str, np.ndarray] = {}
+    if recipe.rounding == "gptq" and grams:
+        rounded = round_weights(graph, found, grams, grid.qtype, grid.reduce_range,
+                                budget_s=recipe.time_budget_s, progress=progress)
+        weights = rounded.weights
+        report["rounding"] = _rounding_info(rounded, found, start)
+        if rounded.stopped:
+            notes.append(f"weight rounding stopped at the time budget "
+                         f"({recipe.time_budget_s:g} s); the remaining layers were rounded "
+                         "to nearest")
+    start = time.perf_counter()
     shifts: dict[str, np.ndarray] = {}
     if recipe.bias_correction == "fast" and means:
-        shifts = fast_shifts(graph, found, means, quantized)
+        shifts = fast_shifts(graph, found, means, grid.quantized, weights=weights)
         report["bias_correction"] = _shift_info("fast", shifts, found, start)
-    elif recipe.bias_correction == "full" and feeds and build_qdq is not None:
-        left = max(0.0, recipe.time_budget_s - (time.perf_counter() - start))
+    if weights:
+        model = _with_weights(model, graph, found, weights)
+        graph = G.import_graph(model)
+    if recipe.bias_correction == "full" and feeds and build_qdq is not None:
+        spent = sum(info.get("seconds", 0.0) for info in report.values())
+        left = max(0.0, recipe.time_budget_s - spent)
         shifts, done, total = full_biases(model, build_qdq(model), found, feeds,
                                           budget_s=left, progress=progress)
         report["bias_correction"] = _shift_info("full", shifts, found, start) | {
@@ -85,6 +132,20 @@ def recover(model: onnx.ModelProto, plan: QuantPlan, recipe: RecipeConfig, *,
         notes.insert(0, "accuracy recovery: " + "; ".join(
             f"{name} {_describe(info)}" for name, info in report.items()))
     return Recovery(model=model, report=report, notes=tuple(notes))
+
+
+def _rounding_info(rounded, found: Sequence[Target], start: float) -> dict:
+    ratios = list(rounded.error_ratio.values())
+    return {"mode": "gptq", "layers": len(rounded.weights), "candidates": len(found),
+            "mean_error_ratio": round(float(np.mean(ratios)), 4) if ratios else None,
+            "skipped": dict(sorted(rounded.skipped.items())),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _with_weights(model: onnx.ModelProto, graph, found: Sequence[Target],
+                  weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    values = {(t.node, t.weight_index): weights[t.node] for t in found if t.node in weights}
+    return Pipeline([SetWeightPass(weights=values)]).run(model, copy=False).model
 
 
 def _describe(info: dict) -> str:
