@@ -32,10 +32,14 @@ METHODS = {
     "inc": "onnx-neural-compressor (QDQ)",
     "onnxq_plain": "onnxq QDQ, recipe plain (no bias correction)",
     "onnxq_bc_full": "onnxq QDQ, recipe bc-full",
+    "onnxq_gptq": "onnxq QDQ, recipe gptq (+ bc-fast)",
+    "onnxq_gptq_only": "onnxq QDQ, recipe gptq without bias correction",
 }
 #: onnxq's accuracy-recovery recipes as extra rows (the ablation): method → quantize overrides
-RECIPE_METHODS = {"onnxq_plain": {"bias_correction": "off"},
-                  "onnxq_bc_full": {"bias_correction": "full"}}
+RECIPE_METHODS = {"onnxq_plain": {"bias_correction": "off", "rounding": "nearest"},
+                  "onnxq_bc_full": {"bias_correction": "full"},
+                  "onnxq_gptq": {"rounding": "gptq", "bias_correction": "fast"},
+                  "onnxq_gptq_only": {"rounding": "gptq", "bias_correction": "off"}}
 ONNXQ_METHODS = ("onnxq_qdq", "onnxq_qlinear")
 ORT_METHODS = ("ort_default", "ort_best")
 EXTERNAL_METHODS = ("nncf", "inc")
