@@ -16,12 +16,11 @@ import onnx
 
 from onnxq import graph as G
 from onnxq import placement, recovery
-from onnxq.calibrate import collect_ranges_spilling
-from onnxq.calibrators import Calibrator, make_calibrator
+from onnxq.calibration_run import Stats, calibrate_run
 from onnxq.config import QuantConfig
 from onnxq.config_resolve import resolve, stamp_target, types_for
 from onnxq.data import peek_shapes
-from onnxq.dynamic_check import LOSSY, DynamicInputCheck, keep_accurate
+from onnxq.dynamic_check import LOSSY
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.exporters.front_door import as_onnx
 from onnxq.io import check_outputs, model_files, save_model
@@ -108,14 +107,19 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     plan = _annotate(graph, config)
     if not any(n.role in (Role.ANCHOR, Role.DYNAMIC) for n in plan.nodes):
         refuse_unquantizable(graph, plan)
-    return fused, _placed(fused.model, graph, plan, config, input_shapes)
+    data = recovery.float_data_layers(graph, plan, config.recipe)
+    if data:
+        plan = _annotate(graph, config, data)
+    return fused, _placed(fused.model, graph, plan, config, input_shapes, data)
 
 
 def _placed(model: onnx.ModelProto, graph, plan: QuantPlan, config: QuantConfig,
-            input_shapes) -> QuantPlan:
-    """``plan`` with the placement's float regions kept float, and its summary as a note."""
+            input_shapes, data: Mapping[str, str]) -> QuantPlan:
+    """``plan`` with the placement's float regions (and ``data``) kept float, and its summary
+    as a note."""
     return placement.apply(model, graph, plan, config, input_shapes,
-                           lambda keep, force: _annotate(graph, config, keep, force))
+                           lambda keep, force: _annotate(graph, config, {**data, **keep},
+                                                         force))
 
 
 def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None = None,
@@ -202,57 +206,17 @@ def calibrate(
     later keeps float."""
     cfg = _resolve_config(config, overrides)
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
-    every = cfg.with_overrides(objective="size")
+    every = cfg.with_overrides(objective="size", data_layers="int8")
     fused, plan = prepare(model, every)
     if plan is None:
         raise ModelError("the model is already quantized (it holds QuantizeLinear/"
                          "DequantizeLinear); there is nothing to calibrate: pass it to "
                          "onnxq quantize without calibration data")
-    return _calibrate([fused.model], plan, calibration_data, cfg, progress)[0]
-
-
-@dataclass(frozen=True, slots=True)
-class _Stats:
-    """What the calibration run kept for accuracy recovery."""
-
-    means: dict[str, np.ndarray] | None = None
-    feeds: tuple[Feed, ...] = ()
-    grams: dict[str, np.ndarray] | None = None
-
-
-def _calibrate(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantConfig,
-               progress: bool, *, recover: bool = False
-               ) -> tuple[dict[str, TensorRange], QuantPlan, onnx.ModelProto, _Stats]:
-    """The ranges; the plan without dynamic ops whose input run-time int8 would ruin
-    (``dynamic_check``; watched in the same calibration run); the prepared model, which the
-    caller hands over in ``box`` (a large one waits on disk meanwhile); with ``recover``, the
-    statistics and feeds the recipe's recovery needs, gathered in the same run."""
-    watch = sorted({n.dynamic_input for n in plan.nodes if n.dynamic_input})
-    check = DynamicInputCheck(make_calibrator(cfg.calibration), watch, plan.calibration_tensors)
-    tensors = [*plan.calibration_tensors,
-               *(t for t in watch if t not in set(plan.calibration_tensors))]
-    calibrator: Calibrator = check
-    means, kept = None, None
-    if recover and recovery.needs_means(cfg.recipe):
-        calibrator = means = recovery.InputMeans(check, recovery.watched_inputs(box[0], plan))
-        tensors += [t for t in means.means if t not in set(tensors)]
-    grams = None
-    if recover and recovery.needs_grams(cfg.recipe):
-        calibrator = grams = recovery.InputGrams(calibrator,
-                                                 recovery.watched_layers(box[0], plan))
-        tensors += [t for t in grams.tensors if t not in set(tensors)]
-    if recover and recovery.needs_feeds(cfg.recipe):
-        data = kept = recovery.keep_feeds(data, cfg.recipe.samples)
-    ranges, model = collect_ranges_spilling(
-        box, tensors, data, calibrator, max_samples=cfg.calibration.max_samples,
-        progress=progress, allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
-    stats = _Stats(means.batch_means() if means else None, tuple(kept.kept) if kept else (),
-                   grams.grams() if grams else None)
-    return ranges, keep_accurate(plan, check.lost()), model, stats
+    return calibrate_run([fused.model], plan, calibration_data, cfg, progress)[0]
 
 
 def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
-             ranges: Mapping[str, TensorRange], stats: _Stats, progress: bool
+             ranges: Mapping[str, TensorRange], stats: Stats, progress: bool
              ) -> tuple[PipelineResult, recovery.Recovery]:
     """The prepared model with the recipe's weight and bias corrections (``onnxq.recovery``)."""
     qdq = cfg.with_overrides(format="qdq")
@@ -277,12 +241,18 @@ def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     if all(t in ranges for t in plan.calibration_tensors):
         return plan
     graph = G.import_graph(fused.model)
+    return without_unobserved(graph, plan, ranges,
+                              lambda keep: _replan(graph, plan, cfg, keep))
+
+
+def _replan(graph, plan: QuantPlan, cfg: QuantConfig, keep: Mapping[str, str]) -> QuantPlan:
+    """``plan`` re-annotated with ``keep`` (node → why) float too; the placement's and the
+    accuracy checks' choices stay."""
     kept = {name: why for name, why in plan.skipped
-            if why.startswith(LOSSY) or why.startswith(placement.PLACED)}
-    force = (plan.placement or {}).get("int8_electives", ())
-    settled = without_unobserved(graph, plan, ranges,
-                                 lambda keep: _annotate(graph, cfg, kept | keep, force))
-    return dataclasses.replace(settled, notes=plan.notes, placement=plan.placement)
+            if why.startswith((LOSSY, placement.PLACED, recovery.DATA_LAYER))}
+    force = [n for n in (plan.placement or {}).get("int8_electives", ()) if n not in keep]
+    again = _annotate(graph, cfg, kept | dict(keep), force)
+    return dataclasses.replace(again, notes=plan.notes, placement=plan.placement)
 
 
 def quantize(
@@ -318,8 +288,8 @@ def quantize(
                               "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
         box = [fused.model]
         fused = dataclasses.replace(fused, model=onnx.ModelProto())  # the box has it now
-        ranges, plan, prepared, stats = _calibrate(box, plan, calibration_data, cfg, progress,
-                                                   recover=not cfg.recipe.is_plain)
+        ranges, plan, prepared, stats = calibrate_run(box, plan, calibration_data, cfg,
+                                                      progress, recover=not cfg.recipe.is_plain)
         fused = dataclasses.replace(fused, model=prepared)
         if not cfg.recipe.is_plain:
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)

@@ -202,6 +202,8 @@ class RecipeConfig:
 
     bias_correction: str = "fast"
     rounding: str = "nearest"
+    #: convolutions reading the model's data: "int8", or "float" (int8 re-grids the data)
+    data_layers: str = "int8"
     #: calibration feeds kept for the data-driven algorithms (full bias correction)
     samples: int = 64
     #: seconds the data-driven algorithms may take in all (they stop there, and say so)
@@ -213,6 +215,7 @@ class RecipeConfig:
         _check_choice("recipe.rounding", self.rounding, tuple(ROUNDING))
         if self.samples < 1:
             raise ConfigError(f"recipe.samples={self.samples} must be >= 1")
+        _check_choice("recipe.data_layers", self.data_layers, ("float", "int8"))
         if self.time_budget_s <= 0:
             raise ConfigError(f"recipe.time_budget_s={self.time_budget_s} must be > 0")
 
@@ -223,7 +226,10 @@ class RecipeConfig:
 
 #: ``--recipe`` names: name → (the recipe fields it sets, description). Read-only.
 RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
-    "plain": ({"bias_correction": "off", "rounding": "nearest"}, "range calibration only"),
+    "plain": ({"bias_correction": "off", "rounding": "nearest", "data_layers": "int8"},
+              "range calibration only, every layer int8"),
+    "float-data": ({"data_layers": "float"},
+                   "the convolutions reading the model's data stay float"),
     "bc-fast": ({"bias_correction": "fast"}, BIAS_CORRECTION["fast"]),
     "bc-full": ({"bias_correction": "full"}, BIAS_CORRECTION["full"]),
     "nearest": ({"rounding": "nearest"}, ROUNDING["nearest"]),
@@ -346,6 +352,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "cost_table": ("placement", "cost_table"),
     "bias_correction": ("recipe", "bias_correction"),
     "rounding": ("recipe", "rounding"),
+    "data_layers": ("recipe", "data_layers"),
     "recipe_samples": ("recipe", "samples"),
     "recipe_budget_s": ("recipe", "time_budget_s"),
 }

@@ -211,7 +211,7 @@ def test_zero_bias_and_set_bias_passes():
 def test_recipe_configuration_and_cli(tmp_path, capsys):
     assert recipe_overrides("bc-full") == {"bias_correction": "full"}
     assert recipe_overrides("bc-full,plain") == {"bias_correction": "off",
-                                                 "rounding": "nearest"}
+                                                 "rounding": "nearest", "data_layers": "int8"}
     assert recipe_overrides("gptq,bc-full") == {"bias_correction": "full", "rounding": "gptq"}
     with pytest.raises(ConfigError, match="recipe.rounding='adaround'.*nearest, gptq"):
         RecipeConfig(rounding="adaround")

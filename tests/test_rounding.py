@@ -182,3 +182,51 @@ def test_rounding_stops_at_the_time_budget():
     graph = G.import_graph(result.model)
     assert graph.nodes  # still a complete, valid model
     onnx.checker.check_model(result.model)
+
+
+def _normalized_input_cnn() -> onnx.ModelProto:
+    """(x − mean) / std → Pad → Conv → Relu → Conv → Relu → Conv: the first conv reads the
+    model's data through constant preprocessing; the others do not."""
+    b = B._Builder(11, 17)
+    x = b.op("Sub", ["input", b.const("mean", np.full((1, 3, 1, 1), 0.45, np.float32))], "sub")
+    x = b.op("Div", [x, b.const("std", np.full((1, 3, 1, 1), 0.22, np.float32))], "div")
+    x = b.op("Pad", [x, b.const("pads", [0, 0, 1, 1, 0, 0, 1, 1], np.int64)], "pad")
+    x = b.relu(b.conv(x, "stem", 3, 8, 3, pad=0, bias=True), "r1")
+    x = b.relu(b.conv(x, "c2", 8, 8, 3, bias=True), "r2")
+    y = b.conv(x, "c3", 8, 4, 1, bias=True)
+    return b.model("normalized", [("input", ["batch", 3, 12, 12])], [(y, ["batch", 4, 12, 12])])
+
+
+def test_data_layers_float_keeps_only_the_layer_reading_the_data_float():
+    model = _normalized_input_cnn()
+    rng = np.random.default_rng(12)
+    feeds = [{"input": (rng.integers(0, 256, (2, 3, 12, 12)) / 255).astype(np.float32)}
+             for _ in range(4)]
+    common = dict(progress=False, objective="size")
+    int8 = onnxq.quantize(model, feeds, **common)
+    kept = onnxq.quantize(model, feeds, data_layers="float", **common)
+    assert "stem" in dict(int8.report.quantized)
+    assert "stem" not in dict(kept.report.quantized)
+    assert {"c2", "c3"} <= set(dict(kept.report.quantized))
+    why = dict(kept.report.skipped)["stem"]
+    assert "reads the model's data" in why and "'input'" in why
+    ops = {n.name: n.op_type for n in kept.model.graph.node}
+    assert ops["stem"] == "Conv"  # float input: nothing quantizes the data
+    producers = {o: n.op_type for n in kept.model.graph.node for o in n.output}
+    stem = next(n for n in kept.model.graph.node if n.name == "stem")
+    assert producers.get(stem.input[0]) != "DequantizeLinear"
+    assert _mse(kept.model, model, feeds) < _mse(int8.model, model, feeds)
+    # calibrate() covers every node whatever the recipe: its ranges serve both settings
+    ranges = onnxq.calibrate(model, feeds, progress=False, data_layers="float")
+    again = onnxq.quantize(model, None, ranges=ranges, **common)
+    assert "stem" in dict(again.report.quantized)
+
+
+def test_a_model_whose_only_layer_reads_the_data_is_still_quantized():
+    b = B._Builder(13, 17)
+    y = b.conv("input", "only", 3, 4, 3, bias=True)
+    model = b.model("one", [("input", ["batch", 3, 8, 8])], [(y, ["batch", 4, 8, 8])])
+    feeds = B.feeds(model, batch=2, n=2)
+    result = onnxq.quantize(model, feeds, progress=False, objective="size",
+                            data_layers="float")
+    assert "only" in dict(result.report.quantized)

@@ -25,6 +25,7 @@ from onnxq.pipeline import Pipeline
 from onnxq.plan import QuantPlan
 from onnxq.qtypes import QType
 from onnxq.recovery.bias_correction import fast_shifts, full_biases
+from onnxq.recovery.data_inputs import DATA_LAYER, data_layers
 from onnxq.recovery.grams import Geometry, InputGrams, geometry
 from onnxq.recovery.rounding import round_weights
 from onnxq.recovery.stats import InputMeans, KeepFeeds, keep_feeds
@@ -32,7 +33,7 @@ from onnxq.recovery.targets import Target, WeightQuantizer, fake_quant_weight, t
 
 __all__ = ["Recovery", "recover", "InputMeans", "InputGrams", "KeepFeeds", "keep_feeds",
            "watched_inputs", "watched_layers", "fake_quant_weight", "needs_feeds",
-           "needs_means", "needs_grams", "WeightGrid"]
+           "needs_means", "needs_grams", "WeightGrid", "DATA_LAYER", "float_data_layers"]
 
 Feed = Mapping[str, np.ndarray]
 
@@ -54,6 +55,18 @@ def needs_grams(recipe: RecipeConfig) -> bool:
 
 def needs_feeds(recipe: RecipeConfig) -> bool:
     return recipe.bias_correction == "full"
+
+
+def float_data_layers(graph, plan: QuantPlan, recipe: RecipeConfig) -> dict[str, str]:
+    """The convolutions reading the model's data that the recipe keeps float → why
+    (``data_inputs``); never every quantized node."""
+    if recipe.data_layers != "float":
+        return {}
+    layers = data_layers(graph, plan)
+    if len(layers) >= len(plan.nodes):
+        return {}
+    return {name: f"{DATA_LAYER} ({source!r}): int8 would re-grid the data itself; kept "
+                  "float (recipe.data_layers)" for name, source in layers.items()}
 
 
 def watched_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
