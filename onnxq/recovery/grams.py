@@ -7,8 +7,9 @@ for a convolution, every receptive-field patch (im2col), per group; for a MatMul
 row of the input. ``InputGrams`` wraps the range calibrator and accumulates ``H`` (float64, so
 the result does not depend on the BLAS kernels of the CPU) for each watched layer; inputs that
 several layers read with one geometry (Q/K/V projections) share one ``H``. Work per feed is
-bounded by sampling at most ``MAX_ROWS`` patches (evenly spaced, deterministic), and memory by
-``max_bytes`` over all ``H`` (the layers beyond it are left out, and named).
+bounded by sampling at most ``MAX_ROWS`` patches (evenly spaced, deterministic; fewer for
+wide layers, so one feed's patches stay ≤ 32 MB), and memory by ``max_bytes`` over all ``H``;
+layers wider than ``MAX_WIDTH`` or beyond the memory bound are left out, and named.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ from onnxq.recovery.targets import Target
 __all__ = ["Geometry", "InputGrams", "geometry", "patches", "MAX_GRAM_BYTES", "MAX_ROWS"]
 
 #: all accumulated H matrices together never exceed this many bytes
-MAX_GRAM_BYTES = 1 << 30
+MAX_GRAM_BYTES = 512 << 20
 #: input vectors (patches or rows) sampled per feed and layer
 MAX_ROWS = 8192
+#: values (float64) of one feed's patch matrix: 32 MB, so wide layers sample fewer patches
+MAX_PATCH_VALUES = 4 << 20
+#: layers wider than this (K, per group) keep round-to-nearest: H would take K² memory and the
+#: factorization K³ time (a 2048-wide H is 32 MB)
+MAX_WIDTH = 2048
+#: a layer stops taking rows once it has this many per input feature (and MAX_ROWS at least):
+#: H is well determined by then, and the work stays O(K³)
+ROWS_PER_FEATURE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +151,10 @@ class _Gram:
     def add(self, x: np.ndarray) -> None:
         if self.broken:
             return
-        cols = patches(x, self.geometry)
+        g = self.geometry
+        if self.count >= max(MAX_ROWS, ROWS_PER_FEATURE * g.width):
+            return
+        cols = patches(x, g, max(64, min(MAX_ROWS, MAX_PATCH_VALUES // (g.width * g.groups))))
         if cols is None:
             self.broken, self.sum = True, None
             return
@@ -166,7 +178,7 @@ class InputGrams:
         for layer, (tensor, g) in watch.items():
             key = (tensor, g)
             if key not in self._grams:
-                if used + g.gram_bytes > max_bytes:
+                if g.width > MAX_WIDTH or used + g.gram_bytes > max_bytes:
                     self.left_out.append(layer)
                     continue
                 used += g.gram_bytes

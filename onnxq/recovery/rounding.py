@@ -179,6 +179,11 @@ def round_weights(graph: gs.Graph, found: Sequence[Target], grams: Mapping[str, 
     out = Rounded()
     start = time.perf_counter()
     todo = [t for t in found if t.node in grams and t.node in nodes]
+    for t in found:
+        if t.node not in grams:
+            out.skipped[t.node] = ("no input statistics (a ConvTranspose, wider than "
+                                   "grams.MAX_WIDTH, or past the memory bound): rounded to "
+                                   "nearest")
     for t in tqdm(todo, desc="weight rounding", unit="layer", disable=not progress,
                   leave=False):
         if time.perf_counter() - start > budget_s:
