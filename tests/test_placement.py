@@ -173,3 +173,23 @@ def test_calibrated_ranges_fit_every_objective():
     ranges = onnxq.calibrate(model, B.feeds(model, n=2, seed=1), progress=False)
     for objective in ("latency", "balanced", "size"):
         onnxq.quantize(model, ranges=ranges, progress=False, objective=objective)
+
+
+def test_nodes_without_known_shapes_are_named_not_counted():
+    """A dynamic Pad (pads computed in the graph) hides every shape after it: those nodes stay
+    as planned, and the predicted times leave them out instead of counting a sentinel."""
+    b = B._Builder(21, 17)
+    pads = b.op("ConstantOfShape", [b.const("eight", [8], np.int64)], "pads_of",
+                value=helper.make_tensor("one", TensorProto.INT64, [1], [1]))
+    pads = b.op("Mul", [pads, b.const("mask", [0, 0, 1, 1, 0, 0, 1, 1], np.int64)], "pads_hw")
+    x = b.op("Pad", ["input", pads], "dyn_pad")
+    x = b.relu(b.conv(x, "c1", 3, 8, 3, pad=0, bias=True), "r1")
+    y = b.conv(b.relu(b.conv(x, "c2", 8, 8, 3, bias=True), "r2"), "c3", 8, 4, 1, bias=True)
+    model = b.model("dynamic_pad", [("input", [1, 3, 16, 16])], [(y, None)])
+    feeds = B.feeds(model, batch=1, n=2)
+    result = onnxq.quantize(model, feeds, progress=False)
+    note = next(n for n in result.report.notes if n.startswith("placement ("))
+    assert "have no known shapes" in note, note
+    placement = result.plan.placement
+    assert placement["unknown"] >= 3
+    assert placement["predicted_us"]["fp32"] < 1e6  # no 1e9 sentinel in the figures

@@ -45,9 +45,10 @@ class Placement:
     placed_us: float
     table: str
     candidates: int
+    unknown: int = 0  # candidates without known shapes: kept as planned, not in the times
 
     def to_dict(self) -> dict:
-        return {"table": self.table, "candidates": self.candidates,
+        return {"table": self.table, "candidates": self.candidates, "unknown": self.unknown,
                 "kept_float": len(self.keep_float), "int8_electives": list(self.int8_electives),
                 "predicted_us": {"fp32": round(self.fp32_us, 1), "all_int8": round(self.int8_us, 1),
                                  "placed": round(self.placed_us, 1)},
@@ -64,10 +65,12 @@ class Placement:
                     "batch 1, conversions included): the model stays float; objective=size "
                     "quantizes it anyway")
         speed = self.fp32_us / self.placed_us if self.placed_us > 0 else 1.0
+        unknown = (f"; {self.unknown} node(s) have no known shapes (e.g. after a dynamic Pad): "
+                   "they stay as planned and are not in these times") if self.unknown else ""
         return (f"placement ({self.table}): {kept} of {self.candidates} planned node(s) kept "
                 f"float in {len(self.regions)} region(s); predicted batch-1 time "
                 f"{self.placed_us:.0f} µs vs {self.int8_us:.0f} µs all-int8 and "
-                f"{self.fp32_us:.0f} µs FP32 ({speed:.2f}x)")
+                f"{self.fp32_us:.0f} µs FP32 ({speed:.2f}x){unknown}")
 
 
 def _fusable(producer: gs.Node | None, consumer: gs.Node, tensor: gs.Tensor) -> bool:
@@ -77,7 +80,7 @@ def _fusable(producer: gs.Node | None, consumer: gs.Node, tensor: gs.Tensor) -> 
 
 class _Builder:
     def __init__(self, graph: gs.Graph, names: list[str], shapes, table: CostTable,
-                 margin: float) -> None:
+                 margin: float, unknown: float = _UNKNOWN) -> None:
         self.graph, self.shapes, self.table = graph, shapes, table
         self.index = {n: i for i, n in enumerate(names)}
         self.nodes = {n.name: n for n in graph.nodes}
@@ -87,7 +90,7 @@ class _Builder:
         for name, i in self.index.items():
             c = self.costs[name]
             if c is None:
-                self.energy.add_unary(i, _UNKNOWN, 0.0)
+                self.energy.add_unary(i, unknown, 0.0)
             else:
                 self.energy.add_unary(i, c.float_us, c.int8_us * margin)
 
@@ -149,7 +152,8 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
     if not names or not shapes:
         return None
     x = _Builder(graph, names, shapes, table, margin).build().minimize()
-    b = _Builder(graph, names, shapes, table, 1.0)  # unbiased, for the figures
+    # unbiased, for the figures; a node without known shapes counts nothing either way
+    b = _Builder(graph, names, shapes, table, 1.0, unknown=0.0)
     energy = b.build()
     ones = [1] * len(names)
     fixed = sum(c.float_us for n in graph.nodes if n.name not in b.index
@@ -165,7 +169,8 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
     return Placement(keep_float=keep, int8_electives=forced, regions=tuple(regions),
                      fp32_us=fixed + energy.value([0] * len(names)),
                      int8_us=fixed + energy.value(ones), placed_us=fixed + energy.value(x),
-                     table=table.source.rsplit("/", 1)[-1], candidates=len(names))
+                     table=table.source.rsplit("/", 1)[-1], candidates=len(names),
+                     unknown=sum(c is None for c in b.costs.values()))
 
 
 def _regions(b: _Builder, names: list[str], x: list[int]) -> list[Region]:
