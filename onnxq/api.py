@@ -23,7 +23,7 @@ from onnxq.data import peek_shapes
 from onnxq.dynamic_check import LOSSY
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.exporters.front_door import as_onnx
-from onnxq.io import check_outputs, model_files, save_model
+from onnxq.io import check_outputs, model_files, save_model, self_contained
 from onnxq.passes import (
     AddZeroBiasPass,
     CleanupPass,
@@ -326,6 +326,7 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
             "(exclude_nodes) or fix the model or the calibration data"
             + (f" ({len(huge) - 1} more such tensor(s))" if len(huge) > 1 else ""))
     result = build_pipeline(cfg, plan, ranges).run(fused.model, copy=not consume)
+    self_contained(result.model)
     act, weight, reduce_range = types_for(cfg)
     stamp_target(result.model, cfg.target, reduce_range)
     histogram = Counter(n.op_type for n in all_nodes(result.model.graph))

@@ -16,7 +16,7 @@ import onnx
 
 from onnxq.calibrators.base import Calibrator
 from onnxq.errors import CalibrationError
-from onnxq.io import clean_stale, external_copy, load_model, temp_prefix
+from onnxq.io import clean_stale, external_copy, temp_prefix
 from onnxq.qtypes import TensorRange
 from onnxq.runtime import (
     InputSpec,
@@ -86,7 +86,8 @@ def collect_ranges_spilling(box: list[onnx.ModelProto], tensors: Sequence[str], 
     onnxruntime runs it (its weights are then held once, by onnxruntime, not twice), and is
     loaded back afterwards; the model returned is the one to go on with."""
     model = box.pop()
-    if sum(tensor_bytes(t) for t in model.graph.initializer) < SPILL_BYTES:
+    if sum(tensor_bytes(t) for t in model.graph.initializer
+           if t.data_location != onnx.TensorProto.EXTERNAL) < SPILL_BYTES:
         return collect_ranges(model, tensors, data, calibrator, **options), model
     clean_stale(tempfile.gettempdir())
     with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="calib")) as tmp:
@@ -99,7 +100,8 @@ def collect_ranges_spilling(box: list[onnx.ModelProto], tensors: Sequence[str], 
         light = onnx.load(str(path), load_external_data=False)
         ranges = collect_ranges(light, tensors, data, calibrator, folder=Path(tmp), **options)
         del light
-        return ranges, load_model(path)
+        # loaded whole: its folder goes away (load_model could leave weights in that file)
+        return ranges, onnx.load_model(str(path), load_external_data=True)
 
 
 def _stream(session, carriers: dict[str, str], specs: list[InputSpec], data,

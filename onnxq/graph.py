@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxq.large_constants import fill_stubs, stub_large_constants
+from onnxq.large_constants import fill_stubs, map_kept, stub_large_constants
 from onnxq.qtypes import QParams
 from onnxq.scopes import hoist_shared_initializers
 
@@ -45,6 +45,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     plan and folds are keyed by them), and the model's own tensors are marked so that a name
     onnxq generates never takes a name the model already uses (see ``export_graph``)."""
     graph = gs.import_onnx(model)
+    map_kept(graph)
     inits = {t.name for t in model.graph.initializer}
     # An input with an initializer is an overridable default; graphsurgeon makes it a
     # constant and drops it from the inputs. Remember it so that export lists it again.

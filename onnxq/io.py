@@ -11,6 +11,14 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnxq.errors import ModelError
+from onnxq.external import (
+    has_kept,
+    internalize,
+    is_kept,
+    keep_external,
+    kept_tensors,
+    stream_into,
+)
 from onnxq.observe import expose
 from onnxq.outputs import (  # re-exported: io is where callers look for file handling
     Staged,
@@ -25,7 +33,7 @@ from onnxq.outputs import (  # re-exported: io is where callers look for file ha
 from onnxq.scopes import tensor_bytes
 
 __all__ = ["load_model", "save_model", "validate_model", "external_copy", "PROTOBUF_LIMIT",
-           "fits_in_protobuf", "check_output", "check_outputs", "same_file", "model_files",
+           "fits_in_protobuf", "self_contained", "check_output", "check_outputs", "same_file", "model_files",
            "write_text_atomic", "temp_prefix", "clean_stale", "Staged"]
 
 logger = logging.getLogger(__name__)
@@ -39,7 +47,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         unloaded = sorted({next((e.value for e in t.external_data if e.key == "location"), "?")
                            for t in source.graph.initializer
-                           if t.data_location == onnx.TensorProto.EXTERNAL})
+                           if t.data_location == onnx.TensorProto.EXTERNAL and not is_kept(t)})
         if unloaded:
             raise ModelError(
                 f"the model's weights are in external file(s) {unloaded} that were not loaded; "
@@ -54,7 +62,10 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise ModelError(f"model file {str(path)!r} is empty; re-export the model")
     try:
-        model = onnx.load_model(str(path), load_external_data=True)
+        model = onnx.load_model(str(path), load_external_data=False)
+        # large external data stays in its files (see onnxq.external); the rest is loaded
+        if not keep_external(model, path.parent):
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise ModelError(
             f"{str(path)!r} is not a valid ONNX model (truncated or not ONNX: {exc}); "
@@ -72,6 +83,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
 def validate_model(model: onnx.ModelProto | str | os.PathLike, *, run_session: bool = True) -> None:
     """Full ``onnx.checker`` check, then build an onnxruntime CPU session. Raise ModelError."""
+    if isinstance(model, onnx.ModelProto) and has_kept(model):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="check")) as tmp:
+            path, _ = external_copy(model, (), Path(tmp))
+            return validate_model(path, run_session=run_session)
     target = str(model) if not isinstance(model, onnx.ModelProto) else model
     try:
         onnx.checker.check_model(target, full_check=True)
@@ -113,6 +130,15 @@ def fits_in_protobuf(model: onnx.ModelProto) -> bool:
     return data <= PROTOBUF_LIMIT - 64 * 2**20
 
 
+def self_contained(model: onnx.ModelProto) -> None:
+    """Load the weights ``model`` left in its source's files (``onnxq.external``) into it, in
+    place, when the whole model then still fits in one protobuf message."""
+    kept = kept_tensors(model)
+    if kept and fits_in_protobuf(model) and sum(tensor_bytes(t) for t in model.graph.initializer) \
+            <= PROTOBUF_LIMIT - 64 * 2**20:
+        internalize(model)
+
+
 def _needs_external_data(model: onnx.ModelProto) -> bool:
     return not fits_in_protobuf(model)
 
@@ -133,7 +159,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, validate: boo
         return dest
     dest = check_output(path)
     tmp = staged.folder_for(dest) / dest.name
-    if _needs_external_data(model):
+    if has_kept(model):  # weights still in the source's files: copied file to file
+        external_copy(model, (), tmp.parent, data_name=dest.name + ".data",
+                      model_name=dest.name)
+    elif _needs_external_data(model):
         model = _copy(model)  # conversion to external data edits the proto in place
         onnx.save_model(model, str(tmp), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=dest.name + ".data",
@@ -186,7 +215,8 @@ _RANGE_LIMIT = 1e30
 
 
 def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: Path,
-                  data_name: str = "weights.bin") -> tuple[Path, dict[str, str]]:
+                  data_name: str = "weights.bin", model_name: str | None = None
+                  ) -> tuple[Path, dict[str, str]]:
     """Write ``model`` (plus ``extra_outputs`` as graph outputs) to ``folder`` with every large
     initializer in one external data file, one tensor at a time: no second in-memory copy of
     the weights, and onnxruntime maps the data file instead of copying it. Returns the path
@@ -210,24 +240,30 @@ def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: 
     offset = 0
     with open(folder / data_name, "wb") as data:
         for init in src.initializer:
-            if init.data_location == onnx.TensorProto.EXTERNAL or tensor_bytes(init) < 4096:
+            kept = is_kept(init)
+            if not kept and (init.data_location == onnx.TensorProto.EXTERNAL
+                             or tensor_bytes(init) < 4096):
                 g.initializer.append(init)
                 continue
-            raw = init.raw_data if init.HasField("raw_data") else \
-                numpy_helper.to_array(init).tobytes()
             pad = (-offset) % 64  # aligned for mmap-friendly access
             data.write(b"\0" * pad)
             offset += pad
-            data.write(raw)
+            if kept:
+                length = stream_into(init, data)
+            else:
+                raw = init.raw_data if init.HasField("raw_data") else \
+                    numpy_helper.to_array(init).tobytes()
+                data.write(raw)
+                length = len(raw)
             t = g.initializer.add()
             t.name, t.data_type = init.name, init.data_type
             t.dims.extend(init.dims)
             t.data_location = onnx.TensorProto.EXTERNAL
             for key, value in (("location", data_name), ("offset", str(offset)),
-                               ("length", str(len(raw)))):
+                               ("length", str(length))):
                 entry = t.external_data.add()
                 entry.key, entry.value = key, value
-            offset += len(raw)
-    path = folder / f"{Path(data_name).stem}.onnx"
+            offset += length
+    path = folder / (model_name or f"{Path(data_name).stem}.onnx")
     onnx.save_model(light, str(path))
     return path, carriers

@@ -7,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from onnxq.external import is_kept, read_kept
 from onnxq.scopes import tensor_bytes
 
-__all__ = ["stub_large_constants", "fill_stubs"]
+__all__ = ["stub_large_constants", "fill_stubs", "map_kept"]
 
 _LARGE = 1 << 20  # bytes: a constant this large is exported once, not copied three times
 
@@ -62,3 +64,23 @@ def fill_stubs(model: onnx.ModelProto, real: dict) -> None:
                     t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values)))
                 t.name = const.name
         stack.extend(proto_subgraphs(g))
+
+
+class MappedValues(LazyValues):
+    """The values of a tensor kept in its external file: a memory map, read when touched."""
+
+    def load(self) -> np.ndarray:
+        return read_kept(self.tensor)
+
+
+def map_kept(graph: gs.Graph) -> int:
+    """Constants of ``graph`` whose data stayed in its file (``onnxq.external``) read it
+    through a memory map, and export as the same reference; returns how many."""
+    count = 0
+    for t in graph.tensors().values():
+        values = vars(t).get("_values") if isinstance(t, gs.Constant) else None
+        if isinstance(values, LazyValues) and not isinstance(values, MappedValues) \
+                and is_kept(values.tensor):
+            t._values = MappedValues(values.tensor)
+            count += 1
+    return count

@@ -97,7 +97,7 @@ def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
 
 
 # -- temporaries: named after their process, so a killed run's leftovers can be recognised ------
-_TEMP = re.compile(r"^(?:\.onnxq-|\.?onnxq-(?:calib|score|export)-)(\d+)-[a-z0-9_]{8}(?:\.tmp)?$")
+_TEMP = re.compile(r"^(?:\.onnxq-|\.?onnxq-(?:calib|score|export|session|check)-)(\d+)-[a-z0-9_]{8}(?:\.tmp)?$")
 
 
 def temp_prefix(dot: str = "", kind: str = "") -> str:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
 from onnxq.errors import CalibrationError, ModelError
-from onnxq.io import PROTOBUF_LIMIT
+from onnxq.external import has_kept
+from onnxq.io import external_copy, fits_in_protobuf, temp_prefix
 
 __all__ = ["profile_nodes", "InputSpec", "input_specs", "check_feed", "check_finite", "feed_label", "iter_feeds",
            "make_session", "ort_version", "time_interleaved"]
@@ -143,8 +145,14 @@ def make_session(model: onnx.ModelProto | str | bytes, *, threads: int = 0,
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         # a short-lived session (calibration, probes): no pre-packed second copy of the weights
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if isinstance(model, onnx.ModelProto) and has_kept(model):
+        import tempfile  # weights left in the source's files: a copy onnxruntime can read
+
+        with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="session")) as tmp:
+            path, _ = external_copy(model, (), Path(tmp))
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     if isinstance(model, onnx.ModelProto):
-        if model.ByteSize() >= PROTOBUF_LIMIT - 2**26:
+        if not fits_in_protobuf(model):
             raise CalibrationError("model too large for an in-memory session; pass a path")
         model = model.SerializeToString()
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -1,5 +1,5 @@
 """A model over 2 GiB (two ~1.1 GB weights in external data) quantizes and saves end to end,
-in a child process whose peak memory is measured. Heavy (2.3 GB on disk, ~45 s, ~5 GB RSS):
+in a child process whose peak memory is measured. Heavy (2.3 GB on disk, ~20 s, ~3 GB RSS):
 runs with ``make test-large`` (ONNXQ_LARGE_TESTS=1), skipped otherwise."""
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ def test_model_over_2_gib_end_to_end(tmp_path):
     rss = float(proc.stdout.split("RSS_GB")[1])
     size = (tmp_path / "big.data").stat().st_size / 1e9
     print(f"peak RSS {rss:.1f} GB for a {size:.2f} GB model")
-    # measured 5.1 GB for 2.27 GB (2.25x; 9.6 GB = 4.2x before blockwise quantization,
-    # uncached weight reads, calibration sessions without pre-packed copies, large constants
-    # exported once, sizes measured without serializing and the prepared model waiting on
-    # disk during calibration): a regression guard, not yet the bound #12 asks for
-    assert rss < 2.6 * size
+    # measured 2.9 GB for 2.27 GB (1.27x; 5.1 GB = 2.25x before the weights stayed in their
+    # file, 9.6 GB = 4.2x before blockwise quantization): onnxruntime's calibration session
+    # holds the float weights once; onnxq reads them through a memory map and writes int8
+    assert rss < 1.5 * size
     quantized = onnx.load(str(tmp_path / "q.onnx"), load_external_data=False)
     assert {n.op_type for n in quantized.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}

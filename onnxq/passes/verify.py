@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.errors import PassError
+from onnxq.external import as_inputs
 from onnxq.io import fits_in_protobuf
 from onnxq.pipeline import PassResult
 
@@ -51,6 +52,7 @@ class VerifyPass:
             raise PassError("quantized graph is invalid: " + "; ".join(problems[:5]))
         if self.check_model:
             model = G.export_graph(graph)
+            as_inputs(model)  # weights left in the source's files: checked as typed inputs
             if fits_in_protobuf(model):
                 try:
                     onnx.checker.check_model(model, full_check=True)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import onnx
 from onnx import TensorProto
 
+from onnxq.scopes import tensor_bytes
+
 __all__ = ["batch1_shapes"]
 
 _SMALL = 4096  # initializers up to this many elements keep their values (Reshape targets …)
@@ -15,7 +17,8 @@ _SMALL = 4096  # initializers up to this many elements keep their values (Reshap
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose large initializers keep only their dims (shape inference needs no more)."""
     light = onnx.ModelProto()
-    light.CopyFrom(model) if model.ByteSize() < 2**26 else _copy_without_data(model, light)
+    small = sum(tensor_bytes(t) for t in model.graph.initializer) < 2**24
+    light.CopyFrom(model) if small else _copy_without_data(model, light)
     for t in light.graph.initializer:
         n = 1
         for d in t.dims:
@@ -48,6 +51,7 @@ def _strip(t: TensorProto) -> None:
     for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
         t.ClearField(field)
     t.data_location = TensorProto.EXTERNAL
+    del t.external_data[:]
     entry = t.external_data.add()
     entry.key, entry.value = "location", "onnxq-shape-only"
 
