@@ -113,6 +113,9 @@ def _members(path: Path) -> tuple[zipfile.ZipFile, list[_Member]]:
             "as .npz with input names: numpy.savez('calib.npz', input_name=array)")
     try:
         zf = zipfile.ZipFile(path)
+        encrypted = [info.filename for info in zf.infolist() if info.flag_bits & 0x1]
+        if encrypted:
+            raise _bad(path, f"member {encrypted[0]!r} is encrypted (numpy never writes that)")
         members = [_Member(zf, info, path) for info in zf.infolist()]
     except CalibrationError:
         raise

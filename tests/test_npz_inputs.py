@@ -68,3 +68,16 @@ def test_corrupt_or_object_headers_are_clean_errors(tmp_path, header):
         zf.writestr("x.npy", raw + b"\0" * 32)
     with pytest.raises(CalibrationError, match="cannot read calibration file"):
         list(load_feeds(tmp_path / "bad.npz"))
+
+
+def test_an_encrypted_member_is_a_clean_error(tmp_path):
+    """Found by the mutation fuzzer: a flipped flag bit marks a member encrypted, and
+    zipfile's RuntimeError ("password required") was a traceback."""
+    np.savez(tmp_path / "ok.npz", x=np.zeros((2, 3), np.float32))
+    raw = bytearray((tmp_path / "ok.npz").read_bytes())
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # local header flag at +6, central at +8
+        at = raw.find(sig)
+        raw[at + (6 if sig == b"PK\x03\x04" else 8)] |= 0x1
+    (tmp_path / "enc.npz").write_bytes(bytes(raw))
+    with pytest.raises(CalibrationError, match="encrypted"):
+        list(load_feeds(tmp_path / "enc.npz"))
