@@ -29,6 +29,7 @@ from onnxq.passes import (
     CleanupPass,
     DecomposeHardActivationsPass,
     DynamicLSTMPass,
+    DynamicMatMulPass,
     FusionPass,
     InsertQDQPass,
     PreprocessPass,
@@ -40,6 +41,7 @@ from onnxq.passes import (
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
 from onnxq.plan_checks import check_exclusions, refuse_unquantizable
+from onnxq.plan_dynamic import dynamic_plan
 from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
@@ -136,6 +138,17 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
                    ranges: Mapping[str, TensorRange]) -> Pipeline:
     """The passes that turn a prepared float model into the quantized one."""
     act, weight, reduce_range = _types(config)
+    if config.mode == "dynamic":
+        return Pipeline([
+            ForEachGraph(DynamicMatMulPass(nodes=_named(plan, Role.DYNAMIC),
+                                           per_channel=plan.per_channel,
+                                           reduce_range=reduce_range,
+                                           fused=config.format == "qlinear")),
+            ForEachGraph(WeightOnlyPass(nodes=_named(plan, Role.WEIGHT_ONLY))),
+            ForEachGraph(DynamicLSTMPass(nodes=_named(plan, Role.DYNAMIC),
+                                         per_channel=plan.per_channel,
+                                         reduce_range=reduce_range)),
+            ForEachGraph(CleanupPass()), VerifyPass()])
     return Pipeline([
         ForEachGraph(InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
                                    activation_symmetric=config.activation.symmetric,
@@ -277,6 +290,16 @@ def quantize(
     original = model
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
+    if cfg.mode == "dynamic":  # no calibration: every int8 kernel quantizes its own input
+        fused, plan = prepare(model, cfg.with_overrides(objective="size", data_layers="int8"))
+        if plan is None:
+            return _reads(_quantize_prequantized(fused.model, cfg), original)
+        plan = dynamic_plan(plan)
+        if not plan.nodes:
+            raise ModelError("dynamic mode quantizes MatMul/Gemm with a constant weight, LSTM "
+                             "and embedding tables; this model has none (Conv stays float in "
+                             "it): use mode static with calibration data")
+        return _reads(materialize(fused, plan, cfg, {}, source=exported), original)
     shapes, calibration_data = peek_shapes(calibration_data)
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:

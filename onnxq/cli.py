@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse ranges from onnxq calibrate instead of calibrating")
     _calibration_args(q, required=False)
     format_arg(q)
+    mode_arg(q)
     pc = q.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=None)
     pc.add_argument("--per-tensor", dest="per_channel", action="store_false")
@@ -81,6 +82,13 @@ def format_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--format", choices=list(FORMATS), default=None,
                    help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + " (default qdq)")
+
+
+def mode_arg(p: argparse.ArgumentParser) -> None:
+    from onnxq.config import MODES
+
+    p.add_argument("--mode", choices=list(MODES), default=None,
+                   help="; ".join(f"{k}: {v}" for k, v in MODES.items()) + " (default static)")
 
 
 def target_arg(p: argparse.ArgumentParser) -> None:
@@ -158,7 +166,7 @@ def placement_args(p: argparse.ArgumentParser) -> None:
 
 
 def overrides(args: argparse.Namespace) -> dict:
-    mapping = {"format": "format", "calibrator": "calibrator", "per_channel": "per_channel",
+    mapping = {"format": "format", "mode": "mode", "calibrator": "calibrator", "per_channel": "per_channel",
                "activation_type": "activation_type", "weight_type": "weight_type",
                "reduce_range": "reduce_range", "exclude_nodes": "exclude_nodes",
                "exclude_op_types": "exclude_op_types", "max_samples": "max_samples",

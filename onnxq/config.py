@@ -27,6 +27,7 @@ __all__ = [
     "CalibrationConfig",
     "QuantConfig",
     "FORMATS",
+    "MODES",
     "CALIBRATORS",
     "WEIGHT_ONLY_OPS",
     "PlacementConfig",
@@ -43,6 +44,14 @@ FORMATS: Mapping[str, str] = MappingProxyType({
     "qdq": "QuantizeLinear/DequantizeLinear around float ops (onnxruntime fuses them)",
     "qlinear": "onnxruntime's integer operators (QLinearConv, QGemm, QLinearMatMul, ...)"})
 _TYPES = tuple(QTYPES)
+
+#: Quantization modes: name → description. Read-only.
+MODES: Mapping[str, str] = MappingProxyType({
+    "static": "int8 activations with ranges calibrated ahead of time (needs calibration "
+              "data); every int8 kernel, Conv included",
+    "dynamic": "int8 weights; each MatMul/Gemm quantizes its input at run time (no "
+               "calibration data): DynamicQuantizeMatMul, DynamicQuantizeLSTM, int8 "
+               "embeddings; Conv and the rest stay float"})
 
 #: Ops whose weights may be stored int8 without an int8 kernel (``weight.weight_only_ops``).
 WEIGHT_ONLY_OPS: Mapping[str, str] = MappingProxyType({
@@ -242,6 +251,7 @@ class QuantConfig:
     """Everything that decides what a quantization run writes."""
 
     format: str = "qdq"
+    mode: str = "static"
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     weight: WeightConfig = field(default_factory=WeightConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -263,6 +273,7 @@ class QuantConfig:
             if not isinstance(getattr(self, name), klass):
                 raise ConfigError(f"{name} must be a {klass.__name__} (a table in a file)")
         _check_choice("format", self.format, tuple(FORMATS))
+        _check_choice("mode", self.mode, tuple(MODES))
         _check_choice("target", self.target, tuple(TARGETS))
         for name in ("exclude_nodes", "exclude_op_types"):
             value = getattr(self, name)

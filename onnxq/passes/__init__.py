@@ -2,6 +2,7 @@
 
 from onnxq.passes.bias import AddZeroBiasPass, SetBiasPass
 from onnxq.passes.cleanup import CleanupPass
+from onnxq.passes.dynamic import DynamicMatMulPass
 from onnxq.passes.fusion import FusionPass
 from onnxq.passes.hard_activations import DecomposeHardActivationsPass
 from onnxq.passes.preprocess import PreprocessPass
@@ -14,4 +15,4 @@ from onnxq.passes.weight_only import WeightOnlyPass
 
 __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActivationsPass",
            "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass",
-           "DynamicLSTMPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass"]
+           "DynamicLSTMPass", "DynamicMatMulPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass"]

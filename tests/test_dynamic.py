@@ -1,0 +1,125 @@
+"""Dynamic quantization (``mode = "dynamic"``): int8 weights, activations quantized at run
+time, no calibration data; the fused (``DynamicQuantizeMatMul``) and the standard-ONNX
+(``MatMulInteger``) forms carry the same integers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import onnxq
+from onnxq.cli import main
+from onnxq.errors import ConfigError, ModelError
+from onnxq.runtime import make_session
+from tests import builders as B
+from tests import builders_flow as F
+from tests.conftest import cosine, run_model
+
+
+def _gemm_mlp() -> onnx.ModelProto:
+    b = B._Builder(0, 17)
+    x = b.gemm("x", "fc1", 48, 64)
+    x = b.op("Relu", [x], "relu")
+    b.gemm(x, "fc2", 64, 10, out="y")
+    return b.model("gemm_mlp", [("x", ["batch", 48])], [("y", ["batch", 10])])
+
+
+_MODELS = {"matmul_add": B.matmul_add, "attention_block": B.attention_block,
+           "bert_embedded": B.bert_embedded, "gemm_mlp": _gemm_mlp}
+
+
+def _ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+@pytest.mark.parametrize("name", sorted(_MODELS))
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_dynamic_mode_needs_no_calibration_and_agrees_with_fp32(name, fmt):
+    model = _MODELS[name]()
+    before = model.SerializeToString()
+    result = onnxq.quantize(model, None, mode="dynamic", format=fmt, progress=False)
+    assert model.SerializeToString() == before
+    ops = _ops(result.model)
+    assert "QuantizeLinear" not in ops  # nothing calibrated: no static activation Q/DQ
+    matmuls = sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
+                  and any(i == t.name for t in model.graph.initializer for i in n.input[1:2]))
+    if fmt == "qlinear":
+        assert ops["DynamicQuantizeMatMul"] == matmuls
+    else:  # standard ONNX only (any runtime), MatMulInteger per weight
+        assert ops["MatMulInteger"] == matmuls == ops["DynamicQuantizeLinear"]
+        assert all(n.domain in ("", "ai.onnx") for n in result.model.graph.node)
+    assert ops["MatMul"] + ops["Gemm"] == sum(
+        1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm")) - matmuls
+    int8 = [numpy_helper.to_array(t) for t in result.model.graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert len(int8) >= matmuls
+    for feed in B.feeds(model, n=3, seed=5):
+        assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.999
+    again = onnxq.quantize(model, None, mode="dynamic", format=fmt, progress=False)
+    assert again.model.SerializeToString() == result.model.SerializeToString()
+
+
+@pytest.mark.parametrize("name", ["matmul_add", "gemm_mlp"])
+def test_both_forms_run_as_the_same_kernel(name, tmp_path):
+    """onnxruntime fuses the standard form into the kernel the fused form names, so the two
+    give the same numbers."""
+    model = _MODELS[name]()
+    std = onnxq.quantize(model, None, mode="dynamic", format="qdq", progress=False).model
+    fused = onnxq.quantize(model, None, mode="dynamic", format="qlinear", progress=False).model
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(std.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = _ops(onnx.load(str(tmp_path / "opt.onnx")))
+    assert optimized["MatMulInteger"] == 0
+    assert optimized["DynamicQuantizeMatMul"] + optimized["MatMulIntegerToFloat"] >= 2
+    for feed in B.feeds(model, n=2):
+        a = make_session(std).run(None, feed)[0]
+        b = make_session(fused).run(None, feed)[0]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("target,levels", [("vnni", 127), ("avx2", 63)])
+def test_dynamic_weights_follow_the_target_width(target, levels):
+    model = B.matmul_add()
+    result = onnxq.quantize(model, None, mode="dynamic", target=target, progress=False)
+    int8 = [numpy_helper.to_array(t) for t in result.model.graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert int8 and max(int(np.abs(w).max()) for w in int8) == levels
+
+
+def test_lstm_and_embeddings_in_dynamic_mode():
+    model = F.recurrent("LSTM")
+    result = onnxq.quantize(model, None, mode="dynamic", progress=False)
+    assert _ops(result.model)["DynamicQuantizeLSTM"] == 1
+    feeds = F.sequence_feeds(model, 3)
+    assert min(cosine(run_model(model, f)[0], run_model(result.model, f)[0])
+               for f in feeds) >= 0.999
+
+
+def test_convolutions_stay_float_in_dynamic_mode_with_the_reason():
+    result = onnxq.quantize(B.conv_bn_relu(), None, mode="dynamic", progress=False)
+    assert _ops(result.model)["DynamicQuantizeLinear"] == 1  # the Gemm head only
+    reasons = dict(result.report.skipped)
+    assert all("ConvInteger is slower" in reasons[n.name]
+               for n in result.model.graph.node if n.op_type == "Conv")
+    b = B._Builder(0, 17)
+    b.op("Relu", [b.conv("x", "conv", 3, 8, 3)], "relu", out="y")
+    convs = b.model("convs", [("x", [1, 3, 16, 16])], [("y", [1, 8, 16, 16])])
+    with pytest.raises(ModelError, match="mode static"):
+        onnxq.quantize(convs, None, mode="dynamic", progress=False)
+    with pytest.raises(ConfigError, match="mode"):
+        onnxq.quantize(B.matmul_add(), None, mode="sometimes", progress=False)
+
+
+def test_cli_dynamic_mode_without_calibration_data(tmp_path, capsys):
+    src, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(B.bert_embedded(), str(src))
+    assert main(["quantize", str(src), str(out), "--mode", "dynamic", "--format", "qlinear",
+                 "--quiet"]) == 0
+    assert _ops(onnx.load(str(out)))["DynamicQuantizeMatMul"] == 12
