@@ -34,14 +34,17 @@ METHODS = {
     "onnxq_bc_full": "onnxq QDQ, recipe bc-full",
     "onnxq_gptq": "onnxq QDQ, recipe gptq (+ bc-fast)",
     "onnxq_gptq_only": "onnxq QDQ, recipe gptq without bias correction",
+    "onnxq_dynamic": "onnxq dynamic (DynamicQuantizeMatMul)",
+    "ort_dynamic": "ORT quantize_dynamic (s8, per-channel, after its transformer optimizer)",
 }
 #: onnxq's accuracy-recovery recipes as extra rows (the ablation): method → quantize overrides
 RECIPE_METHODS = {"onnxq_plain": {"bias_correction": "off", "rounding": "nearest"},
                   "onnxq_bc_full": {"bias_correction": "full"},
                   "onnxq_gptq": {"rounding": "gptq", "bias_correction": "fast"},
-                  "onnxq_gptq_only": {"rounding": "gptq", "bias_correction": "off"}}
+                  "onnxq_gptq_only": {"rounding": "gptq", "bias_correction": "off"},
+                  "onnxq_dynamic": {"mode": "dynamic", "format": "qlinear"}}
 ONNXQ_METHODS = ("onnxq_qdq", "onnxq_qlinear")
-ORT_METHODS = ("ort_default", "ort_best")
+ORT_METHODS = ("ort_default", "ort_best", "ort_dynamic")
 EXTERNAL_METHODS = ("nncf", "inc")
 
 INC_PACKAGES = ["onnx-neural-compressor", "prettytable", "scipy"]
@@ -81,10 +84,21 @@ def _rss_mb() -> float:
 
 
 # ------------------------------------------------------------------ the methods (child side)
-def _ort(src: Path, dst: Path, feeds: list[dict], best: bool) -> None:
+def _ort(src: Path, dst: Path, feeds: list[dict], best: bool | None) -> None:
     import onnx
 
     from benchmarks.common import ort_quantize_static
+
+    if best is None:  # dynamic: onnxruntime's transformer fusions first, as INC validates it
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.transformers import optimizer
+
+        fused = optimizer.optimize_model(str(src), model_type="bert", opt_level=1)
+        fused.save_model_to_file(str(dst.with_suffix(".fused.onnx")))
+        quantize_dynamic(str(dst.with_suffix(".fused.onnx")), str(dst), per_channel=True,
+                         weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        return
 
     model, _ = ort_quantize_static(onnx.load(str(src)), feeds, best=best)
     onnx.save(model, str(dst))
@@ -134,11 +148,12 @@ def run_child(method: str, workdir: Path) -> dict:
     before = _rss_mb()
     start = time.perf_counter()
     if method in ORT_METHODS:
-        _ort(src, dst, feeds, best=method == "ort_best")
+        _ort(src, dst, feeds, best=None if method == "ort_dynamic" else method == "ort_best")
     elif method in ONNXQ_METHODS:
         _onnxq(src, dst, feeds, "qdq" if method == "onnxq_qdq" else "qlinear")
     elif method in RECIPE_METHODS:
-        _onnxq(src, dst, feeds, "qdq", **RECIPE_METHODS[method])
+        options = dict(RECIPE_METHODS[method])
+        _onnxq(src, dst, feeds, options.pop("format", "qdq"), **options)
     elif method == "nncf":
         _nncf(src, dst, feeds)
     elif method == "inc":

@@ -45,7 +45,7 @@ from onnxq.plan_dynamic import dynamic_plan
 from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
-from onnxq.report import QuantReport
+from onnxq.report import QuantReport, input_notes
 from onnxq.scopes import all_nodes
 from onnxq.sizes import describe_sizes
 
@@ -305,10 +305,16 @@ def quantize(
     if plan is None:
         return _reads(_quantize_prequantized(fused.model, cfg), original)
     done = None
+    if ranges is not None and cfg.recipe.smooth_alpha:
+        raise ConfigError("recipe.smooth_alpha changes the tensors that ranges describe: give "
+                          "calibration data instead of ranges, or set smooth_alpha = 0")
     if ranges is None:
         if calibration_data is None:
             raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
                               "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
+        if cfg.recipe.smooth_alpha:
+            fused, plan, calibration_data = _smoothed(fused, plan, cfg, shapes,
+                                                      calibration_data)
         box = [fused.model]
         fused = dataclasses.replace(fused, model=onnx.ModelProto())  # the box has it now
         ranges, plan, prepared, stats = calibrate_run(box, plan, calibration_data, cfg,
@@ -318,6 +324,20 @@ def quantize(
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
     return _reads(materialize(fused, plan, cfg, ranges, source=exported, recovered=done),
                   original)
+
+
+def _smoothed(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig, shapes, data):
+    """SmoothQuant before calibration (``recipe.smooth_alpha``): the smoothed model is prepared
+    and planned again; the note names what moved."""
+    done, data = recovery.smooth_first(fused.model, plan, data, cfg.recipe)
+    if not done.report:
+        return fused, plan, data
+    fused, again = prepare(done.model, cfg, shapes)
+    assert again is not None
+    where = ", ".join(sorted(done.report)[:4]) + (" …" if len(done.report) > 4 else "")
+    note = (f"SmoothQuant (alpha {cfg.recipe.smooth_alpha:g}): {len(done.report)} MatMul "
+            f"input(s) with outlier channels smoothed ({where})")
+    return fused, dataclasses.replace(again, notes=again.notes + (note,)), data
 
 
 def _reads(result: QuantResult, original: object) -> QuantResult:
@@ -353,20 +373,7 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     act, weight, reduce_range = types_for(cfg)
     stamp_target(result.model, cfg.target, reduce_range)
     histogram = Counter(n.op_type for n in all_nodes(result.model.graph))
-    kept = {i.name for i in result.model.graph.input}
-    lost = [i.name for i in fused.model.graph.input if i.name not in kept]
-    flat = sorted(t for t, r in ranges.items() if r.hi == r.lo and t in plan.calibration_tensors)
-    if flat:
-        logger.warning("tensor(s) %s were constant (%s) in every calibration feed: their int8 "
-                       "range has no width, so other values will saturate; check the "
-                       "calibration data", ", ".join(flat[:5]), ranges[flat[0]].lo)
-    flat_note = (f"warning: {len(flat)} tensor(s) had a zero-width calibrated range (e.g. "
-                 f"{flat[0]!r}: constant in every feed); values outside it saturate — check "
-                 "the calibration data",) if flat else ()
-    defaults = flat_note + ((
-        f"input(s) {', '.join(lost)} had a default value (an initializer) and were quantized as "
-        "constants: feeding them no longer changes the model (exclude their consumers with "
-        "exclude_nodes to keep them overridable)",) if lost else ())
+    defaults = input_notes(ranges, plan.calibration_tensors, fused.model, result.model)
     report = QuantReport(
         quantized=tuple((n.name, n.op) for n in plan.nodes),
         skipped=plan.skipped + fused.skipped + result.skipped,

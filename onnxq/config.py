@@ -213,6 +213,8 @@ class RecipeConfig:
     rounding: str = "nearest"
     #: convolutions reading the model's data: "int8", or "float" (int8 re-grids the data)
     data_layers: str = "int8"
+    #: SmoothQuant's strength (0 = off, 0.5 usual): outlier channels move into the weights
+    smooth_alpha: float = 0.0
     #: calibration feeds kept for the data-driven algorithms (full bias correction)
     samples: int = 64
     #: seconds the data-driven algorithms may take in all (they stop there, and say so)
@@ -225,6 +227,9 @@ class RecipeConfig:
         if self.samples < 1:
             raise ConfigError(f"recipe.samples={self.samples} must be >= 1")
         _check_choice("recipe.data_layers", self.data_layers, ("float", "int8"))
+        if not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ConfigError(f"recipe.smooth_alpha={self.smooth_alpha} must be in [0, 1] "
+                              "(0 = off, 0.5 usual)")
         if self.time_budget_s <= 0:
             raise ConfigError(f"recipe.time_budget_s={self.time_budget_s} must be > 0")
 
@@ -243,6 +248,8 @@ RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
     "bc-full": ({"bias_correction": "full"}, BIAS_CORRECTION["full"]),
     "nearest": ({"rounding": "nearest"}, ROUNDING["nearest"]),
     "gptq": ({"rounding": "gptq"}, ROUNDING["gptq"]),
+    "smoothquant": ({"smooth_alpha": 0.5}, "SmoothQuant (alpha 0.5): MatMul inputs with outlier "
+                    "channels pass them to the weights before calibration"),
 })
 
 
@@ -364,6 +371,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "bias_correction": ("recipe", "bias_correction"),
     "rounding": ("recipe", "rounding"),
     "data_layers": ("recipe", "data_layers"),
+    "smooth_alpha": ("recipe", "smooth_alpha"),
     "recipe_samples": ("recipe", "samples"),
     "recipe_budget_s": ("recipe", "time_budget_s"),
 }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["QuantReport"]
+__all__ = ["QuantReport", "input_notes"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,3 +59,27 @@ class QuantReport:
             "placement": self.placement,
             "recovery": self.recovery,
         }
+
+
+def input_notes(ranges: Mapping, calibrated: Sequence[str], before, after) -> tuple[str, ...]:
+    """Report notes (and a log warning) about the data: ranges of zero width, and inputs with
+    a default value that quantization turned into constants (``before``/``after``: the float
+    and the quantized ``ModelProto``)."""
+    wanted = set(calibrated)
+    flat = sorted(t for t, r in ranges.items() if r.hi == r.lo and t in wanted)
+    notes: tuple[str, ...] = ()
+    if flat:
+        logging.getLogger("onnxq.api").warning(
+            "tensor(s) %s were constant (%s) in every calibration feed: their int8 range has "
+            "no width, so other values will saturate; check the calibration data",
+            ", ".join(flat[:5]), ranges[flat[0]].lo)
+        notes += (f"warning: {len(flat)} tensor(s) had a zero-width calibrated range (e.g. "
+                  f"{flat[0]!r}: constant in every feed); values outside it saturate — check "
+                  "the calibration data",)
+    kept = {i.name for i in after.graph.input}
+    lost = [i.name for i in before.graph.input if i.name not in kept]
+    if lost:
+        notes += (f"input(s) {', '.join(lost)} had a default value (an initializer) and were "
+                  "quantized as constants: feeding them no longer changes the model (exclude "
+                  "their consumers with exclude_nodes to keep them overridable)",)
+    return notes

@@ -11,8 +11,9 @@ correction. The algorithms run on the main graph's quantized Conv/ConvTranspose/
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,12 +29,14 @@ from onnxq.recovery.bias_correction import fast_shifts, full_biases
 from onnxq.recovery.data_inputs import DATA_LAYER, data_layers
 from onnxq.recovery.grams import Geometry, InputGrams, geometry
 from onnxq.recovery.rounding import round_weights
+from onnxq.recovery.smooth import Smoothed, smooth
 from onnxq.recovery.stats import InputMeans, KeepFeeds, keep_feeds
 from onnxq.recovery.targets import Target, WeightQuantizer, fake_quant_weight, targets
 
 __all__ = ["Recovery", "recover", "InputMeans", "InputGrams", "KeepFeeds", "keep_feeds",
            "watched_inputs", "watched_layers", "fake_quant_weight", "needs_feeds",
-           "needs_means", "needs_grams", "WeightGrid", "DATA_LAYER", "float_data_layers"]
+           "needs_means", "needs_grams", "WeightGrid", "DATA_LAYER", "float_data_layers",
+           "smooth_first", "Smoothed"]
 
 Feed = Mapping[str, np.ndarray]
 
@@ -187,3 +190,14 @@ def _with_shifts(model: onnx.ModelProto, graph, found: Sequence[Target],
         stored = old.astype(np.float64) + shift.reshape(old.shape) / (t.beta or 1.0)
         biases[(t.holder, t.bias_index)] = stored.astype(np.float32)
     return Pipeline([SetBiasPass(biases=biases)]).run(model, copy=False).model
+
+
+def smooth_first(model: onnx.ModelProto, plan: QuantPlan, data: Iterable[Feed],
+                 recipe: RecipeConfig) -> tuple[Smoothed, Iterable[Feed]]:
+    """SmoothQuant (``recipe.smooth_alpha``) on the prepared float model, from the first
+    ``recipe.samples`` calibration feeds; returns it and the calibration data, whole again
+    (the feeds read are chained back in front of the rest)."""
+    it = iter(data)
+    head = list(itertools.islice(it, recipe.samples))
+    rest = itertools.chain(head, it) if not hasattr(data, "__len__") else data
+    return smooth(model, plan, head, recipe.smooth_alpha), rest
