@@ -28,6 +28,7 @@ from onnxq.passes import (
     AddZeroBiasPass,
     CleanupPass,
     DecomposeHardActivationsPass,
+    DynamicAttentionPass,
     DynamicLSTMPass,
     DynamicMatMulPass,
     FusionPass,
@@ -35,6 +36,7 @@ from onnxq.passes import (
     PreprocessPass,
     QLinearLoweringPass,
     RequantFoldPass,
+    TransformerFusionPass,
     VerifyPass,
     WeightOnlyPass,
 )
@@ -100,6 +102,8 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     fused = Pipeline([PreprocessPass(min_opset=config.min_opset), ForEachGraph(FusionPass()),
+                      *([TransformerFusionPass()] if config.mode == "dynamic"
+                        and config.fuse_attention else []),
                       *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else [])
                       ]).run(model)
     if is_prequantized(fused.model):
@@ -144,6 +148,9 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
                                            per_channel=plan.per_channel,
                                            reduce_range=reduce_range,
                                            fused=config.format == "qlinear")),
+            DynamicAttentionPass(per_channel=plan.per_channel, reduce_range=reduce_range,
+                                 exclude=("*",) if "Attention" in config.exclude_op_types
+                                 else config.exclude_nodes),
             ForEachGraph(WeightOnlyPass(nodes=_named(plan, Role.WEIGHT_ONLY))),
             ForEachGraph(DynamicLSTMPass(nodes=_named(plan, Role.DYNAMIC),
                                          per_channel=plan.per_channel,

@@ -89,6 +89,9 @@ def mode_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--mode", choices=list(MODES), default=None,
                    help="; ".join(f"{k}: {v}" for k, v in MODES.items()) + " (default static)")
+    p.add_argument("--fuse-attention", action="store_true", default=None,
+                   help="dynamic mode: fuse BERT-style attention into onnxruntime's Attention "
+                        "and run it as QAttention (see docs/transformers.md)")
 
 
 def target_arg(p: argparse.ArgumentParser) -> None:
@@ -166,7 +169,8 @@ def placement_args(p: argparse.ArgumentParser) -> None:
 
 
 def overrides(args: argparse.Namespace) -> dict:
-    mapping = {"format": "format", "mode": "mode", "calibrator": "calibrator", "per_channel": "per_channel",
+    mapping = {"format": "format", "mode": "mode", "fuse_attention": "fuse_attention",
+               "calibrator": "calibrator", "per_channel": "per_channel",
                "activation_type": "activation_type", "weight_type": "weight_type",
                "reduce_range": "reduce_range", "exclude_nodes": "exclude_nodes",
                "exclude_op_types": "exclude_op_types", "max_samples": "max_samples",

@@ -21,22 +21,9 @@ from onnxq.errors import ConfigError
 from onnxq.kernels.isa import TARGETS
 from onnxq.qtypes import QTYPES
 
-__all__ = [
-    "ActivationConfig",
-    "WeightConfig",
-    "CalibrationConfig",
-    "QuantConfig",
-    "FORMATS",
-    "MODES",
-    "CALIBRATORS",
-    "WEIGHT_ONLY_OPS",
-    "PlacementConfig",
-    "OBJECTIVES",
-    "RecipeConfig",
-    "BIAS_CORRECTION",
-    "ROUNDING",
-    "RECIPES",
-]
+__all__ = ["ActivationConfig", "WeightConfig", "CalibrationConfig", "QuantConfig", "FORMATS",
+           "MODES", "CALIBRATORS", "WEIGHT_ONLY_OPS", "PlacementConfig", "OBJECTIVES",
+           "RecipeConfig", "BIAS_CORRECTION", "ROUNDING", "RECIPES"]
 
 #: Output forms of a quantized model: name → description (the lowering passes are chosen in
 #: ``onnxq.api``, keyed by these names). Read-only.
@@ -268,8 +255,10 @@ class QuantConfig:
     exclude_op_types: tuple[str, ...] = ()
     fold_activations: bool = True
     min_opset: int = 13
-    #: instruction set the types are chosen for (see ``onnxq.kernels.isa.TARGETS``); ``auto``
-    #: is resolved to the host's (or ``$ONNXQ_TARGET``) once, at the start of a run.
+    #: dynamic mode: fuse BERT-style attention first (QAttention; measured slower on Zen 4)
+    fuse_attention: bool = False
+    #: the ISA the types are chosen for (``kernels.isa.TARGETS``); ``auto``: this host's (or
+    #: ``$ONNXQ_TARGET``), resolved once at the start of a run
     target: str = "auto"
 
     def __post_init__(self) -> None:

@@ -237,3 +237,51 @@ def profile_nodes(model: onnx.ModelProto | str, feed: Mapping[str, np.ndarray], 
             ops[name] = str(args.get("op_name", "?"))
     return {n: (ops[n], float(np.median(v[3:] if len(v) > 3 else v)))
             for n, v in samples.items()}, optimized
+
+
+#: outputs of onnxruntime's fused transformer ops that are not float32 (op → output index → type)
+_FUSED_NON_FLOAT = {"EmbedLayerNormalization": {1: onnx.TensorProto.INT32}}
+
+
+def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden_size: int
+                     ) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """onnxruntime's transformer fusions (``onnxruntime.transformers.optimizer``, its Python
+    graph rewrites only: no session runs) on a copy of a BERT-style ``model``: Attention,
+    SkipLayerNormalization, BiasGelu/FastGelu (not EmbedLayerNormalization). Returns the fused
+    model, with the element types of the fused ops' outputs declared (onnx's shape inference
+    does not know them), and the count of each fused op."""
+    import logging
+
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    quiet = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_base",
+                                             "onnx_model", "onnx_model_bert", "fusion_utils")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        options = FusionOptions("bert")
+        # the word-embedding Gather stays: onnxq stores its table int8 (EmbedLayerNormalization
+        # would keep it float, the largest tensor of a small encoder)
+        options.enable_embed_layer_norm = False
+        fused = optimizer.optimize_model(copy, model_type="bert", num_heads=num_heads,
+                                         hidden_size=hidden_size, opt_level=0,
+                                         optimization_options=options)
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
+    stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items()
+             if v and not k.startswith("QOrdered")}
+    out = fused.model
+    typed = {vi.name for vi in [*out.graph.value_info, *out.graph.output]}
+    for node in out.graph.node:
+        if node.domain != "com.microsoft":
+            continue
+        for i, name in enumerate(node.output):
+            if name and name not in typed:
+                kind = _FUSED_NON_FLOAT.get(node.op_type, {}).get(i, onnx.TensorProto.FLOAT)
+                out.graph.value_info.append(onnx.helper.make_tensor_value_info(name, kind, None))
+    return out, stats

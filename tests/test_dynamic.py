@@ -123,3 +123,59 @@ def test_cli_dynamic_mode_without_calibration_data(tmp_path, capsys):
     assert main(["quantize", str(src), str(out), "--mode", "dynamic", "--format", "qlinear",
                  "--quiet"]) == 0
     assert _ops(onnx.load(str(out)))["DynamicQuantizeMatMul"] == 12
+
+
+def _attention_model(hidden: int = 64, heads: int = 4, seq: int = 16) -> onnx.ModelProto:
+    """One onnxruntime ``Attention`` (com.microsoft) with constant QKV weights and bias."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((hidden, 3 * hidden)) / 8).astype(np.float32),
+                                "qkv_weight")
+    b = numpy_helper.from_array((rng.standard_normal(3 * hidden) / 10).astype(np.float32),
+                                "qkv_bias")
+    node = onnx.helper.make_node("Attention", ["x", "qkv_weight", "qkv_bias"], ["y"],
+                                 name="attention", domain="com.microsoft", num_heads=heads)
+    graph = onnx.helper.make_graph(
+        [node], "attention",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, seq, hidden])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, seq, hidden])],
+        [w, b])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                        onnx.helper.make_opsetid("com.microsoft",
+                                                                                 1)])
+
+
+@pytest.mark.parametrize("reduce_range,levels", [(False, 127), (True, 63)])
+def test_fused_attention_becomes_qattention(reduce_range, levels):
+    from onnxq.passes import DynamicAttentionPass
+    from onnxq.pipeline import Pipeline
+
+    model = _attention_model()
+    out = Pipeline([DynamicAttentionPass(reduce_range=reduce_range)]).run(model).model
+    ops = _ops(out)
+    assert ops == Counter({"DynamicQuantizeLinear": 1, "QAttention": 1})
+    weight = next(numpy_helper.to_array(t) for t in out.graph.initializer
+                  if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2)
+    assert weight.shape == (64, 192) and int(np.abs(weight).max()) == levels
+    for seed in range(3):
+        feed = {"x": np.random.default_rng(seed).standard_normal((1, 16, 64)).astype(np.float32)}
+        want = make_session(model).run(None, feed)[0]
+        got = make_session(out).run(None, feed)[0]
+        assert cosine(want, got) >= 0.999
+    skipped = Pipeline([DynamicAttentionPass(exclude=("attention",))]).run(model).model
+    assert _ops(skipped) == Counter({"Attention": 1})
+
+
+def test_attention_shape_and_opt_in_fusion():
+    from onnxq import graph as G
+    from onnxq.passes.transformer import attention_shape
+
+    model = B.attention_block(hidden=64, heads=4)
+    assert attention_shape(G.import_graph(model)) == (4, 64)
+    assert attention_shape(G.import_graph(B.matmul_add())) is None
+    fused = onnxq.quantize(model, None, mode="dynamic", fuse_attention=True, progress=False)
+    assert any(n.startswith("transformer fusion (heads 4, hidden 64)")
+               for n in fused.report.notes)
+    plain = onnxq.quantize(model, None, mode="dynamic", progress=False)
+    assert not any(n.startswith("transformer fusion") for n in plain.report.notes)
+    for feed in B.feeds(model, n=2, seed=3):
+        assert cosine(run_model(model, feed)[0], run_model(fused.model, feed)[0]) >= 0.999

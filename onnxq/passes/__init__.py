@@ -10,9 +10,11 @@ from onnxq.passes.qdq_insert import InsertQDQPass
 from onnxq.passes.qlinear import QLinearLoweringPass
 from onnxq.passes.recurrent import DynamicLSTMPass
 from onnxq.passes.requant_fold import RequantFoldPass
+from onnxq.passes.transformer import DynamicAttentionPass, TransformerFusionPass
 from onnxq.passes.verify import VerifyPass
 from onnxq.passes.weight_only import WeightOnlyPass
 
 __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActivationsPass",
            "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass",
-           "DynamicLSTMPass", "DynamicMatMulPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass"]
+           "DynamicLSTMPass", "DynamicMatMulPass", "DynamicAttentionPass",
+           "TransformerFusionPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass"]
