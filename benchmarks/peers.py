@@ -109,8 +109,8 @@ def _onnxq(src: Path, dst: Path, feeds: list[dict], fmt: str, **overrides) -> No
 
     import onnxq
 
-    result = onnxq.quantize(onnx.load(str(src)), feeds, format=fmt, progress=False,
-                            **overrides)
+    # the path, as `onnxq quantize` reads it (onnxq loads its one private copy itself)
+    result = onnxq.quantize(str(src), feeds, format=fmt, progress=False, **overrides)
     onnx.save(result.model, str(dst))
 
 

@@ -24,6 +24,7 @@ from onnxq.dynamic_check import LOSSY
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.exporters.front_door import as_onnx
 from onnxq.io import check_outputs, model_files, save_model, self_contained
+from onnxq.memory import release
 from onnxq.passes import (
     AddZeroBiasPass,
     CleanupPass,
@@ -116,7 +117,10 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     data = recovery.float_data_layers(graph, plan, config.recipe)
     if data:
         plan = _annotate(graph, config, data)
-    return fused, _placed(fused.model, graph, plan, config, input_shapes, data)
+    placed = _placed(fused.model, graph, plan, config, input_shapes, data)
+    del graph
+    release(fused.model)  # the planning IR (node <-> tensor cycles) may hold weights
+    return fused, placed
 
 
 def _placed(model: onnx.ModelProto, graph, plan: QuantPlan, config: QuantConfig,
@@ -239,6 +243,7 @@ def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
              ranges: Mapping[str, TensorRange], stats: Stats, progress: bool
              ) -> tuple[PipelineResult, recovery.Recovery]:
     """The prepared model with the recipe's weight and bias corrections (``onnxq.recovery``)."""
+    release(fused.model)  # the calibration session and the spilled copy are gone
     qdq = cfg.with_overrides(format="qdq")
     weight, reduce_range = types_for(cfg)[1:]
 
@@ -301,12 +306,8 @@ def quantize(
         fused, plan = prepare(model, cfg.with_overrides(objective="size", data_layers="int8"))
         if plan is None:
             return _reads(_quantize_prequantized(fused.model, cfg), original)
-        plan = dynamic_plan(plan)
-        if not plan.nodes:
-            raise ModelError("dynamic mode quantizes MatMul/Gemm with a constant weight, LSTM "
-                             "and embedding tables; this model has none (Conv stays float in "
-                             "it): use mode static with calibration data")
-        return _reads(materialize(fused, plan, cfg, {}, source=exported), original)
+        return _reads(materialize(fused, dynamic_plan(plan), cfg, {}, source=exported),
+                      original)
     shapes, calibration_data = peek_shapes(calibration_data)
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
@@ -360,6 +361,7 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
                 ) -> QuantResult:
     """Turn a prepared model (``prepare``) and its ranges into the quantized ``QuantResult``.
     ``consume=False`` keeps ``fused`` reusable (``tune`` prepares once per distinct plan)."""
+    release(fused.model)  # what calibration and recovery dropped, before quantizing
     plan = settle(fused, plan, cfg, ranges)
     missing = [t for t in plan.calibration_tensors if t not in ranges]
     if missing:

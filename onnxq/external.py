@@ -169,11 +169,10 @@ def as_inputs(model: onnx.ModelProto) -> None:
     check of a throwaway copy: ``onnx.checker`` refuses absolute data locations)."""
     graph = model.graph
     listed = {i.name for i in graph.input}
-    keep = [t for t in graph.initializer if not is_kept(t)]
-    for t in graph.initializer:
-        if is_kept(t) and t.name not in listed:
-            graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
-                                                                  list(t.dims)))
-    if len(keep) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+    for i in reversed(range(len(graph.initializer))):  # in place: no copy of the others
+        t = graph.initializer[i]
+        if is_kept(t):
+            if t.name not in listed:
+                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
+                                                                      list(t.dims)))
+            del graph.initializer[i]

@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 from onnxq import graph as G
 from onnxq.errors import OnnxqError, PassError
 from onnxq.io import load_model
+from onnxq.memory import release
 
 __all__ = ["PassResult", "Pass", "PassRecord", "PipelineResult", "Pipeline", "ForEachGraph",
            "RewriteRule", "apply_rules"]
@@ -152,6 +153,7 @@ class Pipeline:
                     snapshots.append((p.name, snap))
         exported = G.export_graph(graph, template)
         del graph, template  # release the input's weights before the caller continues
+        release(exported)  # the IR is full of node <-> tensor cycles: free its arrays now
         return PipelineResult(model=exported, records=tuple(records), snapshots=tuple(snapshots))
 
     @staticmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from onnxq.errors import ModelError
 from onnxq.plan import QuantPlan
 from onnxq.quant_ops import Role
 
@@ -20,7 +21,7 @@ _WHY = {
 def dynamic_plan(plan: QuantPlan) -> QuantPlan:
     """MatMul/Gemm anchors with a constant ``B`` become DYNAMIC (quantized at run time), LSTMs
     stay DYNAMIC, weight-only ops stay; every other node is float, with the reason. Nothing
-    needs calibration."""
+    needs calibration. A model with none of them is an error."""
     nodes, skipped = [], list(plan.skipped)
     for n in plan.nodes:
         if n.role in (Role.DYNAMIC, Role.WEIGHT_ONLY):
@@ -32,5 +33,9 @@ def dynamic_plan(plan: QuantPlan) -> QuantPlan:
         elif n.role is Role.ANCHOR:
             skipped.append((n.name, _WHY.get(n.op, f"dynamic mode: {n.op} has no dynamic "
                                                     "int8 kernel; stays float")))
+    if not nodes:
+        raise ModelError("dynamic mode quantizes MatMul/Gemm with a constant weight, LSTM and "
+                         "embedding tables; this model has none (Conv stays float in it): use "
+                         "mode static with calibration data")
     return dataclasses.replace(plan, nodes=tuple(nodes), activations=(), folds=(),
                                skipped=tuple(skipped), upper_bounds={})

@@ -29,22 +29,26 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _copy_without_data(model: onnx.ModelProto, light: onnx.ModelProto) -> None:
-    graph = model.graph
-    inits = list(graph.initializer)
-    del graph.initializer[:]
-    try:
-        light.CopyFrom(model)
-    finally:
-        graph.initializer.extend(inits)
-    for t in inits:
-        slim = light.graph.initializer.add()
-        slim.name, slim.data_type = t.name, t.data_type
-        slim.dims.extend(t.dims)
+    """Fill ``light`` with ``model`` minus the large initializers' data, without touching
+    ``model`` (re-adding removed initializers would copy every weight into its arena)."""
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(light, name, getattr(model, name))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph, src = light.graph, model.graph
+    graph.name = src.name
+    for name in ("node", "input", "output", "value_info"):
+        getattr(graph, name).extend(getattr(src, name))
+    for t in src.initializer:
         n = 1
         for d in t.dims:
             n *= d
         if n <= _SMALL:
-            slim.CopyFrom(t)
+            graph.initializer.add().CopyFrom(t)
+            continue
+        slim = graph.initializer.add()
+        slim.name, slim.data_type = t.name, t.data_type
+        slim.dims.extend(t.dims)
 
 
 def _strip(t: TensorProto) -> None:
