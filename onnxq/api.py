@@ -300,18 +300,20 @@ def quantize(
     """
     cfg = _resolve_config(config, overrides)
     original = model
+    # listed now, while memory is low (finding external data parses the whole file)
+    files = tuple(model_files(model)) if isinstance(model, (str, os.PathLike)) else ()
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
     if cfg.mode == "dynamic":  # no calibration: every int8 kernel quantizes its own input
         fused, plan = prepare(model, cfg.with_overrides(objective="size", data_layers="int8"))
         if plan is None:
-            return _reads(_quantize_prequantized(fused.model, cfg), original)
+            return _reads(_quantize_prequantized(fused.model, cfg), files)
         return _reads(materialize(fused, dynamic_plan(plan), cfg, {}, source=exported),
-                      original)
+                      files)
     shapes, calibration_data = peek_shapes(calibration_data)
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
-        return _reads(_quantize_prequantized(fused.model, cfg), original)
+        return _reads(_quantize_prequantized(fused.model, cfg), files)
     done = None
     if ranges is not None and cfg.recipe.smooth_alpha:
         raise ConfigError("recipe.smooth_alpha changes the tensors that ranges describe: give "
@@ -331,7 +333,7 @@ def quantize(
         if not cfg.recipe.is_plain:
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
     return _reads(materialize(fused, plan, cfg, ranges, source=exported, recovered=done),
-                  original)
+                  files)
 
 
 def _smoothed(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig, shapes, data):
@@ -348,11 +350,9 @@ def _smoothed(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig, shapes, 
     return fused, dataclasses.replace(again, notes=again.notes + (note,)), data
 
 
-def _reads(result: QuantResult, original: object) -> QuantResult:
+def _reads(result: QuantResult, files: tuple[Path, ...]) -> QuantResult:
     """Remember which files the input came from, so ``save`` never writes over them."""
-    if isinstance(original, (str, os.PathLike)):
-        return dataclasses.replace(result, read_from=tuple(model_files(original)))
-    return result
+    return dataclasses.replace(result, read_from=files) if files else result
 
 
 def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
