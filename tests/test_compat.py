@@ -104,3 +104,13 @@ def test_quantize_dynamic_drop_in(tmp_path):
     assert sum(n.op_type == "DynamicQuantizeMatMul" for n in out.graph.node) == 12
     feed = B.feeds(model, n=1)[0]
     assert cosine(run_model(model, feed)[0], run_model(out, feed)[0]) >= 0.999
+
+
+def test_onnxq_quantize_takes_an_onnxruntime_reader_directly():
+    import onnxq
+
+    model = B.conv_bn_relu()
+    feeds = B.feeds(model, n=3)
+    via_reader = onnxq.quantize(model, _Feeds(feeds), progress=False)
+    via_list = onnxq.quantize(model, feeds, progress=False)
+    assert via_reader.model.SerializeToString() == via_list.model.SerializeToString()

@@ -23,8 +23,12 @@ def as_onnx(model, calibration_data=None, *, export_options: Mapping | None = No
     ``.pt``, Keras model or ``.keras``/``.h5``, SavedModel folder, ``.tflite``) are exported
     first (``onnxq.exporters.export_model``). Torch sources need example inputs: unless
     ``export_options`` gives ``example_inputs``/``input_shapes``, the first calibration feed
-    is used (its keys become the ONNX input names, in order).
+    is used (its keys become the ONNX input names, in order). An onnxruntime-style reader
+    (anything with ``get_next()`` that is not iterable) becomes the iterable of its feeds.
     """
+    if calibration_data is not None and hasattr(calibration_data, "get_next") \
+            and not hasattr(calibration_data, "__iter__"):
+        calibration_data = iter(calibration_data.get_next, None)
     if isinstance(model, onnx.ModelProto):
         return model, calibration_data
     if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx":
