@@ -126,11 +126,22 @@ def _export_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def calib_feeds(args: argparse.Namespace):
+    from onnxq.raw_data import feeds_from
+
+    return feeds_from(args.calib_data, args.input, batch=args.calib_batch, **{
+        k: getattr(args, k) for k in ("preprocess", "tokenizer", "sample_rate")})
+
+
 def _calibration_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--calib-data", required=required, metavar="PATH",
                    help="folder of .npz feeds, or one .npz with a leading sample axis")
     p.add_argument("--calib-batch", type=int, default=1, metavar="N",
                    help="samples per feed when splitting one .npz (default 1)")
+    for flag, meta, text in (("--preprocess", "imagenet|unit|raw|FILE.toml", "images"),
+                             ("--tokenizer", "tokenizer.json", "a .txt file, one text a line")):
+        p.add_argument(flag, default=None, metavar=meta, help=f"raw data: {text} (docs/data.md)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="raw data: a .wav folder")
     p.add_argument("--max-samples", type=int, default=None, metavar="N",
                    help="use at most N calibration feeds")
     p.add_argument("--calibrator", default=None,
@@ -211,7 +222,6 @@ def _framework_only(args: argparse.Namespace) -> None:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
-    from onnxq.data import load_feeds
     from onnxq.io import Staged, load_ranges, save_model
 
     _framework_only(args)
@@ -227,7 +237,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.ranges:
         ranges, feeds = load_ranges(args.ranges), None
     elif args.calib_data:
-        ranges, feeds = None, load_feeds(args.calib_data, batch=args.calib_batch)
+        ranges, feeds = None, calib_feeds(args)
     else:  # fine for an already-quantized (QAT) model; quantize() says so otherwise
         ranges, feeds = None, None
     result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet,
@@ -247,13 +257,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, calibrate
-    from onnxq.data import load_feeds
     from onnxq.io import save_ranges
 
     out = guard_outputs({"--output": args.output},
                         [args.input, args.calib_data, args.config])["--output"]
     config = _resolve_config(args.config, overrides(args))
-    feeds = load_feeds(args.calib_data, batch=args.calib_batch)
+    feeds = calib_feeds(args)
     ranges = calibrate(args.input, feeds, config, progress=not args.quiet)
     save_ranges(ranges, out, meta={"model": str(args.input),
                                    "calibration": config.to_dict()["calibration"]})
