@@ -1,11 +1,11 @@
 # Two set-up commands for a fresh machine (see README.md):
-#   make demo   - create .venv, train a digits CNN, quantize it, compare FP32 / onnxq / onnxruntime
+#   make demo   - create .venv, quantize a real pretrained model (Magika), compare FP32 / onnxq / onnxruntime
 #   make test   - create .venv, lint, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo test test-isa test-large fuzz bench bench-quick bench-suite bench-suite-quick clean
+.PHONY: venv demo demo-digits test test-isa test-large fuzz bench bench-quick bench-suite bench-suite-quick clean
 
 # The test environment includes both framework extras (torch CPU wheel, tensorflow-cpu): the
 # exporter tests run in CI.
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo]'
+	$(PY) -m benchmarks.demo
+
+demo-digits: venv
 	$(PY) -m benchmarks.demo_digits
 
 test: venv
