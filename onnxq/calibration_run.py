@@ -3,6 +3,7 @@ data the statistics and feeds the recipe's accuracy recovery needs (``onnxq.reco
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from onnxq.calibrate import collect_ranges_spilling
 from onnxq.calibrators import Calibrator, make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.dynamic_check import DynamicInputCheck, keep_accurate
+from onnxq.loop_check import IterationWatch, loop_tensors
 from onnxq.plan import QuantPlan
 from onnxq.qtypes import TensorRange
 
@@ -41,10 +43,12 @@ def calibrate_run(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantC
     check = DynamicInputCheck(make_calibrator(cfg.calibration), watch, plan.calibration_tensors)
     tensors = [*plan.calibration_tensors,
                *(t for t in watch if t not in set(plan.calibration_tensors))]
-    calibrator: Calibrator = check
+    loops = IterationWatch(check, {t: loop for t, loop in loop_tensors(box[0]).items()
+                                   if t in set(plan.calibration_tensors)})
+    calibrator: Calibrator = loops
     means, kept = None, None
     if recover and recovery.needs_means(cfg.recipe):
-        calibrator = means = recovery.InputMeans(check, recovery.watched_inputs(box[0], plan))
+        calibrator = means = recovery.InputMeans(calibrator, recovery.watched_inputs(box[0], plan))
         tensors += [t for t in means.means if t not in set(tensors)]
     grams = None
     if recover and recovery.needs_grams(cfg.recipe):
@@ -58,4 +62,14 @@ def calibrate_run(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantC
         progress=progress, allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
     stats = Stats(means.batch_means() if means else None, tuple(kept.kept) if kept else (),
                    grams.grams() if grams else None)
-    return ranges, keep_accurate(plan, check.lost()), model, stats
+    plan = keep_accurate(plan, check.lost())
+    unstable = loops.unstable()
+    if unstable:  # without a range, settle keeps their bodies float
+        ranges = {t: r for t, r in ranges.items() if t not in unstable}
+        worst = min(unstable, key=lambda t: unstable[t][1])
+        plan = dataclasses.replace(plan, notes=plan.notes + (
+            f"loop(s) {', '.join(sorted({v[0] for v in unstable.values()}))}: values change "
+            f"scale across iterations (e.g. {worst!r}: its typical or last iteration reaches "
+            f"{unstable[worst][1]:.1%} of its largest value); one int8 scale cannot serve "
+            "every iteration, so those bodies stay float",))
+    return ranges, plan, model, stats

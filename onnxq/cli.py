@@ -126,13 +126,6 @@ def _export_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def calib_feeds(args: argparse.Namespace):
-    from onnxq.raw_data import feeds_from
-
-    return feeds_from(args.calib_data, args.input, batch=args.calib_batch, **{
-        k: getattr(args, k) for k in ("preprocess", "tokenizer", "sample_rate")})
-
-
 def _calibration_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--calib-data", required=required, metavar="PATH",
                    help="folder of .npz feeds, or one .npz with a leading sample axis")
@@ -223,6 +216,7 @@ def _framework_only(args: argparse.Namespace) -> None:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
     from onnxq.io import Staged, load_ranges, save_model
+    from onnxq.raw_data import feeds_from
 
     _framework_only(args)
     if args.ranges and args.calib_data:
@@ -237,7 +231,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.ranges:
         ranges, feeds = load_ranges(args.ranges), None
     elif args.calib_data:
-        ranges, feeds = None, calib_feeds(args)
+        ranges, feeds = None, feeds_from(args)
     else:  # fine for an already-quantized (QAT) model; quantize() says so otherwise
         ranges, feeds = None, None
     result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet,
@@ -258,11 +252,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, calibrate
     from onnxq.io import save_ranges
+    from onnxq.raw_data import feeds_from
 
     out = guard_outputs({"--output": args.output},
                         [args.input, args.calib_data, args.config])["--output"]
     config = _resolve_config(args.config, overrides(args))
-    feeds = calib_feeds(args)
+    feeds = feeds_from(args)
     ranges = calibrate(args.input, feeds, config, progress=not args.quiet)
     save_ranges(ranges, out, meta={"model": str(args.input),
                                    "calibration": config.to_dict()["calibration"]})

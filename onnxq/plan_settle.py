@@ -13,9 +13,9 @@ from onnxq.plan import QuantPlan
 __all__ = ["without_unobserved", "UNOBSERVED"]
 
 
-UNOBSERVED = ("its tensors were never computed on the calibration data (an If branch no "
-              "feed took, or a loop body that never ran); kept in float - add feeds that "
-              "reach it to quantize it")
+UNOBSERVED = ("its tensors have no usable range: never computed on the calibration data (an "
+              "If branch no feed took, a loop body that never ran: add feeds that reach it), "
+              "or changing scale across loop iterations (see the notes); kept in float")
 
 
 def without_unobserved(graph: gs.Graph, plan: QuantPlan, ranges: Mapping[str, object],

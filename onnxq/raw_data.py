@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -267,16 +267,17 @@ def _audio_feeds(files: list[Path], inputs: list[ModelInput], rate: int) -> _Fee
     return _Feeds(files, make)
 
 
-def feeds_from(path: str | Path, model: str | Path | onnx.ModelProto, *, batch: int = 1,
-               preprocess: str | None = None, tokenizer: str | None = None,
-               sample_rate: int = 16000):
-    """The feeds at ``path``: ``.npz`` files as ``data.load_feeds`` reads them, else raw data
-    prepared for ``model``'s inputs (``raw_feeds``)."""
+def feeds_from(args) -> Iterable[dict]:
+    """The feeds of the CLI's ``--calib-data``: ``.npz`` files as ``data.load_feeds`` reads
+    them, else raw data prepared for the inputs of the model ``args.input`` (``raw_feeds``,
+    with ``--preprocess``, ``--tokenizer``, ``--sample-rate``)."""
     from onnxq.data import load_feeds
 
-    src = Path(path)
-    if src.suffix.lower() == ".npz" or (src.is_dir() and any(src.glob("*.npz"))) \
-            or not src.exists():
+    src, model, batch = Path(args.calib_data), args.input, args.calib_batch
+    preprocess, tokenizer, sample_rate = args.preprocess, args.tokenizer, args.sample_rate
+    raw = (src.is_file() and src.suffix.lower() == ".txt") or (
+        src.is_dir() and not any(src.glob("*.npz")))
+    if not raw:
         if preprocess or tokenizer:
             raise ConfigError("--preprocess/--tokenizer apply to raw data (images, text, "
                               f".wav); {str(src)!r} holds .npz feeds: drop them")
