@@ -24,8 +24,17 @@ __all__ = ["render_report", "plot_sqnr"]
 _COLUMNS = ("#", "tensor", "SQNR (dB)", "cosine", "max abs error", "saturated", "scale",
             "zero point", "elements")
 _TITLE = "Per-tensor quantization error"
-_CSS = ("table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;"
-        "padding:2px 6px;text-align:right}td:nth-child(2){text-align:left}")
+_CSS = ("body{font:14px sans-serif;margin:8px;max-width:1100px}h1{font-size:1.3em}"
+        "img{max-width:100%;height:auto}.scroll{overflow-x:auto}"
+        "table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;"
+        "padding:2px 6px;text-align:right}td:nth-child(2){text-align:left;"
+        "word-break:break-all;min-width:8em}th{position:sticky;top:0;background:#f4f4f4}")
+#: the page checks itself once loaded (a headless browser reads the result from the DOM):
+#: tables and images rendered, no image broken
+_CHECK = ("<script>addEventListener('load',()=>{const i=[...document.images];"
+          "document.body.dataset.rendered=`tables:${document.querySelectorAll('table').length}"
+          " images:${i.length} broken:${i.filter(x=>!x.complete||!x.naturalWidth).length}`})"
+          "</script>")
 
 
 def _cells(i: int, t: TensorError) -> list[str]:
@@ -54,11 +63,17 @@ def _html(report: Sequence[TensorError], missing: Sequence[str]) -> str:
                      + "</tr>" for i, t in enumerate(report, 1))
     skipped = ("<p>Not matched to an FP32 tensor (skipped): "
                + html.escape(", ".join(missing)) + "</p>") if missing else ""
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_TITLE}</title>"
-            f"<style>{_CSS}</style></head><body>\n<h1>{_TITLE}</h1>\n<p>{len(report)} "
-            f"quantized tensor(s), worst first.</p>\n<img src=\"data:image/png;base64,{png}\" "
-            f"alt=\"SQNR per tensor\">\n<table><tr>{head}</tr>\n{rows}\n</table>\n{skipped}\n"
-            "</body></html>\n")
+    worst = (f"<p>Worst: <b>{html.escape(report[0].name)}</b> at {report[0].sqnr_db:.1f} dB "
+             f"SQNR, {100 * report[0].saturated_fraction:.2f}% saturated.</p>"
+             if len(report) else "")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{_TITLE}</title><style>{_CSS}</style>{_CHECK}</head><body>\n"
+            f"<h1>{_TITLE}</h1>\n<p>{len(report)} quantized tensor(s), worst first (SQNR of "
+            f"the int8 value against FP32 on the evaluation data).</p>\n{worst}\n"
+            f"<img src=\"data:image/png;base64,{png}\" alt=\"SQNR per tensor\">\n"
+            f"<div class=\"scroll\"><table><tr>{head}</tr>\n{rows}\n</table></div>\n"
+            f"{skipped}\n</body></html>\n")
 
 
 def _sqnr_png(report: Sequence[TensorError]) -> bytes:
