@@ -30,9 +30,9 @@ def as_onnx(model, calibration_data=None, *, export_options: Mapping | None = No
             and not hasattr(calibration_data, "__iter__"):
         calibration_data = iter(calibration_data.get_next, None)
     if isinstance(model, onnx.ModelProto):
-        return model, calibration_data
+        return model, _framework_data(calibration_data, model)
     if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx":
-        return os.fspath(model), calibration_data
+        return os.fspath(model), _framework_data(calibration_data, os.fspath(model))
     from onnxq.exporters import export_model
 
     options = dict(export_options or {})
@@ -43,7 +43,54 @@ def as_onnx(model, calibration_data=None, *, export_options: Mapping | None = No
         first, calibration_data = _peek(calibration_data)
         options.setdefault("input_names", list(first))
         options["example_inputs"] = tuple(_torch_tensor(v) for v in first.values())
-    return export_model(model, **options), calibration_data
+    exported = export_model(model, **options)
+    return exported, _framework_data(calibration_data, exported)
+
+
+class _FrameworkFeeds:
+    """A PyTorch ``DataLoader``/``Dataset`` or a ``tf.data.Dataset`` as onnxq feeds: a dict
+    element maps by name, a tuple or list to the model's inputs in order (extra elements,
+    such as labels, are dropped), a lone tensor to the first input; an element one axis short
+    of its input (a ``Dataset`` item) gets the batch axis."""
+
+    def __init__(self, data, kind: str, inputs) -> None:
+        self.data, self.kind, self.inputs = data, kind, inputs
+
+    def __iter__(self):
+        items = self.data.as_numpy_iterator() if self.kind == "tf" else iter(self.data)
+        names = [i.name for i in self.inputs]
+        ranks = {i.name: len(i.dims) for i in self.inputs}
+        for item in items:
+            if isinstance(item, Mapping):
+                pairs = list(item.items())
+            elif isinstance(item, (tuple, list)):
+                pairs = list(zip(names, item, strict=False))
+            else:
+                pairs = [(names[0], item)]
+            feed = {}
+            for name, value in pairs:
+                array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach")
+                                   else value)
+                feed[name] = array[None] if array.ndim == ranks.get(name, -1) - 1 else array
+            yield feed
+
+
+def _framework_data(data, model):
+    """``data`` as feeds when it is a PyTorch or TensorFlow dataset; else unchanged."""
+    import sys
+
+    torch, tf = sys.modules.get("torch"), sys.modules.get("tensorflow")
+    kind = None
+    if torch is not None and isinstance(data, (torch.utils.data.DataLoader,
+                                               torch.utils.data.Dataset)):
+        kind = "torch"
+    elif tf is not None and isinstance(data, tf.data.Dataset):
+        kind = "tf"
+    if kind is None:
+        return data
+    from onnxq.raw_data import model_inputs
+
+    return _FrameworkFeeds(data, kind, model_inputs(model))
 
 
 def _needs_examples(model) -> bool:
