@@ -217,6 +217,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
     from onnxq.io import Staged, load_ranges, save_model
     from onnxq.raw_data import feeds_from
+    from onnxq.report_html import report_text
 
     _framework_only(args)
     if args.ranges and args.calib_data:
@@ -241,7 +242,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         if args.save_fp32 and result.source is not None:
             save_model(result.source, args.save_fp32, staged=staged)
         if args.report:
-            staged.text(args.report, json.dumps(result.report.to_dict(), indent=2) + "\n")
+            staged.text(args.report, report_text(result.report, args.report))
         staged.commit()
     if not args.quiet:
         print(result.report.summary())

@@ -18,20 +18,20 @@ from onnxq.errors import ConfigError
 if TYPE_CHECKING:
     from onnxq.score_types import TensorError
 
-__all__ = ["render_report", "plot_sqnr"]
+__all__ = ["render_report", "plot_sqnr", "PAGE_CSS", "CHECK_SCRIPT"]
 
 
 _COLUMNS = ("#", "tensor", "SQNR (dB)", "cosine", "max abs error", "saturated", "scale",
             "zero point", "elements")
 _TITLE = "Per-tensor quantization error"
-_CSS = ("body{font:14px sans-serif;margin:8px;max-width:1100px}h1{font-size:1.3em}"
+PAGE_CSS = ("body{font:14px sans-serif;margin:8px;max-width:1100px}h1{font-size:1.3em}"
         "img{max-width:100%;height:auto}.scroll{overflow-x:auto}"
         "table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;"
         "padding:2px 6px;text-align:right}td:nth-child(2){text-align:left;"
         "word-break:break-all;min-width:8em}th{position:sticky;top:0;background:#f4f4f4}")
 #: the page checks itself once loaded (a headless browser reads the result from the DOM):
 #: tables and images rendered, no image broken
-_CHECK = ("<script>addEventListener('load',()=>{const i=[...document.images];"
+CHECK_SCRIPT = ("<script>addEventListener('load',()=>{const i=[...document.images];"
           "document.body.dataset.rendered=`tables:${document.querySelectorAll('table').length}"
           " images:${i.length} broken:${i.filter(x=>!x.complete||!x.naturalWidth).length}`})"
           "</script>")
@@ -68,7 +68,7 @@ def _html(report: Sequence[TensorError], missing: Sequence[str]) -> str:
              if len(report) else "")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_TITLE}</title><style>{_CSS}</style>{_CHECK}</head><body>\n"
+            f"<title>{_TITLE}</title><style>{PAGE_CSS}</style>{CHECK_SCRIPT}</head><body>\n"
             f"<h1>{_TITLE}</h1>\n<p>{len(report)} quantized tensor(s), worst first (SQNR of "
             f"the int8 value against FP32 on the evaluation data).</p>\n{worst}\n"
             f"<img src=\"data:image/png;base64,{png}\" alt=\"SQNR per tensor\">\n"

@@ -64,3 +64,22 @@ def test_the_checks_see_a_broken_page(tmp_path):
     dom, console = _browse(page)
     assert any("missing is not defined" in line for line in console)
     assert 'broken:1"' in dom
+
+
+def test_the_quantize_report_page(tmp_path):
+    model = B.residual_block()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    feeds = B.feeds(model, n=4)
+    np.savez(tmp_path / "c.npz", input=np.concatenate([f["input"] for f in feeds]))
+    for name in ("r.html", "r.json"):
+        assert main(["quantize", str(tmp_path / "m.onnx"), str(tmp_path / f"q_{name}.onnx"),
+                     "--calib-data", str(tmp_path / "c.npz"), "--objective", "latency",
+                     "--report", str(tmp_path / name), "--quiet"]) == 0
+    import json
+
+    assert "quantized" in json.loads((tmp_path / "r.json").read_text())
+    page = (tmp_path / "r.html").read_text()
+    assert "Kept in float" in page and "placement" in page
+    dom, console = _browse(tmp_path / "r.html", "--window-size=412,915")
+    assert console == []
+    assert re.search(r'data-rendered="tables:\d+ images:0 broken:0"', dom)
