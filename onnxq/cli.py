@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     placement_args(q)
     q.add_argument("--exclude-nodes", nargs="+", default=None, metavar="NAME")
     q.add_argument("--exclude-op-types", nargs="+", default=None, metavar="TYPE")
-    q.add_argument("--report", default=None, metavar="FILE.json",
-                   help="write what was quantized and skipped as JSON")
+    q.add_argument("--report", default=None, metavar="FILE.json|.html",
+                   help="what was quantized and what stayed float, and why (JSON, or a page)")
 
     c = sub.add_parser("calibrate", help="measure activation ranges and save them as JSON")
     c.add_argument("input", help="FP32 .onnx model")

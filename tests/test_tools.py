@@ -55,3 +55,15 @@ def test_model_diff_and_ort_graph(tmp_path, capsys):
     assert _tool("ort_graph").main([str(int8), "--save", str(tmp_path / "opt.onnx")]) == 0
     text = capsys.readouterr().out
     assert "QLinearConv" in text and "leftover Q/DQ" in text and (tmp_path / "opt.onnx").exists()
+
+
+def test_command_pages_match_the_cli():
+    """docs/commands/*.md are generated from the parser; regenerate after changing a flag."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "tools" / "cli_docs.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
