@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo]'
+	$(PY) -m pip install -qq --disable-pip-version-check -e '.[demo]'
 	$(PY) -m benchmarks.demo
 
 demo-digits: venv
