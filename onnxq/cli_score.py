@@ -50,7 +50,13 @@ def _feeds(args: argparse.Namespace) -> list:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from onnxq.cli import guard_outputs
-    from onnxq.score import compare_outputs, render_report, tensor_report
+    from onnxq.score import (
+        compare_outputs,
+        float_compute,
+        measure_latency,
+        render_report,
+        tensor_report,
+    )
 
     guard_outputs({"--report": args.report, "--json": args.json},
                   [args.fp32, args.int8, args.data])
@@ -70,7 +76,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"  {t.name}: SQNR {t.sqnr_db:.1f} dB, cosine {t.cosine:.5f}, saturated "
               f"{t.saturated_fraction:.3%}")
     if args.report:
-        print(f"wrote {render_report(report, args.report)}")
+        html = args.report.lower().endswith((".html", ".htm"))
+        latency = measure_latency({"FP32": args.fp32, "INT8": args.int8}, feeds[0],
+                                  min_seconds=0.5) if html else None
+        written = render_report(report, args.report, latency=latency,
+                                float_nodes=float_compute(args.int8))
+        print(f"wrote {written}")
     if args.json:
         write_text_atomic(args.json, json.dumps({
             "outputs": [vars_of(s) for s in agreement.outputs], "emulate": args.emulate,

@@ -22,7 +22,8 @@ from onnxq.score_render import plot_sqnr, render_report  # re-exported
 from onnxq.score_types import OutputAgreement, OutputStats, TensorError, TensorReport
 
 __all__ = ["OutputStats", "OutputAgreement", "TensorError", "TensorReport", "compare_outputs",
-           "tensor_report", "render_report", "plot_sqnr", "measure_latency", "time_interleaved"]
+           "tensor_report", "render_report", "plot_sqnr", "measure_latency", "time_interleaved",
+           "float_compute"]
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 Feed = Mapping[str, np.ndarray]
@@ -335,3 +336,13 @@ def measure_latency(models: Mapping[str, ModelLike], feed: Feed, *, threads: int
     sessions = {name: _session(src, threads) for name, (_, src) in loaded.items()}
     return time_interleaved(sessions, checked, min_seconds=min_seconds, warmup=warmup,
                             rounds=rounds)
+
+
+def float_compute(model: ModelLike) -> list[tuple[str, str]]:
+    """(node, op) of the main graph's Conv/ConvTranspose/Gemm/MatMul of a quantized model that
+    read no dequantized value and are not integer ops: the compute left in float."""
+    graph = _model(model)[0]
+    dq = {o for n in graph.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [(n.name, n.op_type) for n in graph.graph.node
+            if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+            and not any(i in dq for i in n.input)]

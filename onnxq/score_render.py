@@ -7,7 +7,7 @@ import base64
 import html
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +56,44 @@ def _markdown(report: Sequence[TensorError], missing: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(report: Sequence[TensorError], missing: Sequence[str]) -> str:
+def _latency_html(latency: Mapping[str, float] | None) -> str:
+    """A bar chart of batch-1 latency per model (µs), inline."""
+    if not latency:
+        return ""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 1.2 + 0.4 * len(latency)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    names, us = list(latency), [1e6 * v for v in latency.values()]
+    ax.barh(range(len(us)), us, color=["#7f7f7f", *["#1f77b4"] * (len(us) - 1)])
+    ax.set_yticks(range(len(us)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("batch-1 latency (µs), lower is better; this CPU, interleaved")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    first = next(iter(latency.values()))
+    speed = ", ".join(f"{n} {first / v:.2f}×" for n, v in list(latency.items())[1:])
+    return (f"<h2>Latency</h2><p>Speed-up over {html.escape(names[0])}: "
+            f"{html.escape(speed)}.</p><img src=\"data:image/png;base64,"
+            f"{base64.b64encode(buf.getvalue()).decode('ascii')}\" alt=\"latency\">")
+
+
+def _float_html(float_nodes: Sequence[tuple[str, str]]) -> str:
+    if not float_nodes:
+        return ""
+    rows = "\n".join(f"<tr><td>{html.escape(o)}</td><td>{html.escape(n)}</td></tr>"
+                     for n, o in float_nodes)
+    return (f"<h2>Compute kept in float ({len(float_nodes)})</h2><p>Conv/Gemm/MatMul nodes "
+            "that read no int8 input (why: <code>onnxq quantize --report x.html</code>).</p>"
+            f"<div class=\"scroll\"><table><tr><th>op</th><th>node</th></tr>\n{rows}\n"
+            "</table></div>")
+
+
+def _html(report: Sequence[TensorError], missing: Sequence[str],
+          latency: Mapping[str, float] | None = None,
+          float_nodes: Sequence[tuple[str, str]] = ()) -> str:
     png = base64.b64encode(_sqnr_png(report)).decode("ascii")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
     rows = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(i, t))
@@ -73,7 +110,8 @@ def _html(report: Sequence[TensorError], missing: Sequence[str]) -> str:
             f"the int8 value against FP32 on the evaluation data).</p>\n{worst}\n"
             f"<img src=\"data:image/png;base64,{png}\" alt=\"SQNR per tensor\">\n"
             f"<div class=\"scroll\"><table><tr>{head}</tr>\n{rows}\n</table></div>\n"
-            f"{skipped}\n</body></html>\n")
+            f"{skipped}\n{_latency_html(latency)}\n{_float_html(float_nodes)}\n"
+            "</body></html>\n")
 
 
 def _sqnr_png(report: Sequence[TensorError]) -> bytes:
@@ -107,14 +145,20 @@ def plot_sqnr(report: Sequence[TensorError], png_path: str | os.PathLike) -> Pat
     return dest
 
 
-def render_report(report: Sequence[TensorError], path: str | os.PathLike) -> Path:
-    """Write ``report`` as a Markdown table (``.md``) or an HTML page with a SQNR chart."""
+def render_report(report: Sequence[TensorError], path: str | os.PathLike, *,
+                  latency: Mapping[str, float] | None = None,
+                  float_nodes: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write ``report`` as a Markdown table (``.md``) or an HTML page with a SQNR chart (and,
+    when given, a latency chart and the compute nodes kept in float)."""
     dest = Path(path)
-    writer = {".md": _markdown, ".html": _html, ".htm": _html}.get(dest.suffix.lower())
-    if writer is None:
+    suffix = dest.suffix.lower()
+    if suffix not in (".md", ".html", ".htm"):
         raise ConfigError(f"cannot render a report as {dest.name!r}: use a .md or .html path")
     from onnxq.io import write_text_atomic
 
-    return write_text_atomic(dest, writer(report, getattr(report, "missing", ())))
+    missing = getattr(report, "missing", ())
+    text = _markdown(report, missing) if suffix == ".md" else _html(
+        report, missing, latency, float_nodes)
+    return write_text_atomic(dest, text)
 
 
