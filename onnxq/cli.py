@@ -216,7 +216,7 @@ def _framework_only(args: argparse.Namespace) -> None:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, quantize
     from onnxq.io import Staged, load_ranges, save_model
-    from onnxq.raw_data import feeds_from
+    from onnxq.raw_data import feeds_from, raw_inputs
     from onnxq.report_html import report_text
 
     _framework_only(args)
@@ -225,7 +225,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                           "(calibrate now), not both")
     paths = guard_outputs({"output": args.output, "--report": args.report,
                            "--save-fp32": args.save_fp32},
-                          [args.input, args.calib_data, args.ranges, args.config])
+                          [args.input, args.calib_data, args.ranges, args.config,
+                           *raw_inputs(args)])
     out = paths["output"]
     config = _resolve_config(args.config, overrides(args))
     model = args.input  # loaded once, by the pipeline (a framework file is exported first)
@@ -253,10 +254,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from onnxq.api import _resolve_config, calibrate
     from onnxq.io import save_ranges
-    from onnxq.raw_data import feeds_from
+    from onnxq.raw_data import feeds_from, raw_inputs
 
-    out = guard_outputs({"--output": args.output},
-                        [args.input, args.calib_data, args.config])["--output"]
+    out = guard_outputs({"--output": args.output}, [args.input, args.calib_data, args.config,
+                                                    *raw_inputs(args)])["--output"]
     config = _resolve_config(args.config, overrides(args))
     feeds = feeds_from(args)
     ranges = calibrate(args.input, feeds, config, progress=not args.quiet)

@@ -82,10 +82,17 @@ def _name(value: Any, table: Mapping[str, str], what: str) -> str:
     return table[name]
 
 
-def _nodes(model: str | Path | onnx.ModelProto) -> list[onnx.NodeProto]:
-    proto = model if isinstance(model, onnx.ModelProto) else \
-        onnx.load(os.fspath(model), load_external_data=False)
-    return list(proto.graph.node)
+def _nodes(model: str | Path | onnx.ModelProto) -> list[tuple[str, str]]:
+    """(name, op type) of every node as onnxq plans it: after its preprocessing and fusion
+    (a MatMul + bias Add is one Gemm there), with onnxq's names for unnamed nodes, in every
+    subgraph."""
+    from onnxq.passes import FusionPass, PreprocessPass
+    from onnxq.pipeline import ForEachGraph, Pipeline
+    from onnxq.scopes import all_nodes
+
+    prepared = Pipeline([PreprocessPass(), ForEachGraph(FusionPass())]).run(
+        os.fspath(model) if isinstance(model, (str, Path)) else model).model
+    return [(n.name, n.op_type) for n in all_nodes(prepared.graph)]
 
 
 def _common(model_input, op_types_to_quantize, per_channel, reduce_range, weight_type,
@@ -98,12 +105,14 @@ def _common(model_input, op_types_to_quantize, per_channel, reduce_range, weight
     exclude = list(nodes_to_exclude or [])
     if nodes_to_quantize or op_types_to_quantize:
         nodes = _nodes(model_input)
-        if nodes_to_quantize:
+        if nodes_to_quantize:  # a MatMul named there also keeps the Gemm it became
             keep = set(nodes_to_quantize)
-            exclude += [n.name for n in nodes if n.name and n.name not in keep]
+            exclude += [n for n, _ in nodes if n not in keep]
         if op_types_to_quantize:  # the other quantizable types this model has
-            present = {n.op_type for n in nodes} & set(HANDLERS)
-            options["exclude_op_types"] = sorted(present - set(op_types_to_quantize))
+            wanted = set(op_types_to_quantize) | ({"Gemm"} if "MatMul" in
+                                                  op_types_to_quantize else set())
+            present = {op for _, op in nodes} & set(HANDLERS)
+            options["exclude_op_types"] = sorted(present - wanted)
     if exclude:
         options["exclude_nodes"] = sorted(set(exclude))
     for key, value in (extra_options or {}).items():

@@ -13,6 +13,7 @@ hands a model to onnxruntime or to a file copies the kept data file to file
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from onnxq.scopes import proto_subgraphs
 
 __all__ = ["KEEP_BYTES", "KEEP_TENSOR_BYTES", "keep_external", "is_kept", "has_kept",
            "read_kept", "kept_tensors", "stream_into", "internalize", "as_inputs"]
+
+#: marks the references onnxq itself resolved (a per-process secret: a model file or a proto
+#: built elsewhere cannot claim an absolute location onnxq would then trust)
+_MARK = ("onnxq_kept", secrets.token_hex(16))
 
 #: a model with at least this much external data keeps its large tensors on disk
 KEEP_BYTES = 1 << 28
@@ -101,7 +106,7 @@ def keep_external(model: onnx.ModelProto, base: Path) -> bool:
                 and length == _expected_bytes(t) and not t.HasField("raw_data")):
             del t.external_data[:]
             for key, value in (("location", str(path)), ("offset", str(offset)),
-                               ("length", str(length))):
+                               ("length", str(length)), _MARK):
                 entry = t.external_data.add()
                 entry.key, entry.value = key, value
         else:
@@ -114,9 +119,10 @@ def keep_external(model: onnx.ModelProto, base: Path) -> bool:
 
 
 def is_kept(t: onnx.TensorProto) -> bool:
-    """True for a tensor ``keep_external`` left in its file (an absolute reference)."""
-    return (t.data_location == onnx.TensorProto.EXTERNAL
-            and os.path.isabs(_entries(t).get("location", "")))
+    """True for a tensor ``keep_external`` left in its file (an absolute reference carrying
+    this process's mark)."""
+    info = _entries(t) if t.data_location == onnx.TensorProto.EXTERNAL else {}
+    return os.path.isabs(info.get("location", "")) and info.get(_MARK[0]) == _MARK[1]
 
 
 def kept_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -230,8 +230,12 @@ def external_copy(model: onnx.ModelProto, extra_outputs: Sequence[str], folder: 
         setattr(light, field, getattr(model, field))
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
+    light.metadata_props.extend(model.metadata_props)
+    light.doc_string = model.doc_string
     g, src = light.graph, model.graph
-    g.name = src.name
+    g.name, g.doc_string = src.name, src.doc_string
+    g.sparse_initializer.extend(src.sparse_initializer)
+    g.quantization_annotation.extend(src.quantization_annotation)
     g.node.extend(src.node)
     g.input.extend(src.input)
     g.output.extend(src.output)

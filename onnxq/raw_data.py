@@ -22,11 +22,12 @@ from types import MappingProxyType
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 
-from onnxq.errors import CalibrationError, ConfigError
+from onnxq.errors import CalibrationError, ConfigError, ModelError
 
 __all__ = ["ImageSpec", "PRESETS", "ModelInput", "model_inputs", "raw_feeds", "image_spec",
-           "feeds_from"]
+           "feeds_from", "raw_inputs"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -65,9 +66,19 @@ def image_spec(name_or_file: str) -> ImageSpec:
     unknown = sorted(set(data) - set(valid))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {str(path)!r}; valid: {valid}")
-    for key in ("mean", "std"):
-        if key in data:
-            data[key] = tuple(float(v) for v in data[key])
+    try:
+        for key in ("mean", "std"):
+            if key in data:
+                data[key] = tuple(float(v) for v in data[key])
+                if len(data[key]) not in (1, 3) or (key == "std" and 0.0 in data[key]):
+                    raise ValueError(f"{key} needs 1 or 3 values (std non-zero)")
+        for key in ("resize", "crop"):
+            if data.get(key) is not None and (type(data[key]) is not int or data[key] < 1):
+                raise ValueError(f"{key} must be a positive integer")
+        if "scale" in data:
+            data["scale"] = float(data["scale"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"preprocessing spec {str(path)!r}: {exc}") from None
     spec = dataclasses.replace(PRESETS["imagenet"], **data)
     if spec.layout not in ("NCHW", "NHWC") or spec.channels not in ("RGB", "BGR"):
         raise ConfigError(f"{str(path)!r}: layout must be NCHW or NHWC and channels RGB or "
@@ -83,8 +94,12 @@ class ModelInput:
 
 
 def model_inputs(model: str | Path | onnx.ModelProto) -> list[ModelInput]:
-    proto = model if isinstance(model, onnx.ModelProto) else \
-        onnx.load(str(model), load_external_data=False)
+    """The model's data inputs (names, dims, element types), read without its weights."""
+    try:
+        proto = model if isinstance(model, onnx.ModelProto) else \
+            onnx.load(str(model), load_external_data=False)
+    except (OSError, ValueError, DecodeError) as exc:
+        raise ModelError(f"cannot read the inputs of model {str(model)!r}: {exc}") from None
     inits = {t.name for t in proto.graph.initializer}
     out = []
     for i in proto.graph.input:
@@ -93,7 +108,12 @@ def model_inputs(model: str | Path | onnx.ModelProto) -> list[ModelInput]:
         tt = i.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                      for d in tt.shape.dim)
-        out.append(ModelInput(i.name, dims, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)))
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        except (KeyError, ValueError):
+            raise ModelError(f"model input {i.name!r} has element type {tt.elem_type}, which "
+                             "numpy cannot hold; fix the model") from None
+        out.append(ModelInput(i.name, dims, dtype))
     return out
 
 
@@ -150,6 +170,11 @@ def _image_feeds(files: list[Path], spec: ImageSpec, inputs: list[ModelInput]) -
         raise CalibrationError(f"the model's input {x.name!r} {list(x.dims)} has "
                                f"{x.dims[c_axis]} channels in layout {spec.layout}; images "
                                "give 3: set layout in the preprocessing spec")
+    if np.issubdtype(x.dtype, np.integer) and (spec.scale != 1.0 or any(spec.mean)
+                                               or any(v != 1.0 for v in spec.std)):
+        raise CalibrationError(f"the model's input {x.name!r} is {x.dtype} (raw pixels), but "
+                               "the preprocessing scales or normalizes them: use --preprocess "
+                               "raw (or scale = 1, mean = [0], std = [1])")
     if not spec.crop and None in hw:
         raise CalibrationError(f"the model's input {x.name!r} {list(x.dims)} has a free "
                                "height/width: set crop in the preprocessing spec")
@@ -210,7 +235,10 @@ def _text_feeds(src: Path, tokenizer_file: Path, inputs: list[ModelInput]) -> _F
         raise CalibrationError(f"text feeds fill {', '.join(_TEXT_INPUTS)}, but the model also "
                                f"takes {unknown}; write .npz feeds for it instead")
     length = next((i.dims[1] for i in inputs if len(i.dims) == 2 and i.dims[1]), None)
-    lines = [t for t in src.read_text(encoding="utf-8").splitlines() if t.strip()]
+    try:
+        lines = [t for t in src.read_text(encoding="utf-8").splitlines() if t.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"cannot read {str(src)!r} as UTF-8 text: {exc}") from None
 
     def make(line: str) -> dict:
         enc = tok.encode(line)
@@ -247,6 +275,9 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 def _audio_feeds(files: list[Path], inputs: list[ModelInput], rate: int) -> _Feeds:
     x = next((i for i in inputs if len(i.dims) in (2, 3)), None)
+    if x is not None and not np.issubdtype(x.dtype, np.floating):
+        raise CalibrationError(f"the model's audio input {x.name!r} is {x.dtype}; .wav data "
+                               "is given as float samples in [-1, 1]: write .npz feeds instead")
     if x is None or len(inputs) != 1:
         shapes = ", ".join(f"{i.name} {list(i.dims)}" for i in inputs)
         raise CalibrationError(f"audio makes one [1, samples] (or [1, 1, samples]) input, but "
@@ -287,3 +318,9 @@ def feeds_from(args) -> Iterable[dict]:
                           "read its inputs from: export it first (onnxq export)")
     return raw_feeds(src, model_inputs(model), preprocess=preprocess, tokenizer=tokenizer,
                      sample_rate=sample_rate)
+
+
+def raw_inputs(args) -> list[str]:
+    """The files ``--preprocess``/``--tokenizer`` name (outputs must never overwrite them)."""
+    spec, tok = getattr(args, "preprocess", None), getattr(args, "tokenizer", None)
+    return [p for p in (tok, spec if spec and spec not in PRESETS else None) if p]

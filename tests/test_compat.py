@@ -10,7 +10,7 @@ import importlib
 import onnx
 import pytest
 
-from onnxq.errors import ConfigError
+from onnxq.errors import ConfigError, ModelError
 from tests import builders as B
 from tests.conftest import cosine, run_model
 
@@ -114,3 +114,32 @@ def test_onnxq_quantize_takes_an_onnxruntime_reader_directly():
     via_reader = onnxq.quantize(model, _Feeds(feeds), progress=False)
     via_list = onnxq.quantize(model, feeds, progress=False)
     assert via_reader.model.SerializeToString() == via_list.model.SerializeToString()
+
+
+def test_node_and_op_selections_follow_onnxqs_graph(tmp_path):
+    """Found in review: names were matched before onnxq's fusion (MatMul + Add is one Gemm
+    there, keeping the MatMul's name) and unnamed nodes were never excluded."""
+    from onnxq import compat
+
+    model = B.matmul_add()
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    feeds = B.feeds(model, n=2)
+    first = next(n.name for n in model.graph.node if n.op_type == "MatMul")
+    one = compat.quantize_static(src, tmp_path / "one.onnx", _Feeds(feeds),
+                                 nodes_to_quantize=[first])
+    assert [n for n, _ in one.report.quantized] == [first]
+    unnamed = B.matmul_add()
+    for n in unnamed.graph.node:
+        if n.name != first:
+            n.name = ""
+    onnx.save(unnamed, str(tmp_path / "u.onnx"))
+    only = compat.quantize_static(tmp_path / "u.onnx", tmp_path / "u8.onnx", _Feeds(feeds),
+                                  nodes_to_quantize=[first])
+    assert [n for n, _ in only.report.quantized] == [first]
+    with pytest.raises(ModelError, match="nothing onnxq can quantize"):
+        compat.quantize_static(src, tmp_path / "c.onnx", _Feeds(feeds),
+                               op_types_to_quantize=["Conv"])
+    with pytest.raises(ModelError):
+        compat.quantize_static(tmp_path / "missing.onnx", tmp_path / "x.onnx", _Feeds(feeds),
+                               nodes_to_quantize=[first])

@@ -179,3 +179,39 @@ def test_attention_shape_and_opt_in_fusion():
     assert not any(n.startswith("transformer fusion") for n in plain.report.notes)
     for feed in B.feeds(model, n=2, seed=3):
         assert cosine(run_model(model, feed)[0], run_model(fused.model, feed)[0]) >= 0.999
+
+
+def test_attention_forms_qattention_cannot_run_stay_float():
+    """Found in review: an attention_bias input or a rotary attribute has no QAttention form
+    (the bias was dropped silently; the attribute made onnxruntime refuse the model)."""
+    from onnxq.passes import DynamicAttentionPass
+    from onnxq.pipeline import Pipeline
+
+    model = _attention_model()
+    bias = numpy_helper.from_array(np.zeros((1, 4, 16, 16), np.float32), "attn_bias")
+    model.graph.initializer.append(bias)
+    node = model.graph.node[0]
+    node.input.extend(["", "", "attn_bias"])
+    out = Pipeline([DynamicAttentionPass()]).run(model).model
+    assert _ops(out) == Counter({"Attention": 1})
+    rotary = _attention_model()
+    rotary.graph.node[0].attribute.append(onnx.helper.make_attribute("do_rotary", 0))
+    rotary.graph.node[0].attribute.append(onnx.helper.make_attribute("rotary_embedding_dim", 0))
+    out = Pipeline([DynamicAttentionPass()]).run(rotary).model
+    assert _ops(out) == Counter({"Attention": 1})
+
+
+def test_a_row_bias_on_a_vector_product_keeps_its_shape():
+    """Found in review: x[32] @ W + B[1, 16] is [1, 16]; folding B as [16] gave [16]. (Run
+    without onnxruntime's optimizer, whose own bias fusion drops that broadcast again.)"""
+    b = B._Builder(0, 17)
+    w = b.param("w", b.normal((32, 16), 0.2))
+    bias = b.param("bias", b.normal((1, 16), 0.1))
+    b.op("Add", [b.op("MatMul", ["x", w], "mm"), bias], "add", out="y")
+    model = b.model("vec", [("x", [32])], [("y", [1, 16])])
+    feed = {"x": np.random.default_rng(0).standard_normal(32).astype(np.float32)}
+    for fmt in ("qdq", "qlinear"):
+        result = onnxq.quantize(model, None, mode="dynamic", format=fmt, progress=False)
+        got = make_session(result.model, optimize=None).run(None, feed)[0]
+        assert got.shape == (1, 16)
+        assert cosine(run_model(model, feed)[0], got) >= 0.999

@@ -47,3 +47,22 @@ def test_tf_data_dataset():
     named = tf.data.Dataset.from_tensor_slices({"input": x})  # dict elements, unbatched
     got = onnxq.quantize(model, named, progress=False).model.SerializeToString()
     assert got == _reference(model, x, 1)
+
+
+@pytest.mark.torch
+def test_dict_items_drop_labels_and_a_torch_module_needs_shapes():
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    from onnxq.errors import ConfigError
+
+    model = B.conv_bn_relu()
+    x, y = _data()
+    items = [{"input": torch.from_numpy(x[i:i + 2]), "labels": torch.from_numpy(y[i:i + 2])}
+             for i in range(0, 6, 2)]
+    got = onnxq.quantize(model, DataLoader(items, batch_size=None), progress=False)
+    assert got.model.SerializeToString() == _reference(model, x, 2)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    with pytest.raises(ConfigError, match="input_shapes"):
+        onnxq.quantize(net, DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x))),
+                       progress=False)

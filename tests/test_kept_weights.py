@@ -144,3 +144,30 @@ def test_bad_external_references_are_clean_errors(tmp_path, monkeypatch, keeping
         f.truncate(100)
     with pytest.raises(ModelError, match="truncated"):
         io.load_model(path)
+
+
+def test_an_absolute_location_from_elsewhere_is_not_trusted(tmp_path):
+    """Found in review: a proto whose external data points at any absolute file (e.g. one
+    loaded with load_external_data=False from an untrusted source) was read as kept weights."""
+    model = B.matmul_add()
+    path = _save_external(model, tmp_path)
+    light = onnx.load(path, load_external_data=False)
+    for t in light.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = str(tmp_path / "m.data")  # absolute, but not resolved by onnxq
+    with pytest.raises(ModelError, match="not loaded"):
+        onnxq.quantize(light, None, mode="dynamic", progress=False)
+
+
+def test_a_streamed_save_keeps_the_model_metadata(tmp_path, keep, monkeypatch):
+    model = B.matmul_add()
+    onnx.helper.set_model_props(model, {"author": "me"})
+    path = _save_external(model, tmp_path)
+    first = next(n.name for n in model.graph.node if n.op_type == "MatMul")
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 64 * 2**20 + 300)
+    result = onnxq.quantize(path, B.feeds(model, n=2), progress=False, exclude_nodes=[first])
+    assert external.has_kept(result.model)
+    result.save(tmp_path / "q.onnx")
+    props = {p.key for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
+    assert {"author", "onnxq.target"} <= props

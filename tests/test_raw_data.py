@@ -120,3 +120,36 @@ def test_a_wav_folder_calibrates_through_the_cli(tmp_path):
     first = feeds[0]["audio"]
     assert first.shape == (1, 1600) and np.all(first[0, 801:] == 0)  # 0.05 s at 16 kHz, padded
     assert abs(np.abs(first[0, :800]).max() - 0.5) < 0.01  # resampled tone, mono
+
+
+def test_bad_raw_data_settings_are_exit_2(tmp_path, capsys):
+    """Found in review: an output over the spec file, raw-pixel (uint8) inputs normalized into
+    garbage, malformed specs and non-UTF-8 text were silent or tracebacks."""
+    src = tmp_path / "m.onnx"
+    onnx.save(B.conv_bn_relu(), str(src))
+    _images(tmp_path / "photos")
+    spec = tmp_path / "prep.toml"
+    spec.write_text('resize = 20\ncrop = 16\n')
+    before = spec.read_text()
+    assert main(["quantize", str(src), str(tmp_path / "q.onnx"), "--calib-data",
+                 str(tmp_path / "photos"), "--preprocess", str(spec), "--report", str(spec),
+                 "--quiet"]) == 2
+    assert spec.read_text() == before
+    for text, match in (('mean = [0.5, 0.5]\n', "1 or 3 values"), ('crop = "16"\n', "crop"),
+                        ('std = [0.0]\n', "non-zero")):
+        (tmp_path / "bad.toml").write_text(text)
+        assert main(["quantize", str(src), str(tmp_path / "q.onnx"), "--calib-data",
+                     str(tmp_path / "photos"), "--preprocess", str(tmp_path / "bad.toml"),
+                     "--quiet"]) == 2
+        assert match in capsys.readouterr().err
+    raw = onnx.load(str(src))
+    raw.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    with pytest.raises(Exception, match="raw pixels"):
+        list(raw_feeds(tmp_path / "photos", model_inputs(raw), preprocess="imagenet"))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 w1 w2\n".encode("latin-1"))
+    _tokenizer(tmp_path / "tok.json")
+    onnx.save(B.bert_embedded(), str(tmp_path / "b.onnx"))
+    assert main(["quantize", str(tmp_path / "b.onnx"), str(tmp_path / "q.onnx"),
+                 "--calib-data", str(tmp_path / "latin1.txt"), "--tokenizer",
+                 str(tmp_path / "tok.json"), "--quiet"]) == 2
+    assert "UTF-8" in capsys.readouterr().err

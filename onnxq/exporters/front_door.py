@@ -37,6 +37,10 @@ def as_onnx(model, calibration_data=None, *, export_options: Mapping | None = No
 
     options = dict(export_options or {})
     if _needs_examples(model) and not {"example_inputs", "input_shapes"} & set(options):
+        if _framework_kind(calibration_data):
+            raise ConfigError("exporting needs example inputs, and a framework dataset's items "
+                              "do not say which element is which input: pass "
+                              "export_options={'input_shapes': [...]} (or example_inputs)")
         if calibration_data is None:
             raise ConfigError("exporting this model needs example inputs: give calibration "
                               "data or export_options={'input_shapes': [(1, 3, 224, 224)]}")
@@ -57,12 +61,14 @@ class _FrameworkFeeds:
         self.data, self.kind, self.inputs = data, kind, inputs
 
     def __iter__(self):
-        items = self.data.as_numpy_iterator() if self.kind == "tf" else iter(self.data)
         names = [i.name for i in self.inputs]
         ranks = {i.name: len(i.dims) for i in self.inputs}
-        for item in items:
-            if isinstance(item, Mapping):
-                pairs = list(item.items())
+        for item in self._items():
+            if isinstance(item, Mapping):  # by name; other keys (labels…) are dropped
+                pairs = [(k, v) for k, v in item.items() if k in ranks]
+                if not pairs:
+                    raise CalibrationError(f"dataset items have keys {sorted(item)} but the "
+                                           f"model's inputs are {names}")
             elif isinstance(item, (tuple, list)):
                 pairs = list(zip(names, item, strict=False))
             else:
@@ -74,18 +80,32 @@ class _FrameworkFeeds:
                 feed[name] = array[None] if array.ndim == ranks.get(name, -1) - 1 else array
             yield feed
 
+    def _items(self):
+        if self.kind == "tf":
+            return self.data.as_numpy_iterator()
+        if self.kind == "torch-map":  # a map-style Dataset: by index, not __getitem__ guessing
+            return (self.data[i] for i in range(len(self.data)))
+        return iter(self.data)
 
-def _framework_data(data, model):
-    """``data`` as feeds when it is a PyTorch or TensorFlow dataset; else unchanged."""
+
+def _framework_kind(data) -> str | None:
     import sys
 
     torch, tf = sys.modules.get("torch"), sys.modules.get("tensorflow")
-    kind = None
-    if torch is not None and isinstance(data, (torch.utils.data.DataLoader,
-                                               torch.utils.data.Dataset)):
-        kind = "torch"
-    elif tf is not None and isinstance(data, tf.data.Dataset):
-        kind = "tf"
+    if torch is not None:
+        tud = torch.utils.data
+        if isinstance(data, tud.DataLoader) or isinstance(data, tud.IterableDataset):
+            return "torch"
+        if isinstance(data, tud.Dataset):
+            return "torch-map" if hasattr(data, "__len__") else "torch"
+    if tf is not None and isinstance(data, tf.data.Dataset):
+        return "tf"
+    return None
+
+
+def _framework_data(data, model):
+    """``data`` as feeds when it is a PyTorch or TensorFlow dataset; else unchanged."""
+    kind = _framework_kind(data)
     if kind is None:
         return data
     from onnxq.raw_data import model_inputs

@@ -58,8 +58,10 @@ def _bias(graph: gs.Graph, node: gs.Node, n: int) -> tuple[np.ndarray | None, gs
         return None, out, None
     other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
     b = G.constant_value(other)
-    if b is None or b.dtype != np.float32 or b.shape not in ((n,), (1, n)):
-        return None, out, None
+    rank = len(out.shape) if out.shape is not None else None
+    if b is None or b.dtype != np.float32 or b.shape not in ((n,), (1, n)) \
+            or (b.shape == (1, n) and (rank is None or rank < 2)):
+        return None, out, None  # a [1, N] bias on a 1-D product would change its shape
     return b.reshape(n).copy(), add.outputs[0], add
 
 

@@ -96,6 +96,20 @@ class TransformerFusionPass:
             f"transformer fusion (heads {heads}, hidden {hidden}): {what}",))
 
 
+#: QAttention's attributes; an Attention using any other (rotary embedding, qkv_hidden_sizes…)
+#: has no QAttention form and stays float
+_QATTENTION_ATTRS = {"num_heads", "unidirectional", "do_rotary", "past_present_share_buffer",
+                     "mask_filter_value", "scale"}
+
+
+def _qattention_compatible(node: gs.Node) -> bool:
+    """QAttention takes input, weight, bias, mask_index and past only (no attention_bias, no
+    past_sequence_length) and a constant bias is required."""
+    extra = [t for t in node.inputs[5:] if t.name]
+    return (not extra and len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant)
+            and set(node.attrs) <= _QATTENTION_ATTRS)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DynamicAttentionPass:
     per_channel: bool = True
@@ -106,8 +120,8 @@ class DynamicAttentionPass:
     def run(self, graph: gs.Graph) -> PassResult:
         changed = 0
         for node in list(graph.nodes):
-            if node.op != "Attention" or node.domain != MS_DOMAIN or "qkv_hidden_sizes" in \
-                    node.attrs or node.name in self.exclude or "*" in self.exclude:
+            if node.op != "Attention" or node.domain != MS_DOMAIN or node.name in self.exclude \
+                    or "*" in self.exclude or not _qattention_compatible(node):
                 continue
             w = G.constant_value(node.inputs[1], cache=False)
             if w is None or w.ndim != 2 or w.dtype != np.float32:
@@ -141,6 +155,7 @@ class DynamicAttentionPass:
         G.detach(node)
         graph.nodes.extend([
             gs.Node("DynamicQuantizeLinear", f"{t}_quantize", inputs=[x], outputs=[xq, xs, xz]),
-            gs.Node("QAttention", node.name, attrs=dict(node.attrs), inputs=inputs,
+            gs.Node("QAttention", node.name, attrs={k: v for k, v in node.attrs.items()
+                                                    if k in _QATTENTION_ATTRS}, inputs=inputs,
                     outputs=outputs, domain=MS_DOMAIN),
         ])
