@@ -54,6 +54,20 @@ def rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
         rename_inputs(sub, renames)
 
 
+def _read_twice(graphs: list[onnx.GraphProto], key) -> set[tuple]:
+    """Keys of constants that one node reads in two input slots once merged (a zero bias and
+    its zero point are identical bytes). They are never merged: onnxruntime's QDQ optimizer
+    aborts the whole process on ``DequantizeLinear(b, scale, b)`` (found by the fuzz suite)."""
+    key_of = {t.name: key(t) for g in graphs for t in g.initializer
+              if t.data_location != onnx.TensorProto.EXTERNAL}
+    conflict: set[tuple] = set()
+    for g in graphs:
+        for node in g.node:
+            keys = [key_of[n] for n in node.input if n in key_of]
+            conflict.update(k for k in keys if keys.count(k) > 1)
+    return conflict
+
+
 def hoist_shared_initializers(model: onnx.ModelProto) -> None:
     """graphsurgeon exports an outer-scope constant into every subgraph that reads it (a weight
     shared by both branches of an If is stored twice). Identical initializers of several
@@ -77,13 +91,14 @@ def hoist_shared_initializers(model: onnx.ModelProto) -> None:
             data = onnx.numpy_helper.to_array(t).tobytes()
         return t.data_type, tuple(t.dims), data
 
+    conflict = _read_twice([main, *nested], key)
     overridable = {i.name for i in main.input}
     owner: dict[tuple, str] = {}
     count: dict[tuple, int] = {}
     shapes = {(t.data_type, tuple(t.dims)) for g in nested for t in g.initializer}
     for t in main.initializer:
         if (t.data_location != onnx.TensorProto.EXTERNAL and t.name not in overridable
-                and (t.data_type, tuple(t.dims)) in shapes):
+                and (t.data_type, tuple(t.dims)) in shapes and key(t) not in conflict):
             owner.setdefault(key(t), t.name)
             count[key(t)] = 2
     for g in nested:
@@ -95,7 +110,7 @@ def hoist_shared_initializers(model: onnx.ModelProto) -> None:
         moved = []
         for i, t in enumerate(g.initializer):
             k = key(t)
-            if count[k] < 2 or t.data_location == onnx.TensorProto.EXTERNAL:
+            if count[k] < 2 or k in conflict or t.data_location == onnx.TensorProto.EXTERNAL:
                 continue
             moved.append(i)
             if k not in owner:
