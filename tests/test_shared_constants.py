@@ -70,3 +70,59 @@ def test_no_node_reads_one_merged_constant_twice(tmp_path):
     assert proc.returncode == 0, proc.stderr[-500:]
     for feed in _feeds(2):
         assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.99
+
+
+def _outer_producer_model() -> onnx.ModelProto:
+    """x → Conv → Transpose → Transpose (an identity onnxruntime's optimizer cancels, leaving a
+    DequantizeLinear right before a QuantizeLinear) → If whose branches convolve it."""
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((3, 3, 1, 1)).astype(np.float32) / 2, "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+         helper.make_node("Transpose", ["c"], ["t1"], name="t1", perm=[0, 1, 3, 2]),
+         helper.make_node("Transpose", ["t1"], ["t2"], name="t2", perm=[0, 1, 3, 2]),
+         helper.make_node("ReduceMean", ["x"], ["m"], name="mean", keepdims=0),
+         helper.make_node("Greater", ["m", "zero"], ["cond"], name="greater"),
+         helper.make_node("If", ["cond"], ["y"], name="if",
+                          then_branch=_branch_of("then", "t2", rng),
+                          else_branch=_branch_of("else", "t2", rng))],
+        "outer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])],
+        [w, numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _branch_of(name: str, src: str, rng) -> onnx.GraphProto:
+    branch = _branch(name, rng)
+    for node in branch.node:
+        node.input[:] = [src if i == "x" else i for i in node.input]
+    return branch
+
+
+def test_bodies_never_read_an_outer_quantized_tensor(tmp_path):
+    """onnxruntime's DQ->Q cleanup rewires consumers by explicit input index; an If reading a
+    QuantizeLinear output from the outer scope made it index past its inputs and abort the
+    process (found by the fuzz suite). Bodies now read the outer dequantized value and
+    quantize it themselves, with the same parameters."""
+    model = _outer_producer_model()
+    for fmt in ("qdq", "qlinear"):
+        result = onnxq.quantize(model, _feeds(), progress=False, objective="size", format=fmt)
+        quantized = {o for n in result.model.graph.node
+                     if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for o in n.output}
+        for node in result.model.graph.node:
+            for attr in node.attribute:
+                if attr.type == attr.GRAPH:
+                    body = attr.g
+                    local = {o for n in body.node for o in n.output} | {
+                        t.name for t in body.initializer}
+                    outer = {i for n in body.node for i in n.input if i and i not in local}
+                    assert not outer & quantized, (fmt, outer & quantized)
+        path = tmp_path / f"{fmt}.onnx"
+        result.save(path)
+        code = ("import onnxruntime as ort; "
+                f"ort.InferenceSession({str(path)!r}, providers=['CPUExecutionProvider'])")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-500:]
+        for feed in _feeds(2):
+            assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.99

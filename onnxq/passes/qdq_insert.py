@@ -183,9 +183,13 @@ class InsertQDQPass:
         q, _, dq_out = G.make_qdq(state.graph, t, params, t.name)
         G.replace_uses(t, dq_out, readers)
         for sub, sub_readers in nested:
-            # an int8 producer: subgraphs read its int8 output and dequantize it themselves
+            # an int8 producer: subgraphs read its dequantized value and quantize it themselves
+            # (same parameters, so exact). Never an int8 tensor read across the scope: then a
+            # QuantizeLinear output is an implicit input of the If/Loop, and onnxruntime's
+            # DQ->Q cleanup indexes past the node's inputs and aborts (found by the fuzz suite)
             G.share_names(state.graph, sub)
-            G.replace_uses(t, G.make_dq(sub, q.outputs[0], params, t.name), sub_readers)
+            _, _, inner = G.make_qdq(sub, dq_out, params, t.name)
+            G.replace_uses(t, inner, sub_readers)
         if is_output and all_here:
             name = t.name
             t.name = G.unique_name(state.graph, f"{name}_float")

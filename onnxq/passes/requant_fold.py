@@ -34,12 +34,16 @@ INT8_CAPABLE = frozenset(HANDLERS) - {"Relu", "Clip"} | {"Where", "Gather", "Exp
 
 
 def _identity_pairs(graph: gs.Graph, outputs: set[str]) -> int:
+    """DQ → Q with the same parameters → the int8 tensor itself. Only within one graph: a
+    body re-quantizing an outer dequantized value keeps doing so (an int8 tensor read across
+    the scope makes onnxruntime's DQ→Q cleanup abort; see ``InsertQDQPass``)."""
     removed = 0
+    here = {id(n) for n in graph.nodes}
     for q in list(graph.nodes):
         if not G.is_q(q) or not q.inputs or q.outputs[0].name in outputs:
             continue
         dq = G.producer(q.inputs[0])
-        if dq is not None and G.is_dq(dq) and G.same_qparams(dq, q):
+        if dq is not None and id(dq) in here and G.is_dq(dq) and G.same_qparams(dq, q):
             G.replace_uses(q.outputs[0], dq.inputs[0])
             G.detach(q)
             removed += 1
@@ -48,11 +52,13 @@ def _identity_pairs(graph: gs.Graph, outputs: set[str]) -> int:
 
 def _double_requant(graph: gs.Graph, outputs: set[str]) -> int:
     merged = 0
+    here = {id(n) for n in graph.nodes}
     for q2 in list(graph.nodes):
         if not G.is_q(q2) or not q2.inputs:
             continue
         dq1 = G.producer(q2.inputs[0])
-        if dq1 is None or not G.is_dq(dq1) or len(q2.inputs[0].outputs) != 1:
+        if dq1 is None or not G.is_dq(dq1) or len(q2.inputs[0].outputs) != 1 \
+                or id(dq1) not in here:
             continue
         q1 = G.producer(dq1.inputs[0])
         if q1 is None or not G.is_q(q1) or len(dq1.inputs[0].outputs) != 1:
