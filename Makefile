@@ -8,10 +8,10 @@ PY     := $(VENV)/bin/python
 .PHONY: venv demo demo-digits test test-isa test-large fuzz bench bench-quick bench-suite bench-suite-quick clean
 
 # The test environment includes both framework extras (torch CPU wheel, tensorflow-cpu): the
-# exporter tests run in CI.
+# exporter tests run in CI; and Ray, for the scale-out tests.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,torch,tf]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,torch,tf,ray]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -19,7 +19,9 @@ from onnxq import placement, recovery
 from onnxq.calibration_run import Stats, calibrate_run
 from onnxq.config import QuantConfig
 from onnxq.config_resolve import resolve, stamp_target, types_for
+from onnxq.config_resolve import resolve_config as _resolve_config
 from onnxq.data import peek_shapes
+from onnxq.distributed import Cluster
 from onnxq.dynamic_check import LOSSY
 from onnxq.errors import CalibrationError, ConfigError, ModelError
 from onnxq.exporters.front_door import as_onnx
@@ -56,7 +58,6 @@ __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "bu
            "as_onnx", "resolve", "stamp_target", "materialize", "settle"]
 
 logger = logging.getLogger(__name__)
-_types = types_for  # the old private name (tests)
 
 Feed = Mapping[str, np.ndarray]
 
@@ -75,22 +76,6 @@ class QuantResult:
         """Validate (checker + onnxruntime) and write atomically; never over the input."""
         check_outputs({"output": path}, list(self.read_from))
         return save_model(self.model, path)
-
-
-def _resolve_config(config: QuantConfig | Mapping | str | os.PathLike | None,
-                    overrides: dict) -> QuantConfig:
-    if config is None:
-        base = QuantConfig()
-    elif isinstance(config, QuantConfig):
-        base = config
-    elif isinstance(config, Mapping):
-        base = QuantConfig.from_dict(dict(config))
-    elif isinstance(config, (str, os.PathLike)):
-        base = QuantConfig.from_file(config)
-    else:
-        raise ConfigError(f"config must be a QuantConfig, a dict or a file path, not "
-                          f"{type(config).__name__}")
-    return resolve(base.with_overrides(**overrides) if overrides else base)
 
 
 def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
@@ -145,7 +130,7 @@ def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None =
 def build_pipeline(config: QuantConfig, plan: QuantPlan,
                    ranges: Mapping[str, TensorRange]) -> Pipeline:
     """The passes that turn a prepared float model into the quantized one."""
-    act, weight, reduce_range = _types(config)
+    act, weight, reduce_range = types_for(config)
     if config.mode == "dynamic":
         return Pipeline([
             ForEachGraph(DynamicMatMulPass(nodes=_named(plan, Role.DYNAMIC),
@@ -223,11 +208,12 @@ def calibrate(
     *,
     progress: bool = True,
     export_options: Mapping | None = None,
+    cluster: Cluster | None = None,
     **overrides,
 ) -> dict[str, TensorRange]:
     """Measure the activation ranges ``quantize`` needs; reuse them with ``ranges=``. They
     cover every node onnxq can quantize, whatever the placement (``placement.objective``)
-    later keeps float."""
+    later keeps float. ``cluster``: on Ray workers (``onnxq.distributed``)."""
     cfg = _resolve_config(config, overrides)
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     every = cfg.with_overrides(objective="size", data_layers="int8")
@@ -236,7 +222,7 @@ def calibrate(
         raise ModelError("the model is already quantized (it holds QuantizeLinear/"
                          "DequantizeLinear); there is nothing to calibrate: pass it to "
                          "onnxq quantize without calibration data")
-    return calibrate_run([fused.model], plan, calibration_data, cfg, progress)[0]
+    return calibrate_run([fused.model], plan, calibration_data, cfg, progress, cluster=cluster)[0]
 
 
 def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
@@ -288,6 +274,7 @@ def quantize(
     ranges: Mapping[str, TensorRange] | None = None,
     progress: bool = True,
     export_options: Mapping | None = None,
+    cluster: Cluster | None = None,
     **overrides,
 ) -> QuantResult:
     """Quantize ``model`` to static INT8 (QDQ) with ranges calibrated on ``calibration_data``.
@@ -296,7 +283,8 @@ def quantize(
     is exported first (see ``as_onnx``; ``export_options`` go to the exporter).
     ``calibration_data`` is any iterable of feeds (dict input name → numpy array, as for
     ``InferenceSession.run``); ``ranges`` skips calibration. ``overrides`` are flat options such as ``per_channel=False``,
-    ``activation_type="s8"``, ``exclude_nodes=[...]`` (see ``QuantConfig.with_overrides``).
+    ``activation_type="s8"``, ``exclude_nodes=[...]`` (see ``QuantConfig.with_overrides``);
+    ``cluster`` calibrates on Ray workers (``onnxq.distributed``; the same result).
     """
     cfg = _resolve_config(config, overrides)
     original = model
@@ -327,8 +315,9 @@ def quantize(
                                                       calibration_data)
         box = [fused.model]
         fused = dataclasses.replace(fused, model=onnx.ModelProto())  # the box has it now
-        ranges, plan, prepared, stats = calibrate_run(box, plan, calibration_data, cfg,
-                                                      progress, recover=not cfg.recipe.is_plain)
+        ranges, plan, prepared, stats = calibrate_run(
+            box, plan, calibration_data, cfg, progress, recover=not cfg.recipe.is_plain,
+            cluster=cluster)
         fused = dataclasses.replace(fused, model=prepared)
         if not cfg.recipe.is_plain:
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)

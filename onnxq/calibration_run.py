@@ -14,6 +14,7 @@ from onnxq import recovery
 from onnxq.calibrate import collect_ranges_spilling
 from onnxq.calibrators import Calibrator, make_calibrator
 from onnxq.config import QuantConfig
+from onnxq.distributed import Cluster
 from onnxq.dynamic_check import DynamicInputCheck, keep_accurate
 from onnxq.loop_check import IterationWatch, loop_tensors
 from onnxq.plan import QuantPlan
@@ -33,7 +34,7 @@ class Stats:
 
 
 def calibrate_run(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantConfig,
-               progress: bool, *, recover: bool = False
+               progress: bool, *, recover: bool = False, cluster: Cluster | None = None
                ) -> tuple[dict[str, TensorRange], QuantPlan, onnx.ModelProto, Stats]:
     """The ranges; the plan without dynamic ops whose input run-time int8 would ruin
     (``dynamic_check``; watched in the same calibration run); the prepared model, which the
@@ -59,7 +60,8 @@ def calibrate_run(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantC
         data = kept = recovery.keep_feeds(data, cfg.recipe.samples)
     ranges, model = collect_ranges_spilling(
         box, tensors, data, calibrator, max_samples=cfg.calibration.max_samples,
-        progress=progress, allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True)
+        progress=progress, allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True,
+        cluster=cluster)
     stats = Stats(means.batch_means() if means else None, tuple(kept.kept) if kept else (),
                    grams.grams() if grams else None)
     plan = keep_accurate(plan, check.lost())

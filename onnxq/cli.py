@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -65,11 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("output", help="where to write the .onnx model")
     _export_args(e)
 
-    from onnxq import cli_profile, cli_score, cli_tune
+    from onnxq import cli_profile, cli_score, cli_tune, cli_zoo
 
     cli_score.add_parsers(sub)
     cli_tune.add_parser(sub)
     cli_profile.add_parser(sub)
+    cli_zoo.add_parser(sub)
 
     i = sub.add_parser("inspect", help="op histogram and quantization summary of a model")
     i.add_argument("model")
@@ -148,7 +150,16 @@ def _calibration_args(p: argparse.ArgumentParser, *, required: bool) -> None:
                    default=None, help="skip NaN/Inf values in calibration instead of failing")
     p.add_argument("--config", default=None, metavar="FILE.toml",
                    help="a QuantConfig as TOML or JSON; flags override it")
+    from onnxq.cli_zoo import cluster_args
+
+    cluster_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+
+def _cluster(args: argparse.Namespace):
+    from onnxq.cli_zoo import cluster_of
+
+    return cluster_of(args)
 
 
 def _version() -> str:
@@ -237,7 +248,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     else:  # fine for an already-quantized (QAT) model; quantize() says so otherwise
         ranges, feeds = None, None
     result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet,
-                      export_options=_export_options(args))
+                      export_options=_export_options(args), cluster=_cluster(args))
     with Staged() as staged:  # every output, or none (an error leaves no half-done set)
         save_model(result.model, out, staged=staged)
         if args.save_fp32 and result.source is not None:
@@ -260,7 +271,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                                                     *raw_inputs(args)])["--output"]
     config = _resolve_config(args.config, overrides(args))
     feeds = feeds_from(args)
-    ranges = calibrate(args.input, feeds, config, progress=not args.quiet)
+    ranges = calibrate(args.input, feeds, config, progress=not args.quiet,
+                       cluster=_cluster(args))
     save_ranges(ranges, out, meta={"model": str(args.input),
                                    "calibration": config.to_dict()["calibration"]})
     if not args.quiet:
@@ -344,33 +356,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from onnxq.cli_score import cmd_compare
+def _lazy(module: str, name: str):
+    """A command implemented in another CLI module, imported when it runs."""
 
-    return cmd_compare(args)
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"onnxq.{module}"), name)(args)
 
-
-def _cmd_tune(args: argparse.Namespace) -> int:
-    from onnxq.cli_tune import cmd_tune
-
-    return cmd_tune(args)
+    return run
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from onnxq.cli_score import cmd_bench
-
-    return cmd_bench(args)
-
-
-def _cmd_profile(args: argparse.Namespace) -> int:
-    from onnxq.cli_profile import cmd_profile
-
-    return cmd_profile(args)
-
-
-COMMANDS = {"profile": _cmd_profile, "quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "export": _cmd_export,
-            "inspect": _cmd_inspect, "compare": _cmd_compare, "bench": _cmd_bench,
-            "tune": _cmd_tune}
+COMMANDS = {"quantize": _cmd_quantize, "calibrate": _cmd_calibrate, "export": _cmd_export,
+            "inspect": _cmd_inspect, "compare": _lazy("cli_score", "cmd_compare"),
+            "bench": _lazy("cli_score", "cmd_bench"), "tune": _lazy("cli_tune", "cmd_tune"),
+            "profile": _lazy("cli_profile", "cmd_profile"), "zoo": _lazy("cli_zoo", "cmd_zoo")}
 
 
 def main(argv: list[str] | None = None) -> int:

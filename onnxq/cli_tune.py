@@ -36,9 +36,11 @@ def add_parser(sub) -> None:
                    help="a QuantConfig as TOML or JSON (calibrator settings, types, ...); "
                         "flags override it")
     from onnxq.cli import format_arg, target_arg
+    from onnxq.cli_zoo import cluster_args
 
     format_arg(t)
     target_arg(t)
+    cluster_args(t)
     t.add_argument("--quiet", "-q", action="store_true")
 
 
@@ -88,10 +90,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
                             threads=args.threads)
     from onnxq.api import _resolve_config
     from onnxq.cli import overrides
+    from onnxq.cli_zoo import cluster_of
 
     config = _resolve_config(args.config, overrides(args))
     calib = list(load_feeds(args.calib_data, batch=args.batch))
-    result = tune(args.input, calib, evaluate, target=target, eval_data=evals, config=config)
+    result = tune(args.input, calib, evaluate, target=target, eval_data=evals, config=config,
+                  cluster=cluster_of(args))
     with Staged() as staged:  # the model and the log, or neither
         save_model(result.model, out, staged=staged)
         if args.log:

@@ -3,6 +3,9 @@ it implies, and the stamp that records them in the model's metadata."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import onnx
 
 from onnxq.config import QuantConfig
@@ -10,7 +13,7 @@ from onnxq.errors import ConfigError
 from onnxq.kernels.isa import resolve_target, target_of
 from onnxq.qtypes import QTYPES, QType
 
-__all__ = ["resolve", "types_for", "stamp_target", "TARGET_KEY", "WEIGHT_BITS_KEY"]
+__all__ = ["resolve", "resolve_config", "types_for", "stamp_target", "TARGET_KEY", "WEIGHT_BITS_KEY"]
 
 
 def resolve(config: QuantConfig) -> QuantConfig:
@@ -44,3 +47,21 @@ def stamp_target(model: onnx.ModelProto, target: str, reduce_range: bool) -> Non
     model.metadata_props.extend(keep)
     for key, value in values.items():
         model.metadata_props.add(key=key, value=value)
+
+
+def resolve_config(config: QuantConfig | Mapping | str | os.PathLike | None,
+                   overrides: dict) -> QuantConfig:
+    """The resolved configuration a ``config`` argument (object, mapping, file) and flat
+    ``overrides`` describe."""
+    if config is None:
+        base = QuantConfig()
+    elif isinstance(config, QuantConfig):
+        base = config
+    elif isinstance(config, Mapping):
+        base = QuantConfig.from_dict(dict(config))
+    elif isinstance(config, (str, os.PathLike)):
+        base = QuantConfig.from_file(config)
+    else:
+        raise ConfigError(f"config must be a QuantConfig, a dict or a file path, not "
+                          f"{type(config).__name__}")
+    return resolve(base.with_overrides(**overrides) if overrides else base)

@@ -65,6 +65,14 @@ class DynamicInputCheck:
     def compute(self) -> dict[str, TensorRange]:
         return self.inner.compute()
 
+    def merge(self, other: DynamicInputCheck) -> None:
+        """Add a shard's counts (and its calibrator's observations)."""
+        for name, (nonzero, lost) in other.counts.items():
+            acc = self.counts.setdefault(name, [0, 0])
+            acc[0] += nonzero
+            acc[1] += lost
+        self.inner.merge(other.inner)  # type: ignore[attr-defined]
+
     def lost(self) -> dict[str, float]:
         """Per watched tensor: the share of its non-zero values run-time u8 would zero."""
         return {name: lost / nonzero if nonzero else 0.0

@@ -40,6 +40,10 @@ def loop_tensors(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
+#: feeds whose per-iteration maxima are kept per tensor
+KEPT_RUNS = 64
+
+
 class IterationWatch:
     """A calibrator wrapper that also keeps per-iteration maxima of ``watched`` tensors."""
 
@@ -54,12 +58,22 @@ class IterationWatch:
             per = np.abs(array.reshape(array.shape[0], -1)).max(axis=1).astype(np.float64)
             self.top[name] = max(self.top.get(name, 0.0), float(per.max()))
             runs = self.iters.setdefault(name, [])
-            if len(runs) < 64:  # a bounded sample of feeds
+            if len(runs) < KEPT_RUNS:  # a bounded sample of feeds
                 runs.append(per)
         self.inner.observe(name, array, index=index)
 
     def compute(self) -> dict[str, TensorRange]:
         return self.inner.compute()
+
+    def merge(self, other: IterationWatch) -> None:
+        """Add a shard that saw later feeds (merged in feed order, the sample of runs is the
+        one a single pass keeps)."""
+        for name, top in other.top.items():
+            self.top[name] = max(self.top.get(name, 0.0), top)
+        for name, runs in other.iters.items():
+            mine = self.iters.setdefault(name, [])
+            mine.extend(runs[:max(0, KEPT_RUNS - len(mine))])
+        self.inner.merge(other.inner)  # type: ignore[attr-defined]
 
     def unstable(self) -> dict[str, tuple[str, float]]:
         """Tensor → (its loop, the share of the range its typical/last iteration reaches),

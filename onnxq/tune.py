@@ -19,9 +19,11 @@ The time budget and Ctrl-C stop the search and return the best model found so fa
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -30,11 +32,14 @@ from onnxq.api import as_onnx, materialize, prepare, resolve
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import CALIBRATORS, Calibrator, make_calibrator
 from onnxq.config import QuantConfig
+from onnxq.distributed import Cluster, WorkerPool, connected
 from onnxq.errors import ConfigError, ModelError, OnnxqError
 from onnxq.pipeline import PipelineResult
 from onnxq.plan import QuantPlan
 from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
+from onnxq.tune_latency import latency_pass
+from onnxq.tune_runner import Outcome, Scorer, Spec, bisection_mids, score_all
 from onnxq.tune_types import (
     Evaluate,
     Trial,
@@ -61,6 +66,10 @@ class _FanOut:
         for c in self.calibrators.values():
             c.observe(name, array, index=index)
 
+    def merge(self, other: _FanOut) -> None:
+        for key, c in self.calibrators.items():
+            c.merge(other.calibrators[key])  # type: ignore[attr-defined]
+
     def compute(self) -> dict[str, TensorRange]:
         self.results = {k: c.compute() for k, c in self.calibrators.items()}
         return next(iter(self.results.values()))
@@ -74,12 +83,14 @@ def _prepared(model, config: QuantConfig) -> tuple[PipelineResult, QuantPlan]:
     return fused, plan
 
 
-def _all_ranges(model, calibration_data, config: QuantConfig) -> dict[str, dict]:
+def _all_ranges(model, calibration_data, config: QuantConfig,
+                cluster: Cluster | None) -> dict[str, dict]:
     fused, plan = _prepared(model, config)
     fan = _fan_out(config)
     collect_ranges(fused.model, plan.calibration_tensors, calibration_data, fan,
                    progress=False, max_samples=config.calibration.max_samples,
-                   allow_nonfinite=config.calibration.allow_nonfinite, partial=True)
+                   allow_nonfinite=config.calibration.allow_nonfinite, partial=True,
+                   cluster=cluster)
     return fan.results
 
 
@@ -96,15 +107,18 @@ class _Search:
     """Working state of one ``tune`` call."""
 
     def __init__(self, model, calib: list, evaluate: Evaluate, target: TuneTarget,
-                 config: QuantConfig, latency_feed: Mapping | None) -> None:
+                 config: QuantConfig, latency_feed: Mapping | None,
+                 cluster: Cluster | None = None) -> None:
         self.model, self.calib, self.evaluate = model, calib, evaluate
+        self.pool: WorkerPool | None = None  # trials are scored here unless tune sets one
+        self.width = 1  # trials scored at once
         self.target, self.config, self.latency_feed = target, config, latency_feed
         self.start = time.monotonic()
         self.trials: list[Trial] = []
         self.models: dict[int, onnx.ModelProto] = {}
         self.fp32 = _fp32(model)  # loaded once: evaluation, ranking and timing reuse it
         self._plans: dict[tuple, tuple[PipelineResult, QuantPlan]] = {}
-        self.ranges = _all_ranges(model, calib, config)
+        self.ranges = _all_ranges(model, calib, config, cluster)
         self.fp32_metric = evaluate(self.fp32)
         self.allowed = target.allowed_drop(self.fp32_metric)
 
@@ -116,35 +130,65 @@ class _Search:
             return f"{self.target.max_trials} trials reached"
         return None
 
-    # -- one trial ---------------------------------------------------------------------------
+    # -- trials ------------------------------------------------------------------------------
     def run(self, recipe: str, calibrator: str, per_channel: bool,
             float_nodes: Sequence[str]) -> Trial:
+        return self.record(self.score([Spec(recipe, calibrator, per_channel,
+                                            tuple(float_nodes))])[0])
+
+    def score(self, specs: Sequence[Spec]) -> list[Outcome]:
+        """Build each trial's model here, then score them all (concurrently on workers)."""
+        outcomes = [self._build(spec) for spec in specs]
+        score_all(outcomes, self.evaluate, self.pool)
+        return outcomes
+
+    def _build(self, spec: Spec) -> Outcome:
         t0 = time.monotonic()
-        trial = Trial(index=len(self.trials), recipe=recipe, calibrator=calibrator,
-                      per_channel=per_channel, float_nodes=tuple(float_nodes))
-        cfg = self.config.with_overrides(calibrator=calibrator, per_channel=per_channel,
-                                         exclude_nodes=sorted(set(self.config.exclude_nodes)
-                                                              | set(float_nodes)))
+        cfg = self.config.with_overrides(
+            calibrator=spec.calibrator, per_channel=spec.per_channel,
+            exclude_nodes=sorted(set(self.config.exclude_nodes) | set(spec.float_nodes)))
         try:
             fused, plan = self.prepared(cfg)
-            if any(t not in self.ranges[calibrator] for t in plan.calibration_tensors):
+            if any(t not in self.ranges[spec.calibrator] for t in plan.calibration_tensors):
                 self._extend_ranges(cfg)  # this plan variant needs tensors not measured yet
-            result = materialize(fused, plan, cfg, self.ranges[calibrator], consume=False)
+            result = materialize(fused, plan, cfg, self.ranges[spec.calibrator], consume=False)
         except ModelError as exc:  # e.g. nothing left to quantize: logged, not fatal
-            trial.decision = f"failed: {exc}"
-            trial.seconds = time.monotonic() - t0
-            self.trials.append(trial)
+            return Outcome(spec, failure=f"failed: {exc}", seconds=time.monotonic() - t0)
+        return Outcome(spec, model=result.model, seconds=time.monotonic() - t0)
+
+    def record(self, outcome: Outcome) -> Trial:
+        """The outcome as the next trial of the log."""
+        spec = outcome.spec
+        trial = Trial(index=len(self.trials), recipe=spec.recipe, calibrator=spec.calibrator,
+                      per_channel=spec.per_channel, float_nodes=spec.float_nodes,
+                      seconds=outcome.seconds)
+        self.trials.append(trial)
+        if outcome.failure is not None or outcome.metric is None or outcome.model is None:
+            trial.decision = outcome.failure or "failed"
             return trial
-        trial.metric = self.evaluate(result.model)
+        trial.metric = outcome.metric
         trial.drop = self.fp32_metric - trial.metric
         trial.meets_target = trial.drop <= self.allowed
-        trial.seconds = time.monotonic() - t0
         trial.decision = "meets the accuracy target" if trial.meets_target else "too inaccurate"
-        self.trials.append(trial)
-        self.models[trial.index] = result.model
-        logger.info("trial %d %s: metric %.5f drop %.5f", trial.index, recipe, trial.metric,
-                    trial.drop)
+        self.models[trial.index] = outcome.model
+        logger.info("trial %d %s: metric %.5f drop %.5f", trial.index, spec.recipe,
+                    trial.metric, trial.drop)
         return trial
+
+    def lookahead(self, specs: Sequence[Spec], more: Callable[[Trial], bool]) -> list[Trial]:
+        """Run ``specs`` in order while ``more(trial)`` and the budget allow, scoring up to
+        ``width`` of them at a time; the ones past the stop are dropped unrecorded."""
+        done: list[Trial] = []
+        i = 0
+        while i < len(specs) and not (done and self.out_of_budget()):
+            room = self.target.max_trials - len(self.trials)
+            batch = specs[i:i + max(1, min(self.width, room))]
+            for outcome in self.score(batch):
+                done.append(self.record(outcome))
+                if not more(done[-1]) or self.out_of_budget():
+                    return done
+            i += len(batch)
+        return done
 
     def prepared(self, cfg: QuantConfig) -> tuple[PipelineResult, QuantPlan]:
         """Preprocess + fusion + plan, once per distinct plan-shaping setting (trials that
@@ -186,11 +230,10 @@ def _anchors(s: _Search, config: QuantConfig
 
 
 def _recipes(s: _Search) -> None:
-    trials = [s.run("default (minmax, per-channel)", "minmax", True, ())]
-    for method in [m for m in CALIBRATORS if m != "minmax"]:  # registry order
-        if s.out_of_budget() or any(t.meets_target and not t.float_nodes for t in trials[:1]):
-            break
-        trials.append(s.run(f"calibrator {method}", method, True, ()))
+    specs = [Spec("default (minmax, per-channel)", "minmax", True, ())] + [
+        Spec(f"calibrator {m}", m, True, ()) for m in CALIBRATORS if m != "minmax"]
+    first = len(s.trials)  # the default meeting the target ends this step
+    trials = s.lookahead(specs, lambda t: t.index != first or not t.meets_target)
     if s.best() is not None or s.out_of_budget():
         return
     best = max(trials, key=lambda t: t.metric or -np.inf)
@@ -226,88 +269,36 @@ def _fallback(s: _Search) -> None:
     full = [t for t in s.trials if not t.float_nodes and t.metric is not None]
     base = max(full or s.trials, key=lambda t: t.metric or -np.inf)
     ranking = _ranking(s, base)
-    lo, hi, k = 0, None, 1
-    while hi is None and k <= len(ranking) - 1 and not s.out_of_budget():  # greedy doubling
-        t = s.run(f"{k} most sensitive node(s) float", base.calibrator, base.per_channel,
-                  base.float_nodes + tuple(ranking[:k]))
+
+    def spec(k: int) -> Spec:
+        return Spec(f"{k} most sensitive node(s) float", base.calibrator, base.per_channel,
+                    base.float_nodes + tuple(ranking[:k]))
+
+    ks = [1 << i for i in range(max(0, len(ranking) - 1).bit_length())]  # greedy doubling
+    lo, hi = 0, None
+    for k, t in zip(ks, s.lookahead([spec(k) for k in ks], lambda t: not t.meets_target),
+                    strict=False):
         lo, hi = (lo, k) if t.meets_target else (k, None)
-        k *= 2
     while hi is not None and hi - lo > 1 and not s.out_of_budget():  # bisection
-        mid = (lo + hi) // 2
-        t = s.run(f"{mid} most sensitive node(s) float", base.calibrator, base.per_channel,
-                  base.float_nodes + tuple(ranking[:mid]))
-        lo, hi = (lo, mid) if t.meets_target else (mid, hi)
-
-
-def _latency_groups(s: _Search, config: QuantConfig) -> dict[str, list[str]]:
-    from onnxq.quant_ops import FLOAT_ONLY
-
-    _, (fused, plan) = _anchors(s, config)
-    graph = fused.model.graph
-    quantized = {n.name: n for n in plan.nodes}
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    depthwise, near_float, elementwise = [], [], []
-    for n in graph.node:
-        if n.name not in quantized:
-            continue
-        group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        if n.op_type == "Conv" and group > 1:
-            depthwise.append(n.name)
-        touches = [producers.get(i) for i in n.input] + [r for o in n.output
-                                                         for r in readers.get(o, [])]
-        if any(t is not None and t.op_type in FLOAT_ONLY for t in touches):
-            near_float.append(n.name)
-        if quantized[n.name].role is Role.ELECTIVE:
-            elementwise.append(n.name)
-    groups = {"depthwise convs float": depthwise, "ops next to float-only ops float":
-              near_float, "elementwise int8 ops float": elementwise}
-    return {k: v for k, v in groups.items() if v}
-
-
-def _speed(s: _Search, trial: Trial) -> float:
-    from onnxq.score import measure_latency
-
-    feed = s.latency_feed or s.calib[0]
-    times = measure_latency({"fp32": s.fp32, "int8": s.models[trial.index]}, feed,
-                            threads=s.target.threads, min_seconds=1.0)
-    trial.latency_ratio = times["fp32"] / times["int8"]
-    return trial.latency_ratio
-
-
-def _latency(s: _Search, chosen: Trial) -> Trial | None:
-    """Make the choice at least as fast as FP32, or give it up (None)."""
-    if _speed(s, chosen) >= 1.0:
-        return chosen
-    chosen.decision += "; slower than FP32"
-    for recipe, nodes in _latency_groups(s, s.config).items():
-        if s.out_of_budget():
-            break
-        t = s.run(recipe, chosen.calibrator, chosen.per_channel,
-                  tuple(dict.fromkeys(chosen.float_nodes + tuple(nodes))))
-        if t.meets_target and _speed(s, t) > (chosen.latency_ratio or 0):
-            t.decision += "; faster, kept"
-            chosen = t
-            assert t.latency_ratio is not None  # _speed(s, t) in the condition just set it
-            if t.latency_ratio >= 1.0:
-                return chosen
-        else:
-            t.decision += "; rejected"
-    return chosen if (chosen.latency_ratio or 0) >= 1.0 else None
+        mids = bisection_mids(lo, hi, max(1, min(s.width, s.target.max_trials - len(s.trials))))
+        scored = dict(zip(mids, s.score([spec(m) for m in mids]), strict=True))
+        while hi - lo > 1 and (lo + hi) // 2 in scored and not s.out_of_budget():
+            mid = (lo + hi) // 2
+            t = s.record(scored[mid])
+            lo, hi = (lo, mid) if t.meets_target else (mid, hi)
 
 
 def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None = None, *,
          target: TuneTarget | None = None, config: QuantConfig | None = None,
          eval_data: Sequence[Mapping] | None = None,
-         latency_feed: Mapping | None = None) -> TuneResult:
+         latency_feed: Mapping | None = None, cluster: Cluster | None = None) -> TuneResult:
     """Search for the INT8 model that meets ``target`` (see the module doc).
 
     ``evaluate(model) -> float`` scores a model, higher is better; without it the score is
     the mean per-sample output cosine with FP32 on ``eval_data``. Calibration and evaluation
-    data should not overlap.
+    data should not overlap. ``cluster``: calibrate and score trials on Ray workers
+    (``onnxq.distributed``; ``evaluate`` must then be picklable); the trial log and the
+    chosen model are the same as without.
     """
     target = target or TuneTarget()
     config = resolve(config or QuantConfig())  # the target's types, fixed for every trial
@@ -318,20 +309,15 @@ def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None =
             raise ConfigError("tune needs evaluate=callable or eval_data (feeds) for the "
                               "default cosine metric")
         evaluate = cosine_metric(_fp32(model), list(eval_data))
-    s = _Search(model, calib, _checked(evaluate), target, config, latency_feed)
-    stopped = "search complete"
-    chosen: Trial | None = None
-    try:
-        _recipes(s)
-        if s.best() is None and not s.out_of_budget():
-            _fallback(s)
-        chosen = s.best()
-        if chosen is not None and target.latency and not s.out_of_budget():
-            chosen = _latency(s, chosen)
-        stopped = s.out_of_budget() or stopped
-    except KeyboardInterrupt:
-        stopped = "interrupted (Ctrl-C): best model so far"
-        chosen = s.best()
+    evaluate = _checked(evaluate)
+    with contextlib.ExitStack() as stack:
+        ray = stack.enter_context(connected(cluster)) if cluster is not None else None
+        s = _Search(model, calib, evaluate, target, config, latency_feed, cluster)
+        if ray is not None and cluster is not None:  # after the calibration's workers left
+            s.pool = stack.enter_context(WorkerPool(ray, functools.partial(Scorer, evaluate),
+                                                    cluster.workers))
+            s.width = cluster.workers
+        chosen, stopped = _search(s)
     if chosen is not None:
         chosen.decision += "; chosen"
         model_out = s.models[chosen.index]
@@ -339,6 +325,23 @@ def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None =
         model_out = _fp32(model)
     return TuneResult(model=model_out, chosen=chosen, fp32_metric=s.fp32_metric,
                       allowed_drop=s.allowed, trials=s.trials, stopped=stopped)
+
+
+def _search(s: _Search) -> tuple[Trial | None, str]:
+    stopped = "search complete"
+    chosen: Trial | None = None
+    try:
+        _recipes(s)
+        if s.best() is None and not s.out_of_budget():
+            _fallback(s)
+        chosen = s.best()
+        if chosen is not None and s.target.latency and not s.out_of_budget():
+            chosen = latency_pass(s, chosen)
+        stopped = s.out_of_budget() or stopped
+    except KeyboardInterrupt:
+        stopped = "interrupted (Ctrl-C): best model so far"
+        chosen = s.best()
+    return chosen, stopped
 
 
 def _checked(evaluate: Evaluate) -> Evaluate:

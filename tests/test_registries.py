@@ -48,7 +48,7 @@ def test_format_names_round_trip(name):
 @pytest.mark.parametrize("name", list(QTYPES))
 def test_type_names_round_trip(name):
     cfg = _config([*BASE, "--activation-type", name, "--weight-type", name])
-    act, weight, _ = api._types(cfg)
+    act, weight, _ = api.types_for(cfg)
     assert act is weight is QTYPES[name] and isinstance(act, QType)
 
 

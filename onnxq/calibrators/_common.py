@@ -122,6 +122,23 @@ class TensorCalibratorBase:
     def tensor_names(self) -> list[str]:
         return list(self._stats)
 
+    def merge(self, other: TensorCalibratorBase) -> None:
+        """Add everything ``other`` (same class and settings) observed. Exact: partial
+        calibrators that saw disjoint feeds, merged in any grouping and order, give the ranges
+        one calibrator gives after seeing every feed (sharded calibration relies on it)."""
+        if type(other) is not type(self) or not _same_settings(self, other):
+            raise ValueError(f"cannot merge {other!r} into {self!r}: different calibrators")
+        for name, theirs in other._stats.items():
+            mine = self._stats.get(name)
+            if mine is None:
+                mine = self._stats[name] = self._new_stats()
+            mine.feeds += theirs.feeds
+            mine.lo, mine.hi = min(mine.lo, theirs.lo), max(mine.hi, theirs.hi)
+            mine.zeros += theirs.zeros
+            if mine.histogram is not None and theirs.histogram is not None:
+                mine.histogram.merge(theirs.histogram)
+            self._merge_stats(mine, theirs)
+
     # ------------------------------------------------------------------- subclass interface
     def _new_stats(self) -> TensorStats:
         return TensorStats()
@@ -131,6 +148,17 @@ class TensorCalibratorBase:
 
     def _range(self, stats: TensorStats) -> TensorRange:
         raise NotImplementedError
+
+    def _merge_stats(self, mine: TensorStats, theirs: TensorStats) -> None:
+        """Merge subclass state beyond extremes, zeros and histogram (none by default)."""
+
+
+def _same_settings(a: TensorCalibratorBase, b: TensorCalibratorBase) -> bool:
+    mine = {k: v for k, v in vars(a).items() if k != "_stats"}
+    theirs = {k: v for k, v in vars(b).items() if k != "_stats"}
+    return mine.keys() == theirs.keys() and all(
+        np.array_equal(v, theirs[k]) if isinstance(v, np.ndarray) else v == theirs[k]
+        for k, v in mine.items())
 
 
 class HistogramCalibratorBase(TensorCalibratorBase):

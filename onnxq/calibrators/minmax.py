@@ -62,6 +62,11 @@ class MinMaxCalibrator(TensorCalibratorBase):
         stats.avg_lo += c * (lo - stats.avg_lo)
         stats.avg_hi += c * (hi - stats.avg_hi)
 
+    def _merge_stats(self, mine: TensorStats, theirs: TensorStats) -> None:
+        if self.moving_average:
+            raise ValueError("a moving-average min/max depends on the order of the batches: "
+                             "it cannot be merged from shards; use the plain min/max")
+
     def _range(self, stats: TensorStats) -> TensorRange:
         lo, hi = stats.lo, stats.hi
         # avg_lo and avg_hi are always set together (in _update)

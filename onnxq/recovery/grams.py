@@ -163,6 +163,19 @@ class _Gram:
         self.count += cols.shape[2]
 
 
+def _merge_gram(mine: _Gram, theirs: _Gram) -> None:
+    """Add a shard's sum (its rows count against the same bound)."""
+    if mine.broken:
+        return
+    if theirs.broken:
+        mine.broken, mine.sum = True, None
+        return
+    if theirs.sum is None or mine.count >= max(MAX_ROWS, ROWS_PER_FEATURE * mine.geometry.width):
+        return
+    mine.sum = theirs.sum.copy() if mine.sum is None else mine.sum + theirs.sum
+    mine.count += theirs.count
+
+
 class InputGrams:
     """A calibrator wrapper: ``H`` for each watched layer; every observation goes on to
     ``inner``. ``watch``: layer (compute node) → (its input tensor, its geometry)."""
@@ -200,6 +213,12 @@ class InputGrams:
 
     def compute(self) -> dict[str, TensorRange]:
         return self.inner.compute()
+
+    def merge(self, other: InputGrams) -> None:
+        """Add a shard's sums (and its calibrator's observations)."""
+        for key, gram in other._grams.items():
+            _merge_gram(self._grams[key], gram)
+        self.inner.merge(other.inner)
 
     def grams(self) -> dict[str, np.ndarray]:
         """Layer → its mean ``H`` ([groups, K, K], float64), for the layers whose every

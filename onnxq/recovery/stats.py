@@ -60,6 +60,30 @@ class _Mean:
         else:
             self.map_sum = None  # shapes vary (dynamic spatial size): per-channel only
 
+    def merge(self, other: _Mean) -> None:
+        """Add the sums of a shard that saw other feeds."""
+        if other.chan_sum is None or (self.chan_sum is None and self.chan_count):
+            return  # the shard saw nothing, or this tensor's stats are already broken
+        if self.chan_sum is None:
+            self.chan_sum, self.chan_count = other.chan_sum.copy(), other.chan_count
+        elif self.chan_sum.shape != other.chan_sum.shape:
+            self.chan_sum, self.map_sum = None, None
+            return
+        else:
+            self.chan_sum += other.chan_sum
+            self.chan_count += other.chan_count
+        if other.shape is None:
+            return
+        if self.shape is None:
+            self.shape, self.map_count = other.shape, other.map_count
+            self.map_sum = None if other.map_sum is None else other.map_sum.copy()
+        elif self.map_sum is not None and other.map_sum is not None and \
+                self.shape == other.shape:
+            self.map_sum += other.map_sum
+            self.map_count += other.map_count
+        else:
+            self.map_sum = None
+
     def channel_mean(self) -> np.ndarray | None:
         if self.chan_sum is None or not self.chan_count:
             return None
@@ -96,6 +120,12 @@ class InputMeans:
 
     def compute(self) -> dict[str, TensorRange]:
         return self.inner.compute()
+
+    def merge(self, other: InputMeans) -> None:
+        """Add a shard's sums (and its calibrator's observations)."""
+        for name, mean in other.means.items():
+            self.means[name].merge(mean)
+        self.inner.merge(other.inner)
 
     def batch_means(self) -> dict[str, np.ndarray]:
         """Watched tensor → its mean: over the batch for a channel axis of 1 (a convolution
