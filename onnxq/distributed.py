@@ -100,12 +100,20 @@ def connected(cluster: Cluster) -> Iterator[Any]:
 
 
 class _Host:
-    """The actor body: builds the worker object once, then forwards calls to it."""
+    """The actor body: builds the worker object on its first call, then forwards calls.
 
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.obj = make()
+    The factory comes with every call as ``[ObjectRef]`` (a nested reference Ray does not
+    resolve): a worker that Ray restarts after its process died builds itself again on the
+    retried call, and the pool keeps the object alive meanwhile."""
 
-    def call(self, method: str, *args: Any) -> Any:
+    def __init__(self) -> None:
+        self.obj: Any = None
+
+    def call(self, make: list, method: str, *args: Any) -> Any:
+        if self.obj is None:
+            import ray
+
+            self.obj = ray.get(make[0])()
         return getattr(self.obj, method)(*args)
 
 
@@ -140,7 +148,8 @@ class WorkerPool:
         remote = ray.remote(num_cpus=cpus, max_restarts=RETRIES,
                             max_task_retries=RETRIES)(_Host)
         self.ray = ray
-        self.actors = [remote.remote(make) for _ in range(workers)]
+        self.make = ray.put(make)
+        self.actors = [remote.remote() for _ in range(workers)]
 
     def imap(self, method: str, calls: Iterable[tuple], *, window: int | None = None,
              settle: bool = False) -> Iterator[Any]:
@@ -153,7 +162,8 @@ class WorkerPool:
         window = window or 2 * len(self.actors)
         pending: deque = deque()
         for i, args in enumerate(calls):
-            pending.append(self.actors[i % len(self.actors)].call.remote(method, *args))
+            actor = self.actors[i % len(self.actors)]
+            pending.append(actor.call.remote([self.make], method, *args))
             if len(pending) >= window:
                 yield self._get(pending.popleft(), settle)
         while pending:
