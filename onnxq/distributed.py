@@ -92,7 +92,9 @@ def connected(cluster: Cluster) -> Iterator[Any]:
         where = f"the Ray cluster at {cluster.address!r}" if cluster.address else "Ray locally"
         raise ConfigError(f"cannot start or join {where}: {' '.join(str(exc).split())[:300]}; "
                           "start a cluster with `ray start --head` and pass the address it "
-                          "prints, or drop --ray-address to run on this machine") from None
+                          "prints (a cluster with token authentication also needs "
+                          "RAY_AUTH_MODE=token here), or drop --ray-address to run on this "
+                          "machine") from None
     try:
         yield ray
     finally:
