@@ -50,7 +50,7 @@ from onnxq.plan_dynamic import dynamic_plan
 from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
-from onnxq.report import QuantReport, input_notes
+from onnxq.report import QuantReport, input_notes, stamp_float_reasons
 from onnxq.scopes import all_nodes
 from onnxq.sizes import describe_sizes
 
@@ -370,11 +370,13 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     self_contained(result.model)
     act, weight, reduce_range = types_for(cfg)
     stamp_target(result.model, cfg.target, reduce_range)
+    skipped = plan.skipped + fused.skipped + result.skipped
+    stamp_float_reasons(result.model, skipped)
     histogram = Counter(n.op_type for n in all_nodes(result.model.graph))
     defaults = input_notes(ranges, plan.calibration_tensors, fused.model, result.model)
     report = QuantReport(
         quantized=tuple((n.name, n.op) for n in plan.nodes),
-        skipped=plan.skipped + fused.skipped + result.skipped,
+        skipped=skipped,
         folded=tuple(f.node for f in plan.folds),
         op_histogram=dict(sorted(histogram.items())),
         notes=plan.notes + (recovered.notes if recovered else ())

@@ -24,6 +24,8 @@ def add_parsers(sub) -> None:
                    help="per-tensor report (HTML with an SQNR chart, or Markdown)")
     c.add_argument("--json", default=None, metavar="FILE.json", help="write all figures")
     c.add_argument("--top", type=int, default=10, help="worst tensors to print")
+    c.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bars (the results still print)")
     from onnxq.emulate import EMULATED_ISAS
 
     c.add_argument("--emulate", default=None, choices=list(EMULATED_ISAS),
@@ -61,8 +63,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     guard_outputs({"--report": args.report, "--json": args.json},
                   [args.fp32, args.int8, args.data])
     feeds = _feeds(args)
-    agreement = compare_outputs(args.fp32, args.int8, feeds, emulate=args.emulate)
-    report = tensor_report(args.fp32, args.int8, feeds)
+    agreement = compare_outputs(args.fp32, args.int8, feeds, emulate=args.emulate,
+                                progress=not args.quiet)
+    report = tensor_report(args.fp32, args.int8, feeds, progress=not args.quiet)
     where = (f"as on a CPU with {args.emulate} (emulated)" if args.emulate
              else "on this CPU")
     print(f"{len(feeds)} feeds; INT8 model run {where}; outputs:")

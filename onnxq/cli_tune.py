@@ -95,7 +95,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config = _resolve_config(args.config, overrides(args))
     calib = list(load_feeds(args.calib_data, batch=args.batch))
     result = tune(args.input, calib, evaluate, target=target, eval_data=evals, config=config,
-                  cluster=cluster_of(args))
+                  cluster=cluster_of(args), progress=not args.quiet)
     with Staged() as staged:  # the model and the log, or neither
         save_model(result.model, out, staged=staged)
         if args.log:

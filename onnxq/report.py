@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["QuantReport", "input_notes"]
+__all__ = ["QuantReport", "input_notes", "stamp_float_reasons", "float_reasons",
+           "FLOAT_REASONS_KEY", "COMPUTE_OPS"]
+
+#: model metadata key: JSON {node: why it stayed float} for the compute nodes kept in float
+FLOAT_REASONS_KEY = "onnxq.float_reasons"
+#: the ops whose float or int8 form decides most of a model's time
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,3 +90,31 @@ def input_notes(ranges: Mapping, calibrated: Sequence[str], before, after) -> tu
                   "quantized as constants: feeding them no longer changes the model (exclude "
                   "their consumers with exclude_nodes to keep them overridable)",)
     return notes
+
+
+def stamp_float_reasons(model, skipped: Sequence[tuple[str, str]]) -> None:
+    """Record why each main-graph compute node of ``model`` stayed float (the first reason
+    given for it) in its metadata, so that ``onnxq compare`` can say why without the plan."""
+    compute = {n.name for n in model.graph.node if n.op_type in COMPUTE_OPS and n.name}
+    reasons: dict[str, str] = {}
+    for node, why in skipped:
+        if node in compute and node not in reasons:
+            reasons[node] = why[:300]
+    keep = [p for p in model.metadata_props if p.key != FLOAT_REASONS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    if reasons:
+        model.metadata_props.add(key=FLOAT_REASONS_KEY,
+                                 value=json.dumps(reasons, sort_keys=True))
+
+
+def float_reasons(model) -> dict[str, str]:
+    """The reasons ``stamp_float_reasons`` recorded (empty for other models)."""
+    for p in model.metadata_props:
+        if p.key == FLOAT_REASONS_KEY:
+            try:
+                value = json.loads(p.value)
+            except ValueError:
+                return {}
+            return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+    return {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from onnx import TensorProto, numpy_helper
 
 from onnxq.errors import ConfigError, ModelError
 from onnxq.io import clean_stale, external_copy, load_model, temp_prefix
+from onnxq.report import COMPUTE_OPS, float_reasons
 from onnxq.runtime import InputSpec, input_specs, iter_feeds, make_session, time_interleaved
 from onnxq.score_render import plot_sqnr, render_report  # re-exported
 from onnxq.score_types import OutputAgreement, OutputStats, TensorError, TensorReport
@@ -93,6 +94,16 @@ class _Acc:
 
 
 # -- models, inputs and sessions ---------------------------------------------------------------
+def _bar(feeds: Iterable[Feed], desc: str, progress: bool) -> Iterable[Feed]:
+    """``feeds`` with a progress bar (``progress``) that leaves no trace when done."""
+    if not progress:
+        return feeds
+    from tqdm.auto import tqdm
+
+    return tqdm(feeds, desc=desc, unit="feed", leave=False,
+                total=len(feeds) if isinstance(feeds, Sized) else None)
+
+
 def _model(source: ModelLike) -> tuple[onnx.ModelProto, onnx.ModelProto | str]:
     """(the graph to inspect, what a session is built from). ModelProtos are never modified."""
     if isinstance(source, onnx.ModelProto):
@@ -209,7 +220,7 @@ def _bounds(probe: _Probe, shape: tuple[int, ...]):
 # -- public API ----------------------------------------------------------------------------------
 def compare_outputs(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
                     metric: Metric | None = None, threads: int = 1,
-                    emulate: str | None = None) -> OutputAgreement:
+                    emulate: str | None = None, progress: bool = False) -> OutputAgreement:
     """Run both models on every feed and compare each graph output (matched by name).
     ``metric(fp32_outputs, int8_outputs) -> float`` gets, per output, the values of all feeds
     concatenated along axis 0 (so they are kept in memory). ``emulate`` ("avx2", "vnni", ...)
@@ -236,7 +247,7 @@ def compare_outputs(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
     accs = {name: _Acc() for name in names}
     kept: tuple[list, list] = ([], [])
     count = 0
-    for feed in _iter_feeds(feeds, specs):
+    for feed in _iter_feeds(_bar(feeds, "comparing outputs", progress), specs):
         a, b = s32.run(names, feed), s8.run(names, feed)
         for name, x, y in zip(names, a, b, strict=True):
             p = scales.get(name)
@@ -268,7 +279,7 @@ def _output_stats(name: str, acc: _Acc, lsb: bool) -> OutputStats:
 
 
 def tensor_report(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
-                  threads: int = 1) -> TensorReport:
+                  threads: int = 1, progress: bool = False) -> TensorReport:
     """Error of every activation the INT8 model quantizes, worst (lowest SQNR) first: for each
     QuantizeLinear on a non-constant ``T``, FP32 ``T`` vs the output of the DequantizeLinear
     after it (extra outputs of private model copies). ``fp32`` may be the original (unfused)
@@ -289,7 +300,7 @@ def tensor_report(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
     with tempfile.TemporaryDirectory(prefix=temp_prefix(kind="score")) as tmp:
         run32 = _fetcher(g32, fetch32, Path(tmp, "fp32"), threads)
         run8 = _fetcher(g8, fetch8, Path(tmp, "int8"), threads)
-        for feed in _iter_feeds(feeds, specs):
+        for feed in _iter_feeds(_bar(feeds, "per-tensor errors", progress), specs):
             v32, v8 = run32(feed) | {k: feed[k] for k in inputs}, run8(feed)
             for p in probes:
                 x = v32[p.name]
@@ -338,11 +349,12 @@ def measure_latency(models: Mapping[str, ModelLike], feed: Feed, *, threads: int
                             rounds=rounds)
 
 
-def float_compute(model: ModelLike) -> list[tuple[str, str]]:
-    """(node, op) of the main graph's Conv/ConvTranspose/Gemm/MatMul of a quantized model that
-    read no dequantized value and are not integer ops: the compute left in float."""
+def float_compute(model: ModelLike) -> list[tuple[str, str, str]]:
+    """(node, op, why) of the main graph's Conv/ConvTranspose/Gemm/MatMul of a quantized
+    model that read no dequantized value and are not integer ops: the compute left in float;
+    ``why`` as onnxq recorded it when it quantized the model ("" for other models)."""
     graph = _model(model)[0]
+    reasons = float_reasons(graph)
     dq = {o for n in graph.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return [(n.name, n.op_type) for n in graph.graph.node
-            if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-            and not any(i in dq for i in n.input)]
+    return [(n.name, n.op_type, reasons.get(n.name, "")) for n in graph.graph.node
+            if n.op_type in COMPUTE_OPS and not any(i in dq for i in n.input)]

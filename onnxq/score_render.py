@@ -80,20 +80,23 @@ def _latency_html(latency: Mapping[str, float] | None) -> str:
             f"{base64.b64encode(buf.getvalue()).decode('ascii')}\" alt=\"latency\">")
 
 
-def _float_html(float_nodes: Sequence[tuple[str, str]]) -> str:
+def _float_html(float_nodes: Sequence[tuple[str, ...]]) -> str:
     if not float_nodes:
         return ""
-    rows = "\n".join(f"<tr><td>{html.escape(o)}</td><td>{html.escape(n)}</td></tr>"
-                     for n, o in float_nodes)
+    unknown = "not recorded (a model onnxq did not quantize, or an older onnxq)"
+    rows = "\n".join(
+        f"<tr><td>{html.escape(f[1])}</td><td>{html.escape(f[0])}</td>"
+        f"<td>{html.escape(f[2] if len(f) > 2 and f[2] else unknown)}</td></tr>"
+        for f in float_nodes)
     return (f"<h2>Compute kept in float ({len(float_nodes)})</h2><p>Conv/Gemm/MatMul nodes "
-            "that read no int8 input (why: <code>onnxq quantize --report x.html</code>).</p>"
-            f"<div class=\"scroll\"><table><tr><th>op</th><th>node</th></tr>\n{rows}\n"
-            "</table></div>")
+            "that read no int8 input, and why onnxq kept them float.</p>"
+            f"<div class=\"scroll\"><table><tr><th>op</th><th>node</th><th>why</th></tr>\n"
+            f"{rows}\n</table></div>")
 
 
 def _html(report: Sequence[TensorError], missing: Sequence[str],
           latency: Mapping[str, float] | None = None,
-          float_nodes: Sequence[tuple[str, str]] = ()) -> str:
+          float_nodes: Sequence[tuple[str, ...]] = ()) -> str:
     png = base64.b64encode(_sqnr_png(report)).decode("ascii")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
     rows = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(i, t))
@@ -147,7 +150,7 @@ def plot_sqnr(report: Sequence[TensorError], png_path: str | os.PathLike) -> Pat
 
 def render_report(report: Sequence[TensorError], path: str | os.PathLike, *,
                   latency: Mapping[str, float] | None = None,
-                  float_nodes: Sequence[tuple[str, str]] = ()) -> Path:
+                  float_nodes: Sequence[tuple[str, ...]] = ()) -> Path:
     """Write ``report`` as a Markdown table (``.md``) or an HTML page with a SQNR chart (and,
     when given, a latency chart and the compute nodes kept in float)."""
     dest = Path(path)

@@ -112,6 +112,7 @@ class _Search:
         self.model, self.calib, self.evaluate = model, calib, evaluate
         self.pool: WorkerPool | None = None  # trials are scored here unless tune sets one
         self.width = 1  # trials scored at once
+        self.bar = None  # tqdm over the trials (tune sets it)
         self.target, self.config, self.latency_feed = target, config, latency_feed
         self.start = time.monotonic()
         self.trials: list[Trial] = []
@@ -163,6 +164,8 @@ class _Search:
                       per_channel=spec.per_channel, float_nodes=spec.float_nodes,
                       seconds=outcome.seconds)
         self.trials.append(trial)
+        if self.bar is not None:
+            self.bar.update(1)
         if outcome.failure is not None or outcome.metric is None or outcome.model is None:
             trial.decision = outcome.failure or "failed"
             return trial
@@ -291,14 +294,15 @@ def _fallback(s: _Search) -> None:
 def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None = None, *,
          target: TuneTarget | None = None, config: QuantConfig | None = None,
          eval_data: Sequence[Mapping] | None = None,
-         latency_feed: Mapping | None = None, cluster: Cluster | None = None) -> TuneResult:
+         latency_feed: Mapping | None = None, cluster: Cluster | None = None,
+         progress: bool = True) -> TuneResult:
     """Search for the INT8 model that meets ``target`` (see the module doc).
 
     ``evaluate(model) -> float`` scores a model, higher is better; without it the score is
     the mean per-sample output cosine with FP32 on ``eval_data``. Calibration and evaluation
     data should not overlap. ``cluster``: calibrate and score trials on Ray workers
     (``onnxq.distributed``; ``evaluate`` must then be picklable); the trial log and the
-    chosen model are the same as without.
+    chosen model are the same as without. ``progress``: a bar over the trials.
     """
     target = target or TuneTarget()
     config = resolve(config or QuantConfig())  # the target's types, fixed for every trial
@@ -313,6 +317,7 @@ def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None =
     with contextlib.ExitStack() as stack:
         ray = stack.enter_context(connected(cluster)) if cluster is not None else None
         s = _Search(model, calib, evaluate, target, config, latency_feed, cluster)
+        s.bar = stack.enter_context(_trial_bar(target, progress))
         if ray is not None and cluster is not None:  # after the calibration's workers left
             s.pool = stack.enter_context(WorkerPool(ray, functools.partial(Scorer, evaluate),
                                                     cluster.workers))
@@ -325,6 +330,13 @@ def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None =
         model_out = _fp32(model)
     return TuneResult(model=model_out, chosen=chosen, fp32_metric=s.fp32_metric,
                       allowed_drop=s.allowed, trials=s.trials, stopped=stopped)
+
+
+def _trial_bar(target: TuneTarget, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=target.max_trials, desc="tuning", unit="trial", disable=not progress,
+                leave=False)
 
 
 def _search(s: _Search) -> tuple[Trial | None, str]:

@@ -107,3 +107,55 @@ def test_compare_and_bench(tmp_path, capsys):
     assert set(json.loads((tmp_path / "b.json").read_text())["median_seconds"]) == {
         "fp32.onnx", "int8.onnx"}
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_compare_report_says_why_compute_stayed_float(tmp_path):
+    """The INT8 model records why its compute nodes stayed float; the compare page shows it
+    (and says so when a model carries no reasons)."""
+    from onnxq.report import float_reasons
+    from onnxq.score import float_compute
+
+    model = B.residual_block()
+    conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    src, out = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(src))
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal(
+        (8, 8, 16, 16)).astype(np.float32))
+    assert main(["quantize", str(src), str(out), "--calib-data", str(tmp_path / "calib.npz"),
+                 "--exclude-nodes", conv, "--quiet"]) == 0
+    int8 = onnx.load(str(out))
+    why = float_reasons(int8)
+    assert list(why) == [conv] and "exclude" in why[conv]
+    assert [(n, w) for n, _, w in float_compute(int8)] == [(conv, why[conv])]
+    assert main(["compare", str(src), str(out), "--data", str(tmp_path / "calib.npz"),
+                 "--batch", "4", "--report", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<th>why</th>" in page and why[conv].split()[0] in page
+    stripped = onnx.load(str(out))
+    del stripped.metadata_props[:]
+    assert float_compute(stripped)[0][2] == ""
+
+
+def test_quiet_silences_every_progress_bar(tmp_path, capsys):
+    """Long steps show a bar (calibration, tuning trials, comparison); --quiet leaves stderr
+    empty."""
+    model = B.residual_block()
+    src = tmp_path / "fp32.onnx"
+    onnx.save(model, str(src))
+    rng = np.random.default_rng(0)
+    for name in ("calib", "eval"):
+        np.savez(tmp_path / f"{name}.npz",
+                 input=rng.standard_normal((8, 8, 16, 16)).astype(np.float32))
+    data = ["--calib-data", str(tmp_path / "calib.npz")]
+    runs = {"quantize": ["quantize", str(src), str(tmp_path / "q.onnx"), *data],
+            "tune": ["tune", str(src), str(tmp_path / "t.onnx"), *data, "--eval-data",
+                     str(tmp_path / "eval.npz"), "--batch", "4", "--no-latency",
+                     "--max-trials", "2"],
+            "compare": ["compare", str(src), str(tmp_path / "q.onnx"), "--data",
+                        str(tmp_path / "eval.npz")]}
+    bars = {"quantize": "calibrating", "tune": "tuning", "compare": "comparing outputs"}
+    for name, args in runs.items():
+        assert main([*args, "--quiet"]) == 0, name
+        assert capsys.readouterr().err == "", name
+        assert main(args) == 0, name
+        assert bars[name] in capsys.readouterr().err, name
