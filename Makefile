@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo demo-digits test test-isa test-large fuzz bench bench-quick bench-suite bench-suite-quick clean
+OV_VENV ?= .venv-openvino
+
+.PHONY: venv venv-openvino demo demo-digits test test-isa test-large fuzz bench bench-quick bench-suite bench-suite-quick clean
 
 # The test environment includes both framework extras (torch CPU wheel, tensorflow-cpu): the
 # exporter tests run in CI; and Ray, for the scale-out tests.
@@ -15,6 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The OpenVINO EP ships as its own onnxruntime build, which cannot share a venv with the CPU
+# one: a second venv that onnxq bench --ep openvino runs onnxq/ep_child.py in.
+$(OV_VENV)/.installed:
+	$(PYTHON) -m venv $(OV_VENV)
+	$(OV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		onnxruntime-openvino==1.24.1 "numpy>=1.26,<2.3"
+	touch $@
+
+venv-openvino: $(OV_VENV)/.installed
 
 demo: venv
 	$(PY) -m pip install -qq --disable-pip-version-check -e '.[demo]'
@@ -57,4 +69,4 @@ bench-suite-quick: venv
 	$(PY) -m benchmarks.suite --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OV_VENV) build *.egg-info .pytest_cache .ruff_cache

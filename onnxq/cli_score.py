@@ -40,6 +40,12 @@ def add_parsers(sub) -> None:
     b.add_argument("--seconds", type=float, default=2.0, help="timed work per model")
     b.add_argument("--json", default=None, metavar="FILE.json")
     b.add_argument("--plot", default=None, metavar="FILE.png", help="latency bar chart")
+    b.add_argument("--ep", default="cpu", metavar="cpu,openvino",
+                   help="execution providers to time on, one after the other; one table "
+                        "(docs/execution-providers.md)")
+    b.add_argument("--ep-python", action="append", default=None, metavar="EP=PYTHON",
+                   help="the interpreter of a venv whose onnxruntime has EP (default: "
+                        "$ONNXQ_OPENVINO_PYTHON or .venv-openvino, from make venv-openvino)")
 
 
 def _feeds(args: argparse.Namespace) -> list:
@@ -106,6 +112,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.threads >= 1 or not args.seconds > 0 or args.seconds == float("inf"):
         raise ConfigError(f"--threads {args.threads} must be >= 1 and --seconds {args.seconds} "
                           "a positive number")
+    if args.ep != "cpu" or args.ep_python:
+        return _bench_eps(args)
     feed = _feeds(args)[0]
     models = {Path(m).name if Path(m).name not in {Path(x).name for x in args.models if x != m}
               else m: m for m in args.models}
@@ -120,6 +128,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         _plot(times, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _names(paths: list[str]) -> dict[str, str]:
+    """Display name → path: the file name where it is unique."""
+    return {Path(m).name if Path(m).name not in {Path(x).name for x in paths if x != m}
+            else m: m for m in paths}
+
+
+def _bench_eps(args: argparse.Namespace) -> int:
+    from onnxq.ep import parse_ep_pythons, run_on_eps
+
+    eps = [e.strip() for e in args.ep.split(",") if e.strip()]
+    models = _names(args.models)
+    feeds = _feeds(args)[:16]
+    results = run_on_eps(models, feeds, eps, threads=args.threads, seconds=args.seconds,
+                         pythons=parse_ep_pythons(args.ep_python))
+    first = next(iter(models))
+    print(f"{'EP':<10}{'model':<32}{'median ms':>11}{'vs first':>10}{'cosine':>10}"
+          f"{'top-1':>8}  session providers")
+    payload = []
+    for r in results:
+        for name in models:
+            cos, top = r.agreement(first, name)
+            speed = r.seconds[first] / r.seconds[name]
+            ran = "+".join(str(p).split("Execution")[0] for p in r.providers[name])
+            print(f"{r.ep:<10}{name[:31]:<32}{r.seconds[name] * 1e3:>11.3f}{speed:>9.2f}x"
+                  f"{cos:>10.5f}{'-' if top is None else f'{top:.3f}':>8}  {ran}")
+            payload.append({"ep": r.ep, "model": name, "median_seconds": r.seconds[name],
+                            "speedup_vs_first": speed, "cosine_vs_first": cos,
+                            "top1_vs_first": top, "providers": r.providers[name],
+                            "onnxruntime": r.onnxruntime, "python": r.python or "this one"})
+    if args.json:
+        write_text_atomic(args.json, json.dumps({"rows": payload, "threads": args.threads,
+                                                 "batch": args.batch}, indent=2) + "\n")
     return 0
 
 

@@ -173,6 +173,13 @@ def iter_feeds(feeds: Iterable[Mapping], specs: list[InputSpec], what: str = "fe
                                f"name -> numpy array) for {[s.describe() for s in specs]}")
 
 
+def available_providers() -> list[str]:
+    """The execution providers this interpreter's onnxruntime build has."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
 def ort_version() -> str:
     import onnxruntime as ort
 

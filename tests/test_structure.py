@@ -21,10 +21,10 @@ LAYERS = {
     "score_types": 4, "score": 4, "score_render": 4, "report_html": 4, "emulate": 4, "tune_types": 4,
     "api": 5, "calibration_run": 5, "recovery": 4, "plan_checks": 2, "plan_dynamic": 2, "config_resolve": 1,
     "tune": 6, "tune_runner": 4, "tune_latency": 6, "compat": 6,
-    "cli": 7, "cli_score": 7, "cli_tune": 7, "cli_zoo": 7, "zoo": 6, "cli_profile": 7, "profile": 4, "__init__": 7,
+    "cli": 7, "cli_score": 7, "ep": 4, "ep_child": 1, "cli_tune": 7, "cli_zoo": 7, "zoo": 6, "cli_profile": 7, "profile": 4, "__init__": 7,
 }
 #: third-party engines → the only onnxq modules that may import them
-CONFINED = {"onnxruntime": ("runtime",), "ray": ("distributed",), "torch": ("exporters",), "tensorflow": ("exporters",),
+CONFINED = {"onnxruntime": ("runtime", "ep_child"), "ray": ("distributed",), "torch": ("exporters",), "tensorflow": ("exporters",),
             "tf2onnx": ("exporters",)}
 
 
