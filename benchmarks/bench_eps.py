@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
              "| model | method | CPU EP ms | CPU EP speed-up | OpenVINO EP ms | "
              "OpenVINO EP speed-up | cosine (OpenVINO EP) |", "|---|---|---|---|---|---|---|"]
     by = {(r["model"], r["ep"], r["method"]): r for r in rows}
-    for model, ep, method in [k for k in by if k[1] == "cpu"]:
+    for model, _, method in [k for k in by if k[1] == "cpu"]:
         c, o = by[(model, "cpu", method)], by.get((model, "openvino", method))
         lines.append(f"| {model} | {method} | {c['latency_ms']:.2f} | {c['speedup']:.2f}x | "
                      + (f"{o['latency_ms']:.2f} | {o['speedup']:.2f}x | {o['cosine']:.5f} |"
