@@ -59,11 +59,12 @@ bench: venv
 bench-quick: venv
 	$(PY) -m benchmarks.bench_resnet18 --quick
 
-# The whole suite: real models (bench extra), onnxruntime, NNCF and Intel's quantizer (own venv).
-bench-suite: venv
+# The whole suite: real models (bench extra), onnxruntime, NNCF and Intel's quantizer (own venv),
+# with FP32 / onnxq / NNCF also timed on the OpenVINO EP (its own venv).
+bench-suite: venv venv-openvino
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r benchmarks/zoo/requirements.txt
-	$(PY) -m benchmarks.suite
+	$(PY) -m benchmarks.suite --ep openvino --ep-python $(OV_VENV)/bin/python
 
 bench-suite-quick: venv
 	$(PY) -m benchmarks.suite --quick

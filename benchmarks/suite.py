@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks import common, peers, zoo
+from benchmarks import common, peers, suite_ep, zoo
 from benchmarks.real_models import REAL_MODELS as _SHIPPED
 from benchmarks.real_models import Bench, EvalResult, Unavailable, top1_agreement
 
@@ -149,7 +149,8 @@ def _runner(sess) -> Callable[[dict], list]:
 
 
 def run_bench(bench: Bench, methods: list[str], *, threads: int, min_seconds: float,
-              log: Callable[[str], None]) -> list[dict]:
+              log: Callable[[str], None], eps: tuple[str, ...] = (),
+              ep_python: str | None = None) -> list[dict]:
     """Quantize ``bench.model`` with every method (child processes), evaluate and time all
     models side by side; one row per method, FP32 first."""
     rows = [{"model": bench.name, "method": "fp32", "label": "FP32", "status": "ok",
@@ -214,6 +215,13 @@ def run_bench(bench: Bench, methods: list[str], *, threads: int, min_seconds: fl
             throughput_b8=batch / thr[method], speedup_b1=lat["fp32"] / lat[method],
             speedup_b8=thr["fp32"] / thr[method], size_mb=common.model_size_mb(models[method]),
             extra=res.extra, load_average=load)
+    for ep in eps:  # after the CPU EP's timing, never at the same time
+        seconds = suite_ep.time_on_ep({m: models[m] for m in timed}, bench.feed_b1, ep,
+                                      threads=threads, min_seconds=min_seconds,
+                                      python=ep_python)
+        suite_ep.add_columns(rows, seconds, ep)
+        log(f"  {ep} EP: " + (seconds if isinstance(seconds, str) else ", ".join(
+            f"{m} {s * 1e3:.2f} ms" for m, s in seconds.items())))
     return rows
 
 
@@ -442,8 +450,10 @@ def render(payload: dict) -> str:
              f"{TRANSFORMER_MAX_DROP} pt or cosine >= {ZOO_MIN_COSINE}); onnxq QDQ is onnxq's "
              f"default output. ISA {env['isa']}.", "",
              common.markdown_table(payload.get("zoo") or [], ZOO_COLUMNS)
-             if payload.get("zoo") else "no zoo model measured", "",
-             "## Targets", ""]
+             if payload.get("zoo") else "no zoo model measured", ""]
+    for ep_summary in payload.get("eps") or []:
+        lines += [suite_ep.render(ep_summary, TIMING_TOLERANCE), ""]
+    lines += ["## Targets", ""]
     missed = [c for c in payload["targets"] if not c["met"]]
     lines.append(f"onnxq QDQ / QLinear must, on every model, be at least as accurate as ORT "
                  f"best and at least as fast (timing tolerance {TIMING_TOLERANCE:.0%}); CNNs "
@@ -491,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=None,
                         help="timing work per model and batch (default 2; quick 0.2)")
     parser.add_argument("--epochs", type=int, default=None, help="digits CNN training epochs")
+    parser.add_argument("--ep", nargs="*", default=[], choices=["openvino"],
+                        help="also time FP32, onnxq QDQ and NNCF on these execution providers "
+                             "(docs/execution-providers.md; make venv-openvino)")
+    parser.add_argument("--ep-python", default=None, metavar="PYTHON",
+                        help="the interpreter whose onnxruntime has the EP (default: "
+                             "$ONNXQ_OPENVINO_PYTHON or .venv-openvino/bin/python)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -527,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log(f"[{name}] loaded in {time.perf_counter() - t0:.1f} s; quantizing")
         bench_rows = run_bench(bench, methods, threads=args.threads, min_seconds=min_seconds,
-                               log=log)
+                               log=log, eps=tuple(args.ep), ep_python=args.ep_python)
         checks += evaluate_targets(bench, bench_rows)
         if name in REAL_MODELS:
             zoo_verdicts(bench, bench_rows)
@@ -543,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                "methods": methods, "rows": rows, "targets": checks, "models": model_info,
                "targets_met": bool(checks) and all(c["met"] for c in checks),
                "zoo": zoo_pass_rates(rows, methods),
+               "eps": [suite_ep.summary([r for r in rows if r["model"] in REAL_MODELS], ep,
+                                        TIMING_TOLERANCE) for ep in args.ep],
                "environment": common.environment(), "versions": versions(),
                "cpu_flags": cpu_flags(), "load_average_at_start": load_start,
                "load_average_at_end": os.getloadavg()[0],
