@@ -85,10 +85,17 @@ def collect_ranges(
     return _finish(calibrator, seen, count, names, partial)
 
 
-def _template(calibrator: Calibrator) -> bytes:
-    """The empty calibrator, pickled, if it can merge (else b"")."""
+def _template(calibrator: Calibrator, *, sharding: bool = False) -> bytes:
+    """The empty calibrator, pickled, if it can merge (else b""). In one process, a chain
+    holding a part that stops work once it has seen enough (``STREAM_ONLY``: the Gram
+    matrices) is not split into blocks: each block would start that work again."""
     if not callable(getattr(calibrator, "merge", None)):
         return b""
+    part: object = calibrator
+    while not sharding and part is not None:
+        if getattr(part, "STREAM_ONLY", False):
+            return b""
+        part = getattr(part, "inner", None)
     try:
         return pickle.dumps(calibrator)
     except (pickle.PicklingError, TypeError, AttributeError):
@@ -187,7 +194,7 @@ def _observe_sharded(path: Path, names: list[str], carriers: dict[str, str], fee
         raise CalibrationError("sharded calibration ships the model to every worker, and "
                                "this one is over 1 GiB; calibrate it in one process (drop "
                                "--workers)")
-    template = _template(calibrator)
+    template = _template(calibrator, sharding=True)
     if not template:
         raise CalibrationError(f"the {calibrator.name!r} calibrator cannot be pickled; "
                                "sharded calibration sends it to the workers (or run "

@@ -180,6 +180,10 @@ class InputGrams:
     """A calibrator wrapper: ``H`` for each watched layer; every observation goes on to
     ``inner``. ``watch``: layer (compute node) → (its input tensor, its geometry)."""
 
+    #: a layer's sum stops growing once it has enough rows, which blocks of feeds observed
+    #: apart cannot know: one process observes this chain as one stream (``onnxq.calibrate``)
+    STREAM_ONLY = True
+
     def __init__(self, inner, watch: Mapping[str, tuple[str, Geometry]],
                  max_bytes: int = MAX_GRAM_BYTES) -> None:
         self.inner = inner
