@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EPS", "measure", "providers"]
+__all__ = ["EPS", "measure", "providers", "time_interleaved"]
 
 #: execution provider name → onnxruntime's provider
 EPS = {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
@@ -48,13 +48,18 @@ def _session(ort, path: str, ep: str, threads: int):
     return ort.InferenceSession(path, options, providers=providers(ep, threads))
 
 
-def _interleaved(sessions: dict, feed: dict, seconds: float, rounds: int = 5) -> dict:
-    iters = {}
+def time_interleaved(sessions: dict, feed: dict, *, min_seconds: float = 2.0,
+                     warmup: int = 3, rounds: int = 5) -> dict[str, float]:
+    """Median seconds per ``run`` of each onnxruntime session, in alternating rounds sized so
+    each session gets about ``min_seconds`` of work in total (``onnxq.runtime`` uses it too:
+    it is here so that this file runs on its own)."""
+    rounds, iters = max(rounds, 1), {}
     for name, sess in sessions.items():
-        for _ in range(3):
+        for _ in range(max(warmup, 1)):  # the last warm-up run sizes the rounds
             start = time.perf_counter()
             sess.run(None, feed)
-        iters[name] = max(3, int(seconds / rounds / max(time.perf_counter() - start, 1e-5)))
+        once = max(time.perf_counter() - start, 1e-5)
+        iters[name] = max(3, int(min_seconds / rounds / once))
     samples: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, sess in sessions.items():
@@ -86,8 +91,8 @@ def measure(request: dict) -> dict:
             files[name] = str(out / f"{ep}_{i}.npz")
             np.savez(files[name], *first)
         wanted = {i.name for i in next(iter(sessions.values())).get_inputs()}
-        times = _interleaved(sessions, {k: v for k, v in feeds[0].items() if k in wanted},
-                             float(request.get("seconds", 2.0)))
+        times = time_interleaved(sessions, {k: v for k, v in feeds[0].items() if k in wanted},
+                                 min_seconds=float(request.get("seconds", 2.0)))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
         return {"error": f"{ep}: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}"}
     return {"median_seconds": times, "onnxruntime": ort.__version__, "ep": ep,

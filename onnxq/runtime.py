@@ -5,14 +5,13 @@ benchmarks that imports onnxruntime."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 
+from onnxq.ep_child import time_interleaved  # re-exported: the one timing loop
 from onnxq.errors import CalibrationError, ModelError
 from onnxq.external import has_kept
 from onnxq.io import external_copy, fits_in_protobuf, temp_prefix
@@ -184,28 +183,6 @@ def ort_version() -> str:
     import onnxruntime as ort
 
     return str(ort.__version__)
-
-
-def time_interleaved(sessions: Mapping[str, Any], feed: Mapping[str, np.ndarray], *,
-                     min_seconds: float = 2.0, warmup: int = 3, rounds: int = 5
-                     ) -> dict[str, float]:
-    """Median seconds per ``run`` of each onnxruntime session, in alternating rounds sized so
-    each session gets about ``min_seconds`` of work in total."""
-    rounds, iters = max(rounds, 1), {}
-    for name, sess in sessions.items():
-        for _ in range(max(warmup, 1)):  # the last warm-up run sizes the rounds
-            start = time.perf_counter()
-            sess.run(None, feed)
-        once = max(time.perf_counter() - start, 1e-5)
-        iters[name] = max(3, int(min_seconds / rounds / once))
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            for _ in range(iters[name]):
-                start = time.perf_counter()
-                sess.run(None, feed)
-                samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(s)) for name, s in samples.items()}
 
 
 def profile_nodes(model: onnx.ModelProto | str, feed: Mapping[str, np.ndarray], *,
