@@ -35,6 +35,7 @@ METHODS = {
     "onnxq_gptq": "onnxq QDQ, recipe gptq (+ bc-fast)",
     "onnxq_gptq_only": "onnxq QDQ, recipe gptq without bias correction",
     "onnxq_dynamic": "onnxq dynamic (DynamicQuantizeMatMul)",
+    "onnxq_ov": "onnxq QDQ made for the OpenVINO EP (--ep openvino)",
     "ort_dynamic": "ORT quantize_dynamic (s8, per-channel, after its transformer optimizer)",
 }
 #: onnxq's accuracy-recovery recipes as extra rows (the ablation): method → quantize overrides
@@ -42,7 +43,8 @@ RECIPE_METHODS = {"onnxq_plain": {"bias_correction": "off", "rounding": "nearest
                   "onnxq_bc_full": {"bias_correction": "full"},
                   "onnxq_gptq": {"rounding": "gptq", "bias_correction": "fast"},
                   "onnxq_gptq_only": {"rounding": "gptq", "bias_correction": "off"},
-                  "onnxq_dynamic": {"mode": "dynamic", "format": "qlinear"}}
+                  "onnxq_dynamic": {"mode": "dynamic", "format": "qlinear"},
+                  "onnxq_ov": {"target_ep": "openvino"}}
 ONNXQ_METHODS = ("onnxq_qdq", "onnxq_qlinear")
 ORT_METHODS = ("ort_default", "ort_best", "ort_dynamic")
 EXTERNAL_METHODS = ("nncf", "inc")

@@ -11,6 +11,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+from onnxq import cli_zoo
 from onnxq.calibrators import CALIBRATORS
 from onnxq.errors import ConfigError, OnnxqError
 from onnxq.qtypes import QTYPES
@@ -97,8 +98,12 @@ def mode_arg(p: argparse.ArgumentParser) -> None:
 
 
 def target_arg(p: argparse.ArgumentParser) -> None:
+    from onnxq.config import TARGET_EPS
     from onnxq.kernels.isa import TARGETS
 
+    p.add_argument("--ep", dest="target_ep", choices=list(TARGET_EPS), default=None,
+                   help="execution provider the model is made for: " + "; ".join(
+                       f"{k}: {v}" for k, v in TARGET_EPS.items()) + " (default cpu)")
     p.add_argument("--target", choices=list(TARGETS), default=None,
                    help="CPU the types are chosen for: " + "; ".join(
                        f"{k}: {v}" for k, v in TARGETS.items()) + " (default auto)")
@@ -156,12 +161,6 @@ def _calibration_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
 
 
-def _cluster(args: argparse.Namespace):
-    from onnxq.cli_zoo import cluster_of
-
-    return cluster_of(args)
-
-
 def _version() -> str:
     from onnxq import __version__
 
@@ -191,7 +190,7 @@ def overrides(args: argparse.Namespace) -> dict:
                "exclude_op_types": "exclude_op_types", "max_samples": "max_samples",
                "allow_nonfinite": "allow_nonfinite", "percentile": "percentile",
                "num_bins": "num_bins", "target": "target", "objective": "objective",
-               "cost_table": "cost_table"}
+               "cost_table": "cost_table", "target_ep": "target_ep"}
     out = {key: getattr(args, attr, None) for attr, key in mapping.items()
            if getattr(args, attr, None) is not None}
     if getattr(args, "recipe", None):
@@ -248,7 +247,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     else:  # fine for an already-quantized (QAT) model; quantize() says so otherwise
         ranges, feeds = None, None
     result = quantize(model, feeds, config, ranges=ranges, progress=not args.quiet,
-                      export_options=_export_options(args), cluster=_cluster(args))
+                      export_options=_export_options(args), cluster=cli_zoo.cluster_of(args))
     with Staged() as staged:  # every output, or none (an error leaves no half-done set)
         save_model(result.model, out, staged=staged)
         if args.save_fp32 and result.source is not None:
@@ -272,7 +271,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     config = _resolve_config(args.config, overrides(args))
     feeds = feeds_from(args)
     ranges = calibrate(args.input, feeds, config, progress=not args.quiet,
-                       cluster=_cluster(args))
+                       cluster=cli_zoo.cluster_of(args))
     save_ranges(ranges, out, meta={"model": str(args.input),
                                    "calibration": config.to_dict()["calibration"]})
     if not args.quiet:

@@ -150,6 +150,13 @@ class CalibrationConfig:
             raise ConfigError(f"calibration.max_samples={self.max_samples} must be >= 1")
 
 
+#: ``target_ep`` choices: name → what the model is made for. Read-only.
+TARGET_EPS: Mapping[str, str] = MappingProxyType({
+    "cpu": "onnxruntime's CPU EP (QDQ or QLinear; its contrib ops where faster)",
+    "openvino": "the OpenVINO EP: QDQ, standard ops, int8 at the compute ops' inputs",
+    "auto": "openvino where this onnxruntime has the OpenVINO EP, else cpu"})
+
+
 #: What the placement optimises (``placement.objective``): name → description. Read-only.
 OBJECTIVES: Mapping[str, str] = MappingProxyType({
     "latency": "int8 or float per region, whichever the cost model predicts faster at batch 1 "
@@ -260,9 +267,12 @@ class QuantConfig:
     #: the ISA the types are chosen for (``kernels.isa.TARGETS``); ``auto``: this host's (or
     #: ``$ONNXQ_TARGET``), resolved once at the start of a run
     target: str = "auto"
+    #: the execution provider the model is made for (``TARGET_EPS``)
+    target_ep: str = "cpu"
 
     def __post_init__(self) -> None:
         _check_types(self, "")
+        _check_choice("target_ep", self.target_ep, tuple(TARGET_EPS))
         for name, klass in (("activation", ActivationConfig), ("weight", WeightConfig),
                             ("calibration", CalibrationConfig),
                             ("placement", PlacementConfig), ("recipe", RecipeConfig)):

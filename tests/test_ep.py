@@ -88,3 +88,37 @@ def test_openvino_ep_side_by_side_with_the_cpu_ep(models):
     for ep in ("cpu", "openvino"):
         assert rows[(ep, "int8.onnx")]["cosine_vs_first"] > 0.995, ep
         assert rows[(ep, "int8.onnx")]["top1_vs_first"] >= 0.8, ep
+
+
+def test_a_model_made_for_the_openvino_ep(tmp_path, capsys):
+    """target_ep openvino: standard ops only (the LSTM stays an LSTM, not the com.microsoft
+    DynamicQuantizeLSTM the OpenVINO EP cannot run), int8 only at the compute ops' inputs
+    (no Q/DQ around element-wise ops), QDQ only; the resolved config says so."""
+    from onnxq.config import QuantConfig
+    from onnxq.config_resolve import OPENVINO_FLOAT_OPS, resolve
+    from onnxq.errors import ConfigError
+    from tests import builders_flow as F
+
+    model = F.recurrent("LSTM")
+    feeds = F.sequence_feeds(model, 8)
+    cpu = onnxq.quantize(model, feeds, progress=False)
+    assert any(n.domain == "com.microsoft" for n in cpu.model.graph.node)
+    ov = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
+    assert not any(n.domain not in ("", "ai.onnx") for n in ov.model.graph.node)
+    assert {n.op_type for n in ov.model.graph.node} >= {"LSTM", "QuantizeLinear"}
+    assert set(OPENVINO_FLOAT_OPS) <= set(ov.config.exclude_op_types)
+    cnn = B.mobilenet_shaped(image=32, num_classes=10)  # HardSwish, Add, GlobalAveragePool
+    out = onnxq.quantize(cnn, B.feeds(cnn, batch=1, n=4), progress=False, target_ep="openvino")
+    int8_ops = {op for _, op in out.report.quantized}
+    assert "Conv" in int8_ops and not int8_ops & set(OPENVINO_FLOAT_OPS)
+    assert {op for _, op in onnxq.quantize(cnn, B.feeds(cnn, batch=1, n=4), progress=False,
+                                           objective="size").report.quantized} & {"Add",
+                                                                                  "HardSwish"}
+    with pytest.raises(ConfigError, match="format qdq"):
+        resolve(QuantConfig(format="qlinear", target_ep="openvino"))
+    assert resolve(QuantConfig(target_ep="auto")).target_ep == "cpu"  # no OpenVINO EP here
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=np.concatenate([f["x"] for f in feeds], axis=1))
+    assert main(["quantize", str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx"), "--calib-data",
+                 str(tmp_path / "c.npz"), "--ep", "openvino", "--quiet"]) == 0
+    assert "LSTM" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
