@@ -221,7 +221,8 @@ def run_bench(bench: Bench, methods: list[str], *, threads: int, min_seconds: fl
                                       python=ep_python)
         suite_ep.add_columns(rows, seconds, ep)
         log(f"  {ep} EP: " + (seconds if isinstance(seconds, str) else ", ".join(
-            f"{m} {s * 1e3:.2f} ms" for m, s in seconds.items())))
+            f"{m} {s * 1e3:.2f} ms" if isinstance(s, float) else f"{m} {s}"
+            for m, s in seconds.items())))
     return rows
 
 

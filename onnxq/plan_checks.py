@@ -7,6 +7,7 @@ import logging
 
 from onnxq import graph as G
 from onnxq.config import QuantConfig
+from onnxq.config_resolve import OPENVINO_FLOAT_OPS
 from onnxq.errors import ConfigError, ModelError
 from onnxq.plan import QuantPlan
 from onnxq.quant_ops import HANDLERS, Role
@@ -43,7 +44,8 @@ def check_exclusions(graph, config: QuantConfig) -> None:
             + (f"; did you mean {', '.join(map(repr, close))}?" if close else
                "; `onnxq inspect MODEL` or a quantize report lists the node names"))
     ops = {n.op for g in G.iter_graphs(graph) for n in g.nodes}
-    absent = [o for o in config.exclude_op_types if o not in ops]
+    implied = OPENVINO_FLOAT_OPS if config.target_ep == "openvino" else ()
+    absent = [o for o in config.exclude_op_types if o not in ops and o not in implied]
     if absent:
         logger.warning("exclude_op_types %s: the model has no such op (ignored)",
                        ", ".join(absent))

@@ -90,7 +90,7 @@ def test_openvino_ep_side_by_side_with_the_cpu_ep(models):
         assert rows[(ep, "int8.onnx")]["top1_vs_first"] >= 0.8, ep
 
 
-def test_a_model_made_for_the_openvino_ep(tmp_path, capsys):
+def test_a_model_made_for_the_openvino_ep(tmp_path, capsys, caplog):
     """target_ep openvino: standard ops only (the LSTM stays an LSTM, not the com.microsoft
     DynamicQuantizeLSTM the OpenVINO EP cannot run), int8 only at the compute ops' inputs
     (no Q/DQ around element-wise ops), QDQ only; the resolved config says so."""
@@ -104,6 +104,7 @@ def test_a_model_made_for_the_openvino_ep(tmp_path, capsys):
     cpu = onnxq.quantize(model, feeds, progress=False)
     assert any(n.domain == "com.microsoft" for n in cpu.model.graph.node)
     ov = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
+    assert "no such op" not in caplog.text  # the EP's implied exclusions are not the user's
     assert not any(n.domain not in ("", "ai.onnx") for n in ov.model.graph.node)
     assert {n.op_type for n in ov.model.graph.node} >= {"LSTM", "QuantizeLinear"}
     assert set(OPENVINO_FLOAT_OPS) <= set(ov.config.exclude_op_types)
