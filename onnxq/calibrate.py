@@ -92,8 +92,9 @@ def _template(calibrator: Calibrator, *, sharding: bool = False) -> bytes:
     if not callable(getattr(calibrator, "merge", None)):
         return b""
     part: object = calibrator
-    while not sharding and part is not None:
-        if getattr(part, "STREAM_ONLY", False):
+    while part is not None:
+        if not getattr(part, "mergeable", True) or (
+                not sharding and getattr(part, "STREAM_ONLY", False)):
             return b""
         part = getattr(part, "inner", None)
     try:
@@ -196,9 +197,10 @@ def _observe_sharded(path: Path, names: list[str], carriers: dict[str, str], fee
                                "--workers)")
     template = _template(calibrator, sharding=True)
     if not template:
-        raise CalibrationError(f"the {calibrator.name!r} calibrator cannot be pickled; "
-                               "sharded calibration sends it to the workers (or run "
-                               "without --workers)")
+        raise CalibrationError(f"the {calibrator.name!r} calibrator cannot be split into "
+                               "shards (it cannot be pickled, or its result depends on the "
+                               "order of the feeds, as a moving average does); run without "
+                               "--workers")
     make = functools.partial(FeedObserver, {f.name: f.read_bytes() for f in files}, "", names,
                              [carriers[n] for n in names], template)
     seen: set[str] = set()

@@ -150,7 +150,13 @@ class WorkerPool:
         remote = ray.remote(num_cpus=cpus, max_restarts=RETRIES,
                             max_task_retries=RETRIES)(_Host)
         self.ray = ray
-        self.make = ray.put(make)
+        try:
+            self.make = ray.put(make)
+        except Exception as exc:  # noqa: BLE001 - pickling fails with many types
+            raise ConfigError(f"the work cannot be sent to Ray workers: {type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}; a metric given to tune "
+                              "must be picklable (no open sessions or files: open them "
+                              "inside the call), or run without --workers") from None
         self.actors = [remote.remote() for _ in range(workers)]
 
     def imap(self, method: str, calls: Iterable[tuple], *, window: int | None = None,

@@ -244,3 +244,48 @@ def test_without_ray_workers_say_how_to_install(monkeypatch, tmp_path, capsys):
     with pytest.raises(ConfigError, match="onnxq\\[ray\\]"):
         onnxq.quantize(model, B.feeds(model, batch=2, n=2), progress=False,
                        cluster=Cluster(workers=2))
+
+
+def test_order_dependent_calibrators_still_run_in_one_process():
+    """A moving-average min/max cannot be merged from blocks: one process observes it as one
+    stream (exactly as before sharding existed); sharded, it is refused with the reason."""
+    from onnxq.errors import CalibrationError
+
+    model, feeds = _model_and_feeds(9)
+    cfg = QuantConfig()
+    fused, plan = api.prepare(model, cfg)
+
+    class Plain:  # no merge(): always observed as one stream
+        def __init__(self) -> None:
+            self.inner = MinMaxCalibrator(moving_average=True)
+            self.name = "plain"
+
+        def observe(self, name, array, *, index=None):
+            self.inner.observe(name, array, index=index)
+
+        def compute(self):
+            return self.inner.compute()
+
+    expected = collect_ranges(fused.model, plan.calibration_tensors, feeds, Plain(),
+                              progress=False)
+    got = collect_ranges(fused.model, plan.calibration_tensors, feeds,
+                         MinMaxCalibrator(moving_average=True), progress=False)
+    assert got == expected
+    with pytest.raises(CalibrationError, match="order of the feeds"):
+        collect_ranges(fused.model, plan.calibration_tensors, feeds,
+                       MinMaxCalibrator(moving_average=True), progress=False,
+                       cluster=Cluster(workers=2))
+
+
+def test_an_unpicklable_metric_is_a_clear_error(ray_cluster):
+    from onnxq.runtime import make_session
+
+    model = _outlier_model()
+    session = make_session(model)
+
+    def metric(m):  # holds an open session: cannot travel to a worker
+        return float(session is not None)
+
+    with pytest.raises(ConfigError, match="picklable"):
+        tune(model, _feeds(1, 4), metric, target=TuneTarget(latency=False, max_trials=2),
+             cluster=Cluster(workers=2))

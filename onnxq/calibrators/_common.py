@@ -122,6 +122,11 @@ class TensorCalibratorBase:
     def tensor_names(self) -> list[str]:
         return list(self._stats)
 
+    @property
+    def mergeable(self) -> bool:
+        """Whether ``merge`` is exact (partial calibrators can stand for one)."""
+        return True
+
     def merge(self, other: TensorCalibratorBase) -> None:
         """Add everything ``other`` (same class and settings) observed. Exact: partial
         calibrators that saw disjoint feeds, merged in any grouping and order, give the ranges

@@ -62,6 +62,10 @@ class MinMaxCalibrator(TensorCalibratorBase):
         stats.avg_lo += c * (lo - stats.avg_lo)
         stats.avg_hi += c * (hi - stats.avg_hi)
 
+    @property
+    def mergeable(self) -> bool:
+        return not self.moving_average
+
     def _merge_stats(self, mine: TensorStats, theirs: TensorStats) -> None:
         if self.moving_average:
             raise ValueError("a moving-average min/max depends on the order of the batches: "
