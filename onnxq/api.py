@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from onnxq import graph as G
-from onnxq import placement, recovery
+from onnxq import placement, recovery, self_check
 from onnxq.calibration_run import Stats, calibrate_run
 from onnxq.config import QuantConfig
 from onnxq.config_resolve import resolve, stamp_target, types_for
@@ -302,7 +302,7 @@ def quantize(
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
         return _reads(_quantize_prequantized(fused.model, cfg), files)
-    done = None
+    done = checked = None
     if ranges is not None and cfg.recipe.smooth_alpha:
         raise ConfigError("recipe.smooth_alpha changes the tensors that ranges describe: give "
                           "calibration data instead of ranges, or set smooth_alpha = 0")
@@ -313,16 +313,18 @@ def quantize(
         if cfg.recipe.smooth_alpha:
             fused, plan, calibration_data = _smoothed(fused, plan, cfg, shapes,
                                                       calibration_data)
-        box = [fused.model]
+        box, checked = [fused.model], self_check.keep(calibration_data)
         fused = dataclasses.replace(fused, model=onnx.ModelProto())  # the box has it now
         ranges, plan, prepared, stats = calibrate_run(
-            box, plan, calibration_data, cfg, progress, recover=not cfg.recipe.is_plain,
+            box, plan, checked, cfg, progress, recover=not cfg.recipe.is_plain,
             cluster=cluster)
         fused = dataclasses.replace(fused, model=prepared)
         if not cfg.recipe.is_plain:
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
-    return _reads(materialize(fused, plan, cfg, ranges, source=exported, recovered=done),
-                  files)
+    result = materialize(fused, plan, cfg, ranges, source=exported, recovered=done)
+    if checked is not None:  # against FP32 on the kept calibration feeds (``self_check``)
+        result = self_check.attach(result, original if files else model, model, checked.kept)
+    return _reads(result, files)
 
 
 def _smoothed(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig, shapes, data):

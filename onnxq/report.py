@@ -35,6 +35,8 @@ class QuantReport:
     placement: dict | None = None
     #: accuracy recovery (``onnxq.recovery``): algorithm → what it did
     recovery: dict | None = None
+    #: the INT8 model against FP32 on kept calibration feeds (``onnxq.self_check``)
+    self_check: dict | None = None
 
     def summary(self) -> str:
         ops = Counter(op for _, op in self.quantized)
@@ -65,6 +67,7 @@ class QuantReport:
             "weight_bits": self.weight_bits,
             "placement": self.placement,
             "recovery": self.recovery,
+            "self_check": self.self_check,
         }
 
 

@@ -1,0 +1,143 @@
+"""The INT8 model checked against FP32 on the calibration feeds it was made from.
+
+Range calibration makes every tensor fit its int8 grid, but a model can still come out wrong
+for its data: an output that is a small residual of large intermediate values (found by the
+fuzz suite: a conv loop pooled to 1/60 of its spread, cosine 0.93 against FP32 with every range
+right), an accumulation of rounding over many layers, a layer whose weights cancel. No rule
+predicts all of these (a rule on the pooled signal-to-noise ratio was tried and could not
+tell a 0.93 case from a 0.995 one). So ``quantize`` measures: it keeps up to ``FEEDS``
+calibration feeds (at most ``MAX_BYTES``), runs both models on them once it is done and
+records each output's agreement in the report. An output below ``FLOOR`` is a warning that
+names it, the figure and the fix (``onnxq tune``, which finds the nodes to keep float). It
+never fails ``quantize``: a check that cannot run says why in the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+import numpy as np
+import onnx
+
+from onnxq.recovery.stats import KeepFeeds, keep_feeds
+
+__all__ = ["FEEDS", "FLOOR", "MAX_BYTES", "keep", "check", "warning", "attach"]
+
+R = TypeVar("R")
+
+#: calibration feeds kept for the check, and the bytes they may take
+FEEDS = 8
+MAX_BYTES = 64 << 20
+#: cosine against FP32, per output, below which the report warns
+FLOOR = 0.99
+
+
+def keep(data) -> KeepFeeds:
+    """``data`` passed through, keeping copies of its first ``FEEDS`` feeds."""
+    kept = keep_feeds(data, FEEDS)
+    kept.max_bytes = MAX_BYTES
+    return kept
+
+
+Source = onnx.ModelProto | str | os.PathLike
+
+
+def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], *,
+          graph: Source | None = None) -> dict:
+    """Per output: the worst and the mean cosine with FP32 over ``feeds`` (each feed on its
+    own: one feed's small output is not hidden by another's large one); ``below`` lists the
+    outputs whose worst is under ``FLOOR``. ``graph``: the FP32 ``ModelProto`` when ``fp32``
+    is its path. A check that cannot run returns ``{"skipped": why}``."""
+    from onnxq.runtime import input_specs, iter_feeds, make_session
+
+    if not feeds:
+        return {"skipped": "no calibration feed was kept (the feeds were not dicts, or each "
+                           f"was over {MAX_BYTES >> 20} MB)"}
+    proto = graph if graph is not None else fp32
+    if not isinstance(proto, onnx.ModelProto):  # a path: its graph, not its weights
+        proto = onnx.load(os.fspath(proto), load_external_data=False)
+    names = [o.name for o in proto.graph.output]
+    if sorted(names) != sorted(o.name for o in int8.graph.output):
+        return {"skipped": "the INT8 model's outputs differ from FP32's"}
+    cosines: dict[str, list[float]] = {n: [] for n in names}
+    source = _runnable(proto) or (fp32 if isinstance(fp32, onnx.ModelProto)
+                                  else os.fspath(fp32))
+    try:
+        s32, s8 = make_session(source, optimize=False), make_session(int8)
+        for feed in iter_feeds(feeds, input_specs(proto), "calibration feed"):
+            for name, a, b in zip(names, s32.run(names, feed), s8.run(names, feed),
+                                  strict=True):
+                cosines[name].append(_cosine(a, b))
+    except Exception as exc:  # noqa: BLE001 - never fails quantize; the report says why
+        return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    outputs = {n: {"worst_cosine": round(min(c), 6), "mean_cosine": round(float(np.mean(c)), 6)}
+               for n, c in cosines.items() if c}
+    below = [n for n, v in outputs.items() if not v["worst_cosine"] >= FLOOR]
+    return {"feeds": len(feeds), "floor": FLOOR, "outputs": outputs, "below": below}
+
+
+def _runnable(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy with unique node names when ``model``'s repeat (ONNX allows it, onnxruntime
+    refuses it); None when they are unique already."""
+    from onnxq.scopes import proto_subgraphs
+
+    names, stack = [], [model.graph]
+    while stack:
+        g = stack.pop()
+        names += [n.name for n in g.node if n.name]
+        stack.extend(proto_subgraphs(g))
+    if len(names) == len(set(names)):
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    stack, count = [copy.graph], 0
+    while stack:
+        g = stack.pop()
+        for node in g.node:
+            node.name = f"onnxq_check_{count}"
+            count += 1
+        stack.extend(proto_subgraphs(g))
+    return copy
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two outputs (1.0 when both are all zero, 0.0 when only one is)."""
+    x = np.asarray(a, np.float64).ravel()
+    y = np.asarray(b, np.float64).ravel()
+    if x.shape != y.shape or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return 0.0
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0.0 or ny == 0.0:
+        return 1.0 if nx == ny else 0.0
+    return float(np.dot(x, y) / (nx * ny))
+
+
+def warning(result: Mapping) -> str | None:
+    """The report's line for outputs below the floor (None when every output agrees)."""
+    below = result.get("below") or []
+    if not below:
+        return None
+    figures = ", ".join(f"{name!r} cosine {result['outputs'][name]['worst_cosine']:.4f}"
+                        for name in below)
+    return (f"self-check on {result['feeds']} calibration feed(s): {figures} against FP32, "
+            f"below {FLOOR}: this INT8 model may be wrong for your data. Run `onnxq tune` "
+            "(it keeps the nodes that cause it float), or `onnxq compare` (it lists the "
+            "tensors where the error starts)")
+
+
+def attach(result: R, fp32: Source, graph: Source,
+           feeds: Sequence[Mapping[str, np.ndarray]]) -> R:
+    """``result`` (a ``QuantResult``) with the check in its report (``self_check``, and a
+    warning note and log line for outputs below the floor)."""
+    found = check(fp32, result.model, feeds, graph=graph)  # type: ignore[attr-defined]
+    line = warning(found)
+    report = result.report  # type: ignore[attr-defined]
+    if line:
+        logging.getLogger("onnxq.api").warning("%s", line)
+    report = dataclasses.replace(report, self_check=found, notes=report.notes + (
+        (f"warning: {line}",) if line else ()))
+    return dataclasses.replace(result, report=report)  # type: ignore[type-var]

@@ -1,0 +1,113 @@
+"""``quantize`` checks its INT8 model against FP32 on kept calibration feeds and warns, naming
+the output and the figure, when one disagrees (``onnxq.self_check``). The model that needs it:
+found by the fuzz suite, a conv loop whose pooled output is a small residual of its values
+(every range right, cosine 0.93 against FP32) — no rule predicted it, so onnxq measures."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq import self_check
+from onnxq.cli import main
+from tests import builders as B
+from tests.conftest import cosine, run_model
+
+C, S = 32, 16  # channels, spatial size
+
+
+def _residual_loop(name: str = "") -> onnx.ModelProto:
+    """x → 1x1 Conv → Loop ×2 {1x1 Conv → 1x1 Conv} → GlobalAveragePool → Gemm: with the
+    feeds' zero-mean texture, the pooled values are a small residual of the feature maps."""
+    rng = np.random.default_rng(0)
+    inits = {"w0": rng.standard_normal((C, 3, 1, 1)) / 2,
+             "w1": rng.standard_normal((2 * C, C, 1, 1)) / np.sqrt(C),
+             "w2": rng.standard_normal((C, 2 * C, 1, 1)) / np.sqrt(2 * C),
+             "w4": rng.standard_normal((C, 5)) / np.sqrt(C), "w5": np.zeros(5),
+             "trips": np.array(2, np.int64)}
+    body = helper.make_graph(
+        [helper.make_node("Conv", ["h", "w1"], ["a"], name=name or "c1"),
+         helper.make_node("Conv", ["a", "w2"], ["b"], name=name or "c2"),
+         helper.make_node("Identity", ["cond"], ["cond_out"], name=name or "keep")], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, ["n", C, S, S])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", C, S, S])])
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"], name=name or "c0"),
+             helper.make_node("Loop", ["trips", "", "h0"], ["pooled_in"], name=name or "loop",
+                              body=body),
+             helper.make_node("GlobalAveragePool", ["pooled_in"], ["g"], name=name or "gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name=name or "flatten"),
+             helper.make_node("Gemm", ["f", "w4", "w5"], ["y"], name=name or "gemm")]
+    graph = helper.make_graph(
+        nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, S, S])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])],
+        [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k)
+         for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _feeds(n: int = 4) -> list[dict]:
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(n):  # zero-mean texture per channel, plus a small level
+        t = rng.standard_normal((2, 3, S, S))
+        t += 0.02 * rng.uniform(-1, 1, (2, 3, 1, 1)) - t.mean(axis=(2, 3), keepdims=True)
+        out.append({"x": t.astype(np.float32)})
+    return out
+
+
+def test_a_wrong_model_is_reported_with_its_figure(caplog):
+    model, feeds = _residual_loop(), _feeds()
+    with caplog.at_level(logging.WARNING, logger="onnxq"):
+        result = onnxq.quantize(model, feeds, progress=False, target="portable")
+    worst = min(cosine(run_model(model, f)[0], run_model(result.model, f)[0]) for f in feeds)
+    assert worst < 0.95  # int8 cannot carry this residual: the check is what tells the user
+    found = result.report.self_check
+    assert found["below"] == ["y"] and found["feeds"] == 4
+    assert abs(found["outputs"]["y"]["worst_cosine"] - worst) < 1e-3
+    assert any("self-check" in n and "'y'" in n and "onnxq tune" in n
+               for n in result.report.notes)
+    assert "self-check" in caplog.text
+    assert result.report.to_dict()["self_check"] == found
+
+
+def test_a_good_model_passes_quietly(caplog):
+    model = B.residual_block()
+    feeds = B.feeds(model, n=6)
+    with caplog.at_level(logging.WARNING, logger="onnxq"):
+        result = onnxq.quantize(model, feeds, progress=False)
+    found = result.report.self_check
+    assert found["below"] == [] and found["feeds"] == 6
+    assert all(v["worst_cosine"] >= 0.99 for v in found["outputs"].values())
+    assert "self-check" not in caplog.text
+
+
+def test_models_with_repeated_node_names_are_checked():
+    model, feeds = _residual_loop(name="same"), _feeds(2)
+    found = onnxq.quantize(model, feeds, progress=False, target="portable").report.self_check
+    assert "skipped" not in found and found["feeds"] == 2
+
+
+def test_feeds_past_the_bound_are_not_kept(monkeypatch):
+    monkeypatch.setattr(self_check, "MAX_BYTES", 16)
+    model = B.residual_block()
+    result = onnxq.quantize(model, B.feeds(model, n=2), progress=False)
+    assert "no calibration feed was kept" in result.report.self_check["skipped"]
+
+
+def test_cli_prints_the_warning_and_succeeds(tmp_path, caplog):
+    src, data = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(_residual_loop(), src)
+    feeds = _feeds()
+    np.savez(data, x=np.concatenate([f["x"] for f in feeds]))
+    with caplog.at_level(logging.WARNING, logger="onnxq"):  # the CLI logs to stderr
+        code = main(["quantize", str(src), str(tmp_path / "q.onnx"), "--calib-data",
+                     str(data), "--calib-batch", "2", "--target", "portable", "--quiet"])
+    assert code == 0
+    assert "self-check" in caplog.text and "'y'" in caplog.text
