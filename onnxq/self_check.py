@@ -8,8 +8,8 @@ predicts all of these (a rule on the pooled signal-to-noise ratio was tried and 
 tell a 0.93 case from a 0.995 one). So ``quantize`` measures: it keeps up to ``FEEDS``
 calibration feeds (at most ``MAX_BYTES``), runs both models on them once it is done and
 records each output's agreement in the report. An output below ``FLOOR`` is a warning that
-names it, the figure and the fix (``onnxq tune``, which finds the nodes to keep float). It
-never fails ``quantize``: a check that cannot run says why in the report.
+names it, the figure and the fix (``onnxq tune``, which finds the nodes to keep float, or
+returns FP32). It never fails ``quantize``: a check that cannot run says why in the report.
 """
 
 from __future__ import annotations
@@ -124,9 +124,9 @@ def warning(result: Mapping) -> str | None:
     figures = ", ".join(f"{name!r} cosine {result['outputs'][name]['worst_cosine']:.4f}"
                         for name in below)
     return (f"self-check on {result['feeds']} calibration feed(s): {figures} against FP32, "
-            f"below {FLOOR}: this INT8 model may be wrong for your data. Run `onnxq tune` "
-            "(it keeps the nodes that cause it float), or `onnxq compare` (it lists the "
-            "tensors where the error starts)")
+            f"below {FLOOR}: this INT8 model may be wrong for your data. `onnxq tune MODEL "
+            "OUT --calib-data D --eval-data D` keeps the nodes that cause it float (or returns "
+            "FP32); `onnxq compare` lists the tensors where the error starts")
 
 
 def attach(result: R, fp32: Source, graph: Source,
