@@ -123,7 +123,7 @@ def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None =
                     exclude_nodes=config.exclude_nodes,
                     exclude_op_types=config.exclude_op_types,
                     fold_activations=config.fold_activations, keep_float=dict(keep_float or {}),
-                    force_int8=frozenset(force_int8),
+                    force_int8=frozenset(force_int8), inputs_only=config.target_ep == "openvino",
                     weight_only_ops=config.weight.weight_only_ops)
 
 
@@ -148,6 +148,8 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
     return Pipeline([
         ForEachGraph(InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
                                    activation_symmetric=config.activation.symmetric,
+                                   sign_aware=config.target_ep == "openvino"
+                                   and config.activation.symmetric,
                                    weight_type=weight, reduce_range=reduce_range)),
         ForEachGraph(DecomposeHardActivationsPass(nodes=tuple(
             n.name for n in plan.nodes if n.op in ("HardSigmoid", "HardSwish")),
@@ -296,8 +298,7 @@ def quantize(
         fused, plan = prepare(model, cfg.with_overrides(objective="size", data_layers="int8"))
         if plan is None:
             return _reads(_quantize_prequantized(fused.model, cfg), files)
-        return _reads(materialize(fused, dynamic_plan(plan), cfg, {}, source=exported),
-                      files)
+        return _reads(materialize(fused, dynamic_plan(plan), cfg, {}, source=exported), files)
     shapes, calibration_data = peek_shapes(calibration_data)
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
@@ -311,8 +312,7 @@ def quantize(
             raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
                               "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
         if cfg.recipe.smooth_alpha:
-            fused, plan, calibration_data = _smoothed(fused, plan, cfg, shapes,
-                                                      calibration_data)
+            fused, plan, calibration_data = _smoothed(fused, plan, cfg, shapes, calibration_data)
         box, checked = [fused.model], self_check.keep(calibration_data)
         fused = dataclasses.replace(fused, model=onnx.ModelProto())  # the box has it now
         ranges, plan, prepared, stats = calibrate_run(
@@ -321,9 +321,12 @@ def quantize(
         fused = dataclasses.replace(fused, model=prepared)
         if not cfg.recipe.is_plain:
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
-    result = materialize(fused, plan, cfg, ranges, source=exported, recovered=done)
-    if checked is not None:  # against FP32 on the kept calibration feeds (``self_check``)
-        result = self_check.attach(result, original if files else model, model, checked.kept)
+    ov = cfg.target_ep == "openvino"  # (a second model may be built: not consumed)
+    result = materialize(fused, plan, cfg, ranges, source=exported, recovered=done, consume=not ov)
+    if checked is not None:  # against FP32 on kept feeds (``self_check``; OpenVINO: ``ep_check``)
+        result = self_check.finish(result, original if files else model, model, checked.kept, (
+            lambda: materialize(fused, plan, cfg.with_overrides(activation_symmetric=False),
+                                ranges, source=exported, recovered=done)) if ov else None)
     return _reads(result, files)
 
 

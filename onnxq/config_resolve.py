@@ -20,7 +20,7 @@ __all__ = ["resolve", "resolve_config", "types_for", "stamp_target", "TARGET_KEY
 #: into the int8 convolutions and matmuls whose inputs are quantized; Q/DQ around them break
 #: that) and LSTM (its int8 form is a com.microsoft op the OpenVINO EP cannot run, which
 #: splits the graph between the two EPs: 0.64x FP32 on a CRNN, 1.42x with LSTM float)
-OPENVINO_FLOAT_OPS = ("LSTM", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool",
+OPENVINO_FLOAT_OPS = ("LSTM", "Mul", "Concat", "AveragePool", "GlobalAveragePool",
                       "Sigmoid", "LeakyRelu", "Softmax", "HardSigmoid", "HardSwish")
 
 
@@ -49,6 +49,9 @@ def resolve(config: QuantConfig) -> QuantConfig:
         extra = [op for op in OPENVINO_FLOAT_OPS if op not in config.exclude_op_types]
         if extra:
             changes["exclude_op_types"] = [*config.exclude_op_types, *extra]
+        if config.placement.objective == "latency":  # the CPU EP's cost table does not
+            changes["objective"] = "size"            # describe OpenVINO's kernels
+        changes["activation_symmetric"] = True  # zero point 0 (``ep_check``)
     return config.with_overrides(**changes) if changes else config
 
 

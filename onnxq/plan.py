@@ -17,6 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
+from onnxq.plan_roots import sharing_roots
 from onnxq.plan_weights import weights_plan
 from onnxq.quant_ops import (
     FLOAT_ONLY,
@@ -106,6 +107,7 @@ def _data_outputs(node: gs.Node, h: OpHandler) -> list[gs.Tensor]:
 class _Analysis:
     """Mutable working state of one ``annotate`` call (not shared, not global)."""
     forced: frozenset[str] = frozenset()  # electives made int8 whatever their inputs
+    inputs_only: bool = False  # the OpenVINO EP's rules (see ``annotate``)
 
     def __init__(self, graph: gs.Graph, per_channel: bool, excluded_nodes: dict[str, str],
                  excluded_ops: set[str], fold_activations: bool,
@@ -221,6 +223,8 @@ class _Analysis:
             return False
         self.quantized[node.name] = plan
         changed = self.mark(*(t for _, t in _data_inputs(node, h)))
+        if self.inputs_only:
+            return changed
         if h.output_required or self._gemm_trap(node, plan):
             changed |= self.mark(*_data_outputs(node, h))
         return changed
@@ -283,6 +287,9 @@ class _Analysis:
                 and len(t.outputs) == 1 and t.outputs[0] is consumer and t.name not in self.outputs)
 
     def _visit_elective(self, node: gs.Node, h: OpHandler) -> bool:
+        if self.inputs_only:  # a residual Add: int8 inputs, float sum (OpenVINO fuses it)
+            acts = [t for _, t in _data_inputs(node, h) if not _is_const(t) and _is_float(t)]
+            return node.op == "Add" and len(acts) == 2 and self.mark(*acts)
         if any(p.bias_add and p.bias_add[0] == node.name for p in self.quantized.values()):
             return False
         if node.name in self.quantized:
@@ -308,43 +315,24 @@ class _Analysis:
         return True
 
 
-def _roots(graph: gs.Graph, an: _Analysis) -> dict[str, str]:
-    shared = {n for n, p in an.quantized.items() if p.role is Role.SHARED}
-    producers = {t.name: n for n in graph.nodes for t in n.outputs}
-    tensors = graph.tensors()
-    roots: dict[str, str] = {}
-
-    def root(name: str) -> str:
-        seen = []
-        while True:
-            node = producers.get(name)
-            if node is None or node.name not in shared:
-                break
-            seen.append(name)
-            name = node.inputs[0].name
-            if name in seen:
-                break
-        return name
-
-    for name in an.int8:
-        if name in tensors:
-            roots[name] = root(name)
-    return roots
-
-
 def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
              exclude_op_types=(), fold_activations: bool = True,
              keep_float: dict[str, str] | None = None,
-             weight_only_ops: tuple[str, ...] = (), force_int8=frozenset()) -> QuantPlan:
+             weight_only_ops: tuple[str, ...] = (), force_int8=frozenset(),
+             inputs_only: bool = False) -> QuantPlan:
     """Decide what to quantize in ``graph`` and in every subgraph (If branches, Loop and Scan
     bodies), each by the same rules; ``graph`` is not changed. A subgraph's plan may use a
     tensor of an outer scope (its activation is then quantized where it is read).
     ``keep_float`` maps more nodes to keep in float to the reason the report gives;
     ``weight_only_ops`` (e.g. Gather) get int8 weights behind a DequantizeLinear;
-    ``force_int8`` names elective nodes to quantize even where their inputs are float."""
+    ``force_int8`` names elective nodes to quantize even where their inputs are float.
+    ``inputs_only`` (the OpenVINO EP): int8 tensors are compute inputs only — no output Q on a
+    Conv/MatMul (OpenVINO fuses the activation and the next quantizer into the conv), both
+    inputs of a residual Add, and every consumer of an int8 tensor reads its one
+    DequantizeLinear (a float copy beside it leaves OpenVINO an unfused quantizer)."""
     excluded = {n: "excluded by configuration" for n in exclude_nodes} | dict(keep_float or {})
     plans = [_annotate_one(g, per_channel, excluded, exclude_op_types, fold_activations,
-                           tuple(weight_only_ops), frozenset(force_int8))
+                           tuple(weight_only_ops), frozenset(force_int8), inputs_only)
              for g in G.iter_graphs(graph)]
     if len(plans) == 1:
         return plans[0]
@@ -367,10 +355,11 @@ def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
 
 def _annotate_one(graph: gs.Graph, per_channel: bool, excluded: dict[str, str],
                   exclude_op_types, fold_activations: bool,
-                  weight_only_ops: tuple[str, ...], forced: frozenset[str]) -> QuantPlan:
+                  weight_only_ops: tuple[str, ...], forced: frozenset[str],
+                  inputs_only: bool = False) -> QuantPlan:
     an = _Analysis(graph, per_channel, excluded, set(exclude_op_types),
                    fold_activations, weight_only_ops)
-    an.forced = forced
+    an.forced, an.inputs_only = forced, inputs_only
     nodes = list(graph.nodes)
     for _ in range(len(nodes) + 1):
         changed = False
@@ -382,12 +371,13 @@ def _annotate_one(graph: gs.Graph, per_channel: bool, excluded: dict[str, str],
         if node.op in FLOAT_ONLY and node.name not in an.skipped:
             an.skipped[node.name] = FLOAT_ONLY[node.op]
     folded_sources = {f.source for f in an.folds.values()}
-    roots = _roots(graph, an)
+    roots = sharing_roots(graph, {n for n, p in an.quantized.items() if p.role is Role.SHARED},
+                          an.int8)
     int8_producers = {t.name for n in nodes if n.name in an.quantized for t in n.outputs}
     int8_producers |= {f.target for f in an.folds.values()}
     order = {t: i for i, t in enumerate(graph.tensors())}
     acts = tuple(
-        ActivationPlan(name=t, root=roots[t], all_consumers=t in int8_producers)
+        ActivationPlan(name=t, root=roots[t], all_consumers=inputs_only or t in int8_producers)
         for t in sorted(roots, key=lambda x: order.get(x, 0))
         if t not in folded_sources
     )

@@ -1,0 +1,109 @@
+"""A model made for the OpenVINO EP (``target_ep = "openvino"``) checked on the OpenVINO EP.
+
+Its activations have zero point 0 (u8 where a tensor is non-negative, s8 symmetric where it is
+signed): OpenVINO then fuses each int8 conv with its activation and the next quantizer, and
+skips the zero-point compensation (measured, docs/execution-providers.md). But OpenVINO 2025.4's
+CPU plugin (onnxruntime-openvino 1.24.1) was seen to compute a PP-OCR text detector with signed
+int8 activations wrongly: cosine 0.03 against FP32, where onnxruntime's CPU EP runs the same
+file at 0.98, and NNCF's own model of it fails the same way. So, when an OpenVINO interpreter
+is at hand (``onnxq.ep``: this one, ``$ONNXQ_OPENVINO_PYTHON`` or ``.venv-openvino``), the INT8
+model runs on the OpenVINO EP against FP32 on the kept calibration feeds (without one, on the
+CPU EP: the quantization's own error — s8 symmetric on a text recognizer's attention gave
+0.92 where u8 gave 0.9999); a model below ``KEEP`` is rebuilt with u8 asymmetric activations
+and the better one is kept (slower, but right); the report says which, measured where.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import onnx
+
+from onnxq.errors import OnnxqError
+
+__all__ = ["guard"]
+
+R = TypeVar("R")
+
+
+def _worst_cosine(fp32: onnx.ModelProto | str | os.PathLike, int8: onnx.ModelProto,
+                  feeds: Sequence[Mapping[str, np.ndarray]]) -> tuple[float | None, str]:
+    """(worst per-sample cosine of the first output on the OpenVINO EP, "") or (None, why)."""
+    from onnxq.ep import ep_python, run_on_eps
+    from onnxq.io import save_model
+
+    try:
+        ep_python("openvino", {})
+    except OnnxqError as exc:
+        return None, str(exc)
+    with tempfile.TemporaryDirectory(prefix="onnxq-ovcheck-") as tmp:
+        a, b = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        if isinstance(fp32, onnx.ModelProto):
+            save_model(fp32, a)
+        else:
+            a = Path(fp32)
+        save_model(int8, b)
+        try:
+            [res] = run_on_eps({"fp32": str(a), "int8": str(b)}, list(feeds), ["openvino"],
+                               seconds=0.05)
+        except OnnxqError as exc:
+            return None, str(exc)
+    worst = 1.0
+    for x, y in zip(res.outputs["fp32"], res.outputs["int8"], strict=True):
+        x2 = x.reshape(len(x), -1).astype(np.float64)
+        y2 = y.reshape(len(y), -1).astype(np.float64)
+        cos = (x2 * y2).sum(1) / (np.linalg.norm(x2, axis=1) * np.linalg.norm(y2, axis=1)
+                                  + 1e-30)
+        worst = min(worst, float(cos.min()))
+    return worst, ""
+
+
+#: a zero-point-0 model this close to FP32 (worst cosine) is kept without trying u8
+KEEP = 0.99
+
+
+def _score(fp32, model: onnx.ModelProto, feeds) -> tuple[float | None, str]:
+    """(worst cosine against FP32, where measured): on the OpenVINO EP when an interpreter
+    for it is at hand, else on this onnxruntime's CPU EP (the quantization's own error)."""
+    worst, why = _worst_cosine(fp32, model, feeds)
+    if worst is not None:
+        return worst, "the OpenVINO EP"
+    from onnxq.self_check import check
+
+    found = check(fp32, model, feeds)
+    if "outputs" not in found or not found["outputs"]:
+        return None, why
+    return min(v["worst_cosine"] for v in found["outputs"].values()), (
+        f"the CPU EP (not on OpenVINO: {why.split(';')[0]})")
+
+
+def guard(result: R, fp32: onnx.ModelProto | str | os.PathLike,
+          feeds: Sequence[Mapping[str, np.ndarray]], rebuild: Callable[[], R]) -> R:
+    """``result`` (zero-point-0 activations) if it agrees with FP32 to ``KEEP``, else the
+    better of it and ``rebuild()`` (u8 asymmetric activations); the report says which."""
+    if not feeds:
+        return _noted(result, "OpenVINO EP check: no calibration feed was kept; not checked")
+    worst, where = _score(fp32, result.model, feeds)  # type: ignore[attr-defined]
+    if worst is not None and worst >= KEEP:
+        return _noted(result, f"zero-point-0 activations checked on {where}: worst cosine "
+                      f"{worst:.4f} against FP32 on the calibration feeds")
+    other = rebuild()
+    again, where2 = _score(fp32, other.model, feeds)  # type: ignore[attr-defined]
+    if again is not None and (worst is None or again > worst):
+        return _noted(other, f"zero-point-0 activations gave worst cosine {worst} against "
+                      f"FP32 on {where} (below {KEEP}): u8 asymmetric activations instead, "
+                      f"{again:.4f} on {where2}")
+    return _noted(result, f"zero-point-0 activations: worst cosine {worst} against FP32 on "
+                  f"{where} (u8 asymmetric: {again}); kept the zero-point-0 model")
+
+
+def _noted(result: R, note: str) -> R:
+    report = result.report  # type: ignore[attr-defined]
+    return dataclasses.replace(  # type: ignore[type-var]
+        result, report=dataclasses.replace(report, notes=report.notes + (note,)))

@@ -1,0 +1,86 @@
+"""The OpenVINO EP's Q/DQ rules (``target_ep = "openvino"``, measured in
+docs/execution-providers.md): int8 tensors are compute inputs only, every consumer of one reads
+its single DequantizeLinear, both inputs of a residual Add are int8, zero points are 0 where
+that costs little precision, and the zero-point-0 model is checked (on the OpenVINO EP when an
+interpreter for it is at hand) and replaced by the u8 asymmetric one when it disagrees."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import onnxq
+from onnxq import ep_check
+from onnxq.passes import qdq_insert
+from onnxq.qtypes import TensorRange
+from tests import builders as B
+
+
+def _dq_fed(model: onnx.ModelProto) -> tuple[dict, dict, dict]:
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producers, consumers, {i.name: numpy_helper.to_array(i)
+                                  for i in model.graph.initializer}
+
+
+def test_int8_tensors_are_compute_inputs_read_through_one_dq():
+    model = B.residual_block()
+    result = onnxq.quantize(model, B.feeds(model, n=4), progress=False, target_ep="openvino")
+    producers, consumers, consts = _dq_fed(result.model)
+    adds = [n for n in result.model.graph.node if n.op_type == "Add"
+            and all(i not in consts for i in n.input)]
+    assert adds and all(producers[i].op_type == "DequantizeLinear"
+                        for a in adds for i in a.input), "residual Add inputs are int8"
+    for q in (n for n in result.model.graph.node if n.op_type == "QuantizeLinear"):
+        if q.input[0] in consts:
+            continue
+        # one quantized copy: nothing else reads the float tensor a Q quantizes...
+        assert [c.op_type for c in consumers[q.input[0]]] == ["QuantizeLinear"], q.input[0]
+        # ...and no Q sits on a Conv's output (OpenVINO fuses conv, activation and next Q),
+        # but where a Relu was folded into the conv (its output is the Relu's, clipped by Q)
+        # or where the conv's output is a residual Add's input
+        src = producers.get(q.input[0])
+        readers = {c.op_type for d in consumers[q.output[0]] for c in consumers[d.output[0]]}
+        assert src is None or src.op_type != "Conv" or readers == {"Add"} or q.input[0] in {
+            f.target for f in result.plan.folds}, q.input[0]
+    assert "Add" not in {op for _, op in result.report.quantized}  # the sum stays float
+
+
+@pytest.mark.parametrize(("lo", "hi", "dtype", "zero"), [
+    (0.0, 6.0, np.uint8, True),      # non-negative: u8, zero point 0
+    (-1.0, 1.1, np.int8, True),      # signed, sides alike: s8 symmetric
+    (-0.375, 6.0, np.uint8, False),  # a small negative tail (HardSwish): u8 asymmetric
+])
+def test_zero_point_zero_where_it_costs_little(lo, hi, dtype, zero):
+    p = qdq_insert._sign_aware(TensorRange(lo, hi))
+    assert p.zero_point.dtype == dtype and (int(p.zero_point) == 0) == zero
+
+
+def test_the_zero_point_zero_model_is_checked_and_replaced_when_it_disagrees(monkeypatch):
+    model = B.residual_block()
+    feeds = B.feeds(model, n=4)
+    scores = iter([(0.03, "the OpenVINO EP"), (0.98, "the OpenVINO EP")])
+    monkeypatch.setattr(ep_check, "_score", lambda *a: next(scores))
+    result = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
+    assert result.config.activation.symmetric is False  # the rebuilt, u8 asymmetric one
+    assert any("instead" in n and "0.9800" in n for n in result.report.notes)
+    zps = [numpy_helper.to_array(i) for i in result.model.graph.initializer
+           if i.name.endswith("zero_point")]
+    assert all(z.dtype != np.int8 for z in zps if z.ndim == 0)
+    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP"))
+    kept = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
+    assert kept.config.activation.symmetric is True
+    assert any("checked on the OpenVINO EP" in n for n in kept.report.notes)
+
+
+def test_without_an_openvino_interpreter_the_cpu_ep_decides(monkeypatch, tmp_path):
+    monkeypatch.delenv("ONNXQ_OPENVINO_PYTHON", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .venv-openvino here
+    model = B.residual_block()
+    result = onnxq.quantize(model, B.feeds(model, n=4), progress=False, target_ep="openvino")
+    assert any("on the CPU EP (not on OpenVINO" in n for n in result.report.notes)
