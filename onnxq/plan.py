@@ -22,11 +22,13 @@ from onnxq.plan_weights import weights_plan
 from onnxq.quant_ops import (
     FLOAT_ONLY,
     HANDLERS,
+    OPENVINO_HANDLERS,
     OpHandler,
     Role,
     clip_bounds,
     filter_bank_reason,
     weight_axis,
+    zero_padding,
 )
 
 __all__ = ["NodePlan", "ActivationPlan", "Fold", "QuantPlan", "annotate"]
@@ -188,7 +190,8 @@ class _Analysis:
         return bool(new)
 
     def visit(self, node: gs.Node) -> bool:
-        h = HANDLERS.get(node.op)
+        h = HANDLERS.get(node.op) or (OPENVINO_HANDLERS.get(node.op) if self.inputs_only
+                                      and zero_padding(node) else None)
         if h is None:
             return False
         if node.name in self.excluded_nodes or node.op in self.excluded_ops:
@@ -379,8 +382,8 @@ def _annotate_one(graph: gs.Graph, per_channel: bool, excluded: dict[str, str],
     acts = tuple(
         ActivationPlan(name=t, root=roots[t], all_consumers=inputs_only or t in int8_producers)
         for t in sorted(roots, key=lambda x: order.get(x, 0))
-        if t not in folded_sources
-    )
+        if t not in folded_sources and not (inputs_only and roots[t] != t)
+    )  # OpenVINO: a dequantized value flows through data movement, never quantized again
     uppers = {f.target: f.upper for f in an.folds.values() if f.upper is not None}
     plan_nodes = tuple(an.quantized[n.name] for n in nodes if n.name in an.quantized)
     skipped = tuple((n.name, an.skipped[n.name]) for n in nodes if n.name in an.skipped

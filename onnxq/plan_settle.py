@@ -37,7 +37,9 @@ def without_unobserved(graph: gs.Graph, plan: QuantPlan, ranges: Mapping[str, ob
         # a body that ran is observed whole: a missing tensor means its graph never ran
         dark = [g for g in subs if any(t.name in unseen for n in g.nodes
                                        for t in [*n.inputs, *n.outputs])]
-        new = {n.name for g in dark for n in g.nodes if n.name in planned and n.name not in keep}
+        # planned nodes, and nodes that only mark their inputs (the OpenVINO EP's residual Add)
+        new = {n.name for g in dark for n in g.nodes if n.name not in keep and (
+            n.name in planned or any(t.name in unseen for t in n.inputs))}
         if not new:
             break
         keep.update(dict.fromkeys(sorted(new), UNOBSERVED))

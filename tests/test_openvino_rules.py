@@ -84,3 +84,38 @@ def test_without_an_openvino_interpreter_the_cpu_ep_decides(monkeypatch, tmp_pat
     model = B.residual_block()
     result = onnxq.quantize(model, B.feeds(model, n=4), progress=False, target_ep="openvino")
     assert any("on the CPU EP (not on OpenVINO" in n for n in result.report.notes)
+
+
+def test_quantizers_sit_above_padding_and_data_movement():
+    """x → Conv → Pad (zeros) → Conv → Reshape → Conv: the int8 value is quantized once, above
+    the Pad and the Reshape, and flows through them dequantized (OpenVINO folds the padding
+    into the int8 conv); an Pad adding a non-zero value keeps its own quantizer below it."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+
+    def model(pad_value: float) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) / 4, n)
+                 for n, s in (("w0", (8, 3, 3, 3)), ("w1", (8, 8, 3, 3)), ("w2", (8, 8, 1, 1)))]
+        inits += [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+                  numpy_helper.from_array(np.array(pad_value, np.float32), "value"),
+                  numpy_helper.from_array(np.array([0, 8, 16, 16], np.int64), "shape")]
+        nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="c0", pads=[1, 1, 1, 1]),
+                 helper.make_node("Pad", ["a", "pads", "value"], ["p"], name="pad"),
+                 helper.make_node("Conv", ["p", "w1"], ["b"], name="c1"),
+                 helper.make_node("Reshape", ["b", "shape"], ["r"], name="reshape"),
+                 helper.make_node("Conv", ["r", "w2"], ["y"], name="c2")]
+        g = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    out = onnxq.quantize(model(0.0), feeds, progress=False, target_ep="openvino").model
+    producers, consumers, _ = _dq_fed(out)
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert {"a", "b"} <= quantized and not {"p", "r"} & quantized
+    assert all(producers[n.input[0]].op_type == "DequantizeLinear"  # (or fused into c1)
+               for n in out.graph.node if n.op_type in ("Pad", "Reshape"))
+    other = onnxq.quantize(model(0.5), feeds, progress=False, target_ep="openvino").model
+    assert "p" in {n.input[0] for n in other.graph.node if n.op_type == "QuantizeLinear"}
