@@ -111,3 +111,12 @@ def test_cli_prints_the_warning_and_succeeds(tmp_path, caplog):
                      str(data), "--calib-batch", "2", "--target", "portable", "--quiet"])
     assert code == 0
     assert "self-check" in caplog.text and "'y'" in caplog.text
+
+
+def test_models_over_the_weight_bound_are_not_checked(monkeypatch):
+    """A model's float weights would be held in a session beside the INT8 model: above the
+    bound the check is skipped (and says why), so quantize keeps its memory bound."""
+    monkeypatch.setattr(self_check, "MAX_WEIGHT_BYTES", 1024)
+    model = B.residual_block()
+    found = onnxq.quantize(model, B.feeds(model, n=2), progress=False).report.self_check
+    assert "GiB" in found["skipped"] and "onnxq compare" in found["skipped"]
