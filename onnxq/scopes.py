@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import onnx
 import onnx.numpy_helper
 
-__all__ = ["proto_subgraphs", "all_nodes", "rename_inputs", "hoist_shared_initializers",
+__all__ = ["proto_subgraphs", "renamed_nodes", "all_nodes", "rename_inputs", "hoist_shared_initializers",
            "tensor_bytes"]
 
 
@@ -20,6 +20,21 @@ def proto_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield attr.g
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 yield from attr.graphs
+
+
+def renamed_nodes(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose nodes, subgraphs' included, are named ``prefix0``, ``prefix1``
+    … (ONNX allows repeated or empty names; onnxruntime refuses repeated ones)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    stack, count = [copy.graph], 0
+    while stack:
+        g = stack.pop()
+        for node in g.node:
+            node.name = f"{prefix}{count}"
+            count += 1
+        stack.extend(proto_subgraphs(g))
+    return copy
 
 
 def tensor_bytes(t: onnx.TensorProto) -> int:

@@ -99,7 +99,7 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
 def _runnable(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """A copy with unique node names when ``model``'s repeat (ONNX allows it, onnxruntime
     refuses it); None when they are unique already."""
-    from onnxq.scopes import proto_subgraphs
+    from onnxq.scopes import proto_subgraphs, renamed_nodes
 
     names, stack = [], [model.graph]
     while stack:
@@ -108,16 +108,7 @@ def _runnable(model: onnx.ModelProto) -> onnx.ModelProto | None:
         stack.extend(proto_subgraphs(g))
     if len(names) == len(set(names)):
         return None
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    stack, count = [copy.graph], 0
-    while stack:
-        g = stack.pop()
-        for node in g.node:
-            node.name = f"onnxq_check_{count}"
-            count += 1
-        stack.extend(proto_subgraphs(g))
-    return copy
+    return renamed_nodes(model, "onnxq_check_")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -220,18 +220,9 @@ def graphs(draw):
 def _reference(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same model with unique node names: onnxruntime refuses duplicate node names, which
     onnxq must accept (ONNX node names are optional)."""
-    from onnxq.scopes import proto_subgraphs
+    from onnxq.scopes import renamed_nodes
 
-    ref = onnx.ModelProto()
-    ref.CopyFrom(model)
-    stack, count = [ref.graph], 0
-    while stack:
-        g = stack.pop()
-        for node in g.node:
-            node.name = f"reference_{count}"
-            count += 1
-        stack.extend(proto_subgraphs(g))
-    return ref
+    return renamed_nodes(model, "reference_")
 
 
 def _feeds(seed: int, n: int = 3) -> list[dict]:
