@@ -73,6 +73,25 @@ def test_truncated_model(workdir, capsys, fraction):
                model_path, "re-export")
 
 
+@pytest.mark.parametrize("where", ["initializer", "constant"])
+def test_undefined_tensor_type_is_a_corrupt_file(workdir, capsys, where):
+    """Found by the long fuzz run (12000 graphs + 1000 mutations): a bit flip gave a weight
+    element type 0, and graphsurgeon stopped with an internal error (exit 1)."""
+    tmp, model_path, calib = workdir
+    model = onnx.load(str(model_path))
+    if where == "initializer":
+        model.graph.initializer[-1].data_type = 0
+    else:
+        value = helper.make_tensor("k", TensorProto.FLOAT, [1], [1.0])
+        value.data_type = 99
+        model.graph.node.insert(0, helper.make_node("Constant", [], ["k_out"], value=value))
+    bad = tmp / "bad.onnx"
+    bad.write_bytes(model.SerializeToString())
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(bad), str(out), "--calib-data", str(calib)], out,
+               model_path, "does not define")
+
+
 def test_calibration_missing_an_input(workdir, capsys):
     tmp, model_path, _ = workdir
     wrong = tmp / "wrong.npz"
