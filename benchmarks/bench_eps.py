@@ -1,7 +1,8 @@
 """INT8 speed-up on each execution provider: a ResNet-18-shaped CNN and a BERT-base-shaped
-encoder, FP32 and INT8 (onnxq default, onnxq with every node int8, NNCF, onnxruntime's best
-quantize_static) timed on the CPU EP (onnxruntime) and the OpenVINO EP (onnxruntime-openvino,
-in its own venv: ``make venv-openvino``), batch 1, 2 threads, interleaved per EP.
+encoder, FP32 and INT8 (onnxq default, onnxq with every node int8, onnxq made for the OpenVINO
+EP, NNCF, onnxruntime's best quantize_static) timed on the CPU EP (onnxruntime) and the
+OpenVINO EP (onnxruntime-openvino, in its own venv: ``make venv-openvino``), batch 1, 2
+threads, interleaved per EP.
 
     python -m benchmarks.bench_eps [--quick] [--out DIR] [--ep-python openvino=PATH]
 
@@ -34,7 +35,8 @@ def _quantized(fp32: onnx.ModelProto, calib: list[dict], folder: Path) -> dict[s
     paths = {"FP32": folder / "fp32.onnx"}
     onnx.save(fp32, str(paths["FP32"]))
     for label, overrides in (("onnxq INT8 (default)", {}),
-                             ("onnxq INT8 (every node int8)", {"objective": "size"})):
+                             ("onnxq INT8 (every node int8)", {"objective": "size"}),
+                             ("onnxq INT8 (--ep openvino)", {"target_ep": "openvino"})):
         paths[label] = folder / f"onnxq_{len(paths)}.onnx"
         onnxq.quantize(fp32, calib, progress=False, **overrides).save(paths[label])
     paths["ORT quantize_static (best)"] = folder / "ort_best.onnx"
