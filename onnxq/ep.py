@@ -18,7 +18,7 @@ import numpy as np
 from onnxq import ep_child
 from onnxq.errors import ConfigError
 
-__all__ = ["EpResult", "run_on_eps", "ep_python", "parse_ep_pythons", "EPS"]
+__all__ = ["EpResult", "run_on_eps", "outputs_on_ep", "ep_python", "parse_ep_pythons", "EPS"]
 
 EPS = tuple(ep_child.EPS)
 #: seconds a child interpreter may take (sessions, warm-up, timing)
@@ -120,6 +120,32 @@ def run_on_eps(models: Mapping[str, str], feeds: Sequence[Mapping[str, np.ndarra
             results.append(EpResult(ep, answer["onnxruntime"], answer["median_seconds"],
                                     outputs, answer["providers"], where[ep] or ""))
     return results
+
+
+def outputs_on_ep(models: Mapping[str, str], feeds: Sequence[Mapping[str, np.ndarray]],
+                  ep: str, *, threads: int = 2, pythons: Mapping[str, str] | None = None
+                  ) -> dict[str, list[list[np.ndarray]]]:
+    """Every output of ``models`` (name → .onnx path) on every feed, run on ``ep`` (untimed):
+    to score a task metric on that EP."""
+    python = ep_python(ep, pythons or {})
+    with tempfile.TemporaryDirectory(prefix="onnxq-ep-") as tmp:
+        paths = []
+        for i, feed in enumerate(feeds):
+            paths.append(str(Path(tmp) / f"feed{i}.npz"))
+            arrays: dict[str, Any] = {k: np.asarray(v) for k, v in feed.items()}
+            np.savez(paths[-1], **arrays)
+        answer = _ask(python, {"ep": ep, "threads": threads, "seconds": 0, "outputs": tmp,
+                               "all_outputs": True, "feeds": paths,
+                               "models": {k: str(Path(v).resolve()) for k, v in models.items()}})
+        if "error" in answer:
+            raise ConfigError(f"{ep}: {answer['error']}")
+        out: dict[str, list[list[np.ndarray]]] = {}
+        for name, path in answer["outputs"].items():
+            with np.load(path) as data:
+                count = 1 + max((int(k.split("_o")[1]) for k in data.files), default=-1)
+                out[name] = [[data[f"f{j}_o{k}"] for k in range(count)]
+                             for j in range(len(feeds))]
+    return out
 
 
 def _ask(python: str | None, request: dict) -> dict:

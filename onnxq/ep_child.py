@@ -10,10 +10,11 @@ stdout)::
     .venv-openvino/bin/python onnxq/ep_child.py < request.json
 
 Request: ``{"ep": "cpu"|"openvino", "models": {name: path}, "feeds": [npz path, ...],
-"threads": 2, "seconds": 2.0, "outputs": folder}``. Answer: the median seconds per model
-(timed interleaved, A B A B ..., on the first feed), the providers each session got, the
-onnxruntime version, and per model an ``.npz`` in ``outputs`` with its first output on every
-feed (for agreement). Errors come back as ``{"error": message}``.
+"threads": 2, "seconds": 2.0, "outputs": folder, "all_outputs": false}``. Answer: the median
+seconds per model (timed interleaved, A B A B ..., on the first feed; none when ``seconds`` is
+0), the providers each session got, the onnxruntime version, and per model an ``.npz`` in
+``outputs`` with its first output on every feed (for agreement), or every output of every feed
+(``f{feed}_o{output}``) with ``all_outputs``. Errors come back as ``{"error": message}``.
 """
 
 from __future__ import annotations
@@ -83,16 +84,20 @@ def measure(request: dict) -> dict:
         sessions = {name: _session(ort, path, ep, threads)
                     for name, path in request["models"].items()}
         feeds = [{k: v for k, v in np.load(p).items()} for p in request["feeds"]]
-        out, files = Path(request["outputs"]), {}
+        out, files, every = Path(request["outputs"]), {}, bool(request.get("all_outputs"))
         for i, (name, sess) in enumerate(sessions.items()):
             wanted = {x.name for x in sess.get_inputs()}
-            first = [sess.run(None, {k: v for k, v in f.items() if k in wanted})[0]
-                     for f in feeds]
+            got = [sess.run(None, {k: v for k, v in f.items() if k in wanted}) for f in feeds]
             files[name] = str(out / f"{ep}_{i}.npz")
-            np.savez(files[name], *first)
+            if every:  # every output of every feed: f{feed}_o{output}
+                np.savez(files[name], **{f"f{j}_o{k}": o for j, outs in enumerate(got)
+                                         for k, o in enumerate(outs)})
+            else:
+                np.savez(files[name], *[outs[0] for outs in got])
         wanted = {i.name for i in next(iter(sessions.values())).get_inputs()}
+        seconds = float(request.get("seconds", 2.0))
         times = time_interleaved(sessions, {k: v for k, v in feeds[0].items() if k in wanted},
-                                 min_seconds=float(request.get("seconds", 2.0)))
+                                 min_seconds=seconds) if seconds > 0 else {}
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many private types
         return {"error": f"{ep}: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}"}
     return {"median_seconds": times, "onnxruntime": ort.__version__, "ep": ep,

@@ -123,3 +123,22 @@ def test_a_model_made_for_the_openvino_ep(tmp_path, capsys, caplog):
     assert main(["quantize", str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx"), "--calib-data",
                  str(tmp_path / "c.npz"), "--ep", "openvino", "--quiet"]) == 0
     assert "LSTM" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+
+
+def test_every_output_of_every_feed_on_an_ep(models):
+    """``outputs_on_ep`` (the suite's task metric on another EP): every output of every
+    feed, untimed, through the child protocol; equal to a plain session's outputs."""
+    from onnxq.ep import outputs_on_ep
+    from onnxq.runtime import make_session
+
+    feeds = [{"input": np.random.default_rng(i).standard_normal((2, 3, 32, 32))
+              .astype(np.float32)} for i in range(3)]
+    got = outputs_on_ep({"int8": str(models / "int8.onnx")}, feeds, "cpu",
+                        pythons={"cpu": sys.executable})
+    sess = make_session(str(models / "int8.onnx"))
+    assert len(got["int8"]) == 3
+    for feed, outs in zip(feeds, got["int8"], strict=True):
+        want = sess.run(None, feed)
+        assert len(outs) == len(want)
+        for a, b in zip(outs, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

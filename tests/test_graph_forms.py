@@ -124,18 +124,26 @@ def test_lstm_weights_computed_from_constants_are_folded_and_quantized():
     assert cosine(run_model(model, feeds[0])[0], run_model(result.model, feeds[0])[0]) >= 0.999
 
 
-def test_raw_signal_filter_bank_stays_float_but_depthwise_does_not():
-    """A Conv reading one channel with a long 1-D kernel (an FIR filter bank on raw audio)
-    stays float with the reason; a 9×9 depthwise conv (81 taps, group = channels) and a
-    short raw-waveform conv are still quantized."""
+def test_spectrum_filter_bank_stays_float_but_learned_front_ends_do_not():
+    """A Conv reading one channel with a long 1-D kernel whose output reaches a magnitude
+    (here |·|² then √, an STFT/CQT front end) stays float with the reason; the same bank
+    followed by a ReLU (a learned raw-waveform front end, as in CREPE), a short raw-waveform
+    conv and a 9×9 depthwise conv (81 taps, group = channels) are quantized."""
     rng = np.random.default_rng(3)
     bank = (0.05 * rng.standard_normal((8, 1, 128))).astype(np.float32)
     short = (0.3 * rng.standard_normal((8, 1, 10))).astype(np.float32)
     dw = (0.1 * rng.standard_normal((8, 1, 9, 9))).astype(np.float32)
     graph = helper.make_graph(
-        [n("Conv", ["x", "bank"], ["a"], name="filter_bank", pads=[64, 63]),
+        [n("Conv", ["x", "bank"], ["a"], name="spectrum_bank", pads=[64, 63]),
+         n("Transpose", ["a"], ["at"], name="to_time", perm=[0, 2, 1]),
+         n("Mul", ["at", "at"], ["power"], name="square"),
+         n("Sqrt", ["power"], ["mag"], name="magnitude"),
+         n("Transpose", ["mag"], ["m"], name="to_channels", perm=[0, 2, 1]),
+         n("Conv", ["x", "bank"], ["l"], name="learned_bank", pads=[64, 63]),
+         n("Relu", ["l"], ["lr"], name="relu"),
          n("Conv", ["x", "short"], ["b"], name="short_conv", pads=[5, 4]),
-         n("Add", ["a", "b"], ["s"], name="sum"),
+         n("Add", ["m", "b"], ["s0"], name="sum0"),
+         n("Add", ["s0", "lr"], ["s"], name="sum"),
          n("Unsqueeze", ["s", "axis"], ["s4"], name="to_2d"),
          n("Conv", ["s4", "dw"], ["y"], name="depthwise", group=8, pads=[4] * 4)], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 256])],
@@ -148,5 +156,6 @@ def test_raw_signal_filter_bank_stays_float_but_depthwise_does_not():
     onnx.checker.check_model(model, full_check=True)
     feeds = [{"x": rng.standard_normal((1, 1, 256)).astype(np.float32)} for _ in range(4)]
     result = onnxq.quantize(model, feeds, progress=False, objective="size")
-    assert "FIR filter bank" in dict(result.report.skipped)["filter_bank"]
-    assert {"short_conv", "depthwise"} <= set(dict(result.report.quantized))
+    why = dict(result.report.skipped)["spectrum_bank"]
+    assert "FIR filter bank" in why and "Mul(x, x)" in why
+    assert {"learned_bank", "short_conv", "depthwise"} <= set(dict(result.report.quantized))

@@ -119,3 +119,23 @@ def test_quantizers_sit_above_padding_and_data_movement():
                for n in out.graph.node if n.op_type in ("Pad", "Reshape"))
     other = onnxq.quantize(model(0.5), feeds, progress=False, target_ep="openvino").model
     assert "p" in {n.input[0] for n in other.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_embedding_sums_are_not_residual_adds(monkeypatch):
+    """The Add of two embedding lookups (Gather on a constant table) keeps float inputs under
+    the OpenVINO rules (onnxruntime-openvino's compiler crashed on MiniLM's int8 ones), while
+    the encoder's residual Adds get int8 inputs."""
+    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP"))
+    model = B.bert_embedded(vocab=500, layers=1, hidden=32, heads=2, seq=8)
+    result = onnxq.quantize(model, B.feeds(model, n=4), progress=False, target_ep="openvino")
+    producers, _, _ = _dq_fed(result.model)
+    adds = {n.name: n for n in result.model.graph.node if n.op_type == "Add"}
+
+    def quantized(t: str) -> bool:  # an activation Q → DQ (not a weight-only table's DQ)
+        dq = producers.get(t)
+        return (dq is not None and dq.op_type == "DequantizeLinear"
+                and getattr(producers.get(dq.input[0]), "op_type", "") == "QuantizeLinear")
+
+    dq_inputs = {name: sum(map(quantized, n.input)) for name, n in adds.items()}
+    assert dq_inputs["embeddings.add"] == 0
+    assert any(v == 2 for k, v in dq_inputs.items() if k != "embeddings.add"), dq_inputs
