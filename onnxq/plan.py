@@ -27,7 +27,7 @@ from onnxq.quant_ops import (
     Role,
     clip_bounds,
     filter_bank_reason,
-    table_lookup,
+    openvino_residual,
     weight_axis,
     zero_padding,
 )
@@ -293,8 +293,7 @@ class _Analysis:
     def _visit_elective(self, node: gs.Node, h: OpHandler) -> bool:
         if self.inputs_only:  # a residual Add: int8 inputs, float sum (OpenVINO fuses it)
             acts = [t for _, t in _data_inputs(node, h) if not _is_const(t) and _is_float(t)]
-            return (node.op == "Add" and len(acts) == 2
-                    and not any(table_lookup(t) for t in acts) and self.mark(*acts))
+            return openvino_residual(node, acts) and self.mark(*acts)
         if any(p.bias_add and p.bias_add[0] == node.name for p in self.quantized.values()):
             return False
         if node.name in self.quantized:

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 
-__all__ = ["Role", "OpHandler", "HANDLERS", "OPENVINO_HANDLERS", "zero_padding", "weight_axis", "FLOAT_ONLY", "filter_bank_reason", "table_lookup",
+__all__ = ["Role", "OpHandler", "HANDLERS", "OPENVINO_HANDLERS", "zero_padding", "weight_axis", "FLOAT_ONLY", "filter_bank_reason", "openvino_residual",
            "FILTER_BANK_TAPS"]
 
 
@@ -192,10 +192,7 @@ _MOVES = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Slice", "Ex
 
 
 def table_lookup(t: gs.Tensor) -> bool:
-    """``t`` is rows of a constant table (an embedding ``Gather``, maybe reshaped): not a
-    residual branch. On the OpenVINO EP an int8 Add input made from one crashes its
-    compiler (onnxruntime-openvino 1.24.1: AddTransformation, "index '0' out of range", on
-    MiniLM's position embeddings), and NNCF leaves these Adds float too."""
+    """``t`` is rows of a constant table (an embedding ``Gather``, maybe reshaped)."""
     for _ in range(8):
         p = G.producer(t)
         if p is None or not p.inputs:
@@ -206,6 +203,29 @@ def table_lookup(t: gs.Tensor) -> bool:
             return False
         t = p.inputs[0]
     return False
+
+
+#: consumers that normalize what they read (they run in float on the OpenVINO EP)
+_NORMALIZING = frozenset({"LayerNormalization", "SimplifiedLayerNormalization",
+                          "SkipLayerNormalization", "Softmax", "LogSoftmax",
+                          "InstanceNormalization", "GroupNormalization"})
+
+
+def openvino_residual(node: gs.Node, acts: list[gs.Tensor]) -> bool:
+    """``node`` (an Add of two activations) is a residual sum whose inputs the OpenVINO EP
+    wants int8 (it fuses the sum into the int8 convs around it; measured on ResNet-style
+    CNNs), not one of the Adds that keep float inputs:
+    - a sum read by a normalization or Softmax (a transformer's residual stream before its
+      LayerNorm, the attention mask before Softmax): per-tensor int8 flattens the stream's
+      outlier channels (MiniLM: cosine 0.92 against 0.99 with them float) and OpenVINO runs
+      these in float anyway, so int8 inputs only add conversions (1.9x against 2.6x FP32);
+    - a sum of embedding lookups (``table_lookup``): onnxruntime-openvino 1.24.1's compiler
+      crashed on MiniLM's (AddTransformation, "index '0' out of range")."""
+    if node.op != "Add" or len(acts) != 2 or any(table_lookup(t) for t in acts):
+        return False
+    readers = {c.op for o in node.outputs for c in o.outputs}
+    decomposed_norm = {"ReduceMean", "Sub"} <= readers  # x - mean(x): a LayerNorm, spelt out
+    return not (readers & _NORMALIZING or decomposed_norm)
 
 
 def clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
