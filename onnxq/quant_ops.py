@@ -220,12 +220,15 @@ def openvino_residual(node: gs.Node, acts: list[gs.Tensor]) -> bool:
       outlier channels (MiniLM: cosine 0.92 against 0.99 with them float) and OpenVINO runs
       these in float anyway, so int8 inputs only add conversions (1.9x against 2.6x FP32);
     - a sum of embedding lookups (``table_lookup``): onnxruntime-openvino 1.24.1's compiler
-      crashed on MiniLM's (AddTransformation, "index '0' out of range")."""
+      crashed on MiniLM's (AddTransformation, "index '0' out of range");
+    - a sum of squares or one read by a magnitude (re² + im² → Sqrt in an STFT front end):
+      not a residual, and int8 there swamps the quiet bins (Silero VAD: 5.9 pt)."""
     if node.op != "Add" or len(acts) != 2 or any(table_lookup(t) for t in acts):
         return False
     readers = {c.op for o in node.outputs for c in o.outputs}
     decomposed_norm = {"ReduceMean", "Sub"} <= readers  # x - mean(x): a LayerNorm, spelt out
-    return not (readers & _NORMALIZING or decomposed_norm)
+    squares = any(getattr(G.producer(t), "op", "") == "Pow" for t in acts)
+    return not (readers & (_NORMALIZING | MAGNITUDE_OPS) or decomposed_norm or squares)
 
 
 def clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
