@@ -528,8 +528,8 @@ def main(argv: list[str] | None = None) -> int:
             print(msg, flush=True)
 
     names = args.models or (list(BUILTIN) if args.quick else [*BUILTIN, *REAL_MODELS])
-    methods = [*peers.ONNXQ_METHODS, *(args.peers if args.peers is not None else
-                                       (QUICK_PEERS if args.quick else PEERS))]
+    methods = list(dict.fromkeys([*peers.ONNXQ_METHODS, *(  # onnxq's own given as peers: once
+        args.peers if args.peers is not None else (QUICK_PEERS if args.quick else PEERS))]))
     unknown = [m for m in methods if m not in peers.METHODS]
     if unknown:
         parser.error(f"unknown peer(s) {unknown}; known: {list(PEERS)}")

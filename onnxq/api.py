@@ -148,8 +148,7 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
     return Pipeline([
         ForEachGraph(InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
                                    activation_symmetric=config.activation.symmetric,
-                                   sign_aware=config.target_ep == "openvino"
-                                   and config.activation.symmetric,
+                                   openvino=config.target_ep == "openvino",
                                    weight_type=weight, reduce_range=reduce_range)),
         ForEachGraph(DecomposeHardActivationsPass(nodes=tuple(
             n.name for n in plan.nodes if n.op in ("HardSigmoid", "HardSwish")),

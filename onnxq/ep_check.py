@@ -55,8 +55,12 @@ def _worst_cosine(fp32: onnx.ModelProto | str | os.PathLike, int8: onnx.ModelPro
                                seconds=0.05)
         except OnnxqError as exc:
             return None, str(exc)
+    pairs = list(zip(res.outputs["fp32"], res.outputs["int8"], strict=True))
+    if all(x.size == len(np.atleast_1d(x)) for x, _ in pairs):  # one score per sample: all feeds
+        pairs = [(np.concatenate([x.ravel() for x, _ in pairs])[None],
+                  np.concatenate([y.ravel() for _, y in pairs])[None])]
     worst = 1.0
-    for x, y in zip(res.outputs["fp32"], res.outputs["int8"], strict=True):
+    for x, y in pairs:
         x2 = x.reshape(len(x), -1).astype(np.float64)
         y2 = y.reshape(len(y), -1).astype(np.float64)
         cos = (x2 * y2).sum(1) / (np.linalg.norm(x2, axis=1) * np.linalg.norm(y2, axis=1)

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 
-__all__ = ["Role", "OpHandler", "HANDLERS", "OPENVINO_HANDLERS", "zero_padding", "weight_axis", "FLOAT_ONLY", "filter_bank_reason", "openvino_residual",
+__all__ = ["Role", "OpHandler", "HANDLERS", "OPENVINO_HANDLERS", "zero_padding", "spatial_zero_padding", "weight_axis", "FLOAT_ONLY", "filter_bank_reason", "openvino_residual",
            "FILTER_BANK_TAPS"]
 
 
@@ -256,3 +256,20 @@ def zero_padding(node: gs.Node) -> bool:
     value = G.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name \
         else np.zeros(1)
     return mode in ("edge", "reflect") or (value is not None and not np.any(value))
+
+
+def spatial_zero_padding(node: gs.Node) -> bool:
+    """A zero/edge ``Pad`` of the spatial axes only (constant pads, none on the batch or
+    channel axis): the OpenVINO EP folds it into the int8 conv after it. One that pads
+    channels (a TFLite residual widening 16 → 32 channels, face mesh) made onnxruntime-openvino
+    1.24.1's compiler fail (GroupConvolutionTransformation: a [1, 32, 1, 1] zero point on 16
+    channels), so it stays float."""
+    if node.op != "Pad" or not zero_padding(node):
+        return False
+    pads = node.attrs.get("pads") if "pads" in node.attrs else (  # an attribute before opset 11
+        G.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None)
+    if pads is None or len(node.inputs) > 3 and node.inputs[3].name:  # axes given: unknown
+        return False
+    pads = np.asarray(pads).reshape(2, -1)
+    return pads.shape[1] >= 3 and not np.any(pads[:, :2])
+

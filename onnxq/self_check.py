@@ -42,6 +42,11 @@ MAX_WEIGHT_BYTES = 1 << 30
 FLOOR = 0.95
 
 
+#: an output with fewer values per feed (one score, a flag) is judged over all feeds at once:
+#: the cosine of one number is only its sign (a face-presence logit near 0 read -1.0)
+MIN_ELEMENTS = 2
+
+
 def keep(data) -> KeepFeeds:
     """``data`` passed through, keeping copies of its first ``FEEDS`` feeds."""
     kept = keep_feeds(data, FEEDS)
@@ -85,10 +90,20 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
         want = [session.run(names, feed) for feed in feeds]
         del session
         session = make_session(int8)
+        small: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for feed, a in zip(feeds, want, strict=True):
             for name, x, y in zip(names, a, session.run(names, feed), strict=True):
-                cosines[name].append(_cosine(x, y))
+                if np.size(x) < MIN_ELEMENTS:  # one score or flag: judged over all feeds
+                    small.setdefault(name, []).append((np.ravel(x), np.ravel(y)))
+                else:
+                    cosines[name].append(_cosine(x, y))
         del session
+        for name, pairs in small.items():
+            if len(pairs) == len(feeds):  # the same size on every feed
+                cosines[name] = [_cosine(np.concatenate([x for x, _ in pairs]),
+                                         np.concatenate([y for _, y in pairs]))]
+            else:
+                cosines[name] += [_cosine(x, y) for x, y in pairs]
     except Exception as exc:  # noqa: BLE001 - never fails quantize; the report says why
         return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     outputs = {n: {"worst_cosine": round(min(c), 6), "mean_cosine": round(float(np.mean(c)), 6)}

@@ -158,3 +158,38 @@ def test_transformer_sums_keep_float_inputs(monkeypatch):
         return quantized(t)
 
     assert len(linear) == 6 and all(int8_input(n.input[0]) for n in linear)
+
+
+def test_tensors_reaching_a_channel_pad_get_zero_point_zero(monkeypatch):
+    """A TFLite-style residual widens channels with a Pad (4 → 8 here) after a MaxPool that
+    reads an int8 tensor also read by a conv: OpenVINO moves the dequantization through the
+    Pad and rejected the widened non-zero zero point (face mesh), so that tensor gets zero
+    point 0 even where its skewed range would take u8 asymmetric."""
+    from onnx import TensorProto, helper
+
+    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP"))
+    rng = np.random.default_rng(0)
+    w1 = (0.3 * rng.standard_normal((4, 3, 3, 3))).astype(np.float32)
+    b1 = np.full(4, 1.5, np.float32)  # a skewed signed range: [-small, large]
+    w2 = (0.3 * rng.standard_normal((8, 4, 3, 3))).astype(np.float32)
+    pads = np.array([0, 0, 0, 0, 0, 4, 0, 0], np.int64)
+    graph = helper.make_graph([
+        helper.make_node("Conv", ["x", "w1", "b1"], ["t"], name="conv1", pads=[1] * 4),
+        helper.make_node("Conv", ["t", "w2"], ["c2"], name="conv2", pads=[1] * 4,
+                         strides=[2, 2]),
+        helper.make_node("MaxPool", ["t"], ["p"], name="pool", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Pad", ["p", "pads"], ["pp"], name="channel_padding"),
+        helper.make_node("Add", ["c2", "pp"], ["y"], name="residual")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        initializer=[numpy_helper.from_array(a, k) for k, a in
+                     (("w1", w1), ("b1", b1), ("w2", w2), ("pads", pads))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    result = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
+    _, _, consts = _dq_fed(result.model)
+    [q] = [n for n in result.model.graph.node
+           if n.op_type == "QuantizeLinear" and n.input[0] == "t"]
+    assert int(consts[q.input[2]]) == 0

@@ -120,3 +120,21 @@ def test_models_over_the_weight_bound_are_not_checked(monkeypatch):
     model = B.residual_block()
     found = onnxq.quantize(model, B.feeds(model, n=2), progress=False).report.self_check
     assert "GiB" in found["skipped"] and "onnxq compare" in found["skipped"]
+
+
+def test_a_score_output_is_judged_over_all_feeds():
+    """An output with one value per feed (a score, a flag): on a feed where it is near 0,
+    int8 rounds it to 0 and its own cosine reads 0 (or -1 on a sign flip), which says
+    nothing; over all feeds the scores agree (face mesh's face flag gave a false warning)."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="score")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 1])],
+        initializer=[numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    values = [0.9, -0.7, 1e-4, 0.5, -1.0, 0.3]
+    feeds = [{"x": np.full((1, 1, 1, 1), v, np.float32)} for v in values]
+    result = onnxq.quantize(model, feeds, progress=False, objective="size")
+    assert ("score", "Conv") in result.report.quantized
+    got = result.report.self_check
+    assert got["below"] == [] and got["outputs"]["y"]["worst_cosine"] > 0.999

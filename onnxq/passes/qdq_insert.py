@@ -19,6 +19,7 @@ from onnxq.errors import CalibrationError
 from onnxq.pipeline import PassResult
 from onnxq.plan import ActivationPlan, NodePlan, QuantPlan
 from onnxq.qtypes import QParams, QType, TensorRange
+from onnxq.quant_ops import spatial_zero_padding, zero_padding
 
 __all__ = ["InsertQDQPass"]
 
@@ -60,14 +61,42 @@ def _sign_aware(rng: TensorRange) -> qm.QParams:
     return qm.activation_params(rng, QType.U8)
 
 
+#: data movement the OpenVINO EP moves a dequantization through
+_MOVING = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
+                     "Slice", "Identity"})
+
+
+def _channel_padded(graph: gs.Graph, plan: QuantPlan) -> set[str]:
+    """Roots of int8 tensors that reach (through data movement) a Pad of the channel axis.
+    OpenVINO moves their dequantization through the Pad and widens a non-zero zero point to
+    the padded channel count, which its compiler then rejects where the same tensor feeds a
+    conv (onnxruntime-openvino 1.24.1 on MediaPipe face mesh: a [1, 32, 1, 1] zero point on
+    16 channels); zero point 0 has no such subtraction."""
+    tensors = graph.tensors()
+    out = set()
+    for act in plan.activations:
+        frontier, seen = [tensors.get(act.name)], 0
+        while frontier and seen < 64:
+            t = frontier.pop()
+            seen += 1
+            for user in t.outputs if t is not None else ():
+                if user.op == "Pad" and zero_padding(user) and not spatial_zero_padding(user):
+                    out.add(act.root)
+                elif user.op in _MOVING:
+                    frontier.extend(user.outputs[:1])
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InsertQDQPass:
     plan: QuantPlan
     ranges: Mapping[str, TensorRange]
     activation_type: QType = QType.U8
     activation_symmetric: bool = False
-    #: zero point 0 where it costs little precision (the OpenVINO EP; ``_sign_aware``)
-    sign_aware: bool = False
+    #: the OpenVINO EP's types: with ``activation_symmetric``, zero point 0 where it costs
+    #: little precision (``_sign_aware``); always zero point 0 at channel pads
+    #: (``_channel_padded``)
+    openvino: bool = False
     weight_type: QType = QType.S8
     reduce_range: bool = False
     name: str = "insert_qdq"
@@ -95,6 +124,7 @@ class InsertQDQPass:
 
     # -- parameters -----------------------------------------------------------------------
     def _params(self, state: _Run) -> None:
+        padded = _channel_padded(state.graph, self.plan) if self.openvino else set()
         for root in self.plan.calibration_tensors:
             rng = self.ranges.get(root)
             if rng is None:
@@ -103,7 +133,11 @@ class InsertQDQPass:
             upper = self.plan.upper_bounds.get(root)
             if upper is not None and rng.hi > upper:
                 rng = TensorRange(rng.lo, upper)
-            if self.sign_aware:
+            if root in padded:
+                state.act_params[root] = qm.activation_params(
+                    rng, QType.S8 if rng.lo < 0 else QType.U8, symmetric=True)
+                continue
+            if self.openvino and self.activation_symmetric:
                 state.act_params[root] = _sign_aware(rng)
                 continue
             state.act_params[root] = qm.activation_params(
