@@ -28,8 +28,8 @@ from onnxq.quant_ops import (
     clip_bounds,
     filter_bank_reason,
     openvino_residual,
-    spatial_zero_padding,
     weight_axis,
+    zero_padding,
 )
 
 __all__ = ["NodePlan", "ActivationPlan", "Fold", "QuantPlan", "annotate"]
@@ -192,7 +192,7 @@ class _Analysis:
 
     def visit(self, node: gs.Node) -> bool:
         h = HANDLERS.get(node.op) or (OPENVINO_HANDLERS.get(node.op) if self.inputs_only
-                                      and spatial_zero_padding(node) else None)
+                                      and zero_padding(node) else None)
         if h is None:
             return False
         if node.name in self.excluded_nodes or node.op in self.excluded_ops:

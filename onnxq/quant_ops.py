@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 
-__all__ = ["Role", "OpHandler", "HANDLERS", "OPENVINO_HANDLERS", "zero_padding", "spatial_zero_padding", "weight_axis", "FLOAT_ONLY", "filter_bank_reason", "openvino_residual",
+__all__ = ["Role", "OpHandler", "HANDLERS", "OPENVINO_HANDLERS", "zero_padding", "pads_channels", "weight_axis", "FLOAT_ONLY", "filter_bank_reason", "openvino_residual",
            "FILTER_BANK_TAPS"]
 
 
@@ -258,18 +258,15 @@ def zero_padding(node: gs.Node) -> bool:
     return mode in ("edge", "reflect") or (value is not None and not np.any(value))
 
 
-def spatial_zero_padding(node: gs.Node) -> bool:
-    """A zero/edge ``Pad`` of the spatial axes only (constant pads, none on the batch or
-    channel axis): the OpenVINO EP folds it into the int8 conv after it. One that pads
-    channels (a TFLite residual widening 16 → 32 channels, face mesh) made onnxruntime-openvino
-    1.24.1's compiler fail (GroupConvolutionTransformation: a [1, 32, 1, 1] zero point on 16
-    channels), so it stays float."""
-    if node.op != "Pad" or not zero_padding(node):
+def pads_channels(node: gs.Node) -> bool:
+    """A ``Pad`` whose constant pads widen the batch or channel axis (a TFLite residual
+    widening 16 → 32 channels, as in MediaPipe's face models); False for spatial padding and
+    for pads unknown before run time."""
+    if node.op != "Pad":
         return False
     pads = node.attrs.get("pads") if "pads" in node.attrs else (  # an attribute before opset 11
         G.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None)
     if pads is None or len(node.inputs) > 3 and node.inputs[3].name:  # axes given: unknown
         return False
     pads = np.asarray(pads).reshape(2, -1)
-    return pads.shape[1] >= 3 and not np.any(pads[:, :2])
-
+    return pads.shape[1] >= 2 and bool(np.any(pads[:, :2]))

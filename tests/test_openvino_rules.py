@@ -160,11 +160,13 @@ def test_transformer_sums_keep_float_inputs(monkeypatch):
     assert len(linear) == 6 and all(int8_input(n.input[0]) for n in linear)
 
 
-def test_tensors_reaching_a_channel_pad_get_zero_point_zero(monkeypatch):
+@pytest.mark.parametrize("relu", [False, True])
+def test_tensors_reaching_a_channel_pad_get_zero_point_zero(monkeypatch, relu):
     """A TFLite-style residual widens channels with a Pad (4 → 8 here) after a MaxPool that
     reads an int8 tensor also read by a conv: OpenVINO moves the dequantization through the
-    Pad and rejected the widened non-zero zero point (face mesh), so that tensor gets zero
-    point 0 even where its skewed range would take u8 asymmetric."""
+    Pad and rejected the widened non-zero zero point (face mesh, BlazeFace), so that tensor
+    gets zero point 0: s8 symmetric where its skewed signed range would take u8 asymmetric,
+    u8 from 0 where it is non-negative (a ReLU's)."""
     from onnx import TensorProto, helper
 
     monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP"))
@@ -173,8 +175,12 @@ def test_tensors_reaching_a_channel_pad_get_zero_point_zero(monkeypatch):
     b1 = np.full(4, 1.5, np.float32)  # a skewed signed range: [-small, large]
     w2 = (0.3 * rng.standard_normal((8, 4, 3, 3))).astype(np.float32)
     pads = np.array([0, 0, 0, 0, 0, 4, 0, 0], np.int64)
+    first = [helper.make_node("Conv", ["x", "w1", "b1"], ["t0" if relu else "t"],
+                              name="conv1", pads=[1] * 4)]
+    if relu:
+        first.append(helper.make_node("Relu", ["t0"], ["t"], name="relu"))
     graph = helper.make_graph([
-        helper.make_node("Conv", ["x", "w1", "b1"], ["t"], name="conv1", pads=[1] * 4),
+        *first,
         helper.make_node("Conv", ["t", "w2"], ["c2"], name="conv2", pads=[1] * 4,
                          strides=[2, 2]),
         helper.make_node("MaxPool", ["t"], ["p"], name="pool", kernel_shape=[2, 2],
@@ -191,5 +197,6 @@ def test_tensors_reaching_a_channel_pad_get_zero_point_zero(monkeypatch):
     result = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
     _, _, consts = _dq_fed(result.model)
     [q] = [n for n in result.model.graph.node
-           if n.op_type == "QuantizeLinear" and n.input[0] == "t"]
-    assert int(consts[q.input[2]]) == 0
+           if n.op_type == "QuantizeLinear" and n.input[0] in ("t", "t0")]
+    zero = consts[q.input[2]]
+    assert int(zero) == 0 and zero.dtype == (np.uint8 if relu else np.int8)

@@ -19,7 +19,7 @@ from onnxq.errors import CalibrationError
 from onnxq.pipeline import PassResult
 from onnxq.plan import ActivationPlan, NodePlan, QuantPlan
 from onnxq.qtypes import QParams, QType, TensorRange
-from onnxq.quant_ops import spatial_zero_padding, zero_padding
+from onnxq.quant_ops import pads_channels, zero_padding
 
 __all__ = ["InsertQDQPass"]
 
@@ -70,8 +70,8 @@ def _channel_padded(graph: gs.Graph, plan: QuantPlan) -> set[str]:
     """Roots of int8 tensors that reach (through data movement) a Pad of the channel axis.
     OpenVINO moves their dequantization through the Pad and widens a non-zero zero point to
     the padded channel count, which its compiler then rejects where the same tensor feeds a
-    conv (onnxruntime-openvino 1.24.1 on MediaPipe face mesh: a [1, 32, 1, 1] zero point on
-    16 channels); zero point 0 has no such subtraction."""
+    conv (onnxruntime-openvino 1.24.1 on MediaPipe face mesh and BlazeFace: a [1, 32, 1, 1]
+    zero point on 16 channels); zero point 0 has no such subtraction."""
     tensors = graph.tensors()
     out = set()
     for act in plan.activations:
@@ -80,7 +80,7 @@ def _channel_padded(graph: gs.Graph, plan: QuantPlan) -> set[str]:
             t = frontier.pop()
             seen += 1
             for user in t.outputs if t is not None else ():
-                if user.op == "Pad" and zero_padding(user) and not spatial_zero_padding(user):
+                if user.op == "Pad" and zero_padding(user) and pads_channels(user):
                     out.add(act.root)
                 elif user.op in _MOVING:
                     frontier.extend(user.outputs[:1])
@@ -133,9 +133,9 @@ class InsertQDQPass:
             upper = self.plan.upper_bounds.get(root)
             if upper is not None and rng.hi > upper:
                 rng = TensorRange(rng.lo, upper)
-            if root in padded:
+            if root in padded:  # s8 symmetric, or u8 from 0 for a non-negative range
                 state.act_params[root] = qm.activation_params(
-                    rng, QType.S8 if rng.lo < 0 else QType.U8, symmetric=True)
+                    rng, QType.S8 if rng.lo < 0 else QType.U8, symmetric=rng.lo < 0)
                 continue
             if self.openvino and self.activation_symmetric:
                 state.act_params[root] = _sign_aware(rng)
