@@ -93,6 +93,16 @@ def ep_python(ep: str, given: Mapping[str, str]) -> str | None:
     return path
 
 
+def _save_feeds(feeds: Sequence[Mapping[str, np.ndarray]], folder: str) -> list[str]:
+    """Each feed as an ``.npz`` in ``folder`` (the child reads them); their paths."""
+    paths = []
+    for i, feed in enumerate(feeds):
+        paths.append(str(Path(folder) / f"feed{i}.npz"))
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in feed.items()}
+        np.savez(paths[-1], **arrays)
+    return paths
+
+
 def run_on_eps(models: Mapping[str, str], feeds: Sequence[Mapping[str, np.ndarray]],
                eps: Sequence[str], *, threads: int = 2, seconds: float = 2.0,
                pythons: Mapping[str, str] | None = None) -> list[EpResult]:
@@ -102,11 +112,7 @@ def run_on_eps(models: Mapping[str, str], feeds: Sequence[Mapping[str, np.ndarra
     where = {ep: ep_python(ep, pythons or {}) for ep in eps}  # every error before any run
     results = []
     with tempfile.TemporaryDirectory(prefix="onnxq-ep-") as tmp:
-        paths = []
-        for i, feed in enumerate(feeds):
-            paths.append(str(Path(tmp) / f"feed{i}.npz"))
-            arrays: dict[str, Any] = {k: np.asarray(v) for k, v in feed.items()}
-            np.savez(paths[-1], **arrays)
+        paths = _save_feeds(feeds, tmp)
         for ep in eps:
             request = {"ep": ep, "models": {k: str(Path(v).resolve()) for k, v in models.items()},
                        "feeds": paths, "threads": threads, "seconds": seconds, "outputs": tmp}
@@ -129,11 +135,7 @@ def outputs_on_ep(models: Mapping[str, str], feeds: Sequence[Mapping[str, np.nda
     to score a task metric on that EP."""
     python = ep_python(ep, pythons or {})
     with tempfile.TemporaryDirectory(prefix="onnxq-ep-") as tmp:
-        paths = []
-        for i, feed in enumerate(feeds):
-            paths.append(str(Path(tmp) / f"feed{i}.npz"))
-            arrays: dict[str, Any] = {k: np.asarray(v) for k, v in feed.items()}
-            np.savez(paths[-1], **arrays)
+        paths = _save_feeds(feeds, tmp)
         answer = _ask(python, {"ep": ep, "threads": threads, "seconds": 0, "outputs": tmp,
                                "all_outputs": True, "feeds": paths,
                                "models": {k: str(Path(v).resolve()) for k, v in models.items()}})
