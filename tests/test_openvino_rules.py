@@ -64,24 +64,29 @@ def test_zero_point_zero_where_it_costs_little(lo, hi, dtype, zero):
 def test_the_zero_point_zero_model_is_checked_and_replaced_when_it_disagrees(monkeypatch):
     model = B.residual_block()
     feeds = B.feeds(model, n=4)
-    scores = iter([(0.03, "the OpenVINO EP"), (0.98, "the OpenVINO EP")])
+    scores = iter([(0.03, "the OpenVINO EP", 2.0), (0.98, "the OpenVINO EP", 1.5)])
     monkeypatch.setattr(ep_check, "_score", lambda *a: next(scores))
     result = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
     assert result.config.activation.symmetric is False  # the rebuilt, u8 asymmetric one
     assert any("instead" in n and "0.9800" in n for n in result.report.notes)
+    assert any("ran at 1.50x FP32" in n and not n.startswith("warning")
+               for n in result.report.notes)  # the kept model's speed-up on the EP
     zps = [numpy_helper.to_array(i) for i in result.model.graph.initializer
            if i.name.endswith("zero_point")]
     assert all(z.dtype != np.int8 for z in zps if z.ndim == 0)
-    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP"))
+    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP", None))
     kept = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
     assert kept.config.activation.symmetric is True
     assert any("checked on the OpenVINO EP" in n for n in kept.report.notes)
     # a marginal gain (MiniLM: 0.9893 → 0.9898) does not pay for the slower u8 model
-    scores = iter([(0.9893, "the OpenVINO EP"), (0.9898, "the OpenVINO EP")])
+    scores = iter([(0.9893, "the OpenVINO EP", 0.9), (0.9898, "the OpenVINO EP", 0.8)])
     monkeypatch.setattr(ep_check, "_score", lambda *a: next(scores))
     marginal = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
     assert marginal.config.activation.symmetric is True
     assert any("kept the zero-point-0 model" in n for n in marginal.report.notes)
+    # not faster than FP32 on the EP: said, as a warning
+    assert any(n.startswith("warning") and "0.90x FP32" in n and "does not pay" in n
+               for n in marginal.report.notes)
 
 
 def test_without_an_openvino_interpreter_the_cpu_ep_decides(monkeypatch, tmp_path):
@@ -133,7 +138,7 @@ def test_transformer_sums_keep_float_inputs(monkeypatch):
     one), the residual stream before each LayerNorm and the attention mask before Softmax
     (int8 there cost MiniLM cosine 0.99 → 0.92 and a third of its speed); the MatMuls are
     int8 at their inputs. A CNN's residual Adds keep int8 inputs (the first test)."""
-    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP"))
+    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP", None))
     model = B.bert_embedded(vocab=500, layers=1, hidden=32, heads=2, seq=8)
     result = onnxq.quantize(model, B.feeds(model, n=4), progress=False, target_ep="openvino")
     producers, _, _ = _dq_fed(result.model)
@@ -169,7 +174,7 @@ def test_tensors_reaching_a_channel_pad_get_zero_point_zero(monkeypatch, relu):
     u8 from 0 where it is non-negative (a ReLU's)."""
     from onnx import TensorProto, helper
 
-    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP"))
+    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP", None))
     rng = np.random.default_rng(0)
     w1 = (0.3 * rng.standard_normal((4, 3, 3, 3))).astype(np.float32)
     b1 = np.full(4, 1.5, np.float32)  # a skewed signed range: [-small, large]
