@@ -73,9 +73,26 @@ class Placement:
                 f"{self.fp32_us:.0f} µs FP32 ({speed:.2f}x){unknown}")
 
 
+def _hard_swish_pair(tensor: gs.Tensor) -> bool:
+    """``tensor`` is read by exactly ``HardSigmoid(tensor; 1/6, 1/2)`` and ``Mul(tensor, that)``:
+    HardSwish below opset 14, which onnxruntime fuses into HardSwish (and into the Conv)."""
+    readers = list(tensor.outputs)
+    if len(readers) != 2:
+        return False
+    hs = next((n for n in readers if n.op == "HardSigmoid"), None)
+    mul = next((n for n in readers if n.op == "Mul"), None)
+    return (hs is not None and mul is not None and len(hs.outputs) == 1
+            and abs(float(hs.attrs.get("alpha", 0.2)) - 1.0 / 6.0) < 1e-6
+            and abs(float(hs.attrs.get("beta", 0.5)) - 0.5) < 1e-6
+            and list(hs.outputs[0].outputs) == [mul] and hs.outputs[0] in mul.inputs)
+
+
 def _fusable(producer: gs.Node | None, consumer: gs.Node, tensor: gs.Tensor) -> bool:
-    return (producer is not None and producer.op == "Conv" and len(tensor.outputs) == 1
-            and (consumer.op in FUSED_ACTIVATIONS or consumer.op == "Add"))
+    if producer is None or producer.op != "Conv":
+        return False
+    if len(tensor.outputs) == 1:
+        return consumer.op in FUSED_ACTIVATIONS or consumer.op == "Add"
+    return _hard_swish_pair(tensor)
 
 
 class _Builder:
