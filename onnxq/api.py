@@ -87,7 +87,8 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     for a model that is already quantized (QDQ from QAT or another tool)."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    fused = Pipeline([PreprocessPass(min_opset=config.min_opset), ForEachGraph(FusionPass()),
+    fusion = FusionPass(hard_activations=config.target_ep != "openvino")
+    fused = Pipeline([PreprocessPass(min_opset=config.min_opset), ForEachGraph(fusion),
                       *([TransformerFusionPass()] if config.mode == "dynamic"
                         and config.fuse_attention else []),
                       *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else [])
