@@ -179,8 +179,9 @@ def test_nodes_without_known_shapes_are_named_not_counted():
     """A dynamic Pad (pads computed in the graph) hides every shape after it: those nodes stay
     as planned, and the predicted times leave them out instead of counting a sentinel."""
     b = B._Builder(21, 17)
-    pads = b.op("ConstantOfShape", [b.const("eight", [8], np.int64)], "pads_of",
-                value=helper.make_tensor("one", TensorProto.INT64, [1], [1]))
+    ones = b.op("Sub", [b.op("Shape", ["input"], "shape_of"),
+                        b.const("less_one", [0, 2, 15, 15], np.int64)], "ones")
+    pads = b.op("Concat", [ones, ones], "pads_of", axis=0)
     pads = b.op("Mul", [pads, b.const("mask", [0, 0, 1, 1, 0, 0, 1, 1], np.int64)], "pads_hw")
     x = b.op("Pad", ["input", pads], "dyn_pad")
     x = b.relu(b.conv(x, "c1", 3, 8, 3, pad=0, bias=True), "r1")

@@ -58,6 +58,17 @@ FOLDABLE = frozenset({
     "ReduceSum", "ReduceL2", "ReduceMean"})  # not Gather/Expand/Tile: a looked-up embedding
 #                       table stays a table (int8, see WeightOnlyPass), and nothing grows
 _MAX_FOLD_ELEMENTS = 1 << 26
+#: ``ConstantOfShape`` folds only when its output is this small: shape plumbing (the pads of
+#: TF-style "SAME" padding, computed at run time by EfficientNet/timm ports), never a buffer
+_MAX_FILL_ELEMENTS = 4096
+
+
+def _small_fill(node: gs.Node, values: list[np.ndarray | None]) -> bool:
+    """A ``ConstantOfShape`` with a constant shape whose output stays small."""
+    if not values or values[0] is None or values[0].ndim != 1:
+        return False
+    dims = values[0].astype(np.int64)
+    return bool(np.all(dims >= 0)) and int(np.prod(dims)) <= _MAX_FILL_ELEMENTS
 
 
 def _evaluate(node: gs.Node, values: list[np.ndarray | None], opset: int
@@ -85,11 +96,14 @@ def _fold_constant_nodes(root: gs.Graph) -> int:
     for graph in G.iter_graphs(root):
         outputs = G.graph_output_names(graph)
         for node in list(graph.nodes):
-            if node.op not in FOLDABLE or node.domain not in (None, "", "ai.onnx") \
+            if node.op not in FOLDABLE | {"ConstantOfShape"} \
+                    or node.domain not in (None, "", "ai.onnx") \
                     or not node.outputs or any(o.name in outputs for o in node.outputs):
                 continue
             values = [G.constant_value(t) for t in node.inputs if t.name]
             if any(v is None or v.size > _MAX_FOLD_ELEMENTS for v in values):
+                continue
+            if node.op == "ConstantOfShape" and not _small_fill(node, values):
                 continue
             results = _evaluate(node, _aligned(node, values), G.opset(root))
             if results is None or len(results) != len(node.outputs):

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
+import onnxq
 from onnxq import graph as G
 from onnxq.api import build_pipeline, prepare
 from onnxq.calibrate import collect_ranges
@@ -226,6 +227,71 @@ def test_fusion_folds_zero_pad_into_conv():
     onnx.checker.check_model(out.model, full_check=True)
     assert_close(model, out.model, {"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)})
     rerun_unchanged(FusionPass(), out.model)
+
+
+def _same_pad_chain(pads_hw: list[int], fill_shape: list[int]):
+    """TF-style "SAME" padding the way EfficientNet ports export it: the pads computed in the
+    graph from a ConstantOfShape, then Concat/Reshape/Slice/Transpose/Reshape/Cast."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, values, dtype=np.int64):
+        return numpy_helper.from_array(np.asarray(values, dtype), name)
+
+    nodes = [
+        helper.make_node("ConstantOfShape", ["fill_shape"], ["zeros"], name="zeros",
+                         value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
+        helper.make_node("Concat", ["hw", "zeros"], ["cat"], name="cat", axis=0),
+        helper.make_node("Reshape", ["cat", "pairs"], ["r1"], name="r1"),
+        helper.make_node("Slice", ["r1", "start", "end", "axis0", "step"], ["rev"], name="rev"),
+        helper.make_node("Transpose", ["rev"], ["t"], name="t", perm=[1, 0]),
+        helper.make_node("Reshape", ["t", "flat"], ["r2"], name="r2"),
+        helper.make_node("Cast", ["r2"], ["pads"], name="cast", to=TensorProto.INT64)]
+    inits = [const("fill_shape", fill_shape), const("hw", pads_hw), const("pairs", [-1, 2]),
+             const("start", [-1]), const("end", [-(2**63) + 1]), const("axis0", [0]),
+             const("step", [-1]), const("flat", [-1])]
+    return nodes, inits
+
+
+def test_fusion_folds_computed_same_padding_into_conv():
+    """Pads computed from constants (ConstantOfShape included) fold, so the Pad joins the Conv:
+    in int8 a separate Pad runs in float between a DequantizeLinear and a QuantizeLinear."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits = _same_pad_chain([0, 1, 0, 1], [4])
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [*nodes, helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+         helper.make_node("Conv", ["p", "w"], ["y"], name="conv", strides=[2, 2])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, *inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feed = {"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    pre = Pipeline([PreprocessPass()]).run(model).model
+    assert ops(pre)["ConstantOfShape"] == 0
+    out = Pipeline([FusionPass()]).run(pre)
+    assert ops(out.model)["Pad"] == 0
+    conv = next(n for n in out.model.graph.node if n.op_type == "Conv")
+    assert list(next(a for a in conv.attribute if a.name == "pads").ints) == [0, 0, 1, 1]
+    assert_close(model, out.model, feed)
+    result = onnxq.quantize(model, [feed], progress=False, objective="size")
+    assert ops(result.model)["Pad"] == 0
+    assert ops(result.model)["QuantizeLinear"] >= 1
+
+
+def test_preprocess_leaves_large_fills_alone():
+    """A ConstantOfShape that builds a buffer (not shape plumbing) stays a node."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([1, 3, 64, 64], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["fill"], name="fill",
+                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+         helper.make_node("Add", ["x", "fill"], ["y"], name="add")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert ops(Pipeline([PreprocessPass()]).run(model).model)["ConstantOfShape"] == 1
 
 
 def test_preprocess_keeps_scalar_constants_scalar():
