@@ -15,15 +15,15 @@ import numpy as np
 import onnx
 
 from onnxq import graph as G
-from onnxq import placement, recovery, self_check
+from onnxq import placement, range_choice, recovery, self_check
 from onnxq.calibration_run import Stats, calibrate_run
 from onnxq.config import QuantConfig
-from onnxq.config_resolve import resolve, stamp_target, types_for
+from onnxq.config_resolve import check_sources, resolve, stamp_target, types_for
 from onnxq.config_resolve import resolve_config as _resolve_config
 from onnxq.data import peek_shapes
 from onnxq.distributed import Cluster
 from onnxq.dynamic_check import LOSSY
-from onnxq.errors import CalibrationError, ConfigError, ModelError
+from onnxq.errors import CalibrationError, ModelError
 from onnxq.exporters.front_door import as_onnx
 from onnxq.io import check_outputs, model_files, save_model, self_contained
 from onnxq.memory import release
@@ -284,10 +284,9 @@ def quantize(
     ``model`` is an ``onnx.ModelProto`` or a path (never modified), or a framework model that
     is exported first (see ``as_onnx``; ``export_options`` go to the exporter).
     ``calibration_data`` is any iterable of feeds (dict input name → numpy array, as for
-    ``InferenceSession.run``); ``ranges`` skips calibration. ``overrides`` are flat options such as ``per_channel=False``,
-    ``activation_type="s8"``, ``exclude_nodes=[...]`` (see ``QuantConfig.with_overrides``);
-    ``cluster`` calibrates on Ray workers (``onnxq.distributed``; the same result).
-    """
+    ``InferenceSession.run``); ``ranges`` skips calibration (and the ``auto`` choice).
+    ``overrides`` are flat options such as ``per_channel=False`` (``QuantConfig.with_overrides``);
+    ``cluster`` calibrates on Ray workers (``onnxq.distributed``; the same result)."""
     cfg = _resolve_config(config, overrides)
     original = model
     # listed now, while memory is low (finding external data parses the whole file)
@@ -303,14 +302,9 @@ def quantize(
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
         return _reads(_quantize_prequantized(fused.model, cfg), files)
-    done = checked = None
-    if ranges is not None and cfg.recipe.smooth_alpha:
-        raise ConfigError("recipe.smooth_alpha changes the tensors that ranges describe: give "
-                          "calibration data instead of ranges, or set smooth_alpha = 0")
+    done, checked, stats = None, None, Stats()
+    check_sources(cfg, ranges, calibration_data)
     if ranges is None:
-        if calibration_data is None:
-            raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
-                              "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")
         if cfg.recipe.smooth_alpha:
             fused, plan, calibration_data = _smoothed(fused, plan, cfg, shapes, calibration_data)
         box, checked = [fused.model], self_check.keep(calibration_data)
@@ -322,11 +316,15 @@ def quantize(
         if not cfg.recipe.is_plain:
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
     ov = cfg.target_ep == "openvino"  # (a second model may be built: not consumed)
-    result = materialize(fused, plan, cfg, ranges, source=exported, recovered=done, consume=not ov)
+    alt = range_choice.second(stats.alternative, checked.kept if checked else (), model)
+
+    def build(r: Mapping[str, TensorRange], consume: bool, c: QuantConfig = cfg) -> QuantResult:
+        return materialize(fused, plan, c, r, source=exported, recovered=done, consume=consume)
+
+    result = build(ranges, not (ov or alt))
     if checked is not None:  # against FP32 on kept feeds (``self_check``; OpenVINO: ``ep_check``)
-        result = self_check.finish(result, original if files else model, model, checked.kept, (
-            lambda: materialize(fused, plan, cfg.with_overrides(activation_symmetric=False),
-                                ranges, source=exported, recovered=done)) if ov else None)
+        result = range_choice.finish(result, original if files else model, model, checked.kept,
+                                     alt, build, ov)
     return _reads(result, files)
 
 

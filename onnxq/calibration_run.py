@@ -12,7 +12,7 @@ import onnx
 
 from onnxq import recovery
 from onnxq.calibrate import collect_ranges_spilling
-from onnxq.calibrators import Calibrator, make_calibrator
+from onnxq.calibrators import AutoRanges, Calibrator, make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.distributed import Cluster
 from onnxq.dynamic_check import DynamicInputCheck, keep_accurate
@@ -31,6 +31,8 @@ class Stats:
     means: dict[str, np.ndarray] | None = None
     feeds: tuple[Feed, ...] = ()
     grams: dict[str, np.ndarray] | None = None
+    #: the ``auto`` method's second candidate: percentile ranges of the same tensors
+    alternative: dict[str, TensorRange] | None = None
 
 
 def calibrate_run(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantConfig,
@@ -41,7 +43,8 @@ def calibrate_run(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantC
     caller hands over in ``box`` (a large one waits on disk meanwhile); with ``recover``, the
     statistics and feeds the recipe's recovery needs, gathered in the same run."""
     watch = sorted({n.dynamic_input for n in plan.nodes if n.dynamic_input})
-    check = DynamicInputCheck(make_calibrator(cfg.calibration), watch, plan.calibration_tensors)
+    base = make_calibrator(cfg.calibration)
+    check = DynamicInputCheck(base, watch, plan.calibration_tensors)
     tensors = [*plan.calibration_tensors,
                *(t for t in watch if t not in set(plan.calibration_tensors))]
     loops = IterationWatch(check, {t: loop for t, loop in loop_tensors(box[0]).items()
@@ -62,8 +65,9 @@ def calibrate_run(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantC
         box, tensors, data, calibrator, max_samples=cfg.calibration.max_samples,
         progress=progress, allow_nonfinite=cfg.calibration.allow_nonfinite, partial=True,
         cluster=cluster)
+    alternative = base.alternative() if isinstance(base, AutoRanges) else None
     stats = Stats(means.batch_means() if means else None, tuple(kept.kept) if kept else (),
-                   grams.grams() if grams else None)
+                  grams.grams() if grams else None, alternative)
     plan = keep_accurate(plan, check.lost())
     unstable = loops.unstable()
     if unstable:  # without a range, settle keeps their bodies float
@@ -74,4 +78,7 @@ def calibrate_run(box: list[onnx.ModelProto], plan: QuantPlan, data, cfg: QuantC
             f"scale across iterations (e.g. {worst!r}: its typical or last iteration reaches "
             f"{unstable[worst][1]:.1%} of its largest value); one int8 scale cannot serve "
             "every iteration, so those bodies stay float",))
+    if stats.alternative is not None:  # the same tensors, or no second candidate
+        alt = {t: stats.alternative[t] for t in ranges if t in stats.alternative}
+        stats = dataclasses.replace(stats, alternative=alt if len(alt) == len(ranges) else None)
     return ranges, plan, model, stats

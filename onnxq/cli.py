@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from onnxq import cli_zoo
-from onnxq.calibrators import CALIBRATORS
+from onnxq.calibrators import METHODS
 from onnxq.errors import ConfigError, OnnxqError
 from onnxq.qtypes import QTYPES
 
@@ -145,8 +145,9 @@ def _calibration_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--max-samples", type=int, default=None, metavar="N",
                    help="use at most N calibration feeds")
     p.add_argument("--calibrator", default=None,
-                   choices=list(CALIBRATORS),
-                   help="calibration method (default minmax)")
+                   choices=list(METHODS),
+                   help="calibration method (default auto: minmax or percentile, whichever "
+                        "model is closer to FP32 on the calibration feeds)")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --calibrator percentile (default 99.999)")
     p.add_argument("--num-bins", type=int, default=None,

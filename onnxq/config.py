@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from onnxq.calibrators import CALIBRATORS
+from onnxq.calibrators import CALIBRATORS, METHODS
 from onnxq.errors import ConfigError
 from onnxq.kernels.isa import TARGETS
 from onnxq.qtypes import QTYPES
@@ -129,7 +129,7 @@ class CalibrationConfig:
     """How activation ranges are measured. ``percentile`` and ``num_bins`` apply to the
     histogram methods (entropy, percentile, mse)."""
 
-    method: str = "minmax"
+    method: str = "auto"
     max_samples: int | None = None
     allow_nonfinite: bool = False
     percentile: float = 99.999
@@ -137,7 +137,7 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "calibration.")
-        _check_choice("calibration.method", self.method, tuple(CALIBRATORS))
+        _check_choice("calibration.method", self.method, METHODS)
         if self.method == "entropy" and self.num_bins < 512:
             raise ConfigError(f"calibration.num_bins={self.num_bins} is too few for the entropy "
                               "calibrator: it needs >= 512 (4 x its 128 quantization bins)")

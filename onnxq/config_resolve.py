@@ -13,7 +13,7 @@ from onnxq.errors import ConfigError
 from onnxq.kernels.isa import resolve_target, target_of
 from onnxq.qtypes import QTYPES, QType
 
-__all__ = ["resolve", "resolve_config", "types_for", "stamp_target", "TARGET_KEY", "WEIGHT_BITS_KEY"]
+__all__ = ["resolve", "resolve_config", "check_sources", "types_for", "stamp_target", "TARGET_KEY", "WEIGHT_BITS_KEY"]
 
 
 #: ops kept float for the OpenVINO EP: element-wise and activation ops (OpenVINO fuses them
@@ -94,3 +94,13 @@ def resolve_config(config: QuantConfig | Mapping | str | os.PathLike | None,
         raise ConfigError(f"config must be a QuantConfig, a dict or a file path, not "
                           f"{type(config).__name__}")
     return resolve(base.with_overrides(**overrides) if overrides else base)
+
+
+def check_sources(cfg: QuantConfig, ranges, calibration_data) -> None:
+    """``quantize`` has what it needs to find its ranges, and they fit the config."""
+    if ranges is not None and cfg.recipe.smooth_alpha:
+        raise ConfigError("recipe.smooth_alpha changes the tensors that ranges describe: give "
+                          "calibration data instead of ranges, or set smooth_alpha = 0")
+    if ranges is None and calibration_data is None:
+        raise ConfigError("quantize needs calibration data (an iterable of feeds; CLI: "
+                          "--calib-data PATH) or precomputed ranges (--ranges FILE.json)")

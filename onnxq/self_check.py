@@ -29,8 +29,9 @@ __all__ = ["FEEDS", "FLOOR", "MAX_BYTES", "keep", "check", "warning", "attach", 
 
 R = TypeVar("R")
 
-#: calibration feeds kept for the check, and the bytes they may take
-FEEDS = 8
+#: calibration feeds kept for the check (a uniform sample of the stream), and the bytes they
+#: may take
+FEEDS = 16
 MAX_BYTES = 64 << 20
 #: float weights above which the check is skipped: it would hold them in an onnxruntime session
 #: beside the INT8 model (a 2.27 GB model peaked at 3.4 GB instead of quantize's own 2.9 GB)
@@ -48,8 +49,8 @@ MIN_ELEMENTS = 2
 
 
 def keep(data) -> KeepFeeds:
-    """``data`` passed through, keeping copies of its first ``FEEDS`` feeds."""
-    kept = keep_feeds(data, FEEDS)
+    """``data`` passed through, keeping copies of ``FEEDS`` of its feeds, spread over it."""
+    kept = keep_feeds(data, FEEDS, spread=True)
     kept.max_bytes = MAX_BYTES
     return kept
 
@@ -58,7 +59,7 @@ Source = onnx.ModelProto | str | os.PathLike
 
 
 def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], *,
-          graph: Source | None = None) -> dict:
+          graph: Source | None = None, memo: dict | None = None) -> dict:
     """Per output: the worst and the mean cosine with FP32 over ``feeds`` (each feed on its
     own: one feed's small output is not hidden by another's large one); ``below`` lists the
     outputs whose worst is under ``FLOOR``. ``graph``: the FP32 ``ModelProto`` when ``fp32``
@@ -71,9 +72,7 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
     proto = graph if graph is not None else fp32
     if not isinstance(proto, onnx.ModelProto):  # a path: its graph, not its weights
         proto = onnx.load(os.fspath(proto), load_external_data=False)
-    from onnxq.scopes import tensor_bytes
-
-    size = sum(tensor_bytes(t) for t in proto.graph.initializer)
+    size = weight_bytes(proto)
     if size > MAX_WEIGHT_BYTES:
         return {"skipped": f"the float weights are {size / 2**30:.1f} GiB (over "
                            f"{MAX_WEIGHT_BYTES >> 30} GiB, the check would hold them beside the "
@@ -86,9 +85,13 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
                                   else os.fspath(fp32))
     try:  # one session at a time: a large model's float weights are held once, then freed
         feeds = list(iter_feeds(feeds, input_specs(proto), "calibration feed"))
-        session = make_session(source, optimize=False)
-        want = [session.run(names, feed) for feed in feeds]
-        del session
+        if memo is None or "fp32" not in memo:  # ``memo``: FP32's outputs, for a second check
+            session = make_session(source, optimize=False)
+            want = [session.run(names, feed) for feed in feeds]
+            del session
+            if memo is not None:
+                memo["fp32"] = want
+        want = memo["fp32"] if memo is not None else want
         session = make_session(int8)
         small: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for feed, a in zip(feeds, want, strict=True):
@@ -110,6 +113,15 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
                for n, c in cosines.items() if c}
     below = [n for n, v in outputs.items() if not v["worst_cosine"] >= FLOOR]
     return {"feeds": len(feeds), "floor": FLOOR, "outputs": outputs, "below": below}
+
+
+def weight_bytes(model: Source) -> int:
+    """Bytes of ``model``'s main-graph initializers (external ones included)."""
+    from onnxq.scopes import tensor_bytes
+
+    if not isinstance(model, onnx.ModelProto):  # a path: its graph, not its weights
+        model = onnx.load(os.fspath(model), load_external_data=False)
+    return sum(tensor_bytes(t) for t in model.graph.initializer)
 
 
 def _runnable(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -153,10 +165,12 @@ def warning(result: Mapping) -> str | None:
 
 
 def attach(result: R, fp32: Source, graph: Source,
-           feeds: Sequence[Mapping[str, np.ndarray]]) -> R:
+           feeds: Sequence[Mapping[str, np.ndarray]], found: Mapping | None = None) -> R:
     """``result`` (a ``QuantResult``) with the check in its report (``self_check``, and a
-    warning note and log line for outputs below the floor)."""
-    found = check(fp32, result.model, feeds, graph=graph)  # type: ignore[attr-defined]
+    warning note and log line for outputs below the floor); ``found``: its check, when it
+    has run already."""
+    if found is None:
+        found = check(fp32, result.model, feeds, graph=graph)  # type: ignore[attr-defined]
     line = warning(found)
     report = result.report  # type: ignore[attr-defined]
     if line:
@@ -167,11 +181,13 @@ def attach(result: R, fp32: Source, graph: Source,
 
 
 def finish(result: R, fp32: Source, graph: Source, feeds: Sequence[Mapping[str, np.ndarray]],
-           rebuild: Callable[[], R] | None) -> R:
+           rebuild: Callable[[], R] | None, found: Mapping | None = None) -> R:
     """``attach``; for a model made for the OpenVINO EP (``rebuild`` given: the same model
     with u8 asymmetric activations), first ``ep_check.guard`` on that EP."""
     if rebuild is not None:
         from onnxq.ep_check import guard
 
-        result = guard(result, fp32, feeds, rebuild)
-    return attach(result, fp32, graph, feeds)
+        guarded = guard(result, fp32, feeds, rebuild)
+        if guarded is not result:
+            result, found = guarded, None
+    return attach(result, fp32, graph, feeds, found)

@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from onnxq import api
-from onnxq.calibrators import CALIBRATORS, Calibrator, make_calibrator
+from onnxq.calibrators import CALIBRATORS, METHODS, Calibrator, make_calibrator
 from onnxq.cli import build_parser, overrides
 from onnxq.config import FORMATS, QuantConfig
 from onnxq.emulate import EMULATED_ISAS
@@ -62,8 +62,8 @@ def test_target_names_round_trip(name):
 
 def test_cli_choices_are_the_registries():
     parser = build_parser()
-    assert _choices(parser, "quantize", "--calibrator") == list(CALIBRATORS)
-    assert _choices(parser, "calibrate", "--calibrator") == list(CALIBRATORS)
+    assert _choices(parser, "quantize", "--calibrator") == list(METHODS)
+    assert _choices(parser, "calibrate", "--calibrator") == list(METHODS)
     for command in ("quantize", "tune"):
         assert _choices(parser, command, "--format") == list(FORMATS)
         assert _choices(parser, command, "--target") == list(TARGETS)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from onnxq.calibrators.auto import AutoRanges
 from onnxq.calibrators.base import Calibrator
 from onnxq.calibrators.entropy import EntropyCalibrator
 from onnxq.calibrators.histogram import StreamingHistogram
@@ -21,6 +22,8 @@ __all__ = [
     "MSECalibrator",
     "StreamingHistogram",
     "CALIBRATORS",
+    "METHODS",
+    "AutoRanges",
     "make_calibrator",
 ]
 
@@ -52,8 +55,16 @@ CALIBRATORS: Mapping[str, Callable[[CalibrationConfig], Calibrator]] = MappingPr
     "minmax": _minmax, "percentile": _percentile, "mse": _mse, "entropy": _entropy})
 
 
+#: ``calibration.method`` choices: every calibrator, and ``auto`` (min/max or percentile,
+#: whichever model is closer to FP32 on the kept calibration feeds; see ``calibrators.auto``)
+METHODS: tuple[str, ...] = ("auto", *CALIBRATORS)
+
+
 def make_calibrator(config: CalibrationConfig) -> Calibrator:
     """Build the calibrator a ``CalibrationConfig`` names."""
+    if config.method == "auto":
+        return AutoRanges(percentile=config.percentile, num_bins=config.num_bins,
+                          allow_nonfinite=config.allow_nonfinite)
     factory = CALIBRATORS.get(config.method)
     if factory is None:
         raise ValueError(f"unknown calibrator {config.method!r}; choose one of "

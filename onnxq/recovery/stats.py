@@ -141,28 +141,43 @@ class InputMeans:
 
 class KeepFeeds:
     """Iterates ``data`` and keeps its first ``count`` feeds (copies) while they fit in
-    ``max_bytes``; ``kept`` holds them after the iteration."""
+    ``max_bytes``; ``kept`` holds them after the iteration. ``spread``: a uniform sample of
+    ``count`` feeds over the whole stream instead (reservoir sampling with a fixed seed, so the
+    same data keeps the same feeds), in stream order."""
 
     def __init__(self, data: Iterable[Mapping[str, np.ndarray]], count: int,
-                 max_bytes: int = MAX_KEPT_BYTES) -> None:
+                 max_bytes: int = MAX_KEPT_BYTES, *, spread: bool = False) -> None:
         self.data = data
         self.count = count
         self.max_bytes = max_bytes
+        self.spread = spread
         self.kept: list[dict[str, np.ndarray]] = []
         self.full = False  # True when the byte bound stopped the keeping early
 
     def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
         self.kept, self.full = [], False
+        picked: list[tuple[int, dict[str, np.ndarray], int]] = []  # (position, feed, bytes)
+        rng = np.random.default_rng(0)
         used = 0
-        for feed in self.data:
-            if len(self.kept) < self.count and not self.full and isinstance(feed, Mapping):
+        for i, feed in enumerate(self.data):
+            if isinstance(feed, Mapping) and not self.full:
                 size = sum(int(np.asarray(v).nbytes) for v in feed.values())
-                if used + size <= self.max_bytes:
-                    self.kept.append({k: np.array(v, copy=True) for k, v in feed.items()})
-                    used += size
-                else:
-                    self.full = True
+                if len(picked) < self.count:
+                    if used + size <= self.max_bytes:
+                        picked.append((i, _copy(feed), size))
+                        used += size
+                    else:
+                        self.full = True
+                elif self.spread and (j := int(rng.integers(0, i + 1))) < self.count \
+                        and used - picked[j][2] + size <= self.max_bytes:
+                    used += size - picked[j][2]
+                    picked[j] = (i, _copy(feed), size)
             yield feed
+        self.kept = [f for _, f, _ in sorted(picked, key=lambda p: p[0])]
+
+
+def _copy(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in feed.items()}
 
 
 class _SizedKeepFeeds(KeepFeeds):
@@ -170,6 +185,8 @@ class _SizedKeepFeeds(KeepFeeds):
         return len(self.data)  # type: ignore[arg-type]
 
 
-def keep_feeds(data: Iterable[Mapping[str, np.ndarray]], count: int) -> KeepFeeds:
+def keep_feeds(data: Iterable[Mapping[str, np.ndarray]], count: int, *, spread: bool = False
+               ) -> KeepFeeds:
     """``KeepFeeds`` over ``data``, sized when ``data`` is (for the progress bar)."""
-    return (_SizedKeepFeeds if hasattr(data, "__len__") else KeepFeeds)(data, count)
+    return (_SizedKeepFeeds if hasattr(data, "__len__") else KeepFeeds)(data, count,
+                                                                         spread=spread)
