@@ -194,3 +194,33 @@ def test_nodes_without_known_shapes_are_named_not_counted():
     placement = result.plan.placement
     assert placement["unknown"] >= 3
     assert placement["predicted_us"]["fp32"] < 1e6  # no 1e9 sentinel in the figures
+
+
+def test_a_predicted_gain_inside_the_cost_model_error_keeps_the_model_float(lcnet, monkeypatch):
+    """Below ``MIN_GAINS`` (1.05x for latency) the whole model stays float: zoo models
+    predicted at 1.02-1.03x measured 0.96-1.03x, and int8 would cost accuracy for nothing."""
+    from onnxq import placement
+
+    model, result, _ = lcnet
+    speed = result.report.placement["predicted_speedup"]
+    assert speed > placement.MIN_GAINS["latency"]  # the default keeps its int8 regions
+    monkeypatch.setitem(placement.MIN_GAINS, "latency", speed + 0.01)
+    marginal = _quantize(model, target="vnni")
+    assert Counter(n.op_type for n in marginal.model.graph.node)["QuantizeLinear"] == 0
+    note = next(n for n in marginal.report.notes if n.startswith("placement ("))
+    assert f"only {speed:.3f}x" in note and "inside the cost model's error" in note, note
+    assert marginal.report.placement["predicted_speedup"] == 1.0
+
+
+def test_a_float_placement_beside_a_dynamic_lstm_needs_no_ranges(monkeypatch):
+    """Every static node placed float, the LSTM still DynamicQuantizeLSTM: nothing is left
+    to calibrate but the LSTM's input check, and quantize must not call that an error."""
+    from onnxq import placement
+    from tests import builders_flow as F
+
+    monkeypatch.setitem(placement.MIN_GAINS, "latency", 100.0)
+    model = F.recurrent("LSTM")
+    result = _quantize(model)
+    ops = Counter(n.op_type for n in result.model.graph.node)
+    assert ops["DynamicQuantizeLSTM"] == 1 and ops["QuantizeLinear"] == 0
+    assert result.report.placement["kept_float"] == result.report.placement["candidates"] >= 1

@@ -14,11 +14,15 @@ from onnxq.placement.costs import CostTable, host_table, load_table, table_for_t
 from onnxq.placement.place import PLACED, Placement, Region, place
 from onnxq.placement.shapes import batch1_shapes
 
-__all__ = ["decide", "apply", "cost_table", "Placement", "Region", "PLACED", "MARGINS"]
+__all__ = ["decide", "apply", "cost_table", "Placement", "Region", "PLACED", "MARGINS", "MIN_GAINS"]
 
 #: int8's preference per objective: a node goes float only when its predicted float cost is
 #: below this share of its int8 cost (conversions included)
 MARGINS: Mapping[str, float] = {"latency": 0.97, "balanced": 0.8}
+#: per objective, the least whole-model speed-up (predicted, batch 1) worth int8's accuracy
+#: cost; below it every node stays float. The cost model's per-region error is 30-60 %
+#: (docs/placement.md); zoo models predicted at 1.02-1.03x measured 0.96-1.03x
+MIN_GAINS: Mapping[str, float] = {"latency": 1.05, "balanced": 1.0}
 
 
 def cost_table(spec: str, target: str) -> CostTable:
@@ -40,7 +44,7 @@ def decide(model: onnx.ModelProto, graph: gs.Graph, plan, *, objective: str, tab
     if not shapes:
         return None
     return place(graph, plan, shapes, cost_table(table_spec, target),
-                 margin=MARGINS[objective])
+                 margin=MARGINS[objective], min_gain=MIN_GAINS[objective])
 
 
 def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,

@@ -46,6 +46,8 @@ class Placement:
     table: str
     candidates: int
     unknown: int = 0  # candidates without known shapes: kept as planned, not in the times
+    #: the int8 placement's predicted speed-up when it was under ``min_gain`` (all float)
+    small_gain: float | None = None
 
     def to_dict(self) -> dict:
         return {"table": self.table, "candidates": self.candidates, "unknown": self.unknown,
@@ -59,6 +61,10 @@ class Placement:
 
     def note(self) -> str:
         kept = len(self.keep_float)
+        if self.small_gain is not None:
+            return (f"placement ({self.table}): int8 is predicted only {self.small_gain:.3f}x "
+                    f"FP32 at batch 1 ({self.fp32_us:.0f} µs FP32), inside the cost model's "
+                    "error; the model stays float (objective=size quantizes it anyway)")
         if kept == self.candidates:
             return (f"placement ({self.table}): no region is predicted faster in int8 on this "
                     f"target (all-int8 {self.int8_us:.0f} µs vs FP32 {self.fp32_us:.0f} µs at "
@@ -163,8 +169,10 @@ def _candidates(graph: gs.Graph, plan) -> list[str]:
 
 
 def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, *,
-          margin: float = 0.97) -> Placement | None:
-    """The placement of ``plan``'s main-graph nodes; None when there is nothing to decide."""
+          margin: float = 0.97, min_gain: float = 1.0) -> Placement | None:
+    """The placement of ``plan``'s main-graph nodes; None when there is nothing to decide.
+    ``min_gain``: a placement predicted to run less than this much faster than FP32 (every
+    candidate's shapes known) keeps every candidate float."""
     names = _candidates(graph, plan)
     if not names or not shapes:
         return None
@@ -172,22 +180,29 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
     # unbiased, for the figures; a node without known shapes counts nothing either way
     b = _Builder(graph, names, shapes, table, 1.0, unknown=0.0)
     energy = b.build()
-    ones = [1] * len(names)
+    ones, zeros = [1] * len(names), [0] * len(names)
     fixed = sum(c.float_us for n in graph.nodes if n.name not in b.index
                 and (c := node_cost(n, shapes, table)) is not None)
+    unknown = sum(c is None for c in b.costs.values())
+    fp32_us, placed_us = fixed + energy.value(zeros), fixed + energy.value(x)
+    small = None
+    if not unknown and any(x) and 0 < placed_us and fp32_us < min_gain * placed_us:
+        small, x = fp32_us / placed_us, zeros
+        placed_us = fp32_us
     regions = _regions(b, names, x)
     keep = {}
     for r in regions:
         for n in r.nodes:
-            keep[n] = f"{PLACED} (region of {len(r.nodes)} node(s), predicted {r.gain_us:.1f} µs " \
-                      "saved at batch 1)"
+            keep[n] = (f"{PLACED} (the whole model is predicted {small:.3f}x FP32 in int8, "
+                       "inside the cost model's error)" if small is not None else
+                       f"{PLACED} (region of {len(r.nodes)} node(s), predicted "
+                       f"{r.gain_us:.1f} µs saved at batch 1)")
     electives = {n.name for n in plan.nodes if n.role is Role.ELECTIVE}
     forced = tuple(n for n, v in zip(names, x, strict=True) if v == 1 and n in electives)
     return Placement(keep_float=keep, int8_electives=forced, regions=tuple(regions),
-                     fp32_us=fixed + energy.value([0] * len(names)),
-                     int8_us=fixed + energy.value(ones), placed_us=fixed + energy.value(x),
+                     fp32_us=fp32_us, int8_us=fixed + energy.value(ones), placed_us=placed_us,
                      table=table.source.rsplit("/", 1)[-1], candidates=len(names),
-                     unknown=sum(c is None for c in b.costs.values()))
+                     unknown=unknown, small_gain=small)
 
 
 def _regions(b: _Builder, names: list[str], x: list[int]) -> list[Region]:
