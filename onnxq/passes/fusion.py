@@ -111,6 +111,32 @@ def _fold_batchnorms(graph: gs.Graph) -> int:
     return folded
 
 
+def _pool_before_batchnorm(graph: gs.Graph) -> int:
+    """``MaxPool(BatchNormalization(x))`` → ``BatchNormalization(MaxPool(x))`` where every
+    channel's multiplier is >= 0: a per-channel non-decreasing map commutes with a max, so the
+    swap is exact. A BN after a Relu cannot fold into its Conv (CREPE, Keras-style
+    Conv-Relu-BN-MaxPool); in front of the pool it kept the pool's input float, and onnxruntime
+    moves the next QuantizeLinear above the pool and runs it u8 in its plain NCHW kernel (4x
+    the float NCHWc pool). Swapped, the pool reads the int8 Conv output (NHWC kernel) and the
+    BN runs on the pooled tensor."""
+    outputs = G.graph_output_names(graph)
+    moved = 0
+    for bn in list(graph.nodes):
+        if bn.op != "BatchNormalization" or not bn.inputs:
+            continue
+        factors = _bn_factors(bn)
+        pool = _sole_consumer(bn.outputs[0], outputs) if len(bn.outputs) == 1 else None
+        if factors is None or np.any(factors[0] < 0) or pool is None or pool.op != "MaxPool" \
+                or len(pool.outputs) != 1 or pool.inputs[0] is not bn.outputs[0]:
+            continue
+        x, y = bn.inputs[0], pool.outputs[0]
+        pooled = gs.Variable(f"{pool.name}_before_bn", dtype=y.dtype)
+        pool.inputs[0], pool.outputs[0] = x, pooled
+        bn.inputs[0], bn.outputs[0] = pooled, y
+        moved += 1
+    return moved
+
+
 def _matmul_add_to_gemm(graph: gs.Graph) -> int:
     outputs = G.graph_output_names(graph)
     fused = 0
@@ -338,6 +364,7 @@ class FusionPass:
         RewriteRule(name="pad_conv", rewrite=lambda g, outs: _pad_into_conv(g)),
         RewriteRule(name="batchnorm", rewrite=lambda g, outs: _fold_batchnorms(g),
                     switch="fold_batchnorm"),
+        RewriteRule(name="pool_batchnorm", rewrite=lambda g, outs: _pool_before_batchnorm(g)),
         RewriteRule(name="matmul_add", rewrite=lambda g, outs: _matmul_add_to_gemm(g),
                     switch="matmul_add_to_gemm"),
         RewriteRule(name="gemm_alpha_beta", rewrite=lambda g, outs: _gemm_scales(g)),

@@ -309,3 +309,65 @@ def test_preprocess_keeps_scalar_constants_scalar():
     init = next(i for i in out.graph.initializer if i.name == "two")
     assert list(init.dims) == []
     assert run_model(out, {"x": np.array(3.0, np.float32)})[0].shape == ()
+
+
+def _conv_relu_bn_pool(gamma: np.ndarray):
+    """Conv → Relu → BatchNormalization → MaxPool → Conv (a BN after the activation, as CREPE
+    and Keras-style blocks have it: it cannot fold into the Conv before it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = gamma.size
+
+    def arr(name, a):
+        return numpy_helper.from_array(np.asarray(a, np.float32), name)
+
+    inits = [arr("w1", rng.standard_normal((c, 3, 3, 3))), arr("w2", rng.standard_normal((4, c, 3, 3))),
+             arr("gamma", gamma), arr("beta", rng.standard_normal(c)),
+             arr("mean", rng.standard_normal(c)), arr("var", rng.uniform(0.5, 2.0, c))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("BatchNormalization", ["r1", "gamma", "beta", "mean", "var"],
+                              ["b1"], name="bn1"),
+             helper.make_node("MaxPool", ["b1"], ["p1"], name="pool1", kernel_shape=[3, 3],
+                              strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["p1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["n", 3, 16, 16])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_max_pool_moves_before_a_batchnorm_with_non_negative_multipliers():
+    """Exact (a per-channel non-decreasing map commutes with max): the pool then reads the
+    Conv's int8 output, and the BN runs on the pooled tensor."""
+    rng = np.random.default_rng(1)
+    gamma = rng.uniform(0.2, 2.0, 8)
+    gamma[3] = 0.0  # a dead channel: still exact
+    model = _conv_relu_bn_pool(gamma)
+    pre = Pipeline([PreprocessPass()]).run(model).model
+    out = Pipeline([FusionPass()]).run(pre)
+    assert "pool_batchnorm: 1 fused" in out.records[0].notes
+    order = [n.op_type for n in out.model.graph.node]
+    assert order.index("MaxPool") < order.index("BatchNormalization")
+    pool = next(n for n in out.model.graph.node if n.op_type == "MaxPool")
+    relu = next(n for n in out.model.graph.node if n.op_type == "Relu")
+    assert pool.input[0] == relu.output[0]
+    feed = {"x": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    assert_close(model, out.model, feed)
+    rerun_unchanged(FusionPass(), out.model)
+    # the quantized model pools int8 values: the pool reads a DequantizeLinear
+    q = onnxq.quantize(model, [feed], progress=False, objective="size").model
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    pool = next(n for n in q.graph.node if n.op_type == "MaxPool")
+    assert producers[pool.input[0]] == "DequantizeLinear"
+
+
+def test_a_batchnorm_with_a_negative_multiplier_stays_before_the_pool():
+    gamma = np.linspace(0.5, 1.5, 8)
+    gamma[5] = -0.7  # max of a decreasing map is the map of the min: not exact
+    model = _conv_relu_bn_pool(gamma)
+    pre = Pipeline([PreprocessPass()]).run(model).model
+    out = Pipeline([FusionPass()]).run(pre)
+    order = [n.op_type for n in out.model.graph.node]
+    assert order.index("BatchNormalization") < order.index("MaxPool")
