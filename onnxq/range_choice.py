@@ -14,6 +14,7 @@ box F1 92.5 → 87.5, min/max kept).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -21,13 +22,16 @@ import numpy as np
 
 from onnxq import self_check
 
-__all__ = ["RATIO", "second", "error", "choose", "finish"]
+__all__ = ["RATIO", "MAX_CHECK_S", "second", "error", "choose", "finish"]
 
 R = TypeVar("R")
 
 #: the percentile model must have at most this share of the min/max model's error: a clear
 #: gain, not noise of a few feeds
 RATIO = 0.8
+#: seconds the first comparison may take (FP32 and the min/max model on the kept feeds)
+#: before the second is skipped: a slow model keeps min/max rather than doubling the wait
+MAX_CHECK_S = 30.0
 
 
 def second(alternative: Mapping | None, feeds: Sequence, model: self_check.Source
@@ -54,12 +58,16 @@ def choose(result: R, alternative: Callable[[], R], fp32: self_check.Source,
     FP32 on ``feeds``, with a report note saying which and why; and the chosen model's
     self-check (so it is not run again)."""
     memo: dict = {}  # FP32 runs once
+    start = time.perf_counter()
     first = self_check.check(fp32, result.model, feeds, graph=graph,  # type: ignore[attr-defined]
                              memo=memo)
+    spent = time.perf_counter() - start
     base = error(first)
-    if base is None:
-        why = first.get("skipped", "no output could be compared")
-        return _noted(result, f"calibration auto: min/max ranges (the comparison could not "
+    if base is None or spent > MAX_CHECK_S:
+        why = (first.get("skipped", "no output could be compared") if base is None else
+               f"checking the min/max model took {spent:.0f} s, over {MAX_CHECK_S:.0f} s; "
+               "--calibrator percentile builds the other")
+        return _noted(result, f"calibration auto: min/max ranges (the comparison did not "
                               f"run: {why})"), first
     other = alternative()
     second = self_check.check(fp32, other.model, feeds, graph=graph,  # type: ignore[attr-defined]

@@ -102,3 +102,16 @@ def test_precomputed_ranges_make_no_choice():
                             bias_correction="off")  # --ranges: no calibration run to correct
     assert by_ranges.model.SerializeToString() == minmax.model.SerializeToString()
     assert not any(n.startswith("calibration auto") for n in by_ranges.report.notes)
+
+
+def test_a_slow_comparison_keeps_min_max_and_says_so(monkeypatch):
+    from onnxq import range_choice
+
+    monkeypatch.setattr(range_choice, "MAX_CHECK_S", 0.0)
+    model = B.conv_bn_relu()
+    calib = _spiky_calibration(model, rare=True)
+    result = onnxq.quantize(model, calib, progress=False, objective="size")
+    assert result.config.calibration.method == "minmax"
+    note = next(n for n in result.report.notes if n.startswith("calibration auto"))
+    assert "over 0 s" in note and "--calibrator percentile" in note, note
+    assert result.report.self_check["outputs"]  # the check that ran is still reported
