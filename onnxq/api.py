@@ -87,7 +87,8 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     for a model that is already quantized (QDQ from QAT or another tool)."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    fusion = FusionPass(hard_activations=config.target_ep != "openvino")
+    cpu = config.target_ep != "openvino"  # OpenVINO fuses the exported forms itself
+    fusion = FusionPass(hard_activations=cpu, pool_batchnorm=cpu)
     fused = Pipeline([PreprocessPass(min_opset=config.min_opset), ForEachGraph(fusion),
                       *([TransformerFusionPass()] if config.mode == "dynamic"
                         and config.fuse_attention else []),
