@@ -73,6 +73,10 @@ class CostTable:
         """µs per element."""
         return float(self.data["elementwise_ns"][op]) / 1000.0
 
+    def has(self, op: str) -> bool:
+        """Whether the table measured ``op`` (tables older than a kernel lack it)."""
+        return op in self.data["elementwise_ns"]
+
     def border(self, elements: int, *, to_int8: bool, int8_conv: bool, float_conv: bool
                ) -> float:
         """µs of one float ↔ int8 conversion of a tensor: QuantizeLinear or DequantizeLinear,

@@ -106,6 +106,7 @@ def _elementwise_models() -> dict[str, onnx.ModelProto]:
     q = [_arr("s", 0.05, np.float32), _arr("z", 128, np.uint8)]
     ms = "com.microsoft"
     two = [("a", _U8, s), ("b", _U8, s)]
+    half, k2 = [1, c, hw // 2, hw // 2], [2, 2]
     return {
         "QuantizeLinear": _single("QuantizeLinear", [("x", _F, s)], (_U8, s), ["s", "z"], q),
         "DequantizeLinear": _single("DequantizeLinear", [("x", _U8, s)], (_F, s), ["s", "z"], q),
@@ -133,6 +134,15 @@ def _elementwise_models() -> dict[str, onnx.ModelProto]:
         "Sigmoid": _single("Sigmoid", [("x", _F, s)], (_F, s)),
         "HardSwish": _single("HardSwish", [("x", _F, s)], (_F, s)),
         "GlobalAveragePool": _single("GlobalAveragePool", [("x", _F, s)], (_F, g)),
+        # 2×2 max pools, per input element: float, u8 in onnxruntime's plain NCHW kernel (what
+        # a QuantizeLinear propagated above a float-fed MaxPool makes) and u8 NHWC
+        "MaxPool.f32": _single("MaxPool", [("x", _F, s)], (_F, half), kernel_shape=k2,
+                               strides=k2),
+        "MaxPool.u8": _single("MaxPool", [("x", _U8, s)], (_U8, half), kernel_shape=k2,
+                              strides=k2),
+        "MaxPool.nhwc": _single("NhwcMaxPool", [("x", _U8, [1, hw, hw, c])],
+                                (_U8, [1, hw // 2, hw // 2, c]), domain=ms, kernel_shape=k2,
+                                strides=k2),
     }
 
 

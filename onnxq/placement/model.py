@@ -69,6 +69,18 @@ def _elementwise(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
                     over_i + big * sum(table.per_element(k) for k in i8))
 
 
+def _max_pool(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
+    """float NCHW(c) or int8 NHWC (``NhwcMaxPool``); the slow u8 NCHW case is a border term
+    (``place``). Per input element, read at the 2×2 pool the table measured."""
+    if not table.has("MaxPool.nhwc"):
+        return NodeCost(0.0, 0.0)
+    n = elements(shapes, node.inputs[0].name)
+    if n is None:
+        return NodeCost(0.0, 0.0)
+    return NodeCost(table.overhead("float") + n * table.per_element("MaxPool.f32"),
+                    table.overhead("int8") + n * table.per_element("MaxPool.nhwc"))
+
+
 def node_cost(node: gs.Node, shapes: Mapping[str, tuple], table: CostTable) -> NodeCost | None:
     """The node's own predicted µs in float and int8 at the shapes given; None when a shape is
     unknown. Data movement costs nothing either way; Relu/Clip nothing in int8 (folded)."""
@@ -76,6 +88,8 @@ def node_cost(node: gs.Node, shapes: Mapping[str, tuple], table: CostTable) -> N
         return _conv(node, shapes, table)
     if node.op in ("Gemm", "MatMul"):
         return _gemm(node, shapes, table)
+    if node.op == "MaxPool" and len(node.outputs) == 1:
+        return _max_pool(node, shapes, table)
     if node.op in _INT8 or node.op in _FLOAT:
         cost = _elementwise(node, shapes, table)
         if cost is not None and node.op in ("Relu", "Clip"):

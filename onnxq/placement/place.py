@@ -148,8 +148,36 @@ class _Builder:
         elif iu is not None:              # fixed float consumer
             self.energy.add_unary(iu, a, c_)
 
+    def max_pool(self, pool: gs.Node, outputs: set[str]) -> None:
+        """A u8 MaxPool fed by a float producer runs onnxruntime's plain NCHW kernel, about
+        17x the float or NHWC one. That happens when the pool is int8 after a float node, and
+        when a float pool feeds an int8 node: onnxruntime moves the QuantizeLinear above a
+        MaxPool-12 (QDQ propagation)."""
+        im = self.index.get(pool.name)
+        n = elements(self.shapes, pool.inputs[0].name)
+        if im is None or not n or not self.table.has("MaxPool.u8") or len(pool.outputs) != 1:
+            return
+        slow = n * (self.table.per_element("MaxPool.u8") - self.table.per_element("MaxPool.nhwc"))
+        u = G.producer(pool.inputs[0])
+        while u is not None and u.op in ("Relu", "Clip"):  # folded into the QuantizeLinear
+            u = G.producer(u.inputs[0])
+        iu = self.index.get(u.name) if u is not None else None
+        if iu is None:
+            self.energy.add_unary(im, 0.0, slow)
+        else:
+            self.energy.add_pair(iu, im, 0.0, slow, 0.0, 0.0)
+        y = pool.outputs[0]
+        readers = list(y.outputs)
+        if 12 <= G.opset(self.graph) < 22 and len(readers) == 1 and y.name not in outputs:
+            iv = self.index.get(readers[0].name)
+            if iv is not None:  # (an int8 producer makes this labelling a dominated one)
+                self.energy.add_pair(im, iv, 0.0, slow, 0.0, 0.0)
+
     def build(self) -> Energy:
         outputs = G.graph_output_names(self.graph)
+        for node in self.graph.nodes:
+            if node.op == "MaxPool":
+                self.max_pool(node, set(outputs))
         for t in self.graph.tensors().values():
             if isinstance(t, gs.Constant) or (t.dtype is not None
                                               and np.dtype(t.dtype) != np.float32):
