@@ -30,6 +30,7 @@ from onnxq.memory import release
 from onnxq.passes import (
     AddZeroBiasPass,
     CleanupPass,
+    CrossLayerEqualizationPass,
     DecomposeHardActivationsPass,
     DynamicAttentionPass,
     DynamicLSTMPass,
@@ -92,7 +93,8 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     fused = Pipeline([PreprocessPass(min_opset=config.min_opset), ForEachGraph(fusion),
                       *([TransformerFusionPass()] if config.mode == "dynamic"
                         and config.fuse_attention else []),
-                      *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else [])
+                      *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else []),
+                      *([CrossLayerEqualizationPass()] if config.recipe.equalize else [])
                       ]).run(model)
     if is_prequantized(fused.model):
         return fused, None

@@ -209,6 +209,7 @@ class RecipeConfig:
     data_layers: str = "int8"
     #: SmoothQuant's strength (0 = off, 0.5 usual): outlier channels move into the weights
     smooth_alpha: float = 0.0
+    equalize: bool = False  # cross-layer equalization of conv pairs (an exact rewrite)
     #: calibration feeds kept for the data-driven algorithms (full bias correction)
     samples: int = 64
     #: seconds the data-driven algorithms may take in all (they stop there, and say so)
@@ -244,6 +245,7 @@ RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
     "gptq": ({"rounding": "gptq"}, ROUNDING["gptq"]),
     "smoothquant": ({"smooth_alpha": 0.5}, "SmoothQuant (alpha 0.5): MatMul inputs with outlier "
                     "channels pass them to the weights before calibration"),
+    "cle": ({"equalize": True}, "cross-layer equalization of Conv-Relu-Conv pairs (exact)"),
 })
 
 
@@ -370,7 +372,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "bias_correction": ("recipe", "bias_correction"),
     "rounding": ("recipe", "rounding"),
     "data_layers": ("recipe", "data_layers"),
-    "smooth_alpha": ("recipe", "smooth_alpha"),
+    "smooth_alpha": ("recipe", "smooth_alpha"), "equalize": ("recipe", "equalize"),
     "recipe_samples": ("recipe", "samples"),
     "recipe_budget_s": ("recipe", "time_budget_s"),
 }
@@ -384,16 +386,14 @@ def recipe_overrides(names: str) -> dict[str, Any]:
         if name not in RECIPES:
             raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)} "
                               "(comma-separated; later names win)")
-        fields.update(RECIPES[name][0])
-    return dict(fields)
+        fields |= RECIPES[name][0]
+    return fields
 
 
 def _checked_items(klass: type, data: dict[str, Any], where: str):
     valid = [f.name for f in dataclasses.fields(klass)]
     unknown = sorted(set(data) - set(valid))
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
-            f"valid keys: {', '.join(valid)}"
-        )
+        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
+                          f"valid keys: {', '.join(valid)}")
     return data.items()

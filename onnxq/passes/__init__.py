@@ -3,6 +3,7 @@
 from onnxq.passes.bias import AddZeroBiasPass, SetBiasPass
 from onnxq.passes.cleanup import CleanupPass
 from onnxq.passes.dynamic import DynamicMatMulPass
+from onnxq.passes.equalize import CrossLayerEqualizationPass
 from onnxq.passes.fusion import FusionPass
 from onnxq.passes.hard_activations import DecomposeHardActivationsPass
 from onnxq.passes.preprocess import PreprocessPass
@@ -17,4 +18,5 @@ from onnxq.passes.weight_only import WeightOnlyPass
 __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActivationsPass",
            "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass",
            "DynamicLSTMPass", "DynamicMatMulPass", "DynamicAttentionPass",
-           "TransformerFusionPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass"]
+           "TransformerFusionPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass",
+           "CrossLayerEqualizationPass"]
