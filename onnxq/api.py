@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -44,6 +43,7 @@ from onnxq.passes import (
     VerifyPass,
     WeightOnlyPass,
 )
+from onnxq.passes.layernorm_add import UnfusedLayerNormAddPass
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
 from onnxq.plan_checks import check_exclusions, refuse_unquantizable
@@ -57,8 +57,6 @@ from onnxq.sizes import describe_sizes
 
 __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "build_pipeline",
            "as_onnx", "resolve", "stamp_target", "materialize", "settle"]
-
-logger = logging.getLogger(__name__)
 
 Feed = Mapping[str, np.ndarray]
 
@@ -148,7 +146,7 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
             ForEachGraph(DynamicLSTMPass(nodes=_named(plan, Role.DYNAMIC),
                                          per_channel=plan.per_channel,
                                          reduce_range=reduce_range)),
-            ForEachGraph(CleanupPass()), VerifyPass()])
+            ForEachGraph(CleanupPass()), *_runtime_forms(config), VerifyPass()])
     return Pipeline([
         ForEachGraph(InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
                                    activation_symmetric=config.activation.symmetric,
@@ -179,7 +177,11 @@ LOWERINGS: Mapping[str, Callable[[], list]] = MappingProxyType({
 def _finishing_passes(config: QuantConfig) -> list:
     """Folding, cleanup, the format's lowering (of the same QDQ graph), verification."""
     return [ForEachGraph(RequantFoldPass()), ForEachGraph(CleanupPass()),
-            *LOWERINGS[config.format](), VerifyPass()]
+            *LOWERINGS[config.format](), *_runtime_forms(config), VerifyPass()]
+
+
+def _runtime_forms(config: QuantConfig) -> list:  # see passes/layernorm_add.py
+    return [] if config.target_ep == "openvino" else [ForEachGraph(UnfusedLayerNormAddPass())]
 
 
 def is_prequantized(model: onnx.ModelProto) -> bool:

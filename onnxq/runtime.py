@@ -251,6 +251,9 @@ def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden_size: int
         # the word-embedding Gather stays: onnxq stores its table int8 (EmbedLayerNormalization
         # would keep it float, the largest tensor of a small encoder)
         options.enable_embed_layer_norm = False
+        # Add + LayerNormalization stay two kernels: the CPU EP's float SkipLayerNormalization
+        # is several times slower than both (see passes/layernorm_add.py)
+        options.enable_skip_layer_norm = False
         fused = optimizer.optimize_model(copy, model_type="bert", num_heads=num_heads,
                                          hidden_size=hidden_size, opt_level=0,
                                          optimization_options=options)
