@@ -30,11 +30,13 @@ METHODS = {
     "ort_best": "ORT quantize_static (u8, per-channel, QDQ)",
     "nncf": "NNCF nncf.quantize",
     "inc": "onnx-neural-compressor (QDQ)",
+    "inc_dynamic": "onnx-neural-compressor dynamic (s8, per-channel)",
     "onnxq_plain": "onnxq QDQ, recipe plain (no bias correction)",
     "onnxq_bc_full": "onnxq QDQ, recipe bc-full",
     "onnxq_gptq": "onnxq QDQ, recipe gptq (+ bc-fast)",
     "onnxq_gptq_only": "onnxq QDQ, recipe gptq without bias correction",
     "onnxq_dynamic": "onnxq dynamic (DynamicQuantizeMatMul)",
+    "onnxq_dynamic_fa": "onnxq dynamic, --fuse-attention (QAttention)",
     "onnxq_ov": "onnxq QDQ made for the OpenVINO EP (--ep openvino)",
     "ort_dynamic": "ORT quantize_dynamic (s8, per-channel, after its transformer optimizer)",
 }
@@ -44,10 +46,12 @@ RECIPE_METHODS = {"onnxq_plain": {"bias_correction": "off", "rounding": "nearest
                   "onnxq_gptq": {"rounding": "gptq", "bias_correction": "fast"},
                   "onnxq_gptq_only": {"rounding": "gptq", "bias_correction": "off"},
                   "onnxq_dynamic": {"mode": "dynamic", "format": "qlinear"},
+                  "onnxq_dynamic_fa": {"mode": "dynamic", "format": "qlinear",
+                                       "fuse_attention": True},
                   "onnxq_ov": {"target_ep": "openvino"}}
 ONNXQ_METHODS = ("onnxq_qdq", "onnxq_qlinear")
 ORT_METHODS = ("ort_default", "ort_best", "ort_dynamic")
-EXTERNAL_METHODS = ("nncf", "inc")
+EXTERNAL_METHODS = ("nncf", "inc", "inc_dynamic")
 
 INC_PACKAGES = ["onnx-neural-compressor", "prettytable", "scipy"]
 CACHE = Path(os.environ.get("ONNXQ_BENCH_CACHE", Path.home() / ".cache" / "onnxq-bench"))
@@ -125,9 +129,13 @@ def _nncf(src: Path, dst: Path, feeds: list[dict]) -> None:
     onnx.save(quantized, str(dst))
 
 
-def _inc(src: Path, dst: Path, feeds: list[dict]) -> None:
+def _inc(src: Path, dst: Path, feeds: list[dict], dynamic: bool = False) -> None:
     from onnx_neural_compressor.data_reader import CalibrationDataReader
     from onnx_neural_compressor.quantization import QuantFormat, config, quantize
+
+    if dynamic:  # its dynamic quantizer: s8 weights per channel, no calibration
+        quantize(str(src), str(dst), config.DynamicQuantConfig(per_channel=True))
+        return
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -158,8 +166,8 @@ def run_child(method: str, workdir: Path) -> dict:
         _onnxq(src, dst, feeds, options.pop("format", "qdq"), **options)
     elif method == "nncf":
         _nncf(src, dst, feeds)
-    elif method == "inc":
-        _inc(src, dst, feeds)
+    elif method in ("inc", "inc_dynamic"):
+        _inc(src, dst, feeds, dynamic=method == "inc_dynamic")
     else:
         raise SystemExit(f"unknown method {method!r}; known: {sorted(METHODS)}")
     seconds = time.perf_counter() - start
@@ -176,7 +184,7 @@ def available(method: str) -> str | None:
 
     if method == "nncf" and importlib.util.find_spec("nncf") is None:
         return "not available: pip install nncf"
-    if method == "inc":
+    if method.startswith("inc"):
         try:
             inc_python()
         except RuntimeError as exc:
@@ -225,14 +233,14 @@ def quantize_in_child(method: str, fp32_path: Path, calib_path: Path, *,
     ``RuntimeError`` with the child's last error line."""
     import onnx
 
-    python = inc_python() if method == "inc" else sys.executable
+    python = inc_python() if method.startswith("inc") else sys.executable
     with tempfile.TemporaryDirectory(prefix=f"onnxq-bench-{method}-") as tmp:
         work = Path(tmp)
         os.symlink(fp32_path.resolve(), work / "fp32.onnx")
         os.symlink(calib_path.resolve(), work / "calib.npz")
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
-        if method != "inc":  # the INC venv must not see onnxq's site-packages
+        if not method.startswith("inc"):  # the INC venv must not see onnxq's site-packages
             env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("OMP_NUM_THREADS", "2")
         start = time.perf_counter()
