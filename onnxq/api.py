@@ -254,8 +254,7 @@ def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
 
 def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
            ranges: Mapping[str, TensorRange]) -> QuantPlan:
-    """``plan`` without the nodes of subgraphs that no calibration feed ran (see
-    ``plan.without_unobserved``)."""
+    """``plan`` without the nodes of subgraphs no calibration feed ran (``without_unobserved``)."""
     if all(t in ranges for t in plan.calibration_tensors):
         return plan
     graph = G.import_graph(fused.model)
@@ -286,16 +285,16 @@ def quantize(
 ) -> QuantResult:
     """Quantize ``model`` to static INT8 (QDQ) with ranges calibrated on ``calibration_data``.
 
-    ``model`` is an ``onnx.ModelProto`` or a path (never modified), or a framework model that
-    is exported first (see ``as_onnx``; ``export_options`` go to the exporter).
-    ``calibration_data`` is any iterable of feeds (dict input name → numpy array, as for
-    ``InferenceSession.run``); ``ranges`` skips calibration (and the ``auto`` choice).
+    ``model``: an ``onnx.ModelProto`` or a path (never modified), or a framework model
+    (exported first: ``as_onnx``, ``export_options``). ``calibration_data``: any iterable of
+    feeds (dict input name → numpy array); ``ranges`` skips calibration (and ``auto``'s choice).
     ``overrides`` are flat options such as ``per_channel=False`` (``QuantConfig.with_overrides``);
     ``cluster`` calibrates on Ray workers (``onnxq.distributed``; the same result)."""
     cfg = _resolve_config(config, overrides)
     original = model
     # listed now, while memory is low (finding external data parses the whole file)
     files = tuple(model_files(model)) if isinstance(model, (str, os.PathLike)) else ()
+    light = self_check.skeleton(files[0]) if files and files[0].suffix == ".onnx" else None
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
     if cfg.mode == "dynamic":  # no calibration: every int8 kernel quantizes its own input
@@ -314,22 +313,22 @@ def quantize(
             fused, plan, calibration_data = _smoothed(fused, plan, cfg, shapes, calibration_data)
         box, checked = [fused.model], self_check.keep(calibration_data)
         fused = dataclasses.replace(fused, model=onnx.ModelProto())  # the box has it now
-        ranges, plan, prepared, stats = calibrate_run(
+        ranges, plan, *box, stats = calibrate_run(
             box, plan, checked, cfg, progress, recover=not cfg.recipe.is_plain,
             cluster=cluster)
-        fused = dataclasses.replace(fused, model=prepared)
+        fused = dataclasses.replace(fused, model=box.pop())  # no other name holds it
         if not cfg.recipe.is_plain:
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
     ov = cfg.target_ep == "openvino"  # (a second model may be built: not consumed)
-    alt = range_choice.second(stats.alternative, checked.kept if checked else (), model)
+    alt = range_choice.second(stats.alternative, checked.kept if checked else (), light or model)
 
     def build(r: Mapping[str, TensorRange], consume: bool, c: QuantConfig = cfg) -> QuantResult:
         return materialize(fused, plan, c, r, source=exported, recovered=done, consume=consume)
 
     result = build(ranges, not (ov or alt))
     if checked is not None:  # against FP32 on kept feeds (``self_check``; OpenVINO: ``ep_check``)
-        result = range_choice.finish(result, original if files else model, model, checked.kept,
-                                     alt, build, ov)
+        result = range_choice.finish(result, original if files else model, light or model,
+                                     checked.kept, alt, build, ov)
     return _reads(result, files)
 
 
@@ -347,8 +346,7 @@ def _smoothed(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig, shapes, 
     return fused, dataclasses.replace(again, notes=again.notes + (note,)), data
 
 
-def _reads(result: QuantResult, files: tuple[Path, ...]) -> QuantResult:
-    """Remember which files the input came from, so ``save`` never writes over them."""
+def _reads(result: QuantResult, files: tuple[Path, ...]) -> QuantResult:  # save never writes them
     return dataclasses.replace(result, read_from=files) if files else result
 
 
@@ -395,5 +393,8 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
         target=cfg.target, weight_bits=7 if reduce_range else 8, placement=plan.placement,
         recovery=recovered.report if recovered else None,
     )
+    if consume:  # the caller is done with it: its weights go before any check's session
+        fused.model.graph.ClearField("initializer")
+        release()
     return QuantResult(model=result.model, plan=plan, ranges=dict(ranges), report=report,
                        config=cfg, source=source)

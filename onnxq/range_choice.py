@@ -58,6 +58,7 @@ def choose(result: R, alternative: Callable[[], R], fp32: self_check.Source,
     FP32 on ``feeds``, with a report note saying which and why; and the chosen model's
     self-check (so it is not run again)."""
     memo: dict = {}  # FP32 runs once
+    other = alternative()  # first: building it frees the prepared model before any session
     start = time.perf_counter()
     first = self_check.check(fp32, result.model, feeds, graph=graph,  # type: ignore[attr-defined]
                              memo=memo)
@@ -69,7 +70,6 @@ def choose(result: R, alternative: Callable[[], R], fp32: self_check.Source,
                "--calibrator percentile builds the other")
         return _noted(result, f"calibration auto: min/max ranges (the comparison did not "
                               f"run: {why})"), first
-    other = alternative()
     second = self_check.check(fp32, other.model, feeds, graph=graph,  # type: ignore[attr-defined]
                               memo=memo)
     alt = error(second)

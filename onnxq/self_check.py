@@ -23,6 +23,7 @@ from typing import TypeVar
 import numpy as np
 import onnx
 
+from onnxq.memory import release
 from onnxq.recovery.stats import KeepFeeds, keep_feeds
 
 __all__ = ["FEEDS", "FLOOR", "MAX_BYTES", "keep", "check", "warning", "attach", "finish"]
@@ -71,7 +72,7 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
                            f"was over {MAX_BYTES >> 20} MB)"}
     proto = graph if graph is not None else fp32
     if not isinstance(proto, onnx.ModelProto):  # a path: its graph, not its weights
-        proto = onnx.load(os.fspath(proto), load_external_data=False)
+        proto = skeleton(proto) or onnx.load(os.fspath(proto))
     size = weight_bytes(proto)
     if size > MAX_WEIGHT_BYTES:
         return {"skipped": f"the float weights are {size / 2**30:.1f} GiB (over "
@@ -83,8 +84,9 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
     cosines: dict[str, list[float]] = {n: [] for n in names}
     source = _runnable(proto) or (fp32 if isinstance(fp32, onnx.ModelProto)
                                   else os.fspath(fp32))
+    specs = input_specs(proto)
     try:  # one session at a time: a large model's float weights are held once, then freed
-        feeds = list(iter_feeds(feeds, input_specs(proto), "calibration feed"))
+        feeds = list(iter_feeds(feeds, specs, "calibration feed"))
         if memo is None or "fp32" not in memo:  # ``memo``: FP32's outputs, for a second check
             session = make_session(source, optimize=False)
             want = [session.run(names, feed) for feed in feeds]
@@ -115,12 +117,31 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
     return {"feeds": len(feeds), "floor": FLOOR, "outputs": outputs, "below": below}
 
 
+def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:
+    """The model at ``path`` with its initializers' values dropped (names, dims and types kept:
+    ``check``'s names and input specs and ``weight_bytes`` work on it): what ``quantize`` holds
+    for a path, read while memory is low, instead of parsing the weights again beside the INT8
+    models. A model whose node names repeat is kept whole: its check runs a renamed copy.
+    None for a file onnx cannot read (loading it reports that properly)."""
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model: the caller's own load says why
+        return None
+    if _runnable(model) is None:
+        for t in model.graph.initializer:
+            for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                         "uint64_data", "string_data"):
+                t.ClearField(name)
+        release()  # the parsed weights, before the caller's next step
+    return model
+
+
 def weight_bytes(model: Source) -> int:
     """Bytes of ``model``'s main-graph initializers (external ones included)."""
     from onnxq.scopes import tensor_bytes
 
     if not isinstance(model, onnx.ModelProto):  # a path: its graph, not its weights
-        model = onnx.load(os.fspath(model), load_external_data=False)
+        model = skeleton(model) or onnx.load(os.fspath(model))
     return sum(tensor_bytes(t) for t in model.graph.initializer)
 
 

@@ -138,3 +138,25 @@ def test_a_score_output_is_judged_over_all_feeds():
     assert ("score", "Conv") in result.report.quantized
     got = result.report.self_check
     assert got["below"] == [] and got["outputs"]["y"]["worst_cosine"] > 0.999
+
+
+def test_a_model_given_by_path_is_checked_from_its_skeleton(tmp_path, monkeypatch):
+    """For a path, ``quantize`` keeps the model's graph without its weights (read at the start)
+    and the check's session reads the file: the float weights are never held twice."""
+    model, feeds = _residual_loop(), _feeds()
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    light = self_check.skeleton(src)
+    assert self_check.weight_bytes(light) == self_check.weight_bytes(model) > 0
+    assert all(not t.raw_data and not t.float_data for t in light.graph.initializer)
+    loads = []
+    real_load = onnx.load
+
+    def counting_load(path, *args, **kwargs):
+        loads.append(str(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", counting_load)
+    found = onnxq.quantize(src, feeds, progress=False, target="portable").report.self_check
+    assert found["below"] == ["y"] and found["feeds"] == 4  # the same verdict as in memory
+    assert loads.count(str(src)) == 1  # the skeleton; the check does not parse it again
