@@ -39,6 +39,7 @@ from onnxq.plan import QuantPlan
 from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
 from onnxq.tune_latency import latency_pass
+from onnxq.tune_mode import mode_pass
 from onnxq.tune_runner import Outcome, Scorer, Spec, bisection_mids, score_all
 from onnxq.tune_types import (
     Evaluate,
@@ -349,6 +350,7 @@ def _search(s: _Search) -> tuple[Trial | None, str]:
         chosen = s.best()
         if chosen is not None and s.target.latency and not s.out_of_budget():
             chosen = latency_pass(s, chosen)
+        chosen = mode_pass(s, chosen)
         stopped = s.out_of_budget() or stopped
     except KeyboardInterrupt:
         stopped = "interrupted (Ctrl-C): best model so far"

@@ -181,3 +181,31 @@ def test_cli_tune_takes_config_format_and_target(tmp_path):
     tuned = onnx.load(str(out))
     assert "QLinearMatMul" in {n.op_type for n in tuned.graph.node}
     assert {p.key: p.value for p in tuned.metadata_props}["onnxq.target"] == "portable"
+
+
+def test_tune_tries_dynamic_mode_on_an_encoder_and_keeps_the_faster():
+    """A model whose compute is all MatMul gets dynamic mode as one more trial, timed beside
+    the static choice in one interleaved run; a CNN is not offered it."""
+    from onnxq.tune_mode import DYNAMIC
+    from tests import builders as B
+
+    model = B.attention_block(layers=2)
+    result = tune(model, B.feeds(model, n=6, seed=1), eval_data=B.feeds(model, n=3, seed=2),
+                  target=TuneTarget(max_drop=0.01, latency=True, max_trials=8), progress=False)
+    dynamic = [t for t in result.trials if t.recipe == DYNAMIC]
+    assert len(dynamic) == 1 and dynamic[0].metric is not None, result.table()
+    t = dynamic[0]
+    ops = {n.op_type for n in result.model.graph.node}
+    if result.chosen is t:  # chosen: it met the target and measured faster
+        assert t.meets_target and t.latency_ratio is not None
+        assert "faster than the static choice" in t.decision or "no static" in t.decision
+        assert "QuantizeLinear" not in ops and ops & {"DynamicQuantizeLinear",
+                                                      "DynamicQuantizeMatMul"}
+    else:
+        assert "rejected" in t.decision or "not faster" in t.decision or \
+            "slower than FP32" in t.decision
+    cnn = B.conv_bn_relu()
+    other = tune(cnn, B.feeds(cnn, n=4, seed=1), eval_data=B.feeds(cnn, n=2, seed=2),
+                 target=TuneTarget(max_drop=0.01, latency=False, max_trials=4),
+                 progress=False)
+    assert DYNAMIC not in {t.recipe for t in other.trials}
