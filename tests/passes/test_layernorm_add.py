@@ -102,3 +102,40 @@ def test_quantized_encoders_keep_add_and_layernorm_apart(opset, tmp_path):
     plain = onnxq.quantize(model, feeds, progress=False, objective="size",
                            target_ep="openvino")  # OpenVINO fuses normalization itself
     assert "Sum" not in {n.op_type for n in plain.model.graph.node}
+
+
+def _fused_skip_layer_norm() -> onnx.ModelProto:
+    """x, s → SkipLayerNormalization(bias) → y and the sum (read by a MatMul): the form
+    onnxruntime's transformer optimizer writes."""
+    rng = np.random.default_rng(1)
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, list(a.shape), a.ravel()) for n, a in (
+        ("gamma", rng.uniform(0.5, 1.5, H)), ("beta", rng.uniform(-0.1, 0.1, H)),
+        ("bias", rng.uniform(-0.5, 0.5, H)), ("w", rng.standard_normal((H, H)) / 6))]
+    nodes = [helper.make_node("SkipLayerNormalization", ["x", "s", "gamma", "beta", "bias"],
+                              ["y", "", "", "total"], name="sln", domain="com.microsoft",
+                              epsilon=1e-5),
+             helper.make_node("MatMul", ["total", "w"], ["z"], name="mm")]
+    spec = ["batch", 16, H]
+    graph = helper.make_graph(
+        nodes, "sln", [helper.make_tensor_value_info(n, TensorProto.FLOAT, spec)
+                       for n in ("x", "s")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, spec) for n in ("y", "z")], inits,
+        value_info=[helper.make_tensor_value_info("total", TensorProto.FLOAT, spec)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_a_fused_skip_layer_norm_is_split_back(tmp_path):
+    model = _fused_skip_layer_norm()
+    out, modified, again = _run_pass(model)
+    onnx.checker.check_model(out, full_check=True)
+    assert modified and not again
+    ops = collections.Counter(n.op_type for n in out.graph.node)
+    assert ops["SkipLayerNormalization"] == 0 and ops["Sum"] == 1 and ops["LayerNormalization"] == 1
+    assert _optimized_ops(out, tmp_path)["SkipLayerNormalization"] == 0
+    rng = np.random.default_rng(0)
+    feed = {n: rng.standard_normal((2, 16, H)).astype(np.float32) for n in ("x", "s")}
+    for a, b in zip(_run(out, feed), _run(model, feed), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5)  # y and z (which reads the sum)
+    result = onnxq.quantize(model, [feed], progress=False, objective="size")
+    assert "SkipLayerNormalization" not in {n.op_type for n in result.model.graph.node}
