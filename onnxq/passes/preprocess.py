@@ -175,6 +175,33 @@ def _through_proto(graph: gs.Graph, fn) -> gs.Graph:
 _SMALL = 4096  # initializers with fewer elements stay (shape inference may read their values)
 
 
+#: onnxruntime's float contrib operators (what its transformer optimizer writes): their outputs
+#: take the element type of the input named here (index), where the model does not declare it;
+#: onnx's shape inference does not know them, so nothing after them would be typed (and onnxq
+#: would keep every MatMul reading them float)
+_CONTRIB_FLOAT = {"SkipLayerNormalization": 0, "SkipSimplifiedLayerNormalization": 0,
+                  "BiasGelu": 0, "FastGelu": 0, "Gelu": 0, "QuickGelu": 0, "BiasAdd": 0,
+                  "BiasSoftmax": 0, "Attention": 0, "MultiHeadAttention": 0, "FusedMatMul": 0,
+                  "FusedConv": 0, "EmbedLayerNormalization": 2}
+_CONTRIB_INT = {("EmbedLayerNormalization", 1): np.int32}  # the mask index
+
+
+def _type_contrib_outputs(graph: gs.Graph) -> int:
+    """Declare the element type of the untyped outputs of ``_CONTRIB_FLOAT`` operators."""
+    typed = 0
+    for g in G.iter_graphs(graph):
+        for node in g.nodes:
+            source = _CONTRIB_FLOAT.get(node.op) if node.domain == "com.microsoft" else None
+            if source is None or len(node.inputs) <= source:
+                continue
+            for i, out in enumerate(node.outputs):
+                kind = _CONTRIB_INT.get((node.op, i), node.inputs[source].dtype)
+                if out.name and out.dtype is None and kind is not None:
+                    out.dtype = kind
+                    typed += 1
+    return typed
+
+
 def _infer_shapes_light(graph: gs.Graph) -> None:
     big = {name: t for name, t in graph.tensors().items()
            if isinstance(t, gs.Constant) and int(np.prod(t.shape, dtype=np.int64)) > _SMALL}
@@ -248,6 +275,9 @@ class PreprocessPass:
     def _infer_shapes(graph: gs.Graph, notes: list[str]) -> gs.Graph:
         """ONNX shape inference on a weight-free copy of the graph: large initializers are
         declared as typed inputs instead of copied, so memory does not double."""
+        typed = _type_contrib_outputs(graph)
+        if typed:
+            notes.append(f"{typed} output(s) of onnxruntime contrib operators typed")
         _infer_shapes_light(graph)
         return graph
 

@@ -104,9 +104,9 @@ def test_quantized_encoders_keep_add_and_layernorm_apart(opset, tmp_path):
     assert "Sum" not in {n.op_type for n in plain.model.graph.node}
 
 
-def _fused_skip_layer_norm() -> onnx.ModelProto:
+def _fused_skip_layer_norm(typed: bool = True) -> onnx.ModelProto:
     """x, s → SkipLayerNormalization(bias) → y and the sum (read by a MatMul): the form
-    onnxruntime's transformer optimizer writes."""
+    onnxruntime's transformer optimizer writes (``typed``: the sum's type declared)."""
     rng = np.random.default_rng(1)
     inits = [helper.make_tensor(n, TensorProto.FLOAT, list(a.shape), a.ravel()) for n, a in (
         ("gamma", rng.uniform(0.5, 1.5, H)), ("beta", rng.uniform(-0.1, 0.1, H)),
@@ -120,7 +120,8 @@ def _fused_skip_layer_norm() -> onnx.ModelProto:
         nodes, "sln", [helper.make_tensor_value_info(n, TensorProto.FLOAT, spec)
                        for n in ("x", "s")],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, spec) for n in ("y", "z")], inits,
-        value_info=[helper.make_tensor_value_info("total", TensorProto.FLOAT, spec)])
+        value_info=[helper.make_tensor_value_info("total", TensorProto.FLOAT, spec)]
+        if typed else [])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                    helper.make_opsetid("com.microsoft", 1)])
 
@@ -138,4 +139,17 @@ def test_a_fused_skip_layer_norm_is_split_back(tmp_path):
     for a, b in zip(_run(out, feed), _run(model, feed), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5)  # y and z (which reads the sum)
     result = onnxq.quantize(model, [feed], progress=False, objective="size")
+    assert "SkipLayerNormalization" not in {n.op_type for n in result.model.graph.node}
+
+
+def test_untyped_contrib_outputs_are_typed_so_their_readers_quantize():
+    """onnx's shape inference does not know onnxruntime's contrib operators: an untyped output
+    used to leave every reader float ("inputs are not float32 tensors")."""
+    model = _fused_skip_layer_norm(typed=False)
+    rng = np.random.default_rng(0)
+    feeds = [{n: rng.standard_normal((2, 16, H)).astype(np.float32) for n in ("x", "s")}
+             for _ in range(2)]
+    result = onnxq.quantize(model, feeds, progress=False, objective="size")
+    assert ("mm", "MatMul") in result.report.quantized
+    assert any("contrib operators typed" in n for n in result.report.notes)
     assert "SkipLayerNormalization" not in {n.op_type for n in result.model.graph.node}
