@@ -184,6 +184,7 @@ _CONTRIB_FLOAT = {"SkipLayerNormalization": 0, "SkipSimplifiedLayerNormalization
                   "BiasSoftmax": 0, "Attention": 0, "MultiHeadAttention": 0, "FusedMatMul": 0,
                   "FusedConv": 0, "EmbedLayerNormalization": 2}
 _CONTRIB_INT = {("EmbedLayerNormalization", 1): np.int32}  # the mask index
+_MAX_TYPING_ROUNDS = 256  # one per contrib operator in a chain; a 24-layer encoder needs ~50
 
 
 def _type_contrib_outputs(graph: gs.Graph) -> int:
@@ -276,9 +277,15 @@ class PreprocessPass:
         """ONNX shape inference on a weight-free copy of the graph: large initializers are
         declared as typed inputs instead of copied, so memory does not double."""
         typed = _type_contrib_outputs(graph)
+        _infer_shapes_light(graph)
+        for _ in range(_MAX_TYPING_ROUNDS):  # contrib and standard ops alternate in a chain
+            more = _type_contrib_outputs(graph) if typed else 0
+            if not more:
+                break
+            typed += more
+            _infer_shapes_light(graph)
         if typed:
             notes.append(f"{typed} output(s) of onnxruntime contrib operators typed")
-        _infer_shapes_light(graph)
         return graph
 
     def _upgrade(self, graph: gs.Graph, notes: list[str], skipped: list) -> gs.Graph:

@@ -144,12 +144,23 @@ def test_a_fused_skip_layer_norm_is_split_back(tmp_path):
 
 def test_untyped_contrib_outputs_are_typed_so_their_readers_quantize():
     """onnx's shape inference does not know onnxruntime's contrib operators: an untyped output
-    used to leave every reader float ("inputs are not float32 tensors")."""
+    used to leave every reader float ("inputs are not float32 tensors"). A chain alternates
+    contrib and standard operators, so the typing is repeated with shape inference."""
     model = _fused_skip_layer_norm(typed=False)
+    g = model.graph  # more blocks: z → SkipLayerNormalization(z, y) → MatMul → z2 → ...
+    prev, skip = "z", "y"
+    for k in range(2, 6):
+        g.node.extend([
+            helper.make_node("SkipLayerNormalization", [prev, skip, "gamma", "beta"], [f"y{k}"],
+                             name=f"sln{k}", domain="com.microsoft", epsilon=1e-5),
+            helper.make_node("MatMul", [f"y{k}", "w"], [f"z{k}"], name=f"mm{k}")])
+        prev, skip = f"z{k}", f"y{k}"
+    g.output.append(helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["batch", 16, H]))
     rng = np.random.default_rng(0)
     feeds = [{n: rng.standard_normal((2, 16, H)).astype(np.float32) for n in ("x", "s")}
              for _ in range(2)]
     result = onnxq.quantize(model, feeds, progress=False, objective="size")
-    assert ("mm", "MatMul") in result.report.quantized
+    assert {("mm", "MatMul")} | {(f"mm{k}", "MatMul") for k in range(2, 6)} <= set(
+        result.report.quantized)
     assert any("contrib operators typed" in n for n in result.report.notes)
     assert "SkipLayerNormalization" not in {n.op_type for n in result.model.graph.node}
