@@ -43,7 +43,7 @@ from onnxq.passes import (
     VerifyPass,
     WeightOnlyPass,
 )
-from onnxq.passes.layernorm_add import UnfusedLayerNormAddPass
+from onnxq.passes.runtime_forms import runtime_form_passes
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
 from onnxq.plan_checks import check_exclusions, refuse_unquantizable
@@ -180,8 +180,8 @@ def _finishing_passes(config: QuantConfig) -> list:
             *LOWERINGS[config.format](), *_runtime_forms(config), VerifyPass()]
 
 
-def _runtime_forms(config: QuantConfig) -> list:  # see passes/layernorm_add.py
-    return [] if config.target_ep == "openvino" else [ForEachGraph(UnfusedLayerNormAddPass())]
+def _runtime_forms(config: QuantConfig) -> list:
+    return runtime_form_passes(config.target_ep)
 
 
 def is_prequantized(model: onnx.ModelProto) -> bool:

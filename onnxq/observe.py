@@ -148,8 +148,21 @@ def expose(graph: onnx.GraphProto, tensors: Iterable[str]) -> dict[str, str]:
     result = {t: t for t in wanted & _local(graph)}
     result.update(inner)
     outputs = {o.name for o in graph.output}
+    quantized = _quantized_types(graph)
     for t in sorted(result):
         if result[t] not in outputs:
-            graph.output.append(_float_output(result[t]))
+            graph.output.append(helper.make_tensor_value_info(
+                result[t], quantized.get(result[t], onnx.TensorProto.FLOAT), None))
             outputs.add(result[t])
     return result
+
+
+def _quantized_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Element type of each main-graph QuantizeLinear output (its zero point's; uint8 when it
+    has none): the tensors ``expose`` may be asked for that are not float."""
+    types = {t.name: t.data_type for t in graph.initializer}
+    types.update({n.output[0]: a.t.data_type for n in graph.node if n.op_type == "Constant"
+                  for a in n.attribute if a.name == "value"})
+    return {n.output[0]: types.get(n.input[2], onnx.TensorProto.UINT8) if len(n.input) > 2
+            and n.input[2] else onnx.TensorProto.UINT8
+            for n in graph.node if n.op_type == "QuantizeLinear"}

@@ -38,11 +38,22 @@ _QRANGE: dict[int, tuple[int, int]] = {TensorProto.UINT8: (0, 255), TensorProto.
 @dataclass(frozen=True, slots=True)
 class _Probe:
     name: str  # FP32 tensor
-    dq: str  # its dequantized INT8 counterpart
+    dq: str  # its dequantized INT8 counterpart (or the int8 tensor itself, see ``raw``)
     scale: np.ndarray
     zero_point: np.ndarray
     qrange: tuple[int, int] | None
     axis: int
+    raw: bool = False  # ``dq`` is the QuantizeLinear's int8 output (its readers are int8 kernels)
+
+    def value(self, v: np.ndarray) -> np.ndarray:
+        """The INT8 model's value of the tensor, dequantized here when ``raw``."""
+        if not self.raw:
+            return v
+        scale = _bcast(self.scale, v.shape, self.axis)
+        zp = _bcast(self.zero_point.astype(np.float64), v.shape, self.axis)
+        if scale is None or zp is None:
+            return np.full(v.shape, np.nan)  # an axis mismatch: reported as missing
+        return ((v.astype(np.float64) - zp) * scale).astype(np.float32)
 
 
 class _Acc:
@@ -197,15 +208,19 @@ def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe],
             continue  # weights and other constants
         dq = next((r for r in readers.get(node.output[0], ())
                    if r.op_type == "DequantizeLinear"), None)
-        name = _fp32_name(node.input[0], dq.output[0], fp32_names) if dq else None
+        # without one (its readers are int8 kernels, e.g. MatMulIntegerToFloat), the int8
+        # tensor is fetched and dequantized here
+        out = dq.output[0] if dq is not None else node.output[0]
+        name = _fp32_name(node.input[0], out, fp32_names)
         params = _qparams(consts, node)
         if name in seen:
             continue
-        if name is None or dq is None or params is None:  # no dq always means no name
+        if name is None or params is None:
             missing.append(node.input[0])
             continue
         seen.add(name)
-        probes.append(_Probe(name, dq.output[0], *params))
+        scale, zp, qrange, axis = params
+        probes.append(_Probe(name, out, scale, zp, qrange, axis, raw=dq is None))
     return probes, list(dict.fromkeys(missing))
 
 
@@ -304,7 +319,7 @@ def tensor_report(fp32: ModelLike, int8: ModelLike, feeds: Iterable[Feed], *,
             v32, v8 = run32(feed) | {k: feed[k] for k in inputs}, run8(feed)
             for p in probes:
                 x = v32[p.name]
-                accs[p.name].add(x, v8[p.dq], bounds=_bounds(p, np.shape(x)))
+                accs[p.name].add(x, p.value(v8[p.dq]), bounds=_bounds(p, np.shape(x)))
             count += 1
     missing += [p.name for p in probes if accs[p.name].mismatch]
     rows = [_tensor_error(p, accs[p.name]) for p in probes if not accs[p.name].mismatch]

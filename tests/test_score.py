@@ -102,6 +102,34 @@ def test_attention_report_has_no_nan():
     assert score.compare_outputs(model, result.model, feeds).cosine > 0.99
 
 
+def test_tensors_read_by_int8_kernels_are_reported_from_their_int8_values():
+    """A quantized tensor with no DequantizeLinear after it (read by MatMulIntegerToFloat on
+    the CPU EP) is fetched as int8 and dequantized: the same error as through a DQ node."""
+    model = B.attention_block()
+    feeds = B.feeds(model, batch=2, n=3, seed=1)
+    result = onnxq.quantize(model, feeds, progress=False)
+    nodes = result.model.graph.node
+    read = {i for n in nodes if n.op_type == "DequantizeLinear" for i in n.input}
+    raw = [n.input[0] for n in nodes if n.op_type == "QuantizeLinear" and n.output[0] not in read]
+    assert raw  # the premise: some activations reach an int8 kernel without a DQ
+    report = score.tensor_report(model, result.model, feeds)
+    rows = {t.name: t for t in report}
+    assert not report.missing and set(raw) <= set(rows)
+    assert all(rows[t].sqnr_db > 20 and rows[t].cosine > 0.999 for t in raw), report
+    with_dq = onnx.ModelProto()  # the same model with a DQ (read by an extra output) per tensor
+    with_dq.CopyFrom(result.model)
+    for n in [n for n in with_dq.graph.node if n.op_type == "QuantizeLinear"
+              and n.input[0] in raw]:
+        with_dq.graph.node.append(helper.make_node("DequantizeLinear", list(n.output) + list(
+            n.input[1:]), [f"{n.input[0]}_dq"]))
+        with_dq.graph.output.append(helper.make_tensor_value_info(f"{n.input[0]}_dq",
+                                                                  TensorProto.FLOAT, None))
+    again = {t.name: t for t in score.tensor_report(model, with_dq, feeds)}
+    for t in raw:
+        assert rows[t].sqnr_db == pytest.approx(again[t].sqnr_db, abs=1e-3)
+        assert rows[t].max_abs_error == pytest.approx(again[t].max_abs_error, abs=1e-5)
+
+
 # -- (b) the planted bad range ------------------------------------------------------------------
 def test_planted_bad_range_is_ranked_first(residual, residual_report):
     model, _, feeds = residual

@@ -7,6 +7,7 @@ from onnxq.passes.equalize import CrossLayerEqualizationPass
 from onnxq.passes.fusion import FusionPass
 from onnxq.passes.hard_activations import DecomposeHardActivationsPass
 from onnxq.passes.layernorm_add import UnfusedLayerNormAddPass
+from onnxq.passes.matmul_epilogue import MatMulEpiloguePass
 from onnxq.passes.preprocess import PreprocessPass
 from onnxq.passes.qdq_insert import InsertQDQPass
 from onnxq.passes.qlinear import QLinearLoweringPass
@@ -20,4 +21,4 @@ __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActiva
            "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass",
            "DynamicLSTMPass", "DynamicMatMulPass", "DynamicAttentionPass",
            "TransformerFusionPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass",
-           "CrossLayerEqualizationPass", "UnfusedLayerNormAddPass"]
+           "CrossLayerEqualizationPass", "UnfusedLayerNormAddPass", "MatMulEpiloguePass"]

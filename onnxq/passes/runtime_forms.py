@@ -1,0 +1,19 @@
+"""The CPU EP's runtime forms: rewrites run after lowering so that onnxruntime's CPU EP picks
+its fastest kernels for the quantized graph. Each keeps the model's values; none is applied
+for the OpenVINO EP, which fuses its own patterns."""
+
+from __future__ import annotations
+
+from onnxq.passes.layernorm_add import UnfusedLayerNormAddPass
+from onnxq.passes.matmul_epilogue import MatMulEpiloguePass
+from onnxq.pipeline import ForEachGraph
+
+__all__ = ["runtime_form_passes"]
+
+
+def runtime_form_passes(target_ep: str) -> list:
+    """The passes for ``target_ep`` (empty for the OpenVINO EP). The bias fold runs first: a
+    ``MatMul → Add(bias) → LayerNormalization`` keeps its bias ``Add`` to fold."""
+    if target_ep == "openvino":
+        return []
+    return [ForEachGraph(MatMulEpiloguePass()), ForEachGraph(UnfusedLayerNormAddPass())]
