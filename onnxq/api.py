@@ -43,7 +43,7 @@ from onnxq.passes import (
     VerifyPass,
     WeightOnlyPass,
 )
-from onnxq.passes.runtime_forms import runtime_form_passes
+from onnxq.passes.runtime_forms import pre_lowering_passes, runtime_form_passes
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
 from onnxq.plan_checks import check_exclusions, refuse_unquantizable
@@ -146,7 +146,7 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
             ForEachGraph(DynamicLSTMPass(nodes=_named(plan, Role.DYNAMIC),
                                          per_channel=plan.per_channel,
                                          reduce_range=reduce_range)),
-            ForEachGraph(CleanupPass()), *_runtime_forms(config), VerifyPass()])
+            ForEachGraph(CleanupPass()), *runtime_form_passes(config.target_ep), VerifyPass()])
     return Pipeline([
         ForEachGraph(InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
                                    activation_symmetric=config.activation.symmetric,
@@ -177,11 +177,8 @@ LOWERINGS: Mapping[str, Callable[[], list]] = MappingProxyType({
 def _finishing_passes(config: QuantConfig) -> list:
     """Folding, cleanup, the format's lowering (of the same QDQ graph), verification."""
     return [ForEachGraph(RequantFoldPass()), ForEachGraph(CleanupPass()),
-            *LOWERINGS[config.format](), *_runtime_forms(config), VerifyPass()]
-
-
-def _runtime_forms(config: QuantConfig) -> list:
-    return runtime_form_passes(config.target_ep)
+            *pre_lowering_passes(config.target_ep), *LOWERINGS[config.format](),
+            *runtime_form_passes(config.target_ep), VerifyPass()]
 
 
 def is_prequantized(model: onnx.ModelProto) -> bool:

@@ -193,8 +193,9 @@ def test_hardswish_cnn_runs_fully_int8(tmp_path, calib_cache):
 
 
 def test_attention_qkv_projections_stay_int8_end_to_end(tmp_path, calib_cache):
-    """The Q/K/V bias Adds feed int8 attention MatMuls, so the projection MatMul output is made
-    int8 for free (QLinearMatMul + QLinearAdd instead of MatMulIntegerToFloat + float Add + Q);
+    """The Q/K/V bias Adds feed int8 attention MatMuls, so their sums are int8; on the CPU EP
+    each projection then runs as one MatMulIntegerToFloat with its bias and a QuantizeLinear
+    (not QLinearMatMul + QLinearAdd: one kernel and one rounding less, passes/matmul_epilogue.py);
     the residual path stays float."""
     model = B.attention_block()
     result = onnxq.quantize(model, calib_cache("attention_block", model), progress=False)
@@ -202,4 +203,10 @@ def test_attention_qkv_projections_stay_int8_end_to_end(tmp_path, calib_cache):
     assert {"layer0.attn.q.add", "layer0.attn.k.add", "layer0.attn.v.add"} <= quantized
     assert "layer0.attn.out.add" not in quantized  # feeds the residual Add / LayerNorm
     opt = optimized_ops(result.model, tmp_path)
-    assert opt["QLinearAdd"] == 3
+    assert opt["QLinearAdd"] == 0 and opt["Add"] == 0
+    fused = {n.output[0]: n for n in result.model.graph.node
+             if n.op_type == "MatMulIntegerToFloat" and len(n.input) == 7}
+    readers = {i: n.op_type for n in result.model.graph.node for i in n.input}
+    for p in ("q", "k", "v"):
+        assert readers[f"layer0.attn.{p}.add_out"] == "QuantizeLinear"  # an int8 sum
+        assert f"layer0.attn.{p}.add_out" in fused

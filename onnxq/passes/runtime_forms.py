@@ -5,10 +5,10 @@ for the OpenVINO EP, which fuses its own patterns."""
 from __future__ import annotations
 
 from onnxq.passes.layernorm_add import UnfusedLayerNormAddPass
-from onnxq.passes.matmul_epilogue import MatMulEpiloguePass
+from onnxq.passes.matmul_epilogue import MatMulEpiloguePass, UnquantizedBiasPass
 from onnxq.pipeline import ForEachGraph
 
-__all__ = ["runtime_form_passes"]
+__all__ = ["runtime_form_passes", "pre_lowering_passes"]
 
 
 def runtime_form_passes(target_ep: str) -> list:
@@ -17,3 +17,8 @@ def runtime_form_passes(target_ep: str) -> list:
     if target_ep == "openvino":
         return []
     return [ForEachGraph(MatMulEpiloguePass()), ForEachGraph(UnfusedLayerNormAddPass())]
+
+
+def pre_lowering_passes(target_ep: str) -> list:
+    """The CPU EP's rewrites of the QDQ graph itself, before it is lowered to its format."""
+    return [] if target_ep == "openvino" else [ForEachGraph(UnquantizedBiasPass())]

@@ -147,7 +147,8 @@ def test_quantized_encoders_fold_their_biases_for_the_cpu_ep_only(tmp_path):
                  and len(n.input) == 7]
         assert fused, form
         assert any("MatMulIntegerToFloat takes in" in n for n in result.report.notes)
-        assert _optimized_ops(result.model, tmp_path)["BiasGelu"] == 0
+        ops = _optimized_ops(result.model, tmp_path)
+        assert ops["BiasGelu"] == 0 and ops["QLinearAdd"] == 0, form  # q/k/v biases folded
         out = _run(result.model, feeds[0])[0]
         ref = _run(model, feeds[0])[0]
         cos = float(np.dot(out.ravel(), ref.ravel())
@@ -206,3 +207,64 @@ def test_a_product_with_a_second_reader_keeps_its_epilogue():
     model.graph.node.append(helper.make_node("Relu", ["scores"], ["r"], name="other"))
     model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
     assert not _run_pass(model)[1]
+
+
+def _requantized_projection(extra_reader: bool = False) -> onnx.ModelProto:
+    """x → Q/DQ, W → DQ → MatMul → Q(s1) → DQ → Add(DQ(int8 bias)) → Q(s2) → DQ → y: an int8
+    projection whose bias Add is itself int8 (attention's q/k/v in a static model)."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, (K, N)).astype(np.int8)
+    b = rng.integers(-127, 128, N).astype(np.int8)
+    inits = [helper.make_tensor(n, dt, dims, vals) for n, dt, dims, vals in (
+        ("xs", TensorProto.FLOAT, [], [0.02]), ("xz", TensorProto.INT8, [], [0]),
+        ("wq", TensorProto.INT8, [K, N], w.ravel()), ("ws", TensorProto.FLOAT, [], [0.004]),
+        ("wz", TensorProto.INT8, [], [0]), ("s1", TensorProto.FLOAT, [], [0.05]),
+        ("z1", TensorProto.INT8, [], [3]), ("bq", TensorProto.INT8, [N], b),
+        ("bs", TensorProto.FLOAT, [], [0.01]), ("bz", TensorProto.INT8, [], [0]),
+        ("s2", TensorProto.FLOAT, [], [0.06]), ("z2", TensorProto.INT8, [], [-2]))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["mm"], name="proj"),
+             helper.make_node("QuantizeLinear", ["mm", "s1", "z1"], ["mq"]),
+             helper.make_node("DequantizeLinear", ["mq", "s1", "z1"], ["md"]),
+             helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"]),
+             helper.make_node("Add", ["md", "bd"], ["added"], name="proj_bias"),
+             helper.make_node("QuantizeLinear", ["added", "s2", "z2"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "s2", "z2"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_reader:
+        outputs.append(helper.make_tensor_value_info("md", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "proj", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["batch", 8, K])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_product_is_not_requantized_just_to_add_its_bias():
+    from onnxq.passes.matmul_epilogue import UnquantizedBiasPass
+
+    model = _requantized_projection()
+    graph = G.import_graph(onnx.shape_inference.infer_shapes(model))
+    first = UnquantizedBiasPass().run(graph)
+    assert first.modified and not UnquantizedBiasPass().run(first.graph).modified
+    out = G.export_graph(MatMulEpiloguePass().run(first.graph).graph, model)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and "Add" not in ops
+    assert ops.count("QuantizeLinear") == 2  # the input's and the sum's: s1 is gone
+    feed = _feed(4)
+    new, old = _run(out, feed)[0], _run(model, feed)[0]
+    w = onnx.numpy_helper.to_array(model.graph.initializer[2]).astype(np.float32) * 0.004
+    b = onnx.numpy_helper.to_array(model.graph.initializer[7]).astype(np.float32) * 0.01
+    xq = np.clip(np.round(feed["x"] / 0.02), -128, 127) * 0.02
+    exact = np.clip(np.round((xq @ w + b) / 0.06) - 2, -128, 127)
+    exact = (exact + 2) * 0.06  # the sum with no intermediate rounding, on the s2 grid
+    assert np.abs(new - exact).max() <= 0.06 + 1e-6  # within one LSB of s2 (float rounding)
+    assert np.mean(np.abs(new - exact)) < np.mean(np.abs(old - exact))  # one rounding less
+
+
+def test_a_requantized_product_with_another_reader_is_left_alone():
+    from onnxq.passes.matmul_epilogue import UnquantizedBiasPass
+
+    model = _requantized_projection(extra_reader=True)
+    graph = G.import_graph(onnx.shape_inference.infer_shapes(model))
+    assert not UnquantizedBiasPass().run(graph).modified
