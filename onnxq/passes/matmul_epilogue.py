@@ -43,6 +43,12 @@ def _is_default(node: gs.Node) -> bool:
     return node.domain in (None, "", "ai.onnx")
 
 
+def _binary(graph: gs.Graph, ops: tuple[str, ...]) -> list[gs.Node]:
+    """The graph's two-input, one-output ONNX-domain nodes of type ``ops`` (a snapshot)."""
+    return [n for n in graph.nodes if n.op in ops and _is_default(n) and len(n.inputs) == 2
+            and len(n.outputs) == 1]
+
+
 def _bias_of(add: gs.Node, product: gs.Tensor) -> gs.Tensor | None:
     """The other input of ``add`` when it is a float32 bias row the kernel can take."""
     return _bias_row(add.inputs[1] if add.inputs[0] is product else add.inputs[0], product)
@@ -168,12 +174,8 @@ class MatMulEpiloguePass:
 
     def run(self, graph: gs.Graph) -> PassResult:
         outputs = G.graph_output_names(graph)
-        scales = sum(_fold_scale(graph, n, outputs) for n in list(graph.nodes)
-                     if n.op in ("Mul", "Div") and _is_default(n) and len(n.inputs) == 2
-                     and len(n.outputs) == 1)
-        biases = sum(_fold_bias(graph, n, outputs) for n in list(graph.nodes)
-                     if n.op == "Add" and _is_default(n) and len(n.inputs) == 2
-                     and len(n.outputs) == 1)
+        scales = sum(_fold_scale(graph, n, outputs) for n in _binary(graph, ("Mul", "Div")))
+        biases = sum(_fold_bias(graph, n, outputs) for n in _binary(graph, ("Add",)))
         if scales or biases:
             graph.cleanup().toposort()
         notes = ((f"MatMulIntegerToFloat takes in {biases} bias Add(s) and {scales} constant "
@@ -242,9 +244,7 @@ class UnquantizedBiasPass:
 
     def run(self, graph: gs.Graph) -> PassResult:
         outputs = G.graph_output_names(graph)
-        done = sum(_unquantize(graph, n, outputs) for n in list(graph.nodes)
-                   if n.op == "Add" and _is_default(n) and len(n.inputs) == 2
-                   and len(n.outputs) == 1)
+        done = sum(_unquantize(graph, n, outputs) for n in _binary(graph, ("Add",)))
         if done:
             graph.cleanup().toposort()
         notes = ((f"{done} MatMul product(s) no longer requantized before their bias Add",)
