@@ -227,20 +227,23 @@ def profile_nodes(model: onnx.ModelProto | str, feed: Mapping[str, np.ndarray], 
 _FUSED_NON_FLOAT = {"EmbedLayerNormalization": {1: onnx.TensorProto.INT32}}
 
 
-def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden_size: int
-                     ) -> tuple[onnx.ModelProto, dict[str, int]]:
+def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden_size: int, *,
+                     in_place: bool = False) -> tuple[onnx.ModelProto, dict[str, int]]:
     """onnxruntime's transformer fusions (``onnxruntime.transformers.optimizer``, its Python
     graph rewrites only: no session runs) on a copy of a BERT-style ``model``: Attention,
     SkipLayerNormalization, BiasGelu/FastGelu (not EmbedLayerNormalization). Returns the fused
     model, with the element types of the fused ops' outputs declared (onnx's shape inference
-    does not know them), and the count of each fused op."""
+    does not know them), and the count of each fused op. ``in_place``: rewrite ``model``
+    itself (a private export the caller drops: one copy of the weights less)."""
     import logging
 
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy = model
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
     quiet = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_base",
                                              "onnx_model", "onnx_model_bert", "fusion_utils")]
     levels = [lg.level for lg in quiet]

@@ -86,8 +86,7 @@ class TransformerFusionPass:
                 "transformer fusion: no encoder attention found (no square projections "
                 "with a head split); the graph is left as it is",))
         heads, hidden = found
-        model = G.export_graph(graph)
-        fused, stats = fuse_transformer(model, heads, hidden)
+        fused, stats = fuse_transformer(G.export_graph(graph), heads, hidden, in_place=True)
         if not stats:
             return PassResult(graph=graph, modified=False, notes=(
                 f"transformer fusion (heads {heads}, hidden {hidden}): nothing fused",))
