@@ -126,7 +126,7 @@ def fast_shifts(graph: gs.Graph, targets: Sequence[Target], means: Mapping[str, 
     out = {}
     for t in targets:
         node, mean = nodes.get(t.node), means.get(t.x)
-        w = G.constant_value(node.inputs[t.weight_index]) if node is not None else None
+        w = G.constant_value(node.inputs[t.weight_index], cache=False) if node is not None else None
         if node is None or mean is None or w is None:
             continue
         grid = (weights or {}).get(t.node)
