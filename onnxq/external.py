@@ -170,14 +170,16 @@ def internalize(model: onnx.ModelProto) -> None:
         t.data_location = onnx.TensorProto.DEFAULT
 
 
-def as_inputs(model: onnx.ModelProto) -> None:
-    """Turn ``model``'s kept initializers into typed graph inputs, in place (for a structural
-    check of a throwaway copy: ``onnx.checker`` refuses absolute data locations)."""
+def as_inputs(model: onnx.ModelProto, larger_than: int | None = None) -> None:
+    """Turn ``model``'s kept initializers (and, with ``larger_than``, those holding more bytes)
+    into typed graph inputs, in place (for a structural check of a throwaway copy:
+    ``onnx.checker`` refuses absolute data locations, and its full check serializes the model,
+    weights included)."""
     graph = model.graph
     listed = {i.name for i in graph.input}
     for i in reversed(range(len(graph.initializer))):  # in place: no copy of the others
         t = graph.initializer[i]
-        if is_kept(t):
+        if is_kept(t) or (larger_than is not None and len(t.raw_data) > larger_than):
             if t.name not in listed:
                 graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
                                                                       list(t.dims)))

@@ -16,6 +16,9 @@ from onnxq.pipeline import PassResult
 
 __all__ = ["VerifyPass"]
 
+#: initializers above this size are given to the checker as typed inputs, without their bytes
+CHECKED_AS_INPUT_BYTES = 1 << 16
+
 
 def _check_qdq(node: gs.Node, opset: int) -> str | None:
     if len(node.inputs) < 2:
@@ -52,7 +55,9 @@ class VerifyPass:
             raise PassError("quantized graph is invalid: " + "; ".join(problems[:5]))
         if self.check_model:
             model = G.export_graph(graph)
-            as_inputs(model)  # weights left in the source's files: checked as typed inputs
+            # weights left in the source's files, and large ones: checked as typed inputs (the
+            # full check serializes the model; BERT-base's peak was this copy of its weights)
+            as_inputs(model, larger_than=CHECKED_AS_INPUT_BYTES)
             if fits_in_protobuf(model):
                 try:
                     onnx.checker.check_model(model, full_check=True)

@@ -383,3 +383,21 @@ def test_the_openvino_ep_keeps_the_batchnorm_before_the_pool():
     fused, _ = prepare(model, QuantConfig())
     order = [n.op_type for n in fused.model.graph.node]
     assert order.index("MaxPool") < order.index("BatchNormalization")
+
+
+def test_verify_checks_large_weights_by_type_and_shape():
+    """The checker sees weights above 64 KiB as typed inputs (without their bytes, so its full
+    check does not copy them): a shape they contradict is still refused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxq.errors import PassError
+
+    w = numpy_helper.from_array(np.zeros((400, 300), np.float32), "w")  # 480 KB
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 300])],  # K 300 != 400
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(PassError, match="ONNX checker"):
+        VerifyPass().run(G.import_graph(model))
+    assert len(model.graph.initializer) == 1  # its input is not changed
