@@ -135,15 +135,15 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
     act, weight, reduce_range = types_for(config)
     if config.mode == "dynamic":
         return Pipeline([
-            ForEachGraph(DynamicMatMulPass(nodes=_named(plan, Role.DYNAMIC),
+            ForEachGraph(DynamicMatMulPass(nodes=plan.named(Role.DYNAMIC),
                                            per_channel=plan.per_channel,
                                            reduce_range=reduce_range,
                                            fused=config.format == "qlinear")),
             DynamicAttentionPass(per_channel=plan.per_channel, reduce_range=reduce_range,
                                  exclude=("*",) if "Attention" in config.exclude_op_types
                                  else config.exclude_nodes),
-            ForEachGraph(WeightOnlyPass(nodes=_named(plan, Role.WEIGHT_ONLY))),
-            ForEachGraph(DynamicLSTMPass(nodes=_named(plan, Role.DYNAMIC),
+            ForEachGraph(WeightOnlyPass(nodes=plan.named(Role.WEIGHT_ONLY))),
+            ForEachGraph(DynamicLSTMPass(nodes=plan.named(Role.DYNAMIC),
                                          per_channel=plan.per_channel,
                                          reduce_range=reduce_range)),
             ForEachGraph(CleanupPass()), *runtime_form_passes(config.target_ep), VerifyPass()])
@@ -155,16 +155,12 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
         ForEachGraph(DecomposeHardActivationsPass(nodes=tuple(
             n.name for n in plan.nodes if n.op in ("HardSigmoid", "HardSwish")),
             activation_type=act)),
-        ForEachGraph(WeightOnlyPass(nodes=_named(plan, Role.WEIGHT_ONLY))),
-        ForEachGraph(DynamicLSTMPass(nodes=_named(plan, Role.DYNAMIC),
+        ForEachGraph(WeightOnlyPass(nodes=plan.named(Role.WEIGHT_ONLY))),
+        ForEachGraph(DynamicLSTMPass(nodes=plan.named(Role.DYNAMIC),
                                      per_channel=plan.per_channel,
                                      reduce_range=reduce_range)),
         *_finishing_passes(config),
     ])
-
-
-def _named(plan: QuantPlan, role: Role) -> tuple[str, ...]:
-    return tuple(n.name for n in plan.nodes if n.role is role)
 
 
 #: The passes that lower the QDQ graph to each output form of ``config.FORMATS``.
@@ -232,7 +228,8 @@ def calibrate(
 def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
              ranges: Mapping[str, TensorRange], stats: Stats, progress: bool
              ) -> tuple[PipelineResult, recovery.Recovery]:
-    """The prepared model with the recipe's weight and bias corrections (``onnxq.recovery``)."""
+    """``fused`` with the recipe's corrections (``onnxq.recovery``), and their report (less
+    its model: that goes with ``fused`` when ``quantize`` drops it)."""
     release(fused.model)  # the calibration session and the spilled copy are gone
     qdq = cfg.with_overrides(format="qdq")
     weight, reduce_range = types_for(cfg)[1:]
@@ -246,7 +243,7 @@ def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
     done = recovery.recover(fused.model, plan, cfg.recipe, grid=grid, means=stats.means,
                             grams=stats.grams, feeds=stats.feeds, build_qdq=build,
                             progress=progress)
-    return dataclasses.replace(fused, model=done.model), done
+    return dataclasses.replace(fused, model=done.model), done.without_model()
 
 
 def settle(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
@@ -295,10 +292,7 @@ def quantize(
     model, calibration_data = as_onnx(model, calibration_data, export_options=export_options)
     exported = model if model is not original and isinstance(model, onnx.ModelProto) else None
     if cfg.mode == "dynamic":  # no calibration: every int8 kernel quantizes its own input
-        fused, plan = prepare(model, cfg.with_overrides(objective="size", data_layers="int8"))
-        if plan is None:
-            return _reads(_quantize_prequantized(fused.model, cfg), files)
-        return _reads(materialize(fused, dynamic_plan(plan), cfg, {}, source=exported), files)
+        return _reads(_dynamic(model, cfg, exported), files)
     shapes, calibration_data = peek_shapes(calibration_data)
     fused, plan = prepare(model, cfg, shapes)  # the pipeline makes the one private copy
     if plan is None:
@@ -318,15 +312,25 @@ def quantize(
             fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
     ov = cfg.target_ep == "openvino"  # (a second model may be built: not consumed)
     alt = range_choice.second(stats.alternative, checked.kept if checked else (), light or model)
+    held = [fused]  # the last build takes it: its weights go before the self-check's sessions
+    del fused
 
     def build(r: Mapping[str, TensorRange], consume: bool, c: QuantConfig = cfg) -> QuantResult:
-        return materialize(fused, plan, c, r, source=exported, recovered=done, consume=consume)
+        prepared = held.pop() if consume else held[0]
+        return materialize(prepared, plan, c, r, source=exported, recovered=done,
+                           consume=consume)
 
     result = build(ranges, not (ov or alt))
     if checked is not None:  # against FP32 on kept feeds (``self_check``; OpenVINO: ``ep_check``)
         result = range_choice.finish(result, original if files else model, light or model,
                                      checked.kept, alt, build, ov)
     return _reads(result, files)
+
+
+def _dynamic(model, cfg: QuantConfig, exported: onnx.ModelProto | None) -> QuantResult:
+    fused, plan = prepare(model, cfg.with_overrides(objective="size", data_layers="int8"))
+    return _quantize_prequantized(fused.model, cfg) if plan is None else materialize(
+        fused, dynamic_plan(plan), cfg, {}, source=exported)
 
 
 def _smoothed(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig, shapes, data):
@@ -390,8 +394,7 @@ def materialize(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
         target=cfg.target, weight_bits=7 if reduce_range else 8, placement=plan.placement,
         recovery=recovered.report if recovered else None,
     )
-    if consume:  # the caller is done with it: its weights go before any check's session
-        fused.model.graph.ClearField("initializer")
-        release()
+    if consume:  # what the pipeline dropped; ``fused`` itself goes when the caller drops it
+        release()  # (protobuf's upb runtime frees a message's memory with the message only)
     return QuantResult(model=result.model, plan=plan, ranges=dict(ranges), report=report,
                        config=cfg, source=source)

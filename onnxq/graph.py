@@ -157,6 +157,15 @@ def _restore_default_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
                 name, t.data_type, list(t.dims)))
 
 
+def header(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``'s model-level metadata only (what ``export_graph`` takes from a template)."""
+    out = onnx.ModelProto(doc_string=model.doc_string, domain=model.domain,
+                          model_version=model.model_version, producer_name=model.producer_name,
+                          producer_version=model.producer_version)
+    out.metadata_props.extend(model.metadata_props)
+    return out
+
+
 def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export ``graph``, keeping the template's model-level metadata (doc, props, version)."""
     _unique_tensor_names(graph)

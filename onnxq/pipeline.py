@@ -14,7 +14,8 @@ import onnx_graphsurgeon as gs
 from onnxq import graph as G
 from onnxq.errors import OnnxqError, PassError
 from onnxq.io import load_model
-from onnxq.memory import release
+from onnxq.memory import LARGE_BYTES, release
+from onnxq.scopes import tensor_bytes
 
 __all__ = ["PassResult", "Pass", "PassRecord", "PipelineResult", "Pipeline", "ForEachGraph",
            "RewriteRule", "apply_rules"]
@@ -123,9 +124,14 @@ class Pipeline:
     def run(self, model: onnx.ModelProto | str, *, copy: bool = True) -> PipelineResult:
         """Run every pass. ``copy=False`` lets the pipeline consume a ``ModelProto`` the caller
         no longer needs (saves one copy of the weights); paths are always loaded fresh."""
-        template = load_model(model) if copy or not isinstance(model, onnx.ModelProto) \
+        loaded = load_model(model) if copy or not isinstance(model, onnx.ModelProto) \
             else model
-        graph = G.import_graph(template)
+        graph = G.import_graph(loaded)
+        # the metadata export keeps: a pass that rebuilds the graph (transformer fusion) lets
+        # the input's weights go, instead of this name holding them to the end
+        template = G.header(loaded)
+        large = sum(tensor_bytes(t) for t in loaded.graph.initializer) >= LARGE_BYTES
+        del loaded
         records: list[PassRecord] = []
         snapshots: list[tuple[str, onnx.ModelProto]] = []
         for p in self.passes:
@@ -140,7 +146,9 @@ class Pipeline:
                 done = [r.name for r in records]
                 raise PassError(f"pass {p.name!r} failed after {done}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-            graph = result.graph
+            rebuilt, graph = result.graph is not graph, result.graph
+            if rebuilt and large:  # the old IR's cycles hold the weights it was built on
+                release()
             records.append(PassRecord(name=p.name, modified=result.modified,
                                       seconds=time.perf_counter() - start,
                                       skipped=result.skipped, notes=result.notes))

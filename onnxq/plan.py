@@ -81,6 +81,10 @@ class QuantPlan:
     def node(self, name: str) -> NodePlan | None:
         return next((n for n in self.nodes if n.name == name), None)
 
+    def named(self, role: Role) -> tuple[str, ...]:
+        """The names of the nodes planned with ``role``."""
+        return tuple(n.name for n in self.nodes if n.role is role)
+
     def to_dict(self) -> dict:
         return {
             "nodes": [{"name": n.name, "op": n.op, "role": n.role.value} for n in self.nodes],

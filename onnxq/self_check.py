@@ -132,6 +132,9 @@ def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:
             for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
                          "uint64_data", "string_data"):
                 t.ClearField(name)
+        # a fresh message: protobuf's upb runtime keeps a cleared field's bytes in the
+        # message's arena until the message itself goes (the whole file, held to the end)
+        model = onnx.ModelProto.FromString(model.SerializeToString())
         release()  # the parsed weights, before the caller's next step
     return model
 

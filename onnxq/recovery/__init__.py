@@ -11,6 +11,7 @@ correction. The algorithms run on the main graph's quantized Conv/ConvTranspose/
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +47,11 @@ class Recovery:
     model: onnx.ModelProto
     report: dict = field(default_factory=dict)  # algorithm → what it did
     notes: tuple[str, ...] = ()
+
+    def without_model(self) -> Recovery:
+        """The report and notes only (the caller holds the model: one owner, so that it can
+        be freed)."""
+        return dataclasses.replace(self, model=onnx.ModelProto())
 
 
 def needs_means(recipe: RecipeConfig) -> bool:
