@@ -46,7 +46,7 @@ from onnxq.passes import (
 from onnxq.passes.runtime_forms import pre_lowering_passes, runtime_form_passes
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
-from onnxq.plan_checks import check_exclusions, refuse_unquantizable
+from onnxq.plan_checks import check_exclusions, is_prequantized, refuse_unquantizable
 from onnxq.plan_dynamic import dynamic_plan
 from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import TensorRange
@@ -177,11 +177,6 @@ def _finishing_passes(config: QuantConfig) -> list:
             *runtime_form_passes(config.target_ep), VerifyPass()]
 
 
-def is_prequantized(model: onnx.ModelProto) -> bool:
-    """True for a model that already holds QuantizeLinear/DequantizeLinear (QAT exports)."""
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-
-
 def _quantize_prequantized(model, cfg: QuantConfig) -> QuantResult:
     """A QDQ model (e.g. exported from QAT): no calibration, fold/clean it, optionally lower."""
     result = Pipeline(_finishing_passes(cfg)).run(model, copy=False)
@@ -222,7 +217,9 @@ def calibrate(
         raise ModelError("the model is already quantized (it holds QuantizeLinear/"
                          "DequantizeLinear); there is nothing to calibrate: pass it to "
                          "onnxq quantize without calibration data")
-    return calibrate_run([fused.model], plan, calibration_data, cfg, progress, cluster=cluster)[0]
+    box = [fused.model]  # the run's alone: a large model waits on disk while feeds run
+    del fused
+    return calibrate_run(box, plan, calibration_data, cfg, progress, cluster=cluster)[0]
 
 
 def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,

@@ -12,7 +12,7 @@ from onnxq.errors import ConfigError, ModelError
 from onnxq.plan import QuantPlan
 from onnxq.quant_ops import HANDLERS, Role
 
-__all__ = ["refuse_unquantizable", "check_exclusions"]
+__all__ = ["refuse_unquantizable", "check_exclusions", "is_prequantized"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,3 +49,9 @@ def check_exclusions(graph, config: QuantConfig) -> None:
     if absent:
         logger.warning("exclude_op_types %s: the model has no such op (ignored)",
                        ", ".join(absent))
+
+
+def is_prequantized(model) -> bool:
+    """True for a model (``onnx.ModelProto``) that already holds QuantizeLinear/
+    DequantizeLinear (QAT exports, other tools' outputs)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
