@@ -36,8 +36,6 @@ def _feeds(model_path: str, samples: int):
 
 
 def _child(method: str, model_path: str, samples: int) -> dict:
-    import resource
-
     start = time.perf_counter()
     tool, name = method.split(":")
     if tool == "onnxq":
@@ -64,7 +62,7 @@ def _child(method: str, model_path: str, samples: int) -> dict:
             cal.collect_data(Reader())
             count = len(cal.compute_data().data)
     return {"seconds": time.perf_counter() - start, "tensors": count,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": common.peak_rss_mb()}
 
 
 def _rss_mb(pid: int) -> float:
