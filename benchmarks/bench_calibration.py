@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import common, peers
 
 METHODS = ["onnxq:minmax", "onnxq:entropy", "onnxq:percentile", "onnxq:mse", "ort:minmax",
            "ort:entropy", "ort:percentile"]
@@ -62,7 +62,7 @@ def _child(method: str, model_path: str, samples: int) -> dict:
             cal.collect_data(Reader())
             count = len(cal.compute_data().data)
     return {"seconds": time.perf_counter() - start, "tensors": count,
-            "peak_rss_mb": common.peak_rss_mb()}
+            "peak_rss_mb": peers.peak_rss_mb()}
 
 
 def _rss_mb(pid: int) -> float:

@@ -41,21 +41,6 @@ def time_interleaved(sessions: dict[str, object], feed: dict, *, min_seconds: fl
     return timed(sessions, feed, min_seconds=min_seconds, warmup=warmup, rounds=rounds)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set of this process in MiB: VmHWM (reset by exec, unlike ru_maxrss, which
-    Linux carries over from the parent through fork + exec: a child started by a 1 GiB parent
-    reads 1050 MiB there and 10 MiB here); ru_maxrss where /proc is absent."""
-    import resource
-
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 def model_size_mb(model: onnx.ModelProto) -> float:
     return model.ByteSize() / 2**20
 
