@@ -172,7 +172,8 @@ LOWERINGS: Mapping[str, Callable[[], list]] = MappingProxyType({
 
 def _finishing_passes(config: QuantConfig) -> list:
     """Folding, cleanup, the format's lowering (of the same QDQ graph), verification."""
-    return [ForEachGraph(RequantFoldPass()), ForEachGraph(CleanupPass()),
+    return [ForEachGraph(RequantFoldPass(openvino=config.target_ep == "openvino")),
+            ForEachGraph(CleanupPass()),
             *pre_lowering_passes(config.target_ep), *LOWERINGS[config.format](),
             *runtime_form_passes(config.target_ep), VerifyPass()]
 

@@ -1,4 +1,5 @@
-"""Fusion: fold BatchNormalization into Conv/ConvTranspose/Gemm, MatMul+Add into Gemm,
+"""Fusion: fold a per-channel constant Add and BatchNormalization into Conv/ConvTranspose
+(BatchNormalization into Gemm too), MatMul+Add into Gemm,
 recognise exported HardSigmoid/HardSwish (``Clip(x + 3, 0, 6) / 6``) and drop inference
 no-ops (Identity, Dropout).
 
@@ -15,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
+from onnxq.passes.conv_bias import fold_conv_add
 from onnxq.pipeline import PassResult, RewriteRule, apply_rules
 
 __all__ = ["FusionPass"]
@@ -364,6 +366,9 @@ class FusionPass:
     RULES: ClassVar[tuple[RewriteRule, ...]] = (
         RewriteRule(name="noop", rewrite=lambda g, outs: _drop_noops(g)),
         RewriteRule(name="pad_conv", rewrite=lambda g, outs: _pad_into_conv(g)),
+        RewriteRule(name="hard_activations", rewrite=_hard_activation_forms,
+                    switch="hard_activations"),
+        RewriteRule(name="conv_bias", rewrite=fold_conv_add),  # after: Conv → Add(3) → Clip
         RewriteRule(name="batchnorm", rewrite=lambda g, outs: _fold_batchnorms(g),
                     switch="fold_batchnorm"),
         RewriteRule(name="pool_batchnorm", rewrite=lambda g, outs: _pool_before_batchnorm(g),
@@ -371,8 +376,6 @@ class FusionPass:
         RewriteRule(name="matmul_add", rewrite=lambda g, outs: _matmul_add_to_gemm(g),
                     switch="matmul_add_to_gemm"),
         RewriteRule(name="gemm_alpha_beta", rewrite=lambda g, outs: _gemm_scales(g)),
-        RewriteRule(name="hard_activations", rewrite=_hard_activation_forms,
-                    switch="hard_activations"),
     )
 
     def run(self, graph: gs.Graph) -> PassResult:

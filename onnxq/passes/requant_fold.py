@@ -7,7 +7,8 @@ the int8 kernels compute.
 * ``Relu``/``Clip(0, c)`` right before a ``QuantizeLinear`` whose range already clamps the
   same way (zero point at the type's minimum, top of the range within ``c``) is dropped;
 * ``Q → DQ`` pairs between two float-only ops (no int8 kernel on either side) are dropped:
-  they only add error and time;
+  they only add error and time; not a pair that clamps at zero (its zero point at the type's
+  minimum), which may stand for a Relu/Clip the plan folded into it;
 * duplicate scale / zero-point initializers are merged.
 
 Data-movement chains ``DQ → Reshape → Q`` with equal parameters are left for onnxruntime,
@@ -20,17 +21,20 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.pipeline import PassResult, RewriteRule, apply_rules
-from onnxq.quant_ops import HANDLERS, clip_bounds
+from onnxq.quant_ops import HANDLERS, OPENVINO_HANDLERS, clip_bounds
 
 __all__ = ["RequantFoldPass"]
 
 #: Ops onnxruntime's CPU EP can run on int8 when wrapped in Q/DQ.
 INT8_CAPABLE = frozenset(HANDLERS) - {"Relu", "Clip"} | {"Where", "Gather", "Expand", "Tile",
                                                           "DepthToSpace", "ArgMax", "Identity"}
+#: ... and those the OpenVINO EP also runs on int8
+OPENVINO_INT8_CAPABLE = INT8_CAPABLE | frozenset(OPENVINO_HANDLERS)
 
 
 def _identity_pairs(graph: gs.Graph, outputs: set[str]) -> int:
@@ -99,22 +103,32 @@ def _clamping_activation(graph: gs.Graph, outputs: set[str]) -> int:
     return folded
 
 
-def _float_islands(graph: gs.Graph, outputs: set[str]) -> int:
-    """Drop Q→DQ pairs whose producer and every consumer run in float anyway."""
+def _clamps(q: gs.Node) -> bool:
+    """``q``'s zero point is its type's minimum: it clips negatives to 0, as a Relu would."""
+    if len(q.inputs) < 3 or not q.inputs[2].name:  # no zero point: 0 of u8 unless typed
+        return int(q.attrs.get("output_dtype", 0)) in (0, onnx.TensorProto.UINT8)
+    zp = G.constant_value(q.inputs[2])
+    return zp is not None and zp.dtype.kind in "iu" and bool(np.all(zp == np.iinfo(zp.dtype).min))
+
+
+def _float_islands(graph: gs.Graph, outputs: set[str], int8_ops: frozenset[str]) -> int:
+    """Drop Q→DQ pairs whose producer and every consumer run in float anyway (on the EP:
+    ``int8_ops`` run int8), unless the pair clamps at zero (``_clamps``)."""
     dropped = 0
     for q in list(graph.nodes):
-        if not G.is_q(q) or not q.inputs or G.constant_value(q.inputs[0]) is not None:
+        if not G.is_q(q) or not q.inputs or G.constant_value(q.inputs[0]) is not None \
+                or _clamps(q):
             continue
         x, y = q.inputs[0], q.outputs[0]
         dqs = list(y.outputs)
         if y.name in outputs or not dqs or not all(G.is_dq(d) for d in dqs):
             continue
         producer = G.producer(x)
-        if producer is None or producer.op in INT8_CAPABLE or G.is_dq(producer):
+        if producer is None or producer.op in int8_ops or G.is_dq(producer):
             continue
         readers = [c for d in dqs for c in d.outputs[0].outputs]
         if any(d.outputs[0].name in outputs for d in dqs) or any(
-                c.op in INT8_CAPABLE or G.is_q(c) for c in readers):
+                c.op in int8_ops or G.is_q(c) for c in readers):
             continue
         for d in dqs:
             G.replace_uses(d.outputs[0], x)
@@ -145,21 +159,25 @@ def _dedupe_params(graph: gs.Graph) -> int:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequantFoldPass:
     """Fold what quantization left behind, as a declared rule set applied in order (see
-    ``RULES``); duplicate scale/zero-point constants are merged last."""
+    ``RULES``), then float islands (``drop_float_islands``; ``openvino``: the ops that EP runs
+    on int8 are not float); duplicate scale/zero-point constants are merged last."""
 
     drop_float_islands: bool = True
+    openvino: bool = False
     name: str = "requant_fold"
 
     RULES: ClassVar[tuple[RewriteRule, ...]] = (
         RewriteRule(name="identity DQ→Q pairs removed", rewrite=_identity_pairs),
         RewriteRule(name="back-to-back requantizations merged", rewrite=_double_requant),
         RewriteRule(name="Relu/Clip folded into a QuantizeLinear", rewrite=_clamping_activation),
-        RewriteRule(name="Q/DQ pairs between float ops dropped", rewrite=_float_islands,
-                    switch="drop_float_islands"),
     )
 
     def run(self, graph: gs.Graph) -> PassResult:
         counts = apply_rules(self.RULES, graph, self)
+        if self.drop_float_islands:
+            counts["Q/DQ pairs between float ops dropped"] = _float_islands(
+                graph, {t.name for t in graph.outputs},
+                OPENVINO_INT8_CAPABLE if self.openvino else INT8_CAPABLE)
         changed = any(counts.values())
         if changed:
             graph.cleanup()

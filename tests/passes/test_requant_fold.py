@@ -85,3 +85,33 @@ def test_folded_models_leave_no_unfusable_requantize(name, tmp_path):
             assert src is None or src.op_type != "DequantizeLinear", node.name
     # the fold pass has nothing left to do on onnxq's own output
     assert RequantFoldPass().run(G.import_graph(result.model)).modified is False
+
+
+def test_a_clamping_pair_between_float_ops_stays():
+    """A Q/DQ pair with its zero point at the type's minimum clips at 0: the plan may have
+    folded a Relu into it, so dropping it as a float island would drop the Relu (it did, for
+    a ConvTranspose → Relu → ConvTranspose chain made for the OpenVINO EP)."""
+    nodes = [helper.make_node("Tanh", ["x"], ["t"], name="tanh"),
+             helper.make_node("QuantizeLinear", ["t", "a_s", "a_z"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "a_s", "a_z"], ["d"], name="dq"),
+             helper.make_node("Erf", ["d"], ["y"], name="erf")]
+    model = _qdq_model(nodes, _params("a", 0.01, 0))
+    out = Pipeline([RequantFoldPass()]).run(model)
+    assert Counter(n.op_type for n in out.model.graph.node)["QuantizeLinear"] == 1
+    x = np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_model(model, {"x": x})[0], run_model(out.model, {"x": x})[0])
+    signed = Pipeline([RequantFoldPass()]).run(_qdq_model(nodes, _params("a", 0.01, -128, np.int8)))
+    assert "QuantizeLinear" in {n.op_type for n in signed.model.graph.node}
+
+
+def test_ops_the_openvino_ep_runs_on_int8_are_not_float_islands():
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["t"], name="pad"),
+             helper.make_node("QuantizeLinear", ["t", "a_s", "a_z"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "a_s", "a_z"], ["d"], name="dq"),
+             helper.make_node("Erf", ["d"], ["y"], name="erf")]
+    pads = numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "pads")
+    model = _qdq_model(nodes, _params("a", 0.01, 128) + [pads], out_shape=(2, 10))
+    cpu = Pipeline([RequantFoldPass()]).run(model)
+    assert "QuantizeLinear" not in {n.op_type for n in cpu.model.graph.node}
+    ov = Pipeline([RequantFoldPass(openvino=True)]).run(model)
+    assert "QuantizeLinear" in {n.op_type for n in ov.model.graph.node}

@@ -1,0 +1,100 @@
+"""A constant per-channel Add after a Conv/ConvTranspose folds into its bias (``FusionPass``
+rule ``conv_bias``), which lets a BatchNormalization after it fold too; and the OpenVINO EP's
+int8 ConvTranspose (an upsampling head: ConvTranspose → Add → BN → Relu → ConvTranspose →
+Add → Sigmoid, as PP-OCR's DB detector exports it)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq import ep_check
+from onnxq import graph as G
+from onnxq.passes import FusionPass
+from tests.conftest import run_model
+
+
+def _head(bias_shape=(3, 1, 1), second_reader: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3, "wc"),
+        numpy_helper.from_array(rng.standard_normal((4, 3, 2, 2)).astype(np.float32) * 0.4, "w1"),
+        numpy_helper.from_array(rng.standard_normal(bias_shape).astype(np.float32), "c1"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, 3).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32) * 0.1, "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, 3).astype(np.float32), "var"),
+        numpy_helper.from_array(rng.standard_normal((3, 1, 2, 2)).astype(np.float32) * 0.5, "w2"),
+        numpy_helper.from_array(np.array([-0.3], np.float32), "c2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu0"),
+        helper.make_node("ConvTranspose", ["hr", "w1"], ["u1"], name="ct1", strides=[2, 2]),
+        helper.make_node("Add", ["u1", "c1"], ["a1"], name="add1"),
+        helper.make_node("BatchNormalization", ["a1", "gamma", "beta", "mean", "var"], ["b1"],
+                         name="bn"),
+        helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
+        helper.make_node("ConvTranspose", ["r1", "w2"], ["u2"], name="ct2", strides=[2, 2]),
+        helper.make_node("Add", ["u2", "c2"], ["a2"], name="add2"),
+        helper.make_node("Sigmoid", ["a2"], ["y"], name="sigmoid"),
+    ]
+    batch = bias_shape[0] if len(bias_shape) == 4 else 1
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 1, 32, 32])]
+    if second_reader:
+        outputs.append(helper.make_tensor_value_info("u1", TensorProto.FLOAT, [1, 3, 16, 16]))
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _feeds(n: int = 6, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def test_per_channel_adds_fold_into_the_conv_bias_and_let_the_batchnorm_fold():
+    model = _head()
+    result = FusionPass().run(G.import_graph(model))
+    out = G.export_graph(result.graph)
+    ops = Counter(n.op_type for n in out.graph.node)
+    assert ops["Add"] == 0 and ops["BatchNormalization"] == 0, ops
+    assert "conv_bias: 2 fused" in result.notes
+    feed = _feeds(1)[0]
+    np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["spatial", "batch", "second_reader"])
+def test_adds_that_are_not_one_value_per_channel_stay(case):
+    model = {"spatial": lambda: _head(bias_shape=(3, 16, 16)),
+             "batch": lambda: _head(bias_shape=(2, 3, 1, 1)),  # widens the output
+             "second_reader": lambda: _head(second_reader=True)}[case]()
+    out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
+    adds = [n for n in out.graph.node if n.op_type == "Add"]
+    assert any(a.input[0] == "u1" or "u1" in a.input for a in adds), case
+
+
+def test_the_openvino_ep_gets_int8_conv_transposes_with_the_relu_kept(monkeypatch):
+    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.999, "the OpenVINO EP", None))
+    model, feeds = _head(), _feeds()
+    result = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
+    nodes = result.model.graph.node
+    producers = {o: n for n in nodes for o in n.output}
+    cts = [n for n in nodes if n.op_type == "ConvTranspose"]
+    assert len(cts) == 2 and all(producers[i].op_type == "DequantizeLinear"
+                                 for n in cts for i in n.input[:2]), "int8 input and weight"
+    ref = np.concatenate([run_model(model, f)[0].ravel() for f in feeds])
+    got = np.concatenate([run_model(result.model, f)[0].ravel() for f in feeds])
+    assert ref @ got / np.linalg.norm(ref) / np.linalg.norm(got) > 0.999  # the Relu held
+    # the CPU EP has no int8 ConvTranspose: there they stay float, and say why
+    cpu = onnxq.quantize(model, feeds, progress=False)
+    why = dict(cpu.report.skipped)
+    assert "no int8 ConvTranspose kernel" in why["ct1"] and "ct2" in why
