@@ -1,5 +1,5 @@
-"""Fusion: fold a per-channel constant Add and BatchNormalization into Conv/ConvTranspose
-(BatchNormalization into Gemm too), MatMul+Add into Gemm,
+"""Fusion: fold per-channel constant Add/Sub/Mul/Div steps and BatchNormalization into
+Conv/ConvTranspose (BatchNormalization into Gemm too), MatMul+Add into Gemm,
 recognise exported HardSigmoid/HardSwish (``Clip(x + 3, 0, 6) / 6``) and drop inference
 no-ops (Identity, Dropout).
 
@@ -16,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
-from onnxq.passes.conv_bias import fold_conv_add
+from onnxq.passes.conv_affine import fold_conv_affine
 from onnxq.pipeline import PassResult, RewriteRule, apply_rules
 
 __all__ = ["FusionPass"]
@@ -368,7 +368,7 @@ class FusionPass:
         RewriteRule(name="pad_conv", rewrite=lambda g, outs: _pad_into_conv(g)),
         RewriteRule(name="hard_activations", rewrite=_hard_activation_forms,
                     switch="hard_activations"),
-        RewriteRule(name="conv_bias", rewrite=fold_conv_add),  # after: Conv → Add(3) → Clip
+        RewriteRule(name="conv_affine", rewrite=fold_conv_affine),  # after: Conv → Add(3) → Clip
         RewriteRule(name="batchnorm", rewrite=lambda g, outs: _fold_batchnorms(g),
                     switch="fold_batchnorm"),
         RewriteRule(name="pool_batchnorm", rewrite=lambda g, outs: _pool_before_batchnorm(g),

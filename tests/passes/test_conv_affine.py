@@ -1,5 +1,6 @@
-"""A constant per-channel Add after a Conv/ConvTranspose folds into its bias (``FusionPass``
-rule ``conv_bias``), which lets a BatchNormalization after it fold too; and the OpenVINO EP's
+"""A constant per-channel Add/Sub/Mul/Div after a Conv/ConvTranspose folds into its weight and
+bias (``FusionPass`` rule ``conv_affine``), which lets a BatchNormalization after it fold too;
+and the OpenVINO EP's
 int8 ConvTranspose (an upsampling head: ConvTranspose → Add → BN → Relu → ConvTranspose →
 Add → Sigmoid, as PP-OCR's DB detector exports it)."""
 
@@ -67,7 +68,7 @@ def test_per_channel_adds_fold_into_the_conv_bias_and_let_the_batchnorm_fold():
     out = G.export_graph(result.graph)
     ops = Counter(n.op_type for n in out.graph.node)
     assert ops["Add"] == 0 and ops["BatchNormalization"] == 0, ops
-    assert "conv_bias: 2 fused" in result.notes
+    assert "conv_affine: 2 fused" in result.notes
     feed = _feeds(1)[0]
     np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0], atol=1e-5)
 
@@ -80,6 +81,56 @@ def test_adds_that_are_not_one_value_per_channel_stay(case):
     out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
     adds = [n for n in out.graph.node if n.op_type == "Add"]
     assert any(a.input[0] == "u1" or "u1" in a.input for a in adds), case
+
+
+def _affine_chain(steps, shared: bool = False) -> onnx.ModelProto:
+    """x → Conv(w) → steps… → y (and a second Conv reading the same ``w`` when ``shared``)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")]
+    nodes, prev = [helper.make_node("Conv", ["x", "w"], ["c0"], name="conv")], "c0"
+    for k, (op, value, const_first) in enumerate(steps):
+        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), f"k{k}"))
+        ins = [f"k{k}", prev] if const_first else [prev, f"k{k}"]
+        nodes.append(helper.make_node(op, ins, [f"s{k}"], name=f"step{k}"))
+        prev = f"s{k}"
+    nodes.append(helper.make_node("Relu", [prev], ["y"], name="relu"))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])]
+    if shared:
+        nodes.append(helper.make_node("Conv", ["x", "w"], ["z"], name="twin"))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 6, 6]))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 8, 8])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+_CHANNEL = np.array([0.5, -2.0, 1.5, 3.0], np.float32).reshape(4, 1, 1)
+
+
+@pytest.mark.parametrize(("steps", "left"), [
+    ([("Mul", _CHANNEL, False), ("Sub", _CHANNEL, False), ("Div", [4.0], False)], []),
+    ([("Mul", _CHANNEL, True), ("Add", _CHANNEL.reshape(1, 4, 1, 1), True)], []),
+    ([("Sub", _CHANNEL, True)], ["Sub"]),  # c - y
+    ([("Div", _CHANNEL * 0, False)], ["Div"]),  # y / 0
+    ([("Add", [3.0], False)], ["Add"]),  # a scalar shift: an activation's x + 3
+    ([("Mul", [2.0], False), ("Add", np.ones((4, 6, 6)), False)], ["Add"]),  # spatial shift
+])
+def test_affine_steps_fold_into_the_conv_where_exact(steps, left):
+    model = _affine_chain(steps)
+    out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
+    assert [n.op_type for n in out.graph.node if n.op_type not in ("Conv", "Relu")] == left
+    feed = {"x": np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0], atol=1e-5)
+
+
+def test_a_shared_weight_is_scaled_for_its_one_conv_only():
+    model = _affine_chain([("Mul", _CHANNEL, False)], shared=True)
+    out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
+    onnx.checker.check_model(out, full_check=True)
+    feed = {"x": np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    for got, want in zip(run_model(out, feed), run_model(model, feed), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_the_openvino_ep_gets_int8_conv_transposes_with_the_relu_kept(monkeypatch):
@@ -98,3 +149,22 @@ def test_the_openvino_ep_gets_int8_conv_transposes_with_the_relu_kept(monkeypatc
     cpu = onnxq.quantize(model, feeds, progress=False)
     why = dict(cpu.report.skipped)
     assert "no int8 ConvTranspose kernel" in why["ct1"] and "ct2" in why
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_a_grouped_conv_transpose_is_scaled_per_output_channel(group):
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((4, 6 // group, 2, 2)).astype(np.float32)  # 6 output channels
+    scale = np.arange(1, 7, dtype=np.float32).reshape(1, 6, 1, 1) * np.float32(0.5)
+    graph = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["u"], name="ct", strides=[2, 2],
+                          group=group),
+         helper.make_node("Mul", ["u", "s"], ["y"], name="scale")], "ct",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 10, 10])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
+    assert [n.op_type for n in out.graph.node] == ["ConvTranspose"]
+    feed = {"x": rng.standard_normal((1, 4, 5, 5)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0], atol=1e-5)
