@@ -7,8 +7,8 @@ the int8 kernels compute.
 * ``Relu``/``Clip(0, c)`` right before a ``QuantizeLinear`` whose range already clamps the
   same way (zero point at the type's minimum, top of the range within ``c``) is dropped;
 * ``Q → DQ`` pairs between two float-only ops (no int8 kernel on either side) are dropped:
-  they only add error and time; not a pair that clamps at zero (its zero point at the type's
-  minimum), which may stand for a Relu/Clip the plan folded into it;
+  they only add error and time; a pair that clamps at zero (its zero point at the type's
+  minimum), which may stand for a Relu/Clip the plan folded into it, becomes that ``Clip``;
 * duplicate scale / zero-point initializers are merged.
 
 Data-movement chains ``DQ → Reshape → Q`` with equal parameters are left for onnxruntime,
@@ -103,25 +103,54 @@ def _clamping_activation(graph: gs.Graph, outputs: set[str]) -> int:
     return folded
 
 
-def _clamps(q: gs.Node) -> bool:
-    """``q``'s zero point is its type's minimum: it clips negatives to 0, as a Relu would."""
+def _clamp(q: gs.Node) -> tuple[bool, float | None]:
+    """(whether ``q`` clips negatives to 0 — its zero point is its type's minimum, as for a
+    Relu or Clip(0, c) the plan folded into it —, the top of its range ``(max - min)·scale``
+    when its scale is one number, else None)."""
     if len(q.inputs) < 3 or not q.inputs[2].name:  # no zero point: 0 of u8 unless typed
-        return int(q.attrs.get("output_dtype", 0)) in (0, onnx.TensorProto.UINT8)
-    zp = G.constant_value(q.inputs[2])
-    return zp is not None and zp.dtype.kind in "iu" and bool(np.all(zp == np.iinfo(zp.dtype).min))
+        zp: np.ndarray | None = np.zeros((), np.uint8) \
+            if int(q.attrs.get("output_dtype", 0)) in (0, onnx.TensorProto.UINT8) else None
+    else:
+        zp = G.constant_value(q.inputs[2])
+    if zp is None or zp.dtype.kind not in "iu" or not np.all(zp == np.iinfo(zp.dtype).min):
+        return False, None
+    scale = G.constant_value(q.inputs[1])
+    if scale is None or scale.size != 1:
+        return True, None
+    info = np.iinfo(zp.dtype)
+    return True, float(info.max - info.min) * float(scale.reshape(-1)[0])
+
+
+def _as_clip(graph: gs.Graph, q: gs.Node, top: float) -> gs.Variable:
+    """``Clip(x, 0, top)`` of ``q``'s input: the pair's clamping without its rounding."""
+    x = q.inputs[0]
+    base = G.unique_name(graph, f"{x.name}_clamp", ("", "_min", "_max"))
+    out = gs.Variable(base, dtype=x.dtype, shape=x.shape)
+    low, high = np.float32(0.0), np.float32(top)
+    if (graph.opset or 13) >= 11:
+        clip = gs.Node("Clip", base, inputs=[x, gs.Constant(base + "_min", np.asarray(low)),
+                                             gs.Constant(base + "_max", np.asarray(high))],
+                       outputs=[out])
+    else:
+        clip = gs.Node("Clip", base, attrs={"min": float(low), "max": float(high)},
+                       inputs=[x], outputs=[out])
+    graph.nodes.append(clip)
+    return out
 
 
 def _float_islands(graph: gs.Graph, outputs: set[str], int8_ops: frozenset[str]) -> int:
     """Drop Q→DQ pairs whose producer and every consumer run in float anyway (on the EP:
-    ``int8_ops`` run int8), unless the pair clamps at zero (``_clamps``)."""
+    ``int8_ops`` run int8). A pair that clamps at zero (``_clamp``) may stand for a Relu or
+    Clip the plan folded into it: it becomes that ``Clip`` (kept as is when per channel)."""
     dropped = 0
     for q in list(graph.nodes):
-        if not G.is_q(q) or not q.inputs or G.constant_value(q.inputs[0]) is not None \
-                or _clamps(q):
+        if not G.is_q(q) or not q.inputs or G.constant_value(q.inputs[0]) is not None:
             continue
+        clamps, top = _clamp(q)
         x, y = q.inputs[0], q.outputs[0]
         dqs = list(y.outputs)
-        if y.name in outputs or not dqs or not all(G.is_dq(d) for d in dqs):
+        if (clamps and top is None) or y.name in outputs or not dqs \
+                or not all(G.is_dq(d) for d in dqs):
             continue
         producer = G.producer(x)
         if producer is None or producer.op in int8_ops or G.is_dq(producer):
@@ -130,8 +159,9 @@ def _float_islands(graph: gs.Graph, outputs: set[str], int8_ops: frozenset[str])
         if any(d.outputs[0].name in outputs for d in dqs) or any(
                 c.op in int8_ops or G.is_q(c) for c in readers):
             continue
+        value = _as_clip(graph, q, top) if clamps and top is not None else x
         for d in dqs:
-            G.replace_uses(d.outputs[0], x)
+            G.replace_uses(d.outputs[0], value)
             G.detach(d)
         G.detach(q)
         dropped += 1

@@ -87,21 +87,25 @@ def test_folded_models_leave_no_unfusable_requantize(name, tmp_path):
     assert RequantFoldPass().run(G.import_graph(result.model)).modified is False
 
 
-def test_a_clamping_pair_between_float_ops_stays():
-    """A Q/DQ pair with its zero point at the type's minimum clips at 0: the plan may have
-    folded a Relu into it, so dropping it as a float island would drop the Relu (it did, for
-    a ConvTranspose → Relu → ConvTranspose chain made for the OpenVINO EP)."""
-    nodes = [helper.make_node("Tanh", ["x"], ["t"], name="tanh"),
+@pytest.mark.parametrize(("zp", "dtype"), [(0, np.uint8), (-128, np.int8)])
+def test_a_clamping_pair_between_float_ops_becomes_its_clip(zp, dtype):
+    """A Q/DQ pair with its zero point at the type's minimum clips at 0 (and at the top of its
+    range): the plan may have folded a Relu or Clip into it, so dropping it as a float island
+    dropped that Relu (it did, for a ConvTranspose → Relu → ConvTranspose chain made for the
+    OpenVINO EP). It becomes ``Clip(0, top)``: the clamping without the rounding."""
+    from math import erf
+
+    nodes = [helper.make_node("Sin", ["x"], ["t"], name="sin"),
              helper.make_node("QuantizeLinear", ["t", "a_s", "a_z"], ["q"], name="q"),
              helper.make_node("DequantizeLinear", ["q", "a_s", "a_z"], ["d"], name="dq"),
              helper.make_node("Erf", ["d"], ["y"], name="erf")]
-    model = _qdq_model(nodes, _params("a", 0.01, 0))
+    model = _qdq_model(nodes, _params("a", 0.003, zp, dtype))
     out = Pipeline([RequantFoldPass()]).run(model)
-    assert Counter(n.op_type for n in out.model.graph.node)["QuantizeLinear"] == 1
-    x = np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)
-    np.testing.assert_array_equal(run_model(model, {"x": x})[0], run_model(out.model, {"x": x})[0])
-    signed = Pipeline([RequantFoldPass()]).run(_qdq_model(nodes, _params("a", 0.01, -128, np.int8)))
-    assert "QuantizeLinear" in {n.op_type for n in signed.model.graph.node}
+    assert [n.op_type for n in out.model.graph.node] == ["Sin", "Clip", "Erf"]
+    x = np.random.default_rng(2).uniform(-3, 3, (2, 8)).astype(np.float32)
+    top = 255 * np.float32(0.003)  # 0.765: sin(x) above it is clipped, as by the pair
+    want = np.vectorize(erf)(np.clip(np.sin(x), 0, top)).astype(np.float32)
+    np.testing.assert_allclose(run_model(out.model, {"x": x})[0], want, atol=1e-6)
 
 
 def test_ops_the_openvino_ep_runs_on_int8_are_not_float_islands():
