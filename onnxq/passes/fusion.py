@@ -1,7 +1,7 @@
 """Fusion: fold per-channel constant Add/Sub/Mul/Div steps and BatchNormalization into
-Conv/ConvTranspose (BatchNormalization into Gemm too), MatMul+Add into Gemm,
-recognise exported HardSigmoid/HardSwish (``Clip(x + 3, 0, 6) / 6``) and drop inference
-no-ops (Identity, Dropout).
+Conv/ConvTranspose (BatchNormalization into Gemm too), a per-column constant scale into
+MatMul/Gemm, MatMul+Add into Gemm, recognise exported HardSigmoid/HardSwish
+(``Clip(x + 3, 0, 6) / 6``) and drop inference no-ops (Identity, Dropout).
 
 Relu/Clip absorption into a producer's quantization range is decided by the plan
 (``annotate``) and carried out by ``InsertQDQPass``: in float it is not a fusion.
@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.passes.conv_affine import fold_conv_affine
+from onnxq.passes.linear_scale import fold_linear_scale
 from onnxq.pipeline import PassResult, RewriteRule, apply_rules
 
 __all__ = ["FusionPass"]
@@ -376,6 +377,7 @@ class FusionPass:
         RewriteRule(name="matmul_add", rewrite=lambda g, outs: _matmul_add_to_gemm(g),
                     switch="matmul_add_to_gemm"),
         RewriteRule(name="gemm_alpha_beta", rewrite=lambda g, outs: _gemm_scales(g)),
+        RewriteRule(name="linear_scale", rewrite=fold_linear_scale),
     )
 
     def run(self, graph: gs.Graph) -> PassResult:
