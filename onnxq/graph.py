@@ -18,21 +18,18 @@ __all__ = [
     "iter_graphs",
     "share_names",
     "unique_name",
-    "opset",
-    "set_opset",
-    "is_q",
-    "is_dq",
+    "opset", "set_opset",
+    "is_q", "is_dq",
     "constant_value",
     "constant_shape",
-    "producer",
-    "consumers",
+    "is_float32_constant",
+    "producer", "consumers",
     "graph_output_names",
     "replace_uses",
     "detach",
     "same_qparams",
     "const_key",
-    "make_qdq",
-    "make_dq",
+    "make_qdq", "make_dq",
     "make_dq_constant",
     "fingerprint",
 ]
@@ -234,6 +231,17 @@ def constant_shape(tensor: gs.Tensor | None) -> tuple[int, ...] | None:
         return tuple(int(d) for d in tensor.shape)
     value = constant_value(tensor)  # Constant-node outputs are small
     return None if value is None else value.shape
+
+
+def is_float32_constant(tensor: gs.Tensor | None) -> bool:
+    """A float32 constant, told without loading its values (a weight kept in its file)."""
+    if not isinstance(tensor, gs.Constant):
+        value = constant_value(tensor)  # Constant-node outputs are small
+        return value is not None and value.dtype == np.float32
+    try:
+        return np.dtype(tensor.dtype) == np.float32  # lazy values know their dtype
+    except TypeError:
+        return False
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:

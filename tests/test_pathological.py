@@ -73,7 +73,8 @@ def test_activations_beyond_1e30_are_refused_naming_the_tensor():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4, 4])],
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-         numpy_helper.from_array(np.float32(1e-31), "tiny")])
+         # a spatial scale: not one per channel, so it cannot fold into the huge conv
+         numpy_helper.from_array(np.full((4, 4), 1e-31, np.float32), "tiny")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     feeds = [{"x": rng.uniform(0, 1, (2, 3, 6, 6)).astype(np.float32)} for _ in range(3)]
     with pytest.raises(CalibrationError, match="tensor 'c' has a calibrated range"):

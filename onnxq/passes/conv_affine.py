@@ -26,14 +26,16 @@ __all__ = ["fold_conv_affine"]
 _STEPS = ("Add", "Sub", "Mul", "Div")
 
 
-def _geometry(conv: gs.Node) -> tuple[np.ndarray, int] | None:
-    """(constant float weight, output channels) of a Conv/ConvTranspose."""
-    w = G.constant_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
-    if w is None or w.dtype != np.float32 or w.ndim < 3:
+def _geometry(conv: gs.Node) -> tuple[int, int] | None:
+    """(weight rank, output channels) of a Conv/ConvTranspose with a constant float weight,
+    read without loading the weight (it may be a large one kept in its file)."""
+    w = conv.inputs[1] if len(conv.inputs) > 1 else None
+    shape = G.constant_shape(w)
+    if shape is None or len(shape) < 3 or not G.is_float32_constant(w):
         return None
     if conv.op == "Conv":
-        return w, w.shape[0]
-    return w, w.shape[1] * int(conv.attrs.get("group", 1))
+        return len(shape), shape[0]
+    return len(shape), shape[1] * int(conv.attrs.get("group", 1))
 
 
 def _per_channel(value: np.ndarray, channels: int, rank: int, scalar: bool) -> np.ndarray | None:
@@ -63,7 +65,7 @@ def _step(conv: gs.Node, channels: int, rank: int, outputs: set[str]
     other = node.inputs[1] if node.inputs[0] is y else node.inputs[0]
     if node.op in ("Sub", "Div") and node.inputs[0] is not y:
         return None  # c - y, c / y: not affine in y with a positive slope
-    value = G.constant_value(other)
+    value = G.constant_value(other, cache=False)
     scale = node.op in ("Mul", "Div")
     c = None if value is None else _per_channel(value, channels, rank, scalar=scale)
     if c is None or (node.op == "Div" and not np.all(c != 0)):
@@ -93,17 +95,19 @@ def fold_conv_affine(graph: gs.Graph, outputs: set[str]) -> int:
         if conv.op not in ("Conv", "ConvTranspose") or len(conv.outputs) != 1:
             continue
         while (geometry := _geometry(conv)) is not None:
-            w, channels = geometry
+            rank, channels = geometry
             has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2].name)
-            bias = G.constant_value(conv.inputs[2]) if has_bias else np.zeros(channels,
-                                                                                 np.float32)
-            found = _step(conv, channels, w.ndim, outputs)
+            bias = G.constant_value(conv.inputs[2], cache=False) if has_bias else \
+                np.zeros(channels, np.float32)
+            found = _step(conv, channels, rank, outputs)
             if found is None or bias is None or bias.shape != (channels,):
                 break
             node, kind, c = found
             bias = bias.astype(np.float64)
             base = G.unique_name(graph, f"{conv.inputs[1].name}_{node.op.lower()}", ("", "_b"))
             if kind == "scale":
+                w = G.constant_value(conv.inputs[1], cache=False)
+                assert w is not None  # _geometry: a constant weight
                 conv.inputs[1] = gs.Constant(base, _scaled(conv, w.astype(np.float64), c)
                                              .astype(np.float32))
                 bias = bias * c

@@ -32,7 +32,7 @@ def _columns(node: gs.Node, t: gs.Tensor, n: int, max_rank: int) -> np.ndarray |
     other = node.inputs[1] if node.inputs[0] is t else node.inputs[0]
     if node.op == "Div" and node.inputs[0] is not t:
         return None
-    value = G.constant_value(other)
+    value = G.constant_value(other, cache=False)
     if value is None or value.dtype != np.float32 or value.ndim > max_rank:
         return None
     if value.size == 1:
@@ -42,27 +42,28 @@ def _columns(node: gs.Node, t: gs.Tensor, n: int, max_rank: int) -> np.ndarray |
     return value.reshape(n).astype(np.float64)
 
 
-def _weight(node: gs.Node) -> tuple[np.ndarray, int] | None:
-    """(constant 2-D float weight, the axis of its output columns) of a MatMul/Gemm."""
+def _weight(node: gs.Node) -> tuple[tuple[int, ...], int] | None:
+    """(shape of the constant 2-D float weight, the axis of its output columns) of a
+    MatMul/Gemm, read without loading the weight (it may be a large one kept in its file)."""
     if len(node.inputs) < 2 or len(node.outputs) != 1:
         return None
-    w = G.constant_value(node.inputs[1])
-    if w is None or w.dtype != np.float32 or w.ndim != 2:
+    shape = G.constant_shape(node.inputs[1])
+    if shape is None or len(shape) != 2 or not G.is_float32_constant(node.inputs[1]):
         return None
     if node.op == "Gemm":
         if node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0 \
                 or node.attrs.get("transA", 0):
             return None
-        return w, 0 if int(node.attrs.get("transB", 0)) else 1
-    return w, 1
+        return shape, 0 if int(node.attrs.get("transB", 0)) else 1
+    return shape, 1
 
 
 def _fold_one(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> bool:
     found = _weight(node)
     if found is None:
         return False
-    w, axis = found
-    n = w.shape[axis]
+    w_shape, axis = found
+    n = w_shape[axis]
     x = node.inputs[0]
     max_rank = len(x.shape) if x.shape is not None else 2
     y, add = node.outputs[0], None
@@ -79,12 +80,14 @@ def _fold_one(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> bool:
         else (node, 2)
     bias = None
     if len(holder.inputs) > index and holder.inputs[index].name:
-        bias = G.constant_value(holder.inputs[index])
+        bias = G.constant_value(holder.inputs[index], cache=False)
         if bias is None or bias.dtype != np.float32 or not (bias.size == 1
                                                             or bias.shape[-1] == n):
             return False  # a Gemm's C computed at run time, or not per column
     base = G.unique_name(graph, f"{node.inputs[1].name}_{scale.op.lower()}", ("", "_b"))
     shaped = c.reshape((1, n) if axis == 1 else (n, 1))
+    w = G.constant_value(node.inputs[1], cache=False)
+    assert w is not None  # _weight: a constant weight
     node.inputs[1] = gs.Constant(base, (w.astype(np.float64) * shaped).astype(np.float32))
     if bias is not None:
         grown = np.broadcast_to(bias.astype(np.float64), np.broadcast_shapes(bias.shape, (n,)))

@@ -111,10 +111,10 @@ def _clamp(q: gs.Node) -> tuple[bool, float | None]:
         zp: np.ndarray | None = np.zeros((), np.uint8) \
             if int(q.attrs.get("output_dtype", 0)) in (0, onnx.TensorProto.UINT8) else None
     else:
-        zp = G.constant_value(q.inputs[2])
+        zp = G.constant_value(q.inputs[2], cache=False)
     if zp is None or zp.dtype.kind not in "iu" or not np.all(zp == np.iinfo(zp.dtype).min):
         return False, None
-    scale = G.constant_value(q.inputs[1])
+    scale = G.constant_value(q.inputs[1], cache=False)
     if scale is None or scale.size != 1:
         return True, None
     info = np.iinfo(zp.dtype)
