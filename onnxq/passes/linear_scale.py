@@ -65,7 +65,7 @@ def _fold_one(graph: gs.Graph, node: gs.Node, outputs: set[str]) -> bool:
     w_shape, axis = found
     n = w_shape[axis]
     x = node.inputs[0]
-    max_rank = len(x.shape) if x.shape is not None else 2
+    max_rank = len(x.shape) if x.shape is not None else 1  # unknown: never widen
     y, add = node.outputs[0], None
     if node.op == "MatMul" and (add := _sole_reader(y, outputs, ("Add",))) is not None:
         if _columns(add, y, n, max_rank) is None:
