@@ -47,6 +47,7 @@ from onnxq.passes.runtime_forms import pre_lowering_passes, runtime_form_passes
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
 from onnxq.plan_checks import check_exclusions, is_prequantized, refuse_unquantizable
+from onnxq.plan_concat import tie_concats, tied_ranges
 from onnxq.plan_dynamic import dynamic_plan
 from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import TensorRange
@@ -121,12 +122,13 @@ def _placed(model: onnx.ModelProto, graph, plan: QuantPlan, config: QuantConfig,
 
 def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None = None,
               force_int8=()) -> QuantPlan:
-    return annotate(graph, per_channel=config.weight.per_channel,
-                    exclude_nodes=config.exclude_nodes,
-                    exclude_op_types=config.exclude_op_types,
-                    fold_activations=config.fold_activations, keep_float=dict(keep_float or {}),
-                    force_int8=frozenset(force_int8), inputs_only=config.target_ep == "openvino",
-                    weight_only_ops=config.weight.weight_only_ops)
+    ov, keep = config.target_ep == "openvino", dict(keep_float or {})
+    plan = annotate(graph, per_channel=config.weight.per_channel, keep_float=keep,
+                    exclude_nodes=config.exclude_nodes, exclude_op_types=config.exclude_op_types,
+                    fold_activations=config.fold_activations, force_int8=frozenset(force_int8),
+                    inputs_only=ov, weight_only_ops=config.weight.weight_only_ops)
+    tie = ov and "Concat" not in config.exclude_op_types  # one scale per Concat (plan_concat)
+    return tie_concats(graph, plan, keep | dict.fromkeys(config.exclude_nodes, "")) if tie else plan
 
 
 def build_pipeline(config: QuantConfig, plan: QuantPlan,
@@ -148,8 +150,8 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
                                          reduce_range=reduce_range)),
             ForEachGraph(CleanupPass()), *runtime_form_passes(config.target_ep), VerifyPass()])
     return Pipeline([
-        ForEachGraph(InsertQDQPass(plan=plan, ranges=dict(ranges), activation_type=act,
-                                   activation_symmetric=config.activation.symmetric,
+        ForEachGraph(InsertQDQPass(plan=plan, ranges=tied_ranges(ranges, plan.ties),
+                                   activation_type=act, activation_symmetric=config.activation.symmetric,
                                    openvino=config.target_ep == "openvino",
                                    weight_type=weight, reduce_range=reduce_range)),
         ForEachGraph(DecomposeHardActivationsPass(nodes=tuple(

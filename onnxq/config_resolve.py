@@ -20,7 +20,7 @@ __all__ = ["resolve", "resolve_config", "check_sources", "types_for", "stamp_tar
 #: into the int8 convolutions and matmuls whose inputs are quantized; Q/DQ around them break
 #: that) and LSTM (its int8 form is a com.microsoft op the OpenVINO EP cannot run, which
 #: splits the graph between the two EPs: 0.64x FP32 on a CRNN, 1.42x with LSTM float)
-OPENVINO_FLOAT_OPS = ("LSTM", "Mul", "Concat", "AveragePool", "GlobalAveragePool",
+OPENVINO_FLOAT_OPS = ("LSTM", "Mul", "AveragePool", "GlobalAveragePool",
                       "Sigmoid", "LeakyRelu", "Softmax", "HardSigmoid", "HardSwish")
 
 

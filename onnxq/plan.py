@@ -72,6 +72,7 @@ class QuantPlan:
     upper_bounds: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # for the report (e.g. the placement's summary)
     placement: dict | None = None  # the placement's decision, for the report
+    ties: tuple[tuple[str, ...], ...] = ()  # roots sharing one range (``plan_concat``)
 
     @property
     def calibration_tensors(self) -> tuple[str, ...]:
