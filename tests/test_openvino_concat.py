@@ -1,0 +1,161 @@
+"""The OpenVINO EP's Concat (``onnxq.plan_concat``): every input dequantized with the same
+parameters and no quantizer after the Concat, so OpenVINO concatenates int8 and feeds the next
+int8 conv without a float requantization."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq import ep_check
+from onnxq.plan_concat import tied_ranges
+from onnxq.qtypes import TensorRange
+
+
+def _c2f_block(relu_branch: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """A YOLOv8 C2f-shaped block: conv + SiLU, Split in two halves, a residual bottleneck on
+    the second, Concat of both halves and the bottleneck's sum, a 1x1 conv. With
+    ``relu_branch`` the first Concat input is a ReLU's output instead, which a conv also
+    reads (so the ReLU folds into its quantizer)."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    inits = {"w1": w(8, 3, 3, 3), "b1": np.full(8, 0.5, np.float32), "w2": w(4, 4, 3, 3),
+             "w3": w(8, 12, 1, 1), "w4": w(4, 3, 3, 3), "w5": w(2, 4, 3, 3),
+             "split": np.array([4, 4], np.int64)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="cv1", pads=[1] * 4),
+        helper.make_node("Sigmoid", ["c1"], ["g1"], name="cv1_sig"),
+        helper.make_node("Mul", ["c1", "g1"], ["a"], name="cv1_silu"),
+        helper.make_node("Split", ["a", "split"], ["s0", "s1"], name="split", axis=1),
+        helper.make_node("Conv", ["s1", "w2"], ["c2"], name="m0", pads=[1] * 4),
+        helper.make_node("Sigmoid", ["c2"], ["g2"], name="m0_sig"),
+        helper.make_node("Mul", ["c2", "g2"], ["b"], name="m0_silu"),
+        helper.make_node("Add", ["s1", "b"], ["sum"], name="m0_add"),
+    ]
+    first = "s0"
+    if relu_branch:
+        nodes += [helper.make_node("Conv", ["x", "w4"], ["c4"], name="side", pads=[1] * 4),
+                  helper.make_node("Relu", ["c4"], ["r4"], name="side_relu"),
+                  helper.make_node("Conv", ["r4", "w5"], ["z"], name="side2", pads=[1] * 4)]
+        first = "r4"
+    nodes += [helper.make_node("Concat", [first, "s1", "sum"], ["cat"], name="cat", axis=1),
+              helper.make_node("Conv", ["cat", "w3"], ["y"], name="cv2")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])]
+    if relu_branch:
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 16, 16]))
+    graph = helper.make_graph(
+        nodes, "c2f", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        outputs,
+        initializer=[numpy_helper.from_array(a, k) for k, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _feeds(n: int = 6, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(n)]
+
+
+def _quantize(model, **kw):
+    return onnxq.quantize(model, _feeds(), progress=False, target_ep="openvino", **kw)
+
+
+def _concat_sources(model: onnx.ModelProto):
+    """(the DequantizeLinear nodes each Concat input comes from, through Split; the nodes
+    reading the Concat's output)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    [cat] = [n for n in model.graph.node if n.op_type == "Concat"]
+    sources = []
+    for name in cat.input:
+        node = producers.get(name)
+        while node is not None and node.op_type == "Split":
+            node = producers.get(node.input[0])
+        sources.append(node)
+    readers = [n for n in model.graph.node if cat.output[0] in n.input]
+    return sources, readers
+
+
+def _params(model: onnx.ModelProto, dq: onnx.NodeProto) -> tuple[float, int, str]:
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero = consts[dq.input[2]]
+    return float(consts[dq.input[1]]), int(zero), zero.dtype.name
+
+
+def _cosine(fp32: onnx.ModelProto, int8: onnx.ModelProto) -> float:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    a, b = (ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            for m in (fp32, int8))
+    xs, ys = [], []
+    for f in _feeds(4, seed=7):
+        xs.append(a.run(None, f)[0].ravel())
+        ys.append(b.run(None, f)[0].ravel())
+    x, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+
+@pytest.fixture(autouse=True)
+def _no_ep_check(monkeypatch):
+    # the check on the OpenVINO EP itself is ep_check's (tests/test_openvino_rules.py)
+    monkeypatch.setattr(ep_check, "_score", lambda *a: (0.9999, "the OpenVINO EP", None))
+
+
+def test_concat_inputs_share_one_set_of_parameters_and_no_quantizer_follows():
+    model = _c2f_block()
+    result = _quantize(model)
+    sources, readers = _concat_sources(result.model)
+    assert all(s is not None and s.op_type == "DequantizeLinear" for s in sources), sources
+    params = {_params(result.model, s) for s in sources}
+    assert len(params) == 1, params  # one scale and zero point for all three inputs
+    assert [r.op_type for r in readers] == ["Conv"]  # no Q/DQ between Concat and the conv
+    # the shared range is the union of the inputs' ranges: it covers the Concat's values
+    scale, zero, dtype = params.pop()
+    info = np.iinfo(dtype)
+    lo, hi = (info.min - zero) * scale, (info.max - zero) * scale
+    cat = result.ranges
+    # (within a step: the zero point is rounded)
+    assert all(lo <= cat[t].lo + scale and cat[t].hi <= hi + scale for t in ("a", "sum"))
+    assert result.plan.ties == (("a", "sum"),)
+    assert _cosine(model, result.model) > 0.999
+    assert model.graph.node[-2].op_type == "Concat"  # the input model is untouched
+
+
+def test_without_the_tie_the_concat_is_requantized():
+    """What the tie replaces (and what a configuration that excludes Concat still gets)."""
+    result = _quantize(_c2f_block(), exclude_op_types=["Concat"])
+    sources, readers = _concat_sources(result.model)
+    assert [r.op_type for r in readers] == ["QuantizeLinear"]
+    assert sources[2].op_type == "Add"  # the bottleneck's sum reaches it in float
+    assert result.plan.ties == ()
+
+
+def test_a_folded_relu_is_not_tied_to_a_signed_tensor():
+    """The ReLU's clamp lives in its quantizer (zero point at the type's minimum); a range
+    shared with a signed tensor would lose it, so that Concat keeps its own quantizer."""
+    model = _c2f_block(relu_branch=True)
+    result = _quantize(model)
+    assert "side_relu" in {f.node for f in result.plan.folds}
+    _, readers = _concat_sources(result.model)
+    assert [r.op_type for r in readers] == ["QuantizeLinear"]
+    assert result.plan.ties == ()
+    assert _cosine(model, result.model) > 0.999
+
+
+def test_the_cpu_ep_plan_is_unchanged():
+    result = onnxq.quantize(_c2f_block(), _feeds(), progress=False)
+    assert result.plan.ties == ()
+
+
+def test_tied_ranges_take_the_union_of_each_group():
+    ranges = {"a": TensorRange(-0.3, 4.0), "b": TensorRange(-1.0, 2.0), "c": TensorRange(0, 9)}
+    out = tied_ranges(ranges, (("a", "b"),))
+    assert out["a"] == out["b"] == TensorRange(-1.0, 4.0)
+    assert out["c"] == ranges["c"] and ranges["a"] == TensorRange(-0.3, 4.0)
