@@ -26,11 +26,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
-from onnxq.plan import ActivationPlan, QuantPlan
+from onnxq.plan import ActivationPlan, NodePlan, QuantPlan
 from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
 
 __all__ = ["tie_concats", "tied_ranges"]
+
+#: data movement OpenVINO moves a dequantization through (as ``qdq_insert``'s)
+_MOVING = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
+                     "Slice", "Split", "Identity"})
 
 
 def _float_activation(t: gs.Tensor) -> bool:
@@ -52,19 +56,25 @@ def tie_concats(graph: gs.Graph, plan: QuantPlan, keep_float: Mapping[str, str])
             r = parent[r]
         return r
 
-    def root_of(t: gs.Tensor) -> str | None:
+    def root_of(t: gs.Tensor, walked: list[gs.Node]) -> str:
+        """The root whose parameters ``t`` takes: an int8 tensor's, or the first tensor up
+        the data movement that produced ``t`` (a new root; the quantizer sits above the
+        movement, which OpenVINO then runs int8: the Focus Slices of a YOLOX stem)."""
         for _ in range(64):
             if t.name in alias:
                 return alias[t.name]
             if t.name in acts:
                 return acts[t.name].root
             p = G.producer(t)
-            if p is None or p.name not in moving or not p.inputs:
-                return None
+            if p is None or not p.inputs or not (p.name in moving or (
+                    p.op in _MOVING and _float_activation(p.inputs[0]))):
+                break
+            walked.append(p)
             t = p.inputs[0]
-        return None
+        return t.name
 
     added: list[ActivationPlan] = []
+    shared: list[NodePlan] = []  # data movement the new roots' dequantization flows through
     dropped: set[str] = set()
     for g in G.iter_graphs(graph):
         for node in g.nodes:
@@ -75,14 +85,18 @@ def tie_concats(graph: gs.Graph, plan: QuantPlan, keep_float: Mapping[str, str])
             if act is None or act.root != out.name or not node.inputs or not all(
                     _float_activation(t) for t in node.inputs):
                 continue
-            members = [root_of(t) or t.name for t in node.inputs]
+            walked: list[gs.Node] = []
+            members = [root_of(t, walked) for t in node.inputs]
             if len({folds.get(m) for m in members}) != 1:
                 continue
-            for t, m in zip(node.inputs, members, strict=True):
-                if m == t.name and t.name not in acts and t.name not in alias:
-                    new = ActivationPlan(name=t.name, root=t.name, all_consumers=True)
-                    acts[t.name] = new
-                    added.append(new)
+            for m in members:
+                if m not in acts and m not in alias:
+                    acts[m] = ActivationPlan(name=m, root=m, all_consumers=True)
+                    added.append(acts[m])
+            for p in walked:
+                if p.name not in moving:
+                    moving.add(p.name)
+                    shared.append(NodePlan(name=p.name, op=p.op, role=Role.SHARED))
             for m in members[1:]:
                 a, b = find(members[0]), find(m)
                 if a != b:
@@ -96,7 +110,7 @@ def tie_concats(graph: gs.Graph, plan: QuantPlan, keep_float: Mapping[str, str])
         groups.setdefault(find(r), []).append(r)
     kept = [a for a in plan.activations if a.name not in dropped]
     return dataclasses.replace(
-        plan, activations=tuple(kept + added),
+        plan, activations=tuple(kept + added), nodes=plan.nodes + tuple(shared),
         ties=tuple(tuple(sorted(set(m))) for _, m in sorted(groups.items()) if len(set(m)) > 1))
 
 

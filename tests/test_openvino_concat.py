@@ -89,13 +89,13 @@ def _params(model: onnx.ModelProto, dq: onnx.NodeProto) -> tuple[float, int, str
     return float(consts[dq.input[1]]), int(zero), zero.dtype.name
 
 
-def _cosine(fp32: onnx.ModelProto, int8: onnx.ModelProto) -> float:
+def _cosine(fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds=None) -> float:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     a, b = (ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             for m in (fp32, int8))
     xs, ys = [], []
-    for f in _feeds(4, seed=7):
+    for f in feeds or _feeds(4, seed=7):
         xs.append(a.run(None, f)[0].ravel())
         ys.append(b.run(None, f)[0].ravel())
     x, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
@@ -159,3 +159,36 @@ def test_tied_ranges_take_the_union_of_each_group():
     out = tied_ranges(ranges, (("a", "b"),))
     assert out["a"] == out["b"] == TensorRange(-1.0, 4.0)
     assert out["c"] == ranges["c"] and ranges["a"] == TensorRange(-0.3, 4.0)
+
+
+def test_the_quantizer_sits_above_data_movement_into_the_concat():
+    """A YOLOX Focus stem: four strided Slices of the image, concatenated, into a conv. The
+    image is quantized once, above the Slices (OpenVINO then slices int8), not per Slice."""
+    rng = np.random.default_rng(0)
+    inits = {"w": (0.2 * rng.standard_normal((8, 12, 3, 3))).astype(np.float32),
+             "ends": np.array([64, 64], np.int64), "axes": np.array([2, 3], np.int64),
+             "steps": np.array([2, 2], np.int64)}
+    nodes = []
+    for i, (h, v) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+        inits[f"starts{i}"] = np.array([h, v], np.int64)
+        nodes.append(helper.make_node("Slice", ["x", f"starts{i}", "ends", "axes", "steps"],
+                                      [f"s{i}"], name=f"slice{i}"))
+    nodes += [helper.make_node("Concat", [f"s{i}" for i in range(4)], ["cat"], name="focus",
+                               axis=1),
+              helper.make_node("Conv", ["cat", "w"], ["y"], name="stem", pads=[1] * 4)]
+    graph = helper.make_graph(
+        nodes, "focus", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 32])],
+        initializer=[numpy_helper.from_array(a, k) for k, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)} for _ in range(4)]
+    result = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
+    quantizers = [n for n in result.model.graph.node if n.op_type == "QuantizeLinear"
+                  and n.input[0] not in {i.name for i in result.model.graph.initializer}]
+    assert [q.input[0] for q in quantizers] == ["x"]
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    slices = [n for n in result.model.graph.node if n.op_type == "Slice"]
+    assert len(slices) == 4 and all(producers[s.input[0]].op_type == "DequantizeLinear"
+                                    for s in slices)
+    assert {"slice0", "focus"} - {n for n, _ in result.report.quantized} == {"focus"}
+    assert _cosine(model, result.model, feeds) > 0.999
