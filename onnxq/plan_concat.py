@@ -42,76 +42,85 @@ def _float_activation(t: gs.Tensor) -> bool:
             and G.constant_shape(t) is None)
 
 
-def tie_concats(graph: gs.Graph, plan: QuantPlan, keep_float: Mapping[str, str]) -> QuantPlan:
-    """``plan`` (made with the OpenVINO EP's rules) with every quantized Concat output replaced
-    by a tie of its inputs' roots (module doc). ``keep_float`` names Concats to leave alone."""
-    acts = {a.name: a for a in plan.activations}
-    moving = {n.name for n in plan.nodes if n.role is Role.SHARED}
-    folds = {f.target: ("fold", f.upper) for f in plan.folds}
-    alias: dict[str, str] = {}  # a tied Concat's output -> one root of its group
-    parent: dict[str, str] = {}
+class _Ties:
+    """Working state of one ``tie_concats`` call: the plan's int8 tensors, and the groups of
+    roots joined so far (union-find)."""
 
-    def find(r: str) -> str:
-        while parent.get(r, r) != r:
-            r = parent[r]
+    def __init__(self, plan: QuantPlan) -> None:
+        self.acts = {a.name: a for a in plan.activations}
+        self.moving = {n.name for n in plan.nodes if n.role is Role.SHARED}
+        self.folds = {f.target: ("fold", f.upper) for f in plan.folds}
+        self.alias: dict[str, str] = {}  # a tied Concat's output -> one root of its group
+        self.parent: dict[str, str] = {}
+        self.added: list[ActivationPlan] = []
+        self.shared: list[NodePlan] = []  # data movement a new root's DQ flows through
+        self.dropped: set[str] = set()
+
+    def find(self, r: str) -> str:
+        while self.parent.get(r, r) != r:
+            r = self.parent[r]
         return r
 
-    def root_of(t: gs.Tensor, walked: list[gs.Node]) -> str:
+    def root_of(self, t: gs.Tensor, walked: list[gs.Node]) -> str:
         """The root whose parameters ``t`` takes: an int8 tensor's, or the first tensor up
         the data movement that produced ``t`` (a new root; the quantizer sits above the
         movement, which OpenVINO then runs int8: the Focus Slices of a YOLOX stem)."""
         for _ in range(64):
-            if t.name in alias:
-                return alias[t.name]
-            if t.name in acts:
-                return acts[t.name].root
+            if t.name in self.alias:
+                return self.alias[t.name]
+            if t.name in self.acts:
+                return self.acts[t.name].root
             p = G.producer(t)
-            if p is None or not p.inputs or not (p.name in moving or (
+            if p is None or not p.inputs or not (p.name in self.moving or (
                     p.op in _MOVING and _float_activation(p.inputs[0]))):
                 break
             walked.append(p)
             t = p.inputs[0]
         return t.name
 
-    added: list[ActivationPlan] = []
-    shared: list[NodePlan] = []  # data movement the new roots' dequantization flows through
-    dropped: set[str] = set()
-    for g in G.iter_graphs(graph):
-        for node in g.nodes:
-            if node.op != "Concat" or node.name in keep_float or len(node.outputs) != 1:
-                continue
-            out = node.outputs[0]
-            act = acts.get(out.name)
-            if act is None or act.root != out.name or not node.inputs or not all(
-                    _float_activation(t) for t in node.inputs):
-                continue
-            walked: list[gs.Node] = []
-            members = [root_of(t, walked) for t in node.inputs]
-            if len({folds.get(m) for m in members}) != 1:
-                continue
-            for m in members:
-                if m not in acts and m not in alias:
-                    acts[m] = ActivationPlan(name=m, root=m, all_consumers=True)
-                    added.append(acts[m])
-            for p in walked:
-                if p.name not in moving:
-                    moving.add(p.name)
-                    shared.append(NodePlan(name=p.name, op=p.op, role=Role.SHARED))
-            for m in members[1:]:
-                a, b = find(members[0]), find(m)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            dropped.add(out.name)
-            alias[out.name] = members[0]
-    if not dropped:
+    def tie(self, node: gs.Node) -> None:
+        """Tie ``node``'s inputs if it is a quantized Concat whose members may share a range."""
+        out = node.outputs[0]
+        act = self.acts.get(out.name)
+        if act is None or act.root != out.name or not node.inputs or not all(
+                _float_activation(t) for t in node.inputs):
+            return
+        walked: list[gs.Node] = []
+        members = [self.root_of(t, walked) for t in node.inputs]
+        if len({self.folds.get(m) for m in members}) != 1:
+            return
+        for m in members:
+            if m not in self.acts and m not in self.alias:
+                self.acts[m] = ActivationPlan(name=m, root=m, all_consumers=True)
+                self.added.append(self.acts[m])
+        for p in walked:
+            if p.name not in self.moving:
+                self.moving.add(p.name)
+                self.shared.append(NodePlan(name=p.name, op=p.op, role=Role.SHARED))
+        for m in members[1:]:
+            a, b = self.find(members[0]), self.find(m)
+            if a != b:
+                self.parent[max(a, b)] = min(a, b)
+        self.dropped.add(out.name)
+        self.alias[out.name] = members[0]
+
+
+def tie_concats(graph: gs.Graph, plan: QuantPlan, keep_float: Mapping[str, str]) -> QuantPlan:
+    """``plan`` (made with the OpenVINO EP's rules) with every quantized Concat output replaced
+    by a tie of its inputs' roots (module doc). ``keep_float`` names Concats to leave alone."""
+    ties = _Ties(plan)
+    for node in graph.nodes:  # the main graph (the OpenVINO EP does not take control flow)
+        if node.op == "Concat" and node.name not in keep_float and len(node.outputs) == 1:
+            ties.tie(node)
+    if not ties.dropped:
         return plan
-    groups: dict[str, list[str]] = {}
-    for r in sorted(set(parent) | set(parent.values())):
-        groups.setdefault(find(r), []).append(r)
-    kept = [a for a in plan.activations if a.name not in dropped]
+    groups: dict[str, set[str]] = {}
+    for r in sorted(set(ties.parent) | set(ties.parent.values())):
+        groups.setdefault(ties.find(r), set()).add(r)
+    kept = [a for a in plan.activations if a.name not in ties.dropped]
     return dataclasses.replace(
-        plan, activations=tuple(kept + added), nodes=plan.nodes + tuple(shared),
-        ties=tuple(tuple(sorted(set(m))) for _, m in sorted(groups.items()) if len(set(m)) > 1))
+        plan, activations=tuple(kept + ties.added), nodes=plan.nodes + tuple(ties.shared),
+        ties=tuple(tuple(sorted(m)) for _, m in sorted(groups.items()) if len(m) > 1))
 
 
 def tied_ranges(ranges: Mapping[str, TensorRange], ties) -> dict[str, TensorRange]:
