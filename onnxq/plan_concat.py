@@ -15,7 +15,8 @@ reaches becomes an int8 tensor of its own, in the group.
 A root whose quantizer also applies a folded Relu/Clip (the Q clamps at 0, or at the Clip's
 max) keeps that clamp only if its group's range keeps it, so a Concat is tied only when its
 members are all plain tensors, or all folded with the same upper bound (a Concat of Relu
-branches, as in Inception or SqueezeNet)."""
+branches, as in Inception or SqueezeNet). A Concat fed through a Pad is never tied
+(``_padded``)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,23 @@ _MOVING = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", 
 def _float_activation(t: gs.Tensor) -> bool:
     return (t.dtype is not None and np.dtype(t.dtype) == np.float32
             and G.constant_shape(t) is None)
+
+
+def _padded(t: gs.Tensor) -> bool:
+    """``t`` comes out of a Pad, directly or through data movement. OpenVINO 2025.4 moves a
+    tied dequantization through that Pad and computes the result wrongly (a Basic Pitch-style
+    harmonic stack of shifted, padded slices: cosine far below 0.99 on the OpenVINO EP) or
+    fails to compile it ("Argument shapes are inconsistent", Basic Pitch itself)."""
+    for _ in range(64):
+        p = G.producer(t)
+        if p is None or not p.inputs:
+            return False
+        if p.op == "Pad":
+            return True
+        if p.op not in _MOVING:
+            return False
+        t = p.inputs[0]
+    return False
 
 
 class _Ties:
@@ -84,6 +102,8 @@ class _Ties:
         act = self.acts.get(out.name)
         if act is None or act.root != out.name or not node.inputs or not all(
                 _float_activation(t) for t in node.inputs):
+            return
+        if any(_padded(t) for t in node.inputs):
             return
         walked: list[gs.Node] = []
         members = [self.root_of(t, walked) for t in node.inputs]
