@@ -57,7 +57,7 @@ def _worst_cosine(fp32: onnx.ModelProto | str | os.PathLike, int8: onnx.ModelPro
             [res] = run_on_eps({"fp32": str(a), "int8": str(b)}, list(feeds), ["openvino"],
                                seconds=SECONDS)
         except OnnxqError as exc:
-            return None, str(exc), None
+            return None, FAILED + str(exc), None
     pairs = list(zip(res.outputs["fp32"], res.outputs["int8"], strict=True))
     if all(x.size == len(np.atleast_1d(x)) for x, _ in pairs):  # one score per sample: all feeds
         pairs = [(np.concatenate([x.ravel() for x, _ in pairs])[None],
@@ -72,6 +72,8 @@ def _worst_cosine(fp32: onnx.ModelProto | str | os.PathLike, int8: onnx.ModelPro
     return worst, "", res.seconds["fp32"] / res.seconds["int8"]
 
 
+#: how a failure of the OpenVINO EP itself (not the lack of one) is told apart
+FAILED = "the OpenVINO EP failed to run it: "
 #: seconds of interleaved timing per model in the check: a rough speed-up, reported
 SECONDS = 0.3
 #: a speed-up under this is reported as int8 not paying on the OpenVINO EP of this machine
@@ -93,6 +95,9 @@ def _score(fp32, model: onnx.ModelProto, feeds) -> tuple[float | None, str, floa
         return worst, "the OpenVINO EP", speedup
     from onnxq.self_check import check
 
+    if why.startswith(FAILED):  # an OpenVINO EP is here and cannot run this model
+        logging.getLogger("onnxq.api").warning(
+            "the OpenVINO EP could not run the model made for it: %s", why[:400])
     found = check(fp32, model, feeds)
     if "outputs" not in found or not found["outputs"]:
         return None, why, None
@@ -138,6 +143,8 @@ def _speed(result: R, speedup: float | None) -> R:
 
 
 def _noted(result: R, note: str) -> R:
+    if FAILED in note and not note.startswith("warning"):  # the kept model, not run there
+        note = "warning: " + note
     report = result.report  # type: ignore[attr-defined]
     return dataclasses.replace(  # type: ignore[type-var]
         result, report=dataclasses.replace(report, notes=report.notes + (note,)))

@@ -205,3 +205,25 @@ def test_tensors_reaching_a_channel_pad_get_zero_point_zero(monkeypatch, relu):
            if n.op_type == "QuantizeLinear" and n.input[0] in ("t", "t0")]
     zero = consts[q.input[2]]
     assert int(zero) == 0 and zero.dtype == (np.uint8 if relu else np.int8)
+
+
+def test_a_model_the_openvino_ep_cannot_run_is_a_warning(monkeypatch, caplog):
+    """An OpenVINO EP that is here but fails on the model made for it (a compiler error) is
+    not the same as having none: the report's note and the log say so as a warning."""
+    from onnxq import ep as ep_module
+    from onnxq.errors import ConfigError
+
+    monkeypatch.setattr(ep_module, "ep_python", lambda *a, **k: None)
+
+    def fail(*a, **k):
+        raise ConfigError("openvino: Exception during initialization: PadTransformation")
+
+    monkeypatch.setattr(ep_module, "run_on_eps", fail)
+    model = B.residual_block()
+    with caplog.at_level("WARNING", logger="onnxq.api"):
+        result = onnxq.quantize(model, B.feeds(model, n=4), progress=False,
+                                target_ep="openvino")
+    [note] = [n for n in result.report.notes if "not on OpenVINO" in n]
+    assert note.startswith("warning") and "failed to run it" in note
+    assert "PadTransformation" in note
+    assert any("could not run the model made for it" in r.message for r in caplog.records)
