@@ -64,7 +64,8 @@ class _Ties:
     """Working state of one ``tie_concats`` call: the plan's int8 tensors, and the groups of
     roots joined so far (union-find)."""
 
-    def __init__(self, plan: QuantPlan) -> None:
+    def __init__(self, plan: QuantPlan, outputs: set[str]) -> None:
+        self.outputs = outputs  # the graph's outputs: a new member never is one
         self.acts = {a.name: a for a in plan.activations}
         self.moving = {n.name for n in plan.nodes if n.role is Role.SHARED}
         self.folds = {f.target: ("fold", f.upper) for f in plan.folds}
@@ -79,7 +80,7 @@ class _Ties:
             r = self.parent[r]
         return r
 
-    def root_of(self, t: gs.Tensor, walked: list[gs.Node]) -> str:
+    def root_of(self, t: gs.Tensor, walked: list[gs.Node], new: dict[str, gs.Tensor]) -> str:
         """The root whose parameters ``t`` takes: an int8 tensor's, or the first tensor up
         the data movement that produced ``t`` (a new root; the quantizer sits above the
         movement, which OpenVINO then runs int8: the Focus Slices of a YOLOX stem)."""
@@ -94,7 +95,13 @@ class _Ties:
                 break
             walked.append(p)
             t = p.inputs[0]
+        new[t.name] = t
         return t.name
+
+    def _leads_only_into(self, tensors: list[gs.Tensor], inside: set[int]) -> bool:
+        """No tensor of ``tensors`` is a graph output or read outside ``inside`` (node ids)."""
+        return not any(t.name in self.outputs or any(id(c) not in inside for c in t.outputs)
+                       for t in tensors)
 
     def tie(self, node: gs.Node) -> None:
         """Tie ``node``'s inputs if it is a quantized Concat whose members may share a range."""
@@ -106,8 +113,19 @@ class _Ties:
         if any(_padded(t) for t in node.inputs):
             return
         walked: list[gs.Node] = []
-        members = [self.root_of(t, walked) for t in node.inputs]
+        members, fresh = [], []  # fresh: the paths to members no int8 tensor reaches yet
+        for t in node.inputs:
+            path: list[gs.Node] = []
+            new: dict[str, gs.Tensor] = {}
+            members.append(self.root_of(t, path, new))
+            walked += path
+            fresh += [*new.values(), *(o for n in path for o in n.outputs)] if new else []
         if len({self.folds.get(m) for m in members}) != 1:
+            return
+        # a new member is quantized for every reader (OpenVINO's one quantized copy), so it
+        # must lead only into this Concat: a float reader beside it (a transformer's residual
+        # stream read by its LayerNorm) would get the int8 value too
+        if not self._leads_only_into(fresh, {id(n) for n in walked} | {id(node)}):
             return
         for m in members:
             if m not in self.acts and m not in self.alias:
@@ -128,7 +146,7 @@ class _Ties:
 def tie_concats(graph: gs.Graph, plan: QuantPlan, keep_float: Mapping[str, str]) -> QuantPlan:
     """``plan`` (made with the OpenVINO EP's rules) with every quantized Concat output replaced
     by a tie of its inputs' roots (module doc). ``keep_float`` names Concats to leave alone."""
-    ties = _Ties(plan)
+    ties = _Ties(plan, G.graph_output_names(graph))
     for node in graph.nodes:  # the main graph (the OpenVINO EP does not take control flow)
         if node.op == "Concat" and node.name not in keep_float and len(node.outputs) == 1:
             ties.tie(node)

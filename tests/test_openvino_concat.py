@@ -248,3 +248,24 @@ def test_a_concat_of_padded_tensors_is_not_tied(tmp_path, monkeypatch):
     a = np.concatenate([o[0].ravel() for o in got["fp32"]]).astype(np.float64)
     b = np.concatenate([o[0].ravel() for o in got["int8"]]).astype(np.float64)
     assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.999
+
+
+@pytest.mark.parametrize("reader", ["output", "layernorm"])
+def test_a_tensor_read_outside_the_concat_is_not_made_int8_by_it(reader):
+    """The bottleneck's sum enters the tie as a new int8 tensor only when the Concat is its
+    one reader: a graph output, or a float reader beside it (a LayerNorm here), would get the
+    int8 value too."""
+    model = _c2f_block()
+    g = model.graph
+    if reader == "output":
+        g.output.append(helper.make_tensor_value_info("sum", TensorProto.FLOAT, None))
+    else:
+        g.initializer.extend([numpy_helper.from_array(np.ones(16, np.float32), "ln_w")])
+        g.node.insert(len(g.node) - 2, helper.make_node(
+            "LayerNormalization", ["sum", "ln_w"], ["ln"], name="ln", axis=-1))
+        g.output.append(helper.make_tensor_value_info("ln", TensorProto.FLOAT, None))
+    result = _quantize(model)
+    assert result.plan.ties == ()
+    _, readers = _concat_sources(result.model)
+    assert [r.op_type for r in readers] == ["QuantizeLinear"]
+    assert "sum" not in {a.name for a in result.plan.activations}
