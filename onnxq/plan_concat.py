@@ -10,7 +10,8 @@ dequantization after the Concat, concatenates int8 and feeds the int8 conv direc
 NNCF's models do. So for ``target_ep = "openvino"`` the inputs' roots are *tied*: their ranges
 are unified to one (the union, ``tied_ranges``) and the Concat's output gets no Q/DQ of its own
 (its value is exactly the concatenation of the dequantized inputs). An input no int8 tensor
-reaches becomes an int8 tensor of its own, in the group.
+reaches becomes an int8 tensor of its own, in the group, quantized above any data movement
+into the Concat — provided the Concat is all it leads into (it is quantized for every reader).
 
 A root whose quantizer also applies a folded Relu/Clip (the Q clamps at 0, or at the Clip's
 max) keeps that clamp only if its group's range keeps it, so a Concat is tied only when its
