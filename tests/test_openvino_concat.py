@@ -17,6 +17,18 @@ from onnxq.plan_concat import tied_ranges
 from onnxq.qtypes import TensorRange
 
 
+def _model(nodes, name: str, x_shape: list, outputs: list, inits: dict) -> onnx.ModelProto:
+    """A checked opset-17 model of ``nodes`` reading ``x`` (IR 8: onnxruntime-openvino 1.24
+    reads IR <= 10)."""
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)], outputs,
+        initializer=[numpy_helper.from_array(a, k) for k, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def _c2f_block(relu_branch: bool = False, seed: int = 0) -> onnx.ModelProto:
     """A YOLOv8 C2f-shaped block: conv + SiLU, Split in two halves, a residual bottleneck on
     the second, Concat of both halves and the bottleneck's sum, a 1x1 conv. With
@@ -51,13 +63,7 @@ def _c2f_block(relu_branch: bool = False, seed: int = 0) -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])]
     if relu_branch:
         outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 16, 16]))
-    graph = helper.make_graph(
-        nodes, "c2f", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        outputs,
-        initializer=[numpy_helper.from_array(a, k) for k, a in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return _model(nodes, "c2f", [1, 3, 16, 16], outputs, inits)
 
 
 def _feeds(n: int = 6, seed: int = 1) -> list[dict[str, np.ndarray]]:
@@ -177,11 +183,8 @@ def test_the_quantizer_sits_above_data_movement_into_the_concat():
     nodes += [helper.make_node("Concat", [f"s{i}" for i in range(4)], ["cat"], name="focus",
                                axis=1),
               helper.make_node("Conv", ["cat", "w"], ["y"], name="stem", pads=[1] * 4)]
-    graph = helper.make_graph(
-        nodes, "focus", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 32])],
-        initializer=[numpy_helper.from_array(a, k) for k, a in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _model(nodes, "focus", [1, 3, 64, 64],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 32])], inits)
     feeds = [{"x": rng.uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)} for _ in range(4)]
     result = onnxq.quantize(model, feeds, progress=False, target_ep="openvino")
     quantizers = [n for n in result.model.graph.node if n.op_type == "QuantizeLinear"
@@ -211,14 +214,8 @@ def _shifted_stack(seed: int = 0) -> onnx.ModelProto:
                   helper.make_node("Pad", [f"s{i}", f"pads{i}"], [f"p{i}"], name=f"pad{i}")]
     nodes += [helper.make_node("Concat", ["p0", "p1", "p2"], ["cat"], name="stack", axis=1),
               helper.make_node("Conv", ["cat", "w2"], ["y"], name="back", pads=[1] * 4)]
-    graph = helper.make_graph(
-        nodes, "stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64, 16])],
-        initializer=[numpy_helper.from_array(a, k) for k, a in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # onnxruntime-openvino 1.24 reads IR <= 10
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return _model(nodes, "stack", [1, 1, 64, 16],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64, 16])], inits)
 
 
 def test_a_concat_of_padded_tensors_is_not_tied(tmp_path, monkeypatch):
