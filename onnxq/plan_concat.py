@@ -45,10 +45,10 @@ def _float_activation(t: gs.Tensor) -> bool:
 
 
 def _padded(t: gs.Tensor) -> bool:
-    """``t`` comes out of a Pad, directly or through data movement. OpenVINO 2025.4 moves a
-    tied dequantization through that Pad and computes the result wrongly (a Basic Pitch-style
-    harmonic stack of shifted, padded slices: cosine far below 0.99 on the OpenVINO EP) or
-    fails to compile it ("Argument shapes are inconsistent", Basic Pitch itself)."""
+    """``t`` comes out of a Pad, directly or through data movement. OpenVINO 2025.4 moved a
+    tied dequantization through such Pads and then failed to compile the model ("Argument
+    shapes are inconsistent" in its PadTransformation: Basic Pitch's harmonic stack of
+    shifted, padded slices)."""
     for _ in range(64):
         p = G.producer(t)
         if p is None or not p.inputs:
