@@ -225,7 +225,7 @@ def calibrate(
     return calibrate_run(box, plan, calibration_data, cfg, progress, cluster=cluster)[0]
 
 
-def _recover(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
+def recover_prepared(fused: PipelineResult, plan: QuantPlan, cfg: QuantConfig,
              ranges: Mapping[str, TensorRange], stats: Stats, progress: bool
              ) -> tuple[PipelineResult, recovery.Recovery]:
     """``fused`` with the recipe's corrections (``onnxq.recovery``), and their report (less
@@ -309,7 +309,7 @@ def quantize(
             cluster=cluster)
         fused = dataclasses.replace(fused, model=box.pop())  # no other name holds it
         if not cfg.recipe.is_plain:
-            fused, done = _recover(fused, plan, cfg, ranges, stats, progress)
+            fused, done = recover_prepared(fused, plan, cfg, ranges, stats, progress)
     ov = cfg.target_ep == "openvino"  # (a second model may be built: not consumed)
     alt = range_choice.second(stats.alternative, checked.kept if checked else (), light or model)
     held = [fused]  # the last build takes it: its weights go before the self-check's sessions

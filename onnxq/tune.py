@@ -1,11 +1,12 @@
 """Accuracy- and latency-aware tuning: the INT8 model that meets an accuracy target with the
 fewest float ops, and is never slower than FP32.
 
-Trials, cheapest first, all from one calibration run (every calibrator observes the same
+Trials, cheapest first, from one calibration run (every calibrator observes the same
 activations once; each trial reuses the ranges):
 
-1. recipes that change no op type: calibrator (minmax, percentile, mse, entropy) and
-   per-channel weights, then the first and last compute layers kept float;
+1. calibrators (minmax, percentile, mse, entropy), each with the configuration's accuracy
+   recovery as ``quantize`` applies it (bc-fast by default); then, on the best calibrator, the
+   other recovery recipes, cheapest first (``tune_recovery``); then first and last layers float;
 2. if the target is still missed: rank the quantized nodes by a cheap sensitivity proxy
    (SQNR of their quantized inputs/outputs against FP32, ``onnxq.score.tensor_report``), and
    find by bisection the shortest prefix of that ranking to keep in float;
@@ -40,6 +41,7 @@ from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
 from onnxq.tune_latency import latency_pass
 from onnxq.tune_mode import mode_pass
+from onnxq.tune_recovery import CONFIG, TUNE_RECIPES, RecoveryCache, overrides
 from onnxq.tune_runner import Outcome, Scorer, Spec, bisection_mids, score_all
 from onnxq.tune_types import (
     Evaluate,
@@ -121,6 +123,7 @@ class _Search:
         self.fp32 = _fp32(model)  # loaded once: evaluation, ranking and timing reuse it
         self._plans: dict[tuple, tuple[PipelineResult, QuantPlan]] = {}
         self.ranges = _all_ranges(model, calib, config, cluster)
+        self.recovery = RecoveryCache(calib, config)
         self.fp32_metric = evaluate(self.fp32)
         self.allowed = target.allowed_drop(self.fp32_metric)
 
@@ -134,9 +137,9 @@ class _Search:
 
     # -- trials ------------------------------------------------------------------------------
     def run(self, recipe: str, calibrator: str, per_channel: bool,
-            float_nodes: Sequence[str]) -> Trial:
+            float_nodes: Sequence[str], recovery: str = CONFIG) -> Trial:
         return self.record(self.score([Spec(recipe, calibrator, per_channel,
-                                            tuple(float_nodes))])[0])
+                                            tuple(float_nodes), recovery)])[0])
 
     def score(self, specs: Sequence[Spec]) -> list[Outcome]:
         """Build each trial's model here, then score them all (concurrently on workers)."""
@@ -148,12 +151,15 @@ class _Search:
         t0 = time.monotonic()
         cfg = self.config.with_overrides(
             calibrator=spec.calibrator, per_channel=spec.per_channel,
-            exclude_nodes=sorted(set(self.config.exclude_nodes) | set(spec.float_nodes)))
+            exclude_nodes=sorted(set(self.config.exclude_nodes) | set(spec.float_nodes)),
+            **overrides(spec.recovery))
         try:
             fused, plan = self.prepared(cfg)
             if any(t not in self.ranges[spec.calibrator] for t in plan.calibration_tensors):
                 self._extend_ranges(cfg)  # this plan variant needs tensors not measured yet
-            result = materialize(fused, plan, cfg, self.ranges[spec.calibrator], consume=False)
+            ranges = self.ranges[spec.calibrator]
+            fused, recovered = self.recovery.apply(fused, plan, cfg, ranges, _plan_key(cfg))
+            result = materialize(fused, plan, cfg, ranges, consume=False, recovered=recovered)
         except ModelError as exc:  # e.g. nothing left to quantize: logged, not fatal
             return Outcome(spec, failure=f"failed: {exc}", seconds=time.monotonic() - t0)
         return Outcome(spec, model=result.model, seconds=time.monotonic() - t0)
@@ -163,7 +169,7 @@ class _Search:
         spec = outcome.spec
         trial = Trial(index=len(self.trials), recipe=spec.recipe, calibrator=spec.calibrator,
                       per_channel=spec.per_channel, float_nodes=spec.float_nodes,
-                      seconds=outcome.seconds)
+                      recovery=spec.recovery, seconds=outcome.seconds)
         self.trials.append(trial)
         if self.bar is not None:
             self.bar.update(1)
@@ -197,8 +203,7 @@ class _Search:
     def prepared(self, cfg: QuantConfig) -> tuple[PipelineResult, QuantPlan]:
         """Preprocess + fusion + plan, once per distinct plan-shaping setting (trials that
         differ only in calibrator share it)."""
-        key = (cfg.min_opset, cfg.weight.per_channel, cfg.exclude_nodes, cfg.exclude_op_types,
-               cfg.fold_activations, cfg.weight.weight_only_ops)
+        key = _plan_key(cfg)
         if key not in self._plans:
             self._plans[key] = _prepared(self.model, cfg)
         return self._plans[key]
@@ -221,6 +226,12 @@ class _Search:
         return min(pool, key=lambda t: (len(t.float_nodes), -(t.metric or -np.inf)))
 
 
+def _plan_key(cfg: QuantConfig) -> tuple:
+    """The settings that shape the prepared model and its plan."""
+    return (cfg.min_opset, cfg.weight.per_channel, cfg.exclude_nodes, cfg.exclude_op_types,
+            cfg.fold_activations, cfg.weight.weight_only_ops, cfg.recipe.data_layers)
+
+
 def _fp32(model) -> onnx.ModelProto:
     from onnxq.io import load_model
 
@@ -241,9 +252,18 @@ def _recipes(s: _Search) -> None:
     if s.best() is not None or s.out_of_budget():
         return
     best = max(trials, key=lambda t: t.metric or -np.inf)
+    own = s.config.recipe
+    recipes = [name for name in TUNE_RECIPES
+               if s.config.with_overrides(**overrides(name)).recipe != own]
+    trials += s.lookahead([Spec(f"recipe {name} ({best.calibrator})", best.calibrator, True, (),
+                                name) for name in recipes], lambda t: not t.meets_target)
+    if s.best() is not None or s.out_of_budget():
+        return
+    best = max(trials, key=lambda t: t.metric or -np.inf)
     anchors, _ = _anchors(s, s.config)
     if len(anchors) > 2:
-        s.run("first and last layers float", best.calibrator, True, (anchors[0], anchors[-1]))
+        s.run("first and last layers float", best.calibrator, True, (anchors[0], anchors[-1]),
+              best.recovery)
 
 
 def _ranking(s: _Search, trial: Trial) -> list[str]:
@@ -276,7 +296,7 @@ def _fallback(s: _Search) -> None:
 
     def spec(k: int) -> Spec:
         return Spec(f"{k} most sensitive node(s) float", base.calibrator, base.per_channel,
-                    base.float_nodes + tuple(ranking[:k]))
+                    base.float_nodes + tuple(ranking[:k]), base.recovery)
 
     ks = [1 << i for i in range(max(0, len(ranking) - 1).bit_length())]  # greedy doubling
     lo, hi = 0, None

@@ -63,7 +63,7 @@ def latency_pass(s: _Search, chosen: Trial) -> Trial | None:
         if s.out_of_budget():
             break
         t = s.run(recipe, chosen.calibrator, chosen.per_channel,
-                  tuple(dict.fromkeys(chosen.float_nodes + tuple(nodes))))
+                  tuple(dict.fromkeys(chosen.float_nodes + tuple(nodes))), chosen.recovery)
         if t.meets_target and _speed(s, t) > (chosen.latency_ratio or 0):
             t.decision += "; faster, kept"
             chosen = t

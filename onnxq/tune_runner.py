@@ -29,6 +29,7 @@ class Spec:
     calibrator: str
     per_channel: bool
     float_nodes: tuple[str, ...]
+    recovery: str = "config"  # the accuracy-recovery recipe (``tune_recovery``)
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ class Trial:
     calibrator: str
     per_channel: bool
     float_nodes: tuple[str, ...]
+    recovery: str = "config"  # the accuracy-recovery recipe: "config" = the configuration's
     metric: float | None = None
     drop: float | None = None
     latency_ratio: float | None = None  # FP32 time / INT8 time (> 1: faster than FP32)
