@@ -33,8 +33,9 @@ from onnxq.api import as_onnx, materialize, prepare, resolve
 from onnxq.calibrate import collect_ranges
 from onnxq.calibrators import CALIBRATORS, Calibrator, make_calibrator
 from onnxq.config import QuantConfig
+from onnxq.data import peek_shapes
 from onnxq.distributed import Cluster, WorkerPool, connected
-from onnxq.errors import ConfigError, ModelError, OnnxqError
+from onnxq.errors import ConfigError, ModelError
 from onnxq.pipeline import PipelineResult
 from onnxq.plan import QuantPlan
 from onnxq.qtypes import TensorRange
@@ -48,6 +49,7 @@ from onnxq.tune_types import (
     Trial,
     TuneResult,
     TuneTarget,
+    checked_metric,
     cosine_metric,
     top1_metric,
 )
@@ -60,10 +62,10 @@ class _FanOut:
     """One calibration run feeding every calibrator (statistics collected once)."""
 
     name = "fan-out"
-    results: dict[str, dict[str, TensorRange]]  # set by compute()
-
     def __init__(self, calibrators: Mapping[str, Calibrator]) -> None:
         self.calibrators = dict(calibrators)
+        # compute() fills it; a plan with nothing to calibrate leaves it empty
+        self.results: dict[str, dict[str, TensorRange]] = {k: {} for k in self.calibrators}
 
     def observe(self, name: str, array: np.ndarray, *, index: int | None = None) -> None:
         for c in self.calibrators.values():
@@ -78,9 +80,11 @@ class _FanOut:
         return next(iter(self.results.values()))
 
 
-def _prepared(model, config: QuantConfig) -> tuple[PipelineResult, QuantPlan]:
-    """``prepare`` for a model that has a plan: an already quantized one has nothing to tune."""
-    fused, plan = prepare(model, config)
+def _prepared(model, config: QuantConfig, calib: Sequence[Mapping]
+              ) -> tuple[PipelineResult, QuantPlan]:
+    """``prepare`` for a model that has a plan (an already quantized one has nothing to tune),
+    with the calibration feeds' shapes, as ``quantize`` places it."""
+    fused, plan = prepare(model, config, peek_shapes(list(calib))[0])
     if plan is None:
         raise ConfigError("the model is already quantized; there is nothing to tune")
     return fused, plan
@@ -88,7 +92,7 @@ def _prepared(model, config: QuantConfig) -> tuple[PipelineResult, QuantPlan]:
 
 def _all_ranges(model, calibration_data, config: QuantConfig,
                 cluster: Cluster | None) -> dict[str, dict]:
-    fused, plan = _prepared(model, config)
+    fused, plan = _prepared(model, config, calibration_data)
     fan = _fan_out(config)
     collect_ranges(fused.model, plan.calibration_tensors, calibration_data, fan,
                    progress=False, max_samples=config.calibration.max_samples,
@@ -205,7 +209,7 @@ class _Search:
         differ only in calibrator share it)."""
         key = _plan_key(cfg)
         if key not in self._plans:
-            self._plans[key] = _prepared(self.model, cfg)
+            self._plans[key] = _prepared(self.model, cfg, self.calib)
         return self._plans[key]
 
     def _extend_ranges(self, cfg: QuantConfig) -> None:
@@ -334,7 +338,7 @@ def tune(model, calibration_data: Iterable[Mapping], evaluate: Evaluate | None =
             raise ConfigError("tune needs evaluate=callable or eval_data (feeds) for the "
                               "default cosine metric")
         evaluate = cosine_metric(_fp32(model), list(eval_data))
-    evaluate = _checked(evaluate)
+    evaluate = checked_metric(evaluate)
     with contextlib.ExitStack() as stack:
         ray = stack.enter_context(connected(cluster)) if cluster is not None else None
         s = _Search(model, calib, evaluate, target, config, latency_feed, cluster)
@@ -376,25 +380,3 @@ def _search(s: _Search) -> tuple[Trial | None, str]:
         stopped = "interrupted (Ctrl-C): best model so far"
         chosen = s.best()
     return chosen, stopped
-
-
-def _checked(evaluate: Evaluate) -> Evaluate:
-    """The user's metric, with its failures and non-numbers as clean errors."""
-    name = getattr(evaluate, "__qualname__", repr(evaluate))
-
-    def checked(model: onnx.ModelProto) -> float:
-        try:
-            value = evaluate(model)
-        except (OnnxqError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure of user code
-            raise ConfigError(f"the metric {name} failed: {type(exc).__name__}: {exc}; it must "
-                              "take an onnx.ModelProto and return a number (higher is "
-                              "better)") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or \
-                not np.isfinite(value):
-            raise ConfigError(f"the metric {name} returned {value!r}; it must return a finite "
-                              "number (higher is better)")
-        return float(value)
-
-    return checked

@@ -1,5 +1,6 @@
 """What ``onnxq.tune`` is given and returns: the target, each trial, the result with its log
-and table, and the two built-in metrics (output cosine with FP32, top-1 accuracy)."""
+and table, the two built-in metrics (output cosine with FP32, top-1 accuracy), and the guard
+around a user's metric."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxq.errors import ConfigError
+from onnxq.errors import ConfigError, OnnxqError
 
-__all__ = ["Evaluate", "TuneTarget", "Trial", "TuneResult", "cosine_metric", "top1_metric"]
+__all__ = ["Evaluate", "TuneTarget", "Trial", "TuneResult", "cosine_metric", "top1_metric",
+           "checked_metric"]
 
 Evaluate = Callable[[onnx.ModelProto], float]
 
@@ -124,3 +126,25 @@ def top1_metric(feeds: Sequence[Mapping], labels: Sequence[np.ndarray]) -> Evalu
         return hits / max(total, 1)
 
     return evaluate
+
+
+def checked_metric(evaluate: Evaluate) -> Evaluate:
+    """The user's metric, with its failures and non-numbers as clean errors."""
+    name = getattr(evaluate, "__qualname__", repr(evaluate))
+
+    def checked(model: onnx.ModelProto) -> float:
+        try:
+            value = evaluate(model)
+        except (OnnxqError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of user code
+            raise ConfigError(f"the metric {name} failed: {type(exc).__name__}: {exc}; it must "
+                              "take an onnx.ModelProto and return a number (higher is "
+                              "better)") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or \
+                not np.isfinite(value):
+            raise ConfigError(f"the metric {name} returned {value!r}; it must return a finite "
+                              "number (higher is better)")
+        return float(value)
+
+    return checked
