@@ -46,7 +46,7 @@ from onnxq.passes import (
 from onnxq.passes.runtime_forms import pre_lowering_passes, runtime_form_passes
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
-from onnxq.plan_checks import check_exclusions, is_prequantized, refuse_unquantizable
+from onnxq.plan_checks import QUANTIZED_OPS, check_exclusions, is_prequantized, refuse_unquantizable
 from onnxq.plan_concat import tie_concats, tied_ranges
 from onnxq.plan_dynamic import dynamic_plan
 from onnxq.plan_settle import without_unobserved
@@ -181,19 +181,19 @@ def _finishing_passes(config: QuantConfig) -> list:
 
 
 def _quantize_prequantized(model, cfg: QuantConfig) -> QuantResult:
-    """A QDQ model (e.g. exported from QAT): no calibration, fold/clean it, optionally lower."""
+    """An already quantized model (QAT's QDQ, another tool's): no calibration, fold/clean it."""
     result = Pipeline(_finishing_passes(cfg)).run(model, copy=False)
     nodes = result.model.graph.node
     produced = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
     quantized = tuple((n.name, n.op_type) for n in nodes if n.op_type not in
-                      ("QuantizeLinear", "DequantizeLinear") and (
+                      ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") and (
                           any(i in produced for i in n.input) or n.domain == "com.microsoft"
-                          or n.op_type.startswith("QLinear")))
+                          or n.op_type.startswith("QLinear") or n.op_type in QUANTIZED_OPS))
     report = QuantReport(
         quantized=quantized, skipped=result.skipped, folded=(),
         op_histogram=dict(sorted(Counter(n.op_type for n in nodes).items())),
-        notes=("model already quantized (Q/DQ from QAT or another tool): calibration "
-               "skipped, its quantization parameters kept",
+        notes=("model already quantized (Q/DQ or integer ops, from QAT or another tool): "
+               "calibration skipped, its quantization parameters kept",
                *(n for r in result.records for n in r.notes)))
     plan = QuantPlan(nodes=(), activations=())
     return QuantResult(model=result.model, plan=plan, ranges={}, report=report, config=cfg)

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxq.graph_import import check_tensor_types, declared_shapes
 from onnxq.large_constants import fill_stubs, map_kept, stub_large_constants
 from onnxq.qtypes import QParams
 from onnxq.scopes import hoist_shared_initializers
@@ -37,33 +38,13 @@ __all__ = [
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def _check_tensor_types(graph: onnx.GraphProto) -> None:
-    """Every constant tensor (initializers, Constant values; subgraphs too) has an element type
-    ONNX defines: type 0 (undefined) or an unknown number is a corrupt file, refused with its
-    name (graphsurgeon would stop with an internal error)."""
-    from onnxq.errors import ModelError
-    from onnxq.scopes import proto_subgraphs
-
-    known = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        tensors = [*g.initializer, *(a.t for n in g.node for a in n.attribute
-                                     if a.type == onnx.AttributeProto.TENSOR)]
-        for t in tensors:
-            if t.data_type not in known:
-                raise ModelError(f"tensor {t.name!r} has element type {t.data_type}, which ONNX "
-                                 "does not define (0 means undefined): the file is corrupt or "
-                                 "was written wrongly; re-export the model")
-        stack.extend(proto_subgraphs(g))
-
-
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """Import ``model``; every node gets a unique name (ONNX node names are optional, and the
     plan and folds are keyed by them), and the model's own tensors are marked so that a name
     onnxq generates never takes a name the model already uses (see ``export_graph``)."""
-    _check_tensor_types(model.graph)
+    check_tensor_types(model.graph)
     graph = gs.import_onnx(model)
+    declared_shapes(graph, model.graph)
     map_kept(graph)
     inits = {t.name for t in model.graph.initializer}
     # An input with an initializer is an overridable default; graphsurgeon makes it a

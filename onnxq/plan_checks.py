@@ -12,7 +12,7 @@ from onnxq.errors import ConfigError, ModelError
 from onnxq.plan import QuantPlan
 from onnxq.quant_ops import HANDLERS, Role
 
-__all__ = ["refuse_unquantizable", "check_exclusions", "is_prequantized"]
+__all__ = ["refuse_unquantizable", "check_exclusions", "is_prequantized", "QUANTIZED_OPS"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,17 @@ def check_exclusions(graph, config: QuantConfig) -> None:
                        ", ".join(absent))
 
 
+#: ops only an already quantized model holds: QDQ, and onnxruntime's dynamic and QOperator
+#: forms (besides every ``QLinear*``)
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+    "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QAttention",
+    "DynamicQuantizeLSTM"})
+
+
 def is_prequantized(model) -> bool:
-    """True for a model (``onnx.ModelProto``) that already holds QuantizeLinear/
-    DequantizeLinear (QAT exports, other tools' outputs)."""
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    """True for a model (``onnx.ModelProto``) that is already quantized: it holds
+    QuantizeLinear/DequantizeLinear (QAT exports, other tools' static outputs) or integer
+    compute ops (``ConvInteger``, ``QLinearConv``, dynamic quantization's ops)."""
+    return any(n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear")
+               for n in model.graph.node)
