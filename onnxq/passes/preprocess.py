@@ -238,6 +238,23 @@ def _infer_shapes_light(graph: gs.Graph) -> None:
                          (d.dim_param or None) for d in tt.shape.dim]
 
 
+def _forget_body_shapes(graph: gs.Graph) -> list[tuple[gs.Variable, list]]:
+    """The declared shapes of the tensors inside If/Loop/Scan bodies (not of their inputs)
+    are dropped before shape inference, which recomputes them: exporters write stale ones
+    (PaddlePaddle's SLANet declares scalars its Loop body computes as rank 1), and the ONNX
+    checker then refuses the output model; onnxruntime does not need them. Returns the body
+    outputs' declarations (a body output must keep a shape)."""
+    declared = []
+    for sub in list(G.iter_graphs(graph))[1:]:
+        outputs = {t.name for t in sub.outputs}
+        for t in (o for n in sub.nodes for o in n.outputs):  # made in the body (not outer)
+            if isinstance(t, gs.Variable):
+                if t.name in outputs and t.shape is not None:
+                    declared.append((t, t.shape))
+                t.shape = None
+    return declared
+
+
 def _value_infos(graph: onnx.GraphProto):
     """Inferred types of ``graph`` and of its subgraphs (If branches, loop bodies)."""
     yield from graph.value_info
@@ -266,7 +283,10 @@ class PreprocessPass:
             notes.append(f"{casts} node(s) computing constants folded (e.g. Cast of fp16 "
                          "weights, Concat/Slice of recurrent weights)")
         graph = self._upgrade(graph, notes, skipped)
+        declared = _forget_body_shapes(graph)
         graph = self._infer_shapes(graph, notes)
+        for t, shape in declared:  # a body output inference cannot size keeps its declaration
+            t.shape = shape if t.shape is None else t.shape
         graph.toposort()
         modified = G.fingerprint(graph) != before
         return PassResult(graph=graph, modified=modified, skipped=tuple(skipped),
