@@ -255,3 +255,68 @@ def test_stale_shapes_declared_inside_a_loop_body_do_not_block_quantization():
     onnx.checker.check_model(result.model, full_check=True)
     got = make_session(result.model).run(["v_final"], feeds[0])[0]
     np.testing.assert_array_equal(got, np.full(4, 3.0, np.float32))
+
+
+def _carried_weights_loop():
+    """PaddlePaddle's Loop form: the body's weights come in as loop-carried values that every
+    iteration hands back unchanged (SLANet's decoder)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w_in"], ["mm"], name="cell"),
+         helper.make_node("Add", ["mm", "b_in"], ["pre"], name="cell_bias"),
+         helper.make_node("Tanh", ["pre"], ["h_next"], name="act"),
+         helper.make_node("Identity", ["cond"], ["cond_out"], name="keep")],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("h", TensorProto.FLOAT, [4, 64]),
+                 helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [64, 64]),
+                 helper.make_tensor_value_info("b_in", TensorProto.FLOAT, [64])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_next", TensorProto.FLOAT, [4, 64]),
+         helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [64, 64]),
+         helper.make_tensor_value_info("b_in", TensorProto.FLOAT, [64])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "go", "x", "w", "b"], ["h_final", "w_out", "b_out"],
+                          name="loop", body=body)],
+        "carried", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("h_final", TensorProto.FLOAT, [4, 64])],
+        [numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w"),
+         numpy_helper.from_array((rng.standard_normal(64) / 10).astype(np.float32), "b"),
+         numpy_helper.from_array(np.array(4, np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "go")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_weights_a_loop_carries_unchanged_are_quantized_as_weights(fmt):
+    """A carried weight was a variable inside the body: quantized like an activation, with a
+    QuantizeLinear on every iteration. It is read from the outer scope now, as a constant."""
+    import numpy as np
+    import onnx
+
+    import onnxq
+    from onnxq.runtime import make_session
+
+    model = _carried_weights_loop()
+    before = model.SerializeToString()
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(4)]
+    result = onnxq.quantize(model, feeds, progress=False, format=fmt)
+    assert model.SerializeToString() == before
+    assert any("loop-carried constant" in n for n in result.report.notes)
+    loop = next(n for n in result.model.graph.node if n.op_type == "Loop")
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    assert len(loop.input) == 3 and len(body.input) == 3  # w and b no longer carried
+    assert not [n.name for n in body.node if n.op_type == "QuantizeLinear"
+                and n.input[0] in ("w", "w_in")]
+    int8 = {i.name for i in body.initializer if i.data_type in (onnx.TensorProto.INT8,
+                                                                   onnx.TensorProto.UINT8)
+            and list(i.dims) == [64, 64]}
+    assert int8, "the weight is not an int8 constant of the body"  # (QLinear: in QLinearMatMul)
+    a, b = make_session(model), make_session(result.model)
+    for f in feeds:
+        x, y = a.run(None, f)[0].ravel(), b.run(None, f)[0].ravel()
+        assert x @ y / np.linalg.norm(x) / np.linalg.norm(y) > 0.999

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.errors import ModelError, UnsupportedOpError
+from onnxq.passes.loop_constants import hoist_loop_constants
 from onnxq.pipeline import PassResult
 from onnxq.scopes import proto_subgraphs
 
@@ -282,6 +283,10 @@ class PreprocessPass:
         if casts:
             notes.append(f"{casts} node(s) computing constants folded (e.g. Cast of fp16 "
                          "weights, Concat/Slice of recurrent weights)")
+        hoisted = hoist_loop_constants(graph)
+        if hoisted:
+            notes.append(f"{hoisted} loop-carried constant(s) (weights a Loop hands back "
+                         "unchanged) read from the outer scope instead")
         graph = self._upgrade(graph, notes, skipped)
         declared = _forget_body_shapes(graph)
         graph = self._infer_shapes(graph, notes)
