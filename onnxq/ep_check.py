@@ -101,7 +101,7 @@ def _score(fp32, model: onnx.ModelProto, feeds) -> tuple[float | None, str, floa
     found = check(fp32, model, feeds)
     if "outputs" not in found or not found["outputs"]:
         return None, why, None
-    return min(v["worst_cosine"] for v in found["outputs"].values()), (
+    return min(v.get("worst_cosine", 0.0) for v in found["outputs"].values()), (
         f"the CPU EP (not on OpenVINO: {why.split(';')[0]})"), None
 
 

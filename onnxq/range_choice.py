@@ -48,7 +48,7 @@ def error(found: Mapping) -> float | None:
     outputs = found.get("outputs") or {}
     if not outputs:
         return None
-    return float(np.mean([1.0 - v["mean_cosine"] for v in outputs.values()]))
+    return float(np.mean([1.0 - v.get("mean_cosine", 0.0) for v in outputs.values()]))
 
 
 def choose(result: R, alternative: Callable[[], R], fp32: self_check.Source,

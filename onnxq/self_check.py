@@ -94,26 +94,16 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
             if memo is not None:
                 memo["fp32"] = want
         want = memo["fp32"] if memo is not None else want
-        session = make_session(int8)
-        small: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for feed, a in zip(feeds, want, strict=True):
-            for name, x, y in zip(names, a, session.run(names, feed), strict=True):
-                if np.size(x) < MIN_ELEMENTS:  # one score or flag: judged over all feeds
-                    small.setdefault(name, []).append((np.ravel(x), np.ravel(y)))
-                else:
-                    cosines[name].append(_cosine(x, y))
-        del session
-        for name, pairs in small.items():
-            if len(pairs) == len(feeds):  # the same size on every feed
-                cosines[name] = [_cosine(np.concatenate([x for x, _ in pairs]),
-                                         np.concatenate([y for _, y in pairs]))]
-            else:
-                cosines[name] += [_cosine(x, y) for x, y in pairs]
+        reshaped = _compare(make_session(int8), names, feeds, want, cosines)
     except Exception as exc:  # noqa: BLE001 - never fails quantize; the report says why
         return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-    outputs = {n: {"worst_cosine": round(min(c), 6), "mean_cosine": round(float(np.mean(c)), 6)}
-               for n, c in cosines.items() if c}
-    below = [n for n, v in outputs.items() if not v["worst_cosine"] >= FLOOR]
+    outputs: dict[str, dict] = {
+        n: {"worst_cosine": round(min(c), 6), "mean_cosine": round(float(np.mean(c)), 6)}
+        for n, c in cosines.items() if c}
+    for name, count in reshaped.items():
+        outputs.setdefault(name, {})["other_shape"] = count
+    below = [n for n, v in outputs.items()
+             if v.get("other_shape") or not v["worst_cosine"] >= FLOOR]
     return {"feeds": len(feeds), "floor": FLOOR, "outputs": outputs, "below": below}
 
 
@@ -163,6 +153,29 @@ def _runnable(model: onnx.ModelProto) -> onnx.ModelProto | None:
     return renamed_nodes(model, "onnxq_check_")
 
 
+def _compare(session, names: list[str], feeds: list, want: list,
+             cosines: dict[str, list[float]]) -> dict[str, int]:
+    """INT8's outputs on ``feeds`` against FP32's (``want``) into ``cosines``; returns, per
+    output, the feeds where its shape is not FP32's (a decoder loop stopped at another step)."""
+    small: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    reshaped: dict[str, int] = {}
+    for feed, a in zip(feeds, want, strict=True):
+        for name, x, y in zip(names, a, session.run(names, feed), strict=True):
+            if np.shape(x) != np.shape(y):
+                reshaped[name] = reshaped.get(name, 0) + 1
+            elif np.size(x) < MIN_ELEMENTS:  # one score or flag: judged over all feeds
+                small.setdefault(name, []).append((np.ravel(x), np.ravel(y)))
+            else:
+                cosines[name].append(_cosine(x, y))
+    for name, pairs in small.items():
+        if len(pairs) == len(feeds):  # the same size on every feed
+            cosines[name] = [_cosine(np.concatenate([x for x, _ in pairs]),
+                                     np.concatenate([y for _, y in pairs]))]
+        else:
+            cosines[name] += [_cosine(x, y) for x, y in pairs]
+    return reshaped
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine of two outputs (1.0 when both are all zero, 0.0 when only one is)."""
     x = np.asarray(a, np.float64).ravel()
@@ -180,12 +193,21 @@ def warning(result: Mapping) -> str | None:
     below = result.get("below") or []
     if not below:
         return None
-    figures = ", ".join(f"{name!r} cosine {result['outputs'][name]['worst_cosine']:.4f}"
+    figures = ", ".join(_figure(name, result["outputs"][name], result["feeds"])
                         for name in below)
     return (f"self-check on {result['feeds']} calibration feed(s): {figures} against FP32, "
             f"below {FLOOR}: this INT8 model may be wrong for your data. `onnxq tune MODEL "
             "OUT --calib-data D --eval-data D` keeps the nodes that cause it float (or returns "
             "FP32); `onnxq compare` lists the tensors where the error starts")
+
+
+def _figure(name: str, found: Mapping, feeds: int) -> str:
+    parts = []
+    if found.get("other_shape"):
+        parts.append(f"another shape than FP32's on {found['other_shape']} of {feeds} feed(s)")
+    if "worst_cosine" in found:
+        parts.append(f"cosine {found['worst_cosine']:.4f}")
+    return f"{name!r} " + ", ".join(parts)
 
 
 def attach(result: R, fp32: Source, graph: Source,

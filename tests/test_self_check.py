@@ -160,3 +160,25 @@ def test_a_model_given_by_path_is_checked_from_its_skeleton(tmp_path, monkeypatc
     found = onnxq.quantize(src, feeds, progress=False, target="portable").report.self_check
     assert found["below"] == ["y"] and found["feeds"] == 4  # the same verdict as in memory
     assert loads.count(str(src)) == 1  # the skeleton; the check does not parse it again
+
+
+def test_an_output_of_another_shape_is_named_as_such():
+    """A decoder loop that stops at another step gives an output of another shape; it was
+    reported as "cosine 0.0000", which reads as a broken model."""
+    from onnxq import range_choice
+
+    def model(nodes):
+        return helper.make_model(helper.make_graph(
+            nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+            opset_imports=[helper.make_opsetid("", 17)])
+
+    fp32 = model([helper.make_node("Identity", ["x"], ["y"])])
+    longer = model([helper.make_node("Concat", ["x", "x"], ["y"], axis=0)])
+    feeds = [{"x": np.random.default_rng(k).standard_normal((2, 64)).astype(np.float32)}
+             for k in range(3)]
+    found = self_check.check(fp32, longer, feeds)
+    assert found["below"] == ["y"] and found["outputs"]["y"] == {"other_shape": 3}
+    line = self_check.warning(found)
+    assert "'y' another shape than FP32's on 3 of 3 feed(s)" in line and "cosine" not in line
+    assert range_choice.error(found) == 1.0
