@@ -44,6 +44,7 @@ import onnx
 
 from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
+from onnxq.exporters.tflite_custom import lower_transpose_conv_bias
 
 
 @contextlib.contextmanager
@@ -285,6 +286,7 @@ def from_tflite(path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> onnx.
         name = name[:-2] if name.endswith(":0") else name
         return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
+    lower_transpose_conv_bias(model, src)  # MediaPipe's custom op, where it maps exactly
     mapping = {v.name: clean(v.name, "serving_default_") for v in model.graph.input}
     mapping.update({v.name: clean(v.name) for v in model.graph.output})
     _rename_io(model, mapping)
