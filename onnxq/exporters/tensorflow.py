@@ -16,7 +16,8 @@ Tested with tensorflow-cpu 2.21 (Keras 3.15) and tf2onnx 1.17. How each source c
   (``serving_default``, else the first) is converted with ``from_function``; input and
   output names are the signature's.
 * **TFLite** (``from_tflite``): ``tf2onnx.convert.from_tflite``. ``serving_default_`` and
-  ``:0`` are stripped from input/output names.
+  ``:0`` are stripped from input/output names. MediaPipe's ``Convolution2DTransposeBias``
+  custom op is lowered to ONNX (``tflite_custom``).
 
 Every result goes through ``validate_export``: tf2onnx converts with
 ``continue_on_error=True`` and returns models holding TensorFlow ops it could not map, e.g.
