@@ -11,7 +11,8 @@ more of its channels. Chains are equalized pair by pair, repeated until the scal
 
 Skipped, by rule: Clip/ReLU6/HardSwish between the convs (not positively homogeneous, so the
 rewrite would not be exact), grouped ``B`` other than depthwise, weights shared with another
-node, and tensors read by anything else (a graph output included). No bias absorption: with
+node, and tensors read by anything else (a graph output included). A bias shared with another
+node (converters merge equal constants) is replaced by the node's own copy. No bias absorption: with
 per-channel int8 weights and calibrated activation ranges the shifted ranges need none.
 """
 
@@ -31,9 +32,11 @@ _HOMOGENEOUS = ("Relu", "LeakyRelu")
 _LIMIT = 1e4  # no channel is scaled by more than this either way
 
 
-def _weight(node: gs.Node, index: int) -> np.ndarray | None:
+def _weight(node: gs.Node, index: int, shared: bool = False) -> np.ndarray | None:
+    """The float32 constant at ``index``; one that other nodes read too only with ``shared``
+    (a bias: converters merge equal ones, the zero biases of TFLite's depthwise convs)."""
     t = node.inputs[index] if len(node.inputs) > index else None
-    if not isinstance(t, gs.Constant) or len(t.outputs) != 1:
+    if not isinstance(t, gs.Constant) or (len(t.outputs) != 1 and not shared):
         return None
     value = np.asarray(t.values)
     return value if value.dtype == np.float32 else None
@@ -49,7 +52,7 @@ def _pairs(graph: gs.Graph):
     outputs = G.graph_output_names(graph)
     for a in graph.nodes:
         if a.op != "Conv" or _weight(a, 1) is None or (len(a.inputs) > 2 and a.inputs[2].name
-                                                       and _weight(a, 2) is None):
+                                                       and _weight(a, 2, True) is None):
             continue
         nxt = _only_reader(a.outputs[0], outputs)
         if nxt is not None and nxt.op in _HOMOGENEOUS:
@@ -65,9 +68,13 @@ def _pairs(graph: gs.Graph):
 
 
 def _set(node: gs.Node, index: int, value: np.ndarray) -> None:
-    """A new array for the node's own constant (``_weight`` checked it has no other reader;
-    the input model's arrays are never written)."""
-    node.inputs[index].values = value.astype(np.float32)
+    """A new array for the node's constant (the input model's arrays are never written); a
+    constant other nodes read too (a shared bias) is replaced by a copy of the node's own."""
+    t = node.inputs[index]
+    if len(t.outputs) == 1:
+        t.values = value.astype(np.float32)
+        return
+    node.inputs[index] = gs.Constant(f"{t.name}_{node.name}_equalized", value.astype(np.float32))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,7 +113,7 @@ class CrossLayerEqualizationPass:
         shape = [-1] + [1] * (wa.ndim - 1)
         _set(a, 1, wa / s.reshape(shape))
         if len(a.inputs) > 2 and a.inputs[2].name:
-            _set(a, 2, _weight(a, 2) / s)
+            _set(a, 2, _weight(a, 2, True) / s)
         bshape = [1] * wb.ndim
         bshape[in_axis] = -1
         _set(b, 1, wb * s.reshape(bshape))

@@ -85,3 +85,27 @@ def test_the_cle_recipe_recovers_the_range_spread(fmt):
 
     plain, equalized = error(), error(equalize=True)
     assert equalized < 0.5 * plain, (plain, equalized)
+
+
+def test_a_bias_shared_with_another_conv_gets_its_own_copy():
+    """tf2onnx merges equal constants, so TFLite's zero depthwise biases are one initializer
+    read by many convs: the pair is still equalized, on a copy; the other reader keeps its."""
+    model = _chain()
+    inits = {t.name: t for t in model.graph.initializer}
+    zero = np.zeros(16, np.float32)
+    for name in ("c1.bias", "dw.bias"):  # both 16 channels: one shared zero constant
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(zero, name))
+    for node in model.graph.node:
+        node.input[:] = ["shared_zero" if i in ("c1.bias", "dw.bias") else i for i in node.input]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(zero, "shared_zero"))
+    graph = G.import_graph(model)
+    result = CrossLayerEqualizationPass().run(graph)
+    assert "3 conv pair(s)" in result.notes[0]
+    out = G.export_graph(result.graph, model)
+    feed = B.feeds(model, batch=2, seed=1)[0]
+    np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0],
+                               rtol=1e-4, atol=1e-4)
+    nodes = {n.name: n for n in result.graph.nodes}
+    assert nodes["c1"].inputs[2] is not nodes["dw"].inputs[2]
+    ra, rb = _ranges(result.graph, "c1", "dw", True)
+    np.testing.assert_allclose(ra, rb, rtol=0.01)
