@@ -324,6 +324,22 @@ def lcnet_shaped(seed: int = 0, opset: int = 17, image: int = 224,
                    [("logits", ["batch", num_classes])])
 
 
+def blaze_shaped(seed: int = 0, opset: int = 17, image: int = 128, channels: int = 32,
+                 blocks: int = 8) -> onnx.ModelProto:
+    """BlazeFace-like: a 5x5 stride-2 stem, then blocks depthwise 3x3 -> pointwise 1x1 ->
+    Add(residual) -> Relu; every third block has stride 2 and a 2x2 MaxPool on its residual."""
+    b = _Builder(seed, opset)
+    c = channels
+    x = b.relu(b.conv("input", "stem", 3, c, 5, stride=2, bias=True), "stem.relu")
+    for i in range(blocks):
+        stride = 2 if i % 3 == 2 else 1
+        y = b.conv(x, f"block{i}.dw", c, c, 3, stride=stride, group=c, bias=True)
+        y = b.conv(y, f"block{i}.pw", c, c, 1, bias=True)
+        r = b.pool("MaxPool", x, f"block{i}.pool", 2, 2) if stride == 2 else x
+        x = b.relu(b.add(y, r, f"block{i}.add"), f"block{i}.relu")
+    return b.model("blaze_shaped", [("input", [1, 3, image, image])], [(x, None)])
+
+
 # ---------------------------------------------------------------------------------------
 # MatMul / transformer builders
 # ---------------------------------------------------------------------------------------

@@ -10,13 +10,17 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
+from onnxq import graph as G
 from onnxq.errors import ConfigError
 from onnxq.placement import costs, measure
+from onnxq.placement.layout import simulate
 from onnxq.placement.mincut import Energy
+from onnxq.placement.shapes import batch1_shapes
 from onnxq.runtime import make_session
 from tests import builders as B
 from tests.conftest import cosine, run_model
@@ -273,3 +277,54 @@ def test_placement_never_leaves_a_u8_max_pool_after_a_float_conv(target):
     assert result.report.placement["predicted_speedup"] >= 1.0
     size = _quantize(_digits_like(), target=target, objective="size")  # all int8: no float conv
     assert _slow_max_pools(size.model) == []
+
+
+def _ort_nchw_u8_pools(model: onnx.ModelProto, tmp_path) -> list[str]:
+    """MaxPools that onnxruntime's own optimizer leaves on u8 in the NCHW kernel: the plain
+    MaxPool of its optimized graph reading a QLinear* or QuantizeLinear output (an NHWC one
+    becomes com.microsoft's NhwcMaxPool, a float one NCHWc's MaxPool)."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    made = onnx.load(str(tmp_path / "optimized.onnx"))
+    producer = {o: n for n in made.graph.node for o in n.output}
+    return [n.name for n in made.graph.node if n.op_type == "MaxPool" and n.domain in ("",)
+            and (p := producer.get(n.input[0])) is not None
+            and (p.op_type.startswith("QLinear") or p.op_type == "QuantizeLinear")]
+
+
+def test_layout_simulation_prices_a_residual_add_that_stays_nchw():
+    """onnxruntime pushes its NHWC Transposes through a two-input int8 node only when more of
+    its inputs arrive NHWC than not: an Add of an int8 conv and a float region stays NCHW, and
+    the pool after it runs the u8 NCHW kernel."""
+    model = B.blaze_shaped(image=64, channels=16, blocks=3)
+    graph = G.import_graph(model)
+    shapes = batch1_shapes(model, None)
+    table = costs.table_for_target("vnni")
+    nodes = [n.name for n in graph.nodes]
+    every = simulate(graph, dict.fromkeys(nodes, True), shapes, table)
+    output = model.graph.output[0].name  # all int8: NHWC from the stem to the output,
+    assert list(every.edges) == [(output, None)] and not every.slow_pools  # NCHW there
+    mixed = {n: n not in ("block0.dw", "block0.pw") for n in nodes}  # block 0's convs float
+    found = simulate(graph, mixed, shapes, table)
+    # block0's Add is a tie (float + stem), so the Adds after it stay NCHW: each int8
+    # pointwise output is transposed back for its Add, each int8 conv after an Add forward,
+    # and block 2's pool is slow
+    assert set(found.slow_pools) == {"block2.pool"}
+    readers = {r for _, r in found.edges}
+    assert {"block1.add", "block1.dw", "block2.dw", "block2.add"} <= readers
+    assert found.us > 0
+
+
+@pytest.mark.parametrize("target", ["vnni", "avx2"])
+def test_default_output_runs_no_u8_max_pool_on_the_nchw_kernel(target, tmp_path):
+    """The BlazeFace pattern: the placement once kept the first blocks' convs float and the
+    rest int8, predicting 1.09x FP32; onnxruntime then kept every residual Add in NCHW (one
+    float input), with two u8 Transposes per block and the u8 MaxPools on the NCHW kernel:
+    0.42x FP32 measured. With the layout simulated, no such pool is left."""
+    model = B.blaze_shaped()
+    result = _quantize(model, target=target)
+    assert _ort_nchw_u8_pools(result.model, tmp_path) == []
+    predicted = result.report.placement["predicted_us"]
+    assert predicted["placed"] <= predicted["fp32"]

@@ -6,6 +6,12 @@ float or int8 time; an edge between a float and an int8 node costs the QuantizeL
 DequantizeLinear and layout changes onnxruntime adds there; an activation after a float Conv
 costs nothing (onnxruntime fuses it). Nodes outside the plan, graph inputs and outputs are
 float. Int8 wins ties and gets a small preference (``margin``): it is also the smaller model.
+
+Where int8 nodes meet, onnxruntime's layout decides what the labelling costs (``layout.py``:
+transposes between NHWC and NCHW int8 nodes, u8 MaxPools on the NCHW kernel). That is not a
+pairwise term, so the cut is refined: each labelling is priced by simulating the layout, the
+edges and pools found slow are charged in the next cut, and the cheapest labelling seen wins
+(the first one included, so the refinement never predicts worse).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.placement.costs import FUSED_ACTIVATIONS, CostTable
+from onnxq.placement.layout import Layout, simulate
 from onnxq.placement.mincut import Energy
 from onnxq.placement.model import elements, node_cost
 from onnxq.quant_ops import Role
@@ -27,6 +34,7 @@ __all__ = ["Placement", "Region", "place", "PLACED"]
 #: prefix of the reason a node placed in float gets (the report shows it)
 PLACED = "placement: float is faster here"
 _UNKNOWN = 1e9  # float cost of a planned node whose shapes are unknown: it stays as planned
+_ROUNDS = 4  # cuts refined by the layout simulation
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +111,9 @@ def _fusable(producer: gs.Node | None, consumer: gs.Node, tensor: gs.Tensor) -> 
 
 class _Builder:
     def __init__(self, graph: gs.Graph, names: list[str], shapes, table: CostTable,
-                 margin: float, unknown: float = _UNKNOWN) -> None:
+                 margin: float, unknown: float = _UNKNOWN, layout: Layout | None = None) -> None:
         self.graph, self.shapes, self.table = graph, shapes, table
+        self.layout = layout or Layout()
         self.index = {n: i for i, n in enumerate(names)}
         self.nodes = {n.name: n for n in graph.nodes}
         self.energy = Energy(len(names))
@@ -141,8 +150,15 @@ class _Builder:
         a = -bonus
         b = self.border(t, True, v, u)    # u float, v int8
         c_ = self.border(t, False, u, v)  # u int8, v float
+        d = 0.0
+        charged = self.layout.edges.get((t.name, v.name if v is not None else None))
+        if charged:  # the layout simulation found a Transpose here when v is int8
+            if iu is not None and iv is not None:
+                d = min(charged, b + c_ - a)  # (the term stays submodular)
+            else:
+                b += charged
         if iu is not None and iv is not None:
-            self.energy.add_pair(iu, iv, a, b, c_, 0.0)
+            self.energy.add_pair(iu, iv, a, b, c_, d)
         elif iv is not None:              # fixed float producer
             self.energy.add_unary(iv, a, b)
         elif iu is not None:              # fixed float consumer
@@ -158,6 +174,8 @@ class _Builder:
         if im is None or not n or not self.table.has("MaxPool.u8") or len(pool.outputs) != 1:
             return
         slow = n * (self.table.per_element("MaxPool.u8") - self.table.per_element("MaxPool.nhwc"))
+        if pool.name in self.layout.slow_pools:  # NCHW after an int8 node too (layout.py)
+            self.energy.add_unary(im, 0.0, slow)
         u = G.producer(pool.inputs[0])
         while u is not None and u.op in ("Relu", "Clip"):  # folded into the QuantizeLinear
             u = G.producer(u.inputs[0])
@@ -175,10 +193,15 @@ class _Builder:
 
     def build(self) -> Energy:
         outputs = G.graph_output_names(self.graph)
+        tensors = self.graph.tensors()
+        for (name, reader), us in self.layout.edges.items():
+            producer = G.producer(tensors[name]) if reader is None else None
+            if producer is not None and producer.name in self.index:  # an NHWC int8 output
+                self.energy.add_unary(self.index[producer.name], 0.0, us)  # read by float
         for node in self.graph.nodes:
             if node.op == "MaxPool":
                 self.max_pool(node, set(outputs))
-        for t in self.graph.tensors().values():
+        for t in tensors.values():
             if isinstance(t, gs.Constant) or (t.dtype is not None
                                               and np.dtype(t.dtype) != np.float32):
                 continue
@@ -204,7 +227,7 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
     names = _candidates(graph, plan)
     if not names or not shapes:
         return None
-    x = _Builder(graph, names, shapes, table, margin).build().minimize()
+    x, layout_us = _search(graph, names, shapes, table, margin)
     # unbiased, for the figures; a node without known shapes counts nothing either way
     b = _Builder(graph, names, shapes, table, 1.0, unknown=0.0)
     energy = b.build()
@@ -212,7 +235,7 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
     fixed = sum(c.float_us for n in graph.nodes if n.name not in b.index
                 and (c := node_cost(n, shapes, table)) is not None)
     unknown = sum(c is None for c in b.costs.values())
-    fp32_us, placed_us = fixed + energy.value(zeros), fixed + energy.value(x)
+    fp32_us, placed_us = fixed + energy.value(zeros), fixed + energy.value(x) + layout_us
     small = None
     if not unknown and any(x) and 0 < placed_us and fp32_us < min_gain * placed_us:
         small, x = fp32_us / placed_us, zeros
@@ -227,10 +250,38 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
                        f"{r.gain_us:.1f} µs saved at batch 1)")
     electives = {n.name for n in plan.nodes if n.role is Role.ELECTIVE}
     forced = tuple(n for n, v in zip(names, x, strict=True) if v == 1 and n in electives)
+    int8_us = fixed + energy.value(ones) + simulate(graph, dict.fromkeys(names, True), shapes,
+                                                    table).us
     return Placement(keep_float=keep, int8_electives=forced, regions=tuple(regions),
-                     fp32_us=fp32_us, int8_us=fixed + energy.value(ones), placed_us=placed_us,
+                     fp32_us=fp32_us, int8_us=int8_us, placed_us=placed_us,
                      table=table.source.rsplit("/", 1)[-1], candidates=len(names),
                      unknown=unknown, small_gain=small)
+
+
+def _search(graph: gs.Graph, names: list[str], shapes, table: CostTable, margin: float
+            ) -> tuple[list[int], float]:
+    """The min-cut labelling refined by the layout simulation (module docstring), and the
+    layout's µs for it."""
+    base = _Builder(graph, names, shapes, table, margin).build()
+    charged = Layout()
+    best: tuple[float, list[int], float] | None = None
+    for _ in range(_ROUNDS):
+        energy = base if not charged.us else _Builder(graph, names, shapes, table, margin,
+                                                      layout=charged).build()
+        x = energy.minimize()
+        found = simulate(graph, {n: bool(v) for n, v in zip(names, x, strict=True)}, shapes,
+                         table)
+        score = base.value(x) + found.us
+        if best is None or score < best[0] - 1e-9:
+            best = (score, x, found.us)
+        new = {k: v for k, v in found.edges.items() if k not in charged.edges}
+        pools = {k: v for k, v in found.slow_pools.items() if k not in charged.slow_pools}
+        if not new and not pools:
+            break
+        charged.edges.update(new)
+        charged.slow_pools.update(pools)
+    assert best is not None
+    return best[1], best[2]
 
 
 def _regions(b: _Builder, names: list[str], x: list[int]) -> list[Region]:
