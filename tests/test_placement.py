@@ -304,8 +304,7 @@ def test_layout_simulation_prices_a_residual_add_that_stays_nchw():
     table = costs.table_for_target("vnni")
     nodes = [n.name for n in graph.nodes]
     every = simulate(graph, dict.fromkeys(nodes, True), shapes, table)
-    output = model.graph.output[0].name  # all int8: NHWC from the stem to the output,
-    assert list(every.edges) == [(output, None)] and not every.slow_pools  # NCHW there
+    assert every.us == 0.0  # all int8: NHWC from the stem to the output
     mixed = {n: n not in ("block0.dw", "block0.pw") for n in nodes}  # block 0's convs float
     found = simulate(graph, mixed, shapes, table)
     # block0's Add is a tie (float + stem), so the Adds after it stay NCHW: each int8

@@ -11,12 +11,16 @@ with one input from an int8 Conv and the other quantized from a float region sta
 its int8 Conv input gets a Transpose back, the int8 Conv after it a Transpose forward, and a
 u8 MaxPool after it onnxruntime's plain NCHW kernel (~30x the NHWC one).
 
-The placement's pairwise terms price conversions between float and int8 nodes; int8-to-int8
-edges are free there. ``simulate`` walks a labelled graph in this order and prices what that
-misses: u8 Transposes on int8 edges whose two sides end up in different layouts, the
-Transpose an int8 elementwise node's NHWC output needs for a float reader, and MaxPools that
-run the slow kernel. Float nodes are taken as NCHW (onnxruntime gives a float Conv its NCHWc
-layout through reorders, which the table's float figures include).
+The placement's pairwise terms price every float ↔ int8 border (its QuantizeLinear or
+DequantizeLinear and the layout change there). What they cannot see is a tie's reach: an int8
+tensor that is NCHW not because a float node is next to it but because a multi-input node
+upstream stayed NCHW. ``simulate`` walks a labelled graph in order, marks each int8 tensor
+NHWC, NCHW at a border, or NCHW from a tie, and prices what ties cause between int8 nodes: the
+u8 Transposes into and out of the tied node and into the int8 Convs downstream of it, and
+the u8 MaxPools downstream of it, left on the slow kernel. An NCHW tensor at a float border is not
+charged again; nor is the float side's NCHWc layout (reorders around float ops that do not
+support it), so the two sides are treated alike. Measured on the zoo, charging the border
+Transposes without the float reorders moved nodes to float that were faster int8.
 """
 
 from __future__ import annotations
@@ -38,14 +42,15 @@ _SINGLE = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Har
 #: int8 nodes with several data inputs (QLinearAdd / QLinearMul / QLinearConcat)
 _MULTI = frozenset({"Add", "Mul", "Concat"})
 _UNKNOWN_RANK = 5  # onnxruntime's estimate for a tensor of unknown shape
+_NHWC, _BORDER, _TIE = 0, 1, 2
 
 
 @dataclass(slots=True)
 class Layout:
     """What one labelling costs beyond the pairwise terms, and where."""
 
-    #: (tensor, reader) → µs of a u8 Transpose there; reader None: a float reader
-    edges: dict[tuple[str, str | None], float] = field(default_factory=dict)
+    #: (tensor, int8 reader) → µs of a u8 Transpose there (both nodes int8)
+    edges: dict[tuple[str, str], float] = field(default_factory=dict)
     slow_pools: dict[str, float] = field(default_factory=dict)  # MaxPool → extra µs
 
     @property
@@ -74,50 +79,60 @@ def simulate(graph: gs.Graph, labels: Mapping[str, bool], shapes: Mapping[str, t
     or False (float). Other nodes are float, except the one-input activations the plan
     quantizes with their producer (the HardSigmoid of a HardSwish pair): int8 after an int8
     node."""
-    out = Layout()
-    int8 = {n for n, v in labels.items() if v}
-    nhwc: dict[str, bool] = {}
-    transpose = table.per_element("Transpose.u8")
-    pool_extra = (table.per_element("MaxPool.u8") - table.per_element("MaxPool.nhwc")
-                  if table.has("MaxPool.u8") and table.has("MaxPool.nhwc") else 0.0)
-
-    def from_int8(t: gs.Tensor) -> bool:
-        p = G.producer(t)
-        return p is not None and p.name in int8
-
-    def charge(t: gs.Tensor, reader: str | None) -> None:
-        if _is4d(shapes, t.name):
-            n = math.prod(shapes[t.name])
-            out.edges[(t.name, reader)] = out.edges.get((t.name, reader), 0.0) + n * transpose
-
-    outputs = G.graph_output_names(graph)
+    walk = _Walk(graph, labels, shapes, table)
     for node in graph.nodes:
         data = _data(node)
-        if node.name not in labels and node.op in _SINGLE and data and from_int8(data[0]):
-            int8.add(node.name)  # quantized along with its producer
-        if node.name not in int8 or not node.outputs:
-            continue
-        state = False
+        if node.name not in labels and node.op in _SINGLE and data and walk.from_int8(data[0]):
+            walk.int8.add(node.name)  # quantized along with its producer
+        if node.outputs and node.name in walk.int8:
+            walk.int8_node(node, data)
+    return walk.out
+
+
+class _Walk:
+    """Layout state per int8 tensor: ``_NHWC``, ``_BORDER`` (NCHW next to a float node, priced
+    by the pairwise border) or ``_TIE`` (NCHW because a multi-input node upstream stayed
+    NCHW)."""
+
+    def __init__(self, graph: gs.Graph, labels: Mapping[str, bool], shapes, table) -> None:
+        self.labels, self.shapes, self.out = labels, shapes, Layout()
+        self.int8 = {n for n, v in labels.items() if v}
+        self.state: dict[str, int] = {}
+        self.outputs = G.graph_output_names(graph)
+        self.u8 = table.per_element("Transpose.u8")
+        self.pool_extra = (table.per_element("MaxPool.u8") - table.per_element("MaxPool.nhwc")
+                           if table.has("MaxPool.u8") and table.has("MaxPool.nhwc") else 0.0)
+
+    def from_int8(self, t: gs.Tensor) -> bool:
+        p = G.producer(t)
+        return p is not None and p.name in self.int8
+
+    def of(self, t: gs.Tensor) -> int:
+        return self.state.get(t.name, _BORDER) if self.from_int8(t) else _BORDER
+
+    def charge(self, t: gs.Tensor, reader: gs.Node) -> None:
+        if _is4d(self.shapes, t.name):
+            key = (t.name, reader.name)
+            self.out.edges[key] = (self.out.edges.get(key, 0.0)
+                                   + math.prod(self.shapes[t.name]) * self.u8)
+
+    def int8_node(self, node: gs.Node, data: list[gs.Tensor]) -> None:
+        state = _BORDER
         if node.op == "Conv":
-            state = True
-            if data and not nhwc.get(data[0].name, False) and from_int8(data[0]):
-                charge(data[0], node.name)
-        elif node.op in _SINGLE and data:
-            state = nhwc.get(data[0].name, False)
-            if node.op == "MaxPool" and not state and from_int8(data[0]) \
-                    and _is4d(shapes, data[0].name):
-                out.slow_pools[node.name] = math.prod(shapes[data[0].name]) * pool_extra
+            state = _NHWC
+            if data and self.of(data[0]) == _TIE:
+                self.charge(data[0], node)
+        elif node.op in _SINGLE and data or node.op in _MULTI and len(data) == 1:
+            state = self.of(data[0])  # (a Transpose is always pushed through one data input)
+            if node.op == "MaxPool" and state == _TIE and _is4d(self.shapes, data[0].name):
+                self.out.slow_pools[node.name] = (math.prod(self.shapes[data[0].name])
+                                                  * self.pool_extra)
         elif node.op in _MULTI and len(data) > 1:
-            cost = sum(-_rank(shapes, t.name) if nhwc.get(t.name, False)
-                       else _rank(shapes, t.name) for t in data)
-            state = cost < 0
-            for t in data:
-                if nhwc.get(t.name, False) != state:
-                    charge(t, node.name)
-        nhwc[node.outputs[0].name] = state
-        if state and node.op != "Conv":  # the pairwise border prices a Conv's own Transpose
-            y = node.outputs[0]
-            if any(not labels.get(r.name, r.op in _SINGLE) for r in y.outputs) \
-                    or y.name in outputs:
-                charge(y, None)
-    return out
+            states = [self.of(t) for t in data]
+            cost = sum(-_rank(self.shapes, t.name) if s_ == _NHWC else _rank(self.shapes, t.name)
+                       for t, s_ in zip(data, states, strict=True))
+            state = _NHWC if cost < 0 else _TIE
+            for t, s_ in zip(data, states, strict=True):  # transposed to the node's layout
+                if s_ == _NHWC and state == _TIE or s_ == _TIE and state == _NHWC:
+                    self.charge(t, node)
+        self.state[node.outputs[0].name] = state

@@ -151,12 +151,12 @@ class _Builder:
         b = self.border(t, True, v, u)    # u float, v int8
         c_ = self.border(t, False, u, v)  # u int8, v float
         d = 0.0
-        charged = self.layout.edges.get((t.name, v.name if v is not None else None))
-        if charged:  # the layout simulation found a Transpose here when v is int8
+        charged = self.layout.edges.get((t.name, v.name)) if v is not None else None
+        if charged:  # a u8 Transpose here when both are int8 (layout.py)
             if iu is not None and iv is not None:
                 d = min(charged, b + c_ - a)  # (the term stays submodular)
-            else:
-                b += charged
+            elif iv is not None:  # u: quantized along with its int8 producer
+                self.energy.add_unary(iv, 0.0, charged)
         if iu is not None and iv is not None:
             self.energy.add_pair(iu, iv, a, b, c_, d)
         elif iv is not None:              # fixed float producer
@@ -194,10 +194,6 @@ class _Builder:
     def build(self) -> Energy:
         outputs = G.graph_output_names(self.graph)
         tensors = self.graph.tensors()
-        for (name, reader), us in self.layout.edges.items():
-            producer = G.producer(tensors[name]) if reader is None else None
-            if producer is not None and producer.name in self.index:  # an NHWC int8 output
-                self.energy.add_unary(self.index[producer.name], 0.0, us)  # read by float
         for node in self.graph.nodes:
             if node.op == "MaxPool":
                 self.max_pool(node, set(outputs))
@@ -235,7 +231,9 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
     fixed = sum(c.float_us for n in graph.nodes if n.name not in b.index
                 and (c := node_cost(n, shapes, table)) is not None)
     unknown = sum(c is None for c in b.costs.values())
-    fp32_us, placed_us = fixed + energy.value(zeros), fixed + energy.value(x) + layout_us
+    fp32_us = fixed + energy.value(zeros) + simulate(graph, dict.fromkeys(names, False), shapes,
+                                                     table).us
+    placed_us = fixed + energy.value(x) + layout_us
     small = None
     if not unknown and any(x) and 0 < placed_us and fp32_us < min_gain * placed_us:
         small, x = fp32_us / placed_us, zeros
