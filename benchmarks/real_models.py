@@ -67,6 +67,9 @@ class Bench:
     data: dict  # what calibration / evaluation used, and how many samples
     classes: bool = True  # outputs are class scores: report top-1 agreement
     min_metric: float | None = None  # target on the metric itself (else a max drop)
+    #: data inputs and their source's bits (8: images, 16: audio), dithered by half a source
+    #: step to measure the metric's noise floor (``benchmarks.noise_floor``); empty: none
+    dither_bits: dict[str, int] = field(default_factory=dict)
 
 
 def need(module: str, pip: str) -> None:
@@ -173,7 +176,8 @@ def effnet_lite0(quick: bool = False) -> Bench:
                  "exported with the TorchScript exporter, 224x224",
                  {"calibration": f"{len(calib)} crops of skimage {', '.join(CALIB_PHOTOS)}",
                   "evaluation": f"{len(evals)} crops/flips of skimage {', '.join(EVAL_PHOTOS)}",
-                  "calib_samples": len(calib), "eval_samples": len(evals)})
+                  "calib_samples": len(calib), "eval_samples": len(evals)},
+                 dither_bits={"input": 8})
 
 
 # ================================================================== all-MiniLM-L6-v2
@@ -408,7 +412,8 @@ def ppocr_rec(quick: bool = False) -> Bench:
                  "weights are Constant nodes",
                  {"calibration": f"{len(calib_x)} rendered words from a disjoint word list",
                   "evaluation": f"{len(eval_x)} words/numbers rendered with {Path(fpath).name}",
-                  "calib_samples": len(calib_x), "eval_samples": len(eval_x)})
+                  "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
+                 dither_bits={"x": 8})
 
 
 def _render_page(pool: list[str], fonts, size: int, rng: np.random.Generator):
@@ -475,7 +480,7 @@ def ppocr_det(quick: bool = False, size: int = 480) -> Bench:
                  {"calibration": f"{len(calib_x)} rendered pages (disjoint words)",
                   "evaluation": f"{len(eval_x)} rendered pages; F1 of map>0.3 vs word boxes",
                   "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
-                 classes=False)
+                 classes=False, dither_bits={"x": 8})
 
 
 # ================================================================== Magika

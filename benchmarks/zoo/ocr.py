@@ -212,7 +212,8 @@ def ddddocr_rec(quick: bool = False) -> Bench:
                                 f"{Path(fpath).name} (half random codes, half words), "
                                 "case-insensitive exact match",
                   "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
-                 classes=False)
+                 classes=False,
+                 dither_bits={name: 8})
 
 
 # ================================================================== ddddocr detector
@@ -379,7 +380,8 @@ def ddddocr_det(quick: bool = False) -> Bench:
                                 f"Cyrillic characters ({Path(fpath).name}, rotated +-25 deg); "
                                 "F1 of ddddocr's boxes vs the characters' ink boxes, IoU 0.5",
                   "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
-                 classes=False)
+                 classes=False,
+                 dither_bits={name: 8})
 
 
 # ================================================================== PP-OCR direction classifier
@@ -436,7 +438,8 @@ def ppocr_cls(quick: bool = False) -> Bench:
                   "evaluation": f"{len(eval_x)} rendered lines of 1-3 words with "
                                 f"{Path(fpath).name}: {len(eval_x) // 2} upright, "
                                 f"{len(eval_x) // 2} rotated 180 degrees",
-                  "calib_samples": len(calib_x), "eval_samples": len(eval_x)})
+                  "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
+                 dither_bits={"x": 8})
 
 
 LOADERS: dict[str, Callable[..., Bench]] = {

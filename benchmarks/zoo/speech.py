@@ -314,7 +314,8 @@ def silero_vad(quick: bool = False) -> Bench:
                                  "clips (other seed), each with the state FP32 had there",
                   "evaluation": _summary(eval_labels, seconds) + "; streams run as a batch",
                   "calib_samples": len(calib), "eval_samples": int(eval_labels.size)},
-                 classes=False)
+                 classes=False,
+                 dither_bits={"input": 16})
 
 
 def _vad_result(probs: np.ndarray, labels: np.ndarray, ref: EvalResult | None) -> EvalResult:
@@ -353,7 +354,8 @@ def silero_vad_seq(quick: bool = False) -> Bench:
                  {"calibration": f"{len(calib_x)} synthesized 8 s clips (other seed)",
                   "evaluation": _summary(eval_labels, seconds),
                   "calib_samples": len(calib_x), "eval_samples": int(eval_labels.size)},
-                 classes=False)
+                 classes=False,
+                 dither_bits={"input": 16})
 
 
 LOADERS: dict[str, Callable[..., Bench]] = {

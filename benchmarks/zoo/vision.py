@@ -217,7 +217,8 @@ def nudenet_det(quick: bool = False) -> Bench:
                   "evaluation": f"{len(evals)} photos/crops/flips of skimage "
                                 f"{', '.join(NUDENET_EVAL)}",
                   "calib_samples": len(calib), "eval_samples": len(evals)},
-                 classes=False)  # agreement: the CNN rule (drop <= 0.5) = 99.5 % agreement
+                 classes=False,
+                 dither_bits={input_name: 8})  # agreement: the CNN rule = 99.5 % agreement
 
 
 # ================================================================== BlazeFace / face mesh
@@ -353,7 +354,8 @@ def blazeface(quick: bool = False) -> Bench:
                   "evaluation": f"{len(eval_x)} scenes with {n_faces} faces: LFW faces 30-99 "
                                 f"and non-faces 130-199 on skimage {', '.join(FACE_EVAL_BG)}",
                   "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
-                 classes=False)
+                 classes=False,
+                 dither_bits={input_name: 8})
 
 
 def _mesh_crops(indices: np.ndarray, backgrounds, per_patch: int, seed: int):
@@ -437,7 +439,8 @@ def face_mesh(quick: bool = False) -> Bench:
                                 f"30-99 and non-faces 130-199 on skimage "
                                 f"{', '.join(FACE_EVAL_BG)}",
                   "calib_samples": len(calib_x), "eval_samples": len(eval_x)},
-                 classes=False)
+                 classes=False,
+                 dither_bits={input_name: 8})
 
 
 LOADERS: dict[str, Callable[..., Bench]] = {
