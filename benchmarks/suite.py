@@ -556,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     names = args.models or (list(BUILTIN) if args.quick else [*BUILTIN, *REAL_MODELS])
     methods = list(dict.fromkeys([*peers.ONNXQ_METHODS, *(  # onnxq's own given as peers: once
         args.peers if args.peers is not None else (QUICK_PEERS if args.quick else PEERS))]))
+    if "openvino" in args.ep and "onnxq_ov" not in methods:  # the model made for that EP
+        methods.append("onnxq_ov")
     unknown = [m for m in methods if m not in peers.METHODS]
     if unknown:
         parser.error(f"unknown peer(s) {unknown}; known: {list(PEERS)}")

@@ -180,6 +180,9 @@ def summary(rows: list[dict], ep: str, tolerance: float) -> dict:
     by: dict[str, dict[str, dict]] = {}
     for row in rows:
         by.setdefault(row["model"], {})[row["method"]] = row
+    # the model made for the EP when the run made one; else the default model, and the table
+    # says so
+    made_for_ep = any(row["method"] == "onnxq_ov" for row in rows)
     table, beats, beats_accurate, compared, slower, refused, inaccurate = [], 0, 0, 0, [], [], []
     for model, methods in by.items():
         if methods.get("fp32", {}).get(f"{ep}_status"):
@@ -187,7 +190,7 @@ def summary(rows: list[dict], ep: str, tolerance: float) -> dict:
         default = methods.get("onnxq_qdq", {}).get(f"{ep}_speedup_b1")
         # the model made for the EP when it was made: one the EP refuses is a miss, never
         # replaced by the default model's figure
-        mine_row = methods.get("onnxq_ov") or methods.get("onnxq_qdq") or {}
+        mine_row = methods.get("onnxq_ov" if made_for_ep else "onnxq_qdq") or {}
         mine = mine_row.get(f"{ep}_speedup_b1")
         peer_row = methods.get("nncf", {})
         peer = peer_row.get(f"{ep}_speedup_b1")
@@ -208,7 +211,8 @@ def summary(rows: list[dict], ep: str, tolerance: float) -> dict:
                       "onnxq_default_speedup": default, "nncf_speedup": peer,
                       "onnxq_drop": _drop(mine_row, ep), "nncf_drop": _drop(peer_row, ep)})
     share = beats / compared if compared else None
-    return {"ep": ep, "rows": table, "slower_than_fp32": slower, "ep_refused_fp32": refused,
+    return {"ep": ep, "onnxq_model": "onnxq_ov" if made_for_ep else "onnxq_qdq",
+            "rows": table, "slower_than_fp32": slower, "ep_refused_fp32": refused,
             "not_slower_than_fp32": bool(table) and not slower,
             "missed_accuracy_on_ep": inaccurate,
             "share_at_least_nncf": share,
@@ -218,12 +222,16 @@ def summary(rows: list[dict], ep: str, tolerance: float) -> dict:
 
 def render(summary_: dict, tolerance: float) -> str:
     ep = summary_["ep"]
+    made_for_ep = summary_.get("onnxq_model", "onnxq_ov") == "onnxq_ov"
+    mine_label = f"onnxq --ep {ep}" if made_for_ep else "onnxq default model"
     lines = [f"## The {ep} execution provider", "",
              f"Batch-1 latency on the {ep} EP (its own onnxruntime build), interleaved per "
              "model; speed-ups against FP32 on the same EP in the same run. Drops: the task "
              f"metric computed from the outputs on the {ep} EP, against FP32 on that EP "
-             "(\"missed\": beyond the model's accuracy target).", "",
-             f"| model | FP32 ms ({ep}) | onnxq --ep {ep} speed-up | drop | onnxq default "
+             "(\"missed\": beyond the model's accuracy target)."
+             + ("" if made_for_ep else f" This run made no `--ep {ep}` model (method "
+                "onnxq_ov): onnxq's figures are its default (CPU EP) model's on this EP."),
+             "", f"| model | FP32 ms ({ep}) | {mine_label} speed-up | drop | onnxq default "
              "(CPU EP) speed-up | NNCF speed-up | NNCF drop |", "|---|---|---|---|---|---|---|"]
     for r in summary_["rows"]:
         fp32 = "-" if r["fp32_ms"] is None else f"{r['fp32_ms']:.3f}"
