@@ -9,7 +9,9 @@ torch's root cause and a fix. torch is imported with this module, which only
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,27 @@ if TYPE_CHECKING:
 else:
     torch = require("torch")
 
-__all__ = ["export_kwargs", "run_export", "hint", "root_cause"]
+__all__ = ["export_kwargs", "run_export", "hint", "root_cause", "no_attention_fastpath"]
+
+
+@contextlib.contextmanager
+def no_attention_fastpath() -> Iterator[None]:
+    """Turn off torch's fused inference kernels for ``nn.MultiheadAttention`` and
+    ``nn.TransformerEncoderLayer`` ("fast path": ``aten::_transformer_encoder_layer_fwd``,
+    ``aten::_native_multi_head_attention``), which no ONNX exporter translates; restore the
+    setting afterwards. A module in eval mode under ``no_grad`` takes that path, so without this
+    every stock ``nn.TransformerEncoder`` fails to export. The unfused path computes the same
+    function."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
 
 def export_kwargs(in_names: list[str], out_names: list[str], export_args: tuple, *,
@@ -54,7 +76,8 @@ def run_export(module: torch.nn.Module, export_args: tuple, path: Path,
                 warnings.filterwarnings("ignore", message=text, category=DeprecationWarning)
             warnings.filterwarnings("ignore", message="no signature found for")
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
-            torch.onnx.export(module, export_args, str(path), **kwargs)
+            with no_attention_fastpath():
+                torch.onnx.export(module, export_args, str(path), **kwargs)
     except Exception as exc:  # noqa: BLE001 - torch raises many private types
         cause = first_line(root_cause(exc))
         raise ModelError(

@@ -358,3 +358,26 @@ def test_qat_uncalibrated_fails():
     aq.prepare_qat(module, inplace=True)
     with pytest.raises(ModelError, match="never calibrated"):
         from_torch(module, torch.ones(1, 3, 16, 16))
+
+
+def test_stock_transformer_encoder_exports_and_quantizes():
+    """nn.TransformerEncoderLayer in eval mode under no_grad takes torch's fused inference
+    kernel (aten::_transformer_encoder_layer_fwd), which no exporter translates; the export
+    turns that path off for its duration (and restores the setting)."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    net = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(1, 10, 32)
+    before = torch.backends.mha.get_fastpath_enabled()
+    model = from_torch(net, x)
+    assert torch.backends.mha.get_fastpath_enabled() == before
+    ops = {n.op_type for n in model.graph.node}
+    assert "MatMul" in ops and not any("transformer" in o.lower() for o in ops)
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = run_model(model, {model.graph.input[0].name: x.numpy()})[0]
+    assert np.allclose(got, want, atol=1e-4)
+    feeds = [{model.graph.input[0].name: torch.randn(1, 10, 32).numpy()} for _ in range(4)]
+    result = onnxq.quantize(model, feeds, progress=False)
+    assert result.report.quantized
+    assert cosine(run_model(result.model, feeds[0])[0], run_model(model, feeds[0])[0]) > 0.99
