@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
@@ -131,8 +132,10 @@ def _keras_specs(model: Any, input_signature: Any, dynamic_batch: bool) -> list:
 def _convert_function(fn, specs: list, opset: int, what: str) -> onnx.ModelProto:
     try:
         with _native_quiet():
-            model, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=specs),
-                                                     input_signature=specs, opset=opset)
+            function = tf.function(fn, input_signature=specs)
+            concrete = function.get_concrete_function()  # traced once; tf2onnx reuses it
+            model, _ = tf2onnx.convert.from_function(function, input_signature=specs,
+                                                     opset=opset)
     except Exception as exc:  # noqa: BLE001 - TF and tf2onnx raise many types
         text = first_line(exc)
         hint = ("the model exceeds 2 GiB: use the tf2onnx CLI with --large_model"
@@ -142,7 +145,24 @@ def _convert_function(fn, specs: list, opset: int, what: str) -> onnx.ModelProto
         raise ModelError(f"tf2onnx cannot convert {what}: {text}; fix: {hint}") from None
     if model is None:
         raise ModelError(f"tf2onnx returned no model for {what}")
+    _freeze_captures(model, concrete, len(specs))
     return model
+
+
+def _freeze_captures(model: onnx.ModelProto, concrete: Any, n_inputs: int) -> None:
+    """Constants the function captures (not variables: tf2onnx freezes those) become graph
+    inputs in tf2onnx's output, e.g. the mean and variance of a Keras 3 ``Normalization``
+    layer, which every Keras EfficientNet starts with. A user feeds only the model's own
+    inputs, so each such input becomes an initializer holding the captured value."""
+    placeholders = [t.name for t in concrete.inputs[n_inputs:]]
+    values = {name: value for name, value in zip(placeholders, concrete.captured_inputs,
+                                                 strict=False)
+              if value.dtype != tf.resource}
+    frozen = [v for v in model.graph.input if v.name in values]
+    for v in frozen:
+        model.graph.input.remove(v)
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.asarray(values[v.name].numpy()), v.name))
 
 
 def _name_batch(model: onnx.ModelProto) -> None:

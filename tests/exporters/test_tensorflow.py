@@ -257,3 +257,23 @@ def test_tflite_export_prints_no_native_log_noise(artifacts, tmp_path):
     fail = subprocess.run([*cli, str(bad), str(tmp_path / "bad.onnx")], capture_output=True,
                           text=True, timeout=300)
     assert fail.returncode == 2 and len(fail.stderr.strip().splitlines()) == 1, fail.stderr
+
+
+def test_captured_constants_become_initializers_not_inputs():
+    """A Keras 3 Normalization layer (the first layer of every Keras EfficientNet) holds its
+    mean and variance as captured constants; tf2onnx makes them graph inputs, which no user
+    feeds. The export freezes them, so the model has the image as its only input."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Normalization(mean=[0.485, 0.456, 0.406],
+                                   variance=[0.229 ** 2, 0.224 ** 2, 0.225 ** 2])(x)
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3)(x))
+    onnx_model = from_keras(model)
+    assert [i.name for i in onnx_model.graph.input] == [model.inputs[0].name]
+    images = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    got = run_model(onnx_model, {onnx_model.graph.input[0].name: images})[0]
+    assert np.allclose(got, model(images, training=False).numpy(), atol=1e-4)
+    result = onnxq.quantize(onnx_model, [{onnx_model.graph.input[0].name: images[i:i + 1]}
+                                         for i in range(3)], progress=False)
+    assert result.report.quantized
