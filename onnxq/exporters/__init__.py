@@ -12,8 +12,9 @@ TensorFlow. A missing optional dependency raises ``OnnxqError`` naming the extra
 
 Every exporter validates what it produces (node types known to ONNX, the full ONNX checker,
 an onnxruntime CPU session): converters can "succeed" and still write a model that cannot
-run (tf2onnx leaves TensorFlow ops it cannot convert, such as ``Erfc`` from Keras' exact
-GELU, in the graph). Such a model raises ``UnsupportedOpError`` naming the op and a fix.
+run (tf2onnx leaves TensorFlow ops it cannot convert in the graph; onnxq's TensorFlow exporter
+converts ``Erfc``, from Keras' exact GELU, itself). Such a model raises ``UnsupportedOpError``
+naming the op and a fix.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ _SUPPORTED = (".onnx, .pt/.pth (TorchScript), .keras/.h5, SavedModel folder, .tf
 
 #: Fixes for ops a converter leaves behind that ONNX (Runtime) cannot run.
 OP_HINTS: dict[str, str] = {
-    "Erfc": "Keras' exact GELU (approximate=False) lowers to TensorFlow's Erfc, which has no "
-            "ONNX equivalent: use approximate GELU (keras.activations.gelu(x, "
-            "approximate=True) or tf.nn.gelu(x, approximate=True)) and retrain or fine-tune "
-            "briefly",
+    "Erfc": "Keras' exact GELU (approximate=False) lowers to TensorFlow's Erfc, which "
+            "tf2onnx does not convert: export the Keras model or SavedModel with onnxq (it "
+            "writes Erfc as 1 - Erf), or use approximate GELU (keras.activations.gelu(x, "
+            "approximate=True))",
     "TFL_GELU": "the TFLite converter fuses GELU into one TFL_GELU op, which tf2onnx 1.17 "
                 "cannot convert; convert the Keras model or SavedModel instead of the .tflite "
                 "file",

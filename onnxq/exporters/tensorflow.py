@@ -134,8 +134,9 @@ def _convert_function(fn, specs: list, opset: int, what: str) -> onnx.ModelProto
         with _native_quiet():
             function = tf.function(fn, input_signature=specs)
             concrete = function.get_concrete_function()  # traced once; tf2onnx reuses it
-            model, _ = tf2onnx.convert.from_function(function, input_signature=specs,
-                                                     opset=opset)
+            model, _ = tf2onnx.convert.from_function(
+                function, input_signature=specs, opset=opset,
+                custom_op_handlers={"Erfc": (_erfc, [])})
     except Exception as exc:  # noqa: BLE001 - TF and tf2onnx raise many types
         text = first_line(exc)
         hint = ("the model exceeds 2 GiB: use the tf2onnx CLI with --large_model"
@@ -145,8 +146,61 @@ def _convert_function(fn, specs: list, opset: int, what: str) -> onnx.ModelProto
         raise ModelError(f"tf2onnx cannot convert {what}: {text}; fix: {hint}") from None
     if model is None:
         raise ModelError(f"tf2onnx returned no model for {what}")
+    if any(n.op_type in _CALLS for n in model.graph.node):
+        with _native_quiet():
+            model = _convert_inlined(concrete, specs, opset)
     _freeze_captures(model, concrete, len(specs))
     return model
+
+
+#: TensorFlow function calls tf2onnx leaves in its output when it cannot inline them
+_CALLS = ("StatefulPartitionedCall", "PartitionedCall")
+
+
+def _convert_inlined(concrete: Any, specs: list, opset: int) -> onnx.ModelProto:
+    """Convert again with every function made inlinable. Keras 3 runs grouped convolutions
+    (ConvNeXt's depthwise convs, ``Conv2D(groups=...)``) through a ``jit_compile=True``
+    function on CPU; TensorFlow's inliner skips XLA functions, so tf2onnx left the call in
+    the graph. Without the XLA mark the call inlines to a plain (grouped) ``Conv2D``."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False,
+                                               aggressive_inlining=True)
+    graph_def = frozen.graph.as_graph_def(add_shapes=True)
+    marks = ("_XlaMustCompile", "_noinline")
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    for holder in [*graph_def.library.function, *nodes]:
+        for key in [k for k in holder.attr if k in marks]:
+            del holder.attr[key]
+    inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+    outputs = [t.name for t in frozen.outputs]
+    model, _ = tf2onnx.convert.from_graph_def(
+        graph_def, input_names=inputs, output_names=outputs, opset=opset,
+        custom_op_handlers={"Erfc": (_erfc, [])})
+    names = [spec.name for spec in specs] + [t.name for t in concrete.inputs[len(specs):]]
+    keys = tf.nest.flatten({k: k for k in concrete.structured_outputs}) \
+        if isinstance(concrete.structured_outputs, dict) else []
+    mapping = dict(zip(inputs, names, strict=False))
+    mapping.update(zip(outputs, keys, strict=False))
+    _rename_io(model, mapping)
+    return model
+
+
+def _erfc(ctx: Any, node: Any, name: str, args: Any) -> None:
+    """tf2onnx handler for TensorFlow's ``Erfc`` (Keras' exact GELU, ``0.5·x·erfc(-x/√2)``,
+    lowers to it; tf2onnx has no conversion): ``1 - Erf(x)``, the same function."""
+    from tf2onnx import utils
+
+    x, outputs = node.input[0], list(node.output)
+    shapes, dtypes = [ctx.get_shape(outputs[0])], [ctx.get_dtype(outputs[0])]
+    one = np.array(1, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(x)))
+    ctx.remove_node(node.name)
+    erf = ctx.make_node("Erf", [x], op_name_scope=node.name)
+    const = ctx.make_const(utils.make_name(node.name + "_one"), one)
+    ctx.make_node("Sub", [const.output[0], erf.output[0]], outputs=outputs, name=node.name,
+                  shapes=shapes, dtypes=dtypes)
 
 
 def _freeze_captures(model: onnx.ModelProto, concrete: Any, n_inputs: int) -> None:

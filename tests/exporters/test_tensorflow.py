@@ -183,10 +183,27 @@ def test_multi_input_keras_model():
 
 
 # -- ops ONNX Runtime cannot run -----------------------------------------------------------
-def test_exact_gelu_names_erfc_and_the_fix():
-    model = attention_block(activation="gelu")  # Keras 3 default: exact (erf) GELU
+def test_exact_gelu_converts_through_erfc():
+    """Keras 3's default GELU is exact, 0.5·x·erfc(-x/√2), and TensorFlow's Erfc has no
+    tf2onnx conversion (the model was refused, with a hint to retrain with the approximate
+    GELU): the exporter writes it as 1 - Erf(x)."""
+    model = attention_block(activation="gelu")
+    onnx_model = from_keras(model)
+    ops = {n.op_type for n in onnx_model.graph.node}
+    assert "Erf" in ops and "Erfc" not in ops
+    x = sample((6, 32), 3, 4)
+    ref = model(x, training=False).numpy()
+    got = run_model(onnx_model, {onnx_model.graph.input[0].name: x})[0]
+    assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
+
+
+def test_an_unconvertible_op_is_named_with_its_fix():
+    graph = helper.make_graph(
+        [helper.make_node("Erfc", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
     with pytest.raises(UnsupportedOpError, match=r"(?s)Erfc.*approximate=True"):
-        from_keras(model)
+        validate_export(helper.make_model(graph), "tf2onnx")
 
 
 def test_tflite_gelu_names_tfl_gelu(tmp_path):
@@ -277,3 +294,24 @@ def test_captured_constants_become_initializers_not_inputs():
     result = onnxq.quantize(onnx_model, [{onnx_model.graph.input[0].name: images[i:i + 1]}
                                          for i in range(3)], progress=False)
     assert result.report.quantized
+
+
+def test_grouped_convolution_exports():
+    """Keras 3 runs a grouped Conv2D (ConvNeXt's depthwise convs) through an XLA-compiled
+    function on CPU, which TensorFlow's inliner skips: tf2onnx left a StatefulPartitionedCall
+    in the graph and the model was refused. The exporter converts again with the calls made
+    inlinable; names and outputs are as in any other export."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=2)(inp)
+    x = keras.layers.Activation("gelu")(x)
+    model = keras.Model(inp, keras.layers.Conv2D(4, 1)(x))
+    onnx_model = from_keras(model, output_names=["features"])
+    assert [v.name for v in onnx_model.graph.input] == ["image"]
+    assert [v.name for v in onnx_model.graph.output] == ["features"]
+    assert not {"StatefulPartitionedCall", "PartitionedCall"} & {
+        n.op_type for n in onnx_model.graph.node}
+    x = sample((8, 8, 4), 3, 7)
+    ref = model(x, training=False).numpy()
+    got = run_model(onnx_model, {"image": x})[0]
+    assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
