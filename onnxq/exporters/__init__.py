@@ -43,8 +43,8 @@ OP_HINTS: dict[str, str] = {
             "writes Erfc as 1 - Erf), or use approximate GELU (keras.activations.gelu(x, "
             "approximate=True))",
     "TFL_GELU": "the TFLite converter fuses GELU into one TFL_GELU op, which tf2onnx 1.17 "
-                "cannot convert; convert the Keras model or SavedModel instead of the .tflite "
-                "file",
+                "does not convert: export the .tflite file with onnxq (it writes the op with "
+                "Erf or Tanh), or convert the Keras model or SavedModel instead",
 }
 
 _EXTRAS = {"torch": "torch", "tensorflow": "tf", "tf2onnx": "tf", "keras": "tf",

@@ -46,6 +46,7 @@ from onnx import numpy_helper
 
 from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
+from onnxq.exporters.tf_ops import HANDLERS
 from onnxq.exporters.tflite_custom import lower_transpose_conv_bias
 
 
@@ -136,7 +137,7 @@ def _convert_function(fn, specs: list, opset: int, what: str) -> onnx.ModelProto
             concrete = function.get_concrete_function()  # traced once; tf2onnx reuses it
             model, _ = tf2onnx.convert.from_function(
                 function, input_signature=specs, opset=opset,
-                custom_op_handlers={"Erfc": (_erfc, [])})
+                custom_op_handlers=HANDLERS)
     except Exception as exc:  # noqa: BLE001 - TF and tf2onnx raise many types
         text = first_line(exc)
         hint = ("the model exceeds 2 GiB: use the tf2onnx CLI with --large_model"
@@ -178,7 +179,7 @@ def _convert_inlined(concrete: Any, specs: list, opset: int) -> onnx.ModelProto:
     outputs = [t.name for t in frozen.outputs]
     model, _ = tf2onnx.convert.from_graph_def(
         graph_def, input_names=inputs, output_names=outputs, opset=opset,
-        custom_op_handlers={"Erfc": (_erfc, [])})
+        custom_op_handlers=HANDLERS)
     names = [spec.name for spec in specs] + [t.name for t in concrete.inputs[len(specs):]]
     keys = tf.nest.flatten({k: k for k in concrete.structured_outputs}) \
         if isinstance(concrete.structured_outputs, dict) else []
@@ -186,21 +187,6 @@ def _convert_inlined(concrete: Any, specs: list, opset: int) -> onnx.ModelProto:
     mapping.update(zip(outputs, keys, strict=False))
     _rename_io(model, mapping)
     return model
-
-
-def _erfc(ctx: Any, node: Any, name: str, args: Any) -> None:
-    """tf2onnx handler for TensorFlow's ``Erfc`` (Keras' exact GELU, ``0.5·x·erfc(-x/√2)``,
-    lowers to it; tf2onnx has no conversion): ``1 - Erf(x)``, the same function."""
-    from tf2onnx import utils
-
-    x, outputs = node.input[0], list(node.output)
-    shapes, dtypes = [ctx.get_shape(outputs[0])], [ctx.get_dtype(outputs[0])]
-    one = np.array(1, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(x)))
-    ctx.remove_node(node.name)
-    erf = ctx.make_node("Erf", [x], op_name_scope=node.name)
-    const = ctx.make_const(utils.make_name(node.name + "_one"), one)
-    ctx.make_node("Sub", [const.output[0], erf.output[0]], outputs=outputs, name=node.name,
-                  shapes=shapes, dtypes=dtypes)
 
 
 def _freeze_captures(model: onnx.ModelProto, concrete: Any, n_inputs: int) -> None:
@@ -352,7 +338,8 @@ def from_tflite(path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> onnx.
     try:
         with warnings.catch_warnings(), _native_quiet():  # tf2onnx reads it with tf.lite
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-            model, _ = tf2onnx.convert.from_tflite(str(src), opset=opset)
+            model, _ = tf2onnx.convert.from_tflite(str(src), opset=opset,
+                                                   custom_op_handlers=HANDLERS)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
         raise ModelError(f"tf2onnx cannot convert {str(src)!r} ({first_line(exc)}); check that "
                          "it is a TFLite flatbuffer (tf.lite.TFLiteConverter output)") from None
