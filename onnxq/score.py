@@ -196,10 +196,8 @@ def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe],
     fp32_consts = set(_constants(fp32))
     fp32_names = ({o for n in fp32.graph.node for o in n.output}
                   | {i.name for i in fp32.graph.input}) - fp32_consts
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in int8.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(int8)
+    clamps = _clamps(fp32, {o for n in int8.graph.node for o in n.output})
     probes: list[_Probe] = []
     missing: list[str] = []
     seen: set[str] = set()
@@ -212,6 +210,7 @@ def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe],
         # tensor is fetched and dequantized here
         out = dq.output[0] if dq is not None else node.output[0]
         name = _fp32_name(node.input[0], out, fp32_names)
+        name = _clamped(name, clamps, node.output[0], fp32_names)
         params = _qparams(consts, node)
         if name in seen:
             continue
@@ -222,6 +221,43 @@ def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe],
         scale, zp, qrange, axis = params
         probes.append(_Probe(name, out, scale, zp, qrange, axis, raw=dq is None))
     return probes, list(dict.fromkeys(missing))
+
+
+def _readers(graph: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _clamps(fp32: onnx.ModelProto, int8_names: set[str]) -> dict[str, tuple[list[str], int]]:
+    """FP32 tensor -> (outputs of the Relu/Clip nodes reading it that the INT8 model lacks,
+    its number of readers). Such a clamp was folded into a quantization grid of the tensor, so
+    that grid's dequantized value stands for the clamp's output: compared with the tensor
+    before the clamp, the cut-off values would read as error and saturation."""
+    found = {}
+    for name, nodes in _readers(fp32).items():
+        gone = [n.output[0] for n in nodes if n.op_type in ("Relu", "Clip")
+                and n.input[0] == name and n.output[0] not in int8_names]
+        if gone:
+            found[name] = (gone, len(nodes))
+    return found
+
+
+def _clamped(name: str | None, clamps: Mapping[str, tuple[list[str], int]],
+             q_out: str, fp32_names: set[str]) -> str | None:
+    """The FP32 tensor a grid on ``name`` stands for. onnxq names a grid's tensors after it
+    (``X_quantized``): ``X`` when it is a folded clamp of ``name`` or ``name`` is unknown (a
+    requantization reads a dequantized tensor); else the folded clamp that is ``name``'s only
+    reader (other tools' models)."""
+    stem = q_out.removesuffix("_quantized")
+    if stem != q_out and stem in fp32_names and (
+            name is None or stem in clamps.get(name, ((), 0))[0]):
+        return stem
+    while name in clamps and clamps[name][1] == 1:
+        name = clamps[name][0][0]
+    return name
 
 
 def _bounds(probe: _Probe, shape: tuple[int, ...]):

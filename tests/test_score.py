@@ -248,3 +248,47 @@ def _renamed_output(model: onnx.ModelProto) -> onnx.ModelProto:
         node.output[:] = ["renamed" if o == out else o for o in node.output]
     copy.graph.output[0].name = "renamed"
     return copy
+
+
+def test_a_folded_relu_is_compared_with_its_output_not_its_input():
+    """t = Conv(x) is read by a Relu (folded into the grid of the next Conv's input) and by a
+    float Sigmoid. The grid stands for Relu(t): compared with t, half the values would read as
+    saturated and the SQNR as a few dB (found on NASNet's reduction cells)."""
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["t"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["t"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["t"], ["s"])]
+    graph = helper.make_graph(
+        nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "s")],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    feeds = [{"x": rng.normal(0, 1, (1, 4, 16, 16)).astype(np.float32)} for _ in range(4)]
+    result = onnxq.quantize(model, feeds, progress=False, objective="size")
+    int8_tensors = {o for n in result.model.graph.node for o in n.output}
+    assert "r" not in int8_tensors  # the premise: the Relu is folded
+    rows = {t.name: t for t in score.tensor_report(model, result.model, feeds)}
+    assert "r" in rows and rows["r"].saturated_fraction < 0.01 and rows["r"].sqnr_db > 25, rows
+    assert all(t.saturated_fraction < 0.01 for t in rows.values()), rows
+
+
+def test_a_clamp_folded_by_another_tool_is_compared_with_its_output():
+    """Another tool's names: the grid on t (u8, zero point 0) stands for Relu(t), t's only
+    reader in FP32, which the INT8 model lacks."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])
+    fp32 = helper.make_model(helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["t"]), helper.make_node("Relu", ["t"], ["r"]),
+         helper.make_node("Neg", ["r"], ["y"])], "fp32", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    nodes = [helper.make_node("Neg", ["x"], ["t"])]
+    inits: list = []
+    _qdq(nodes, inits, "t", "t_grid", 0.02, 0, np.uint8)
+    nodes.append(helper.make_node("Neg", ["t_grid"], ["y"]))
+    int8 = helper.make_model(helper.make_graph(nodes, "int8", [x], [y], inits),
+                             opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    rows = {t.name: t for t in score.tensor_report(fp32, int8, _tiny_feeds())}
+    assert set(rows) == {"r"} and rows["r"].saturated_fraction == 0.0, rows
