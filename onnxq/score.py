@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from onnxq import score_names as names
 from onnxq.errors import ConfigError, ModelError
 from onnxq.io import clean_stale, external_copy, load_model, temp_prefix
 from onnxq.report import COMPUTE_OPS, float_reasons
@@ -181,23 +182,13 @@ def _bcast(param: np.ndarray, shape: tuple[int, ...], axis: int):
     return param.reshape([-1 if i == axis else 1 for i in range(len(shape))])
 
 
-def _fp32_name(t: str, dq_out: str, fp32_names: set[str]) -> str | None:
-    """The FP32 name of quantized tensor ``t`` (``T_float`` -> ``T``: renamed graph output)."""
-    stripped = t.removesuffix("_float")
-    if stripped != t and dq_out == stripped and stripped in fp32_names:
-        return stripped
-    if t in fp32_names:
-        return t
-    return stripped if stripped in fp32_names else None
-
-
 def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe], list[str]]:
     consts = _constants(int8)
     fp32_consts = set(_constants(fp32))
     fp32_names = ({o for n in fp32.graph.node for o in n.output}
                   | {i.name for i in fp32.graph.input}) - fp32_consts
-    readers = _readers(int8)
-    clamps = _clamps(fp32, {o for n in int8.graph.node for o in n.output})
+    readers = names.readers(int8)
+    folded = names.clamps(fp32, {o for n in int8.graph.node for o in n.output})
     probes: list[_Probe] = []
     missing: list[str] = []
     seen: set[str] = set()
@@ -209,8 +200,8 @@ def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe],
         # without one (its readers are int8 kernels, e.g. MatMulIntegerToFloat), the int8
         # tensor is fetched and dequantized here
         out = dq.output[0] if dq is not None else node.output[0]
-        name = _fp32_name(node.input[0], out, fp32_names)
-        name = _clamped(name, clamps, node.output[0], fp32_names)
+        name = names.fp32_name(node.input[0], out, fp32_names)
+        name = names.clamped(name, folded, node.output[0], fp32_names)
         params = _qparams(consts, node)
         if name in seen:
             continue
@@ -221,43 +212,6 @@ def _probes(int8: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[list[_Probe],
         scale, zp, qrange, axis = params
         probes.append(_Probe(name, out, scale, zp, qrange, axis, raw=dq is None))
     return probes, list(dict.fromkeys(missing))
-
-
-def _readers(graph: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
-def _clamps(fp32: onnx.ModelProto, int8_names: set[str]) -> dict[str, tuple[list[str], int]]:
-    """FP32 tensor -> (outputs of the Relu/Clip nodes reading it that the INT8 model lacks,
-    its number of readers). Such a clamp was folded into a quantization grid of the tensor, so
-    that grid's dequantized value stands for the clamp's output: compared with the tensor
-    before the clamp, the cut-off values would read as error and saturation."""
-    found = {}
-    for name, nodes in _readers(fp32).items():
-        gone = [n.output[0] for n in nodes if n.op_type in ("Relu", "Clip")
-                and n.input[0] == name and n.output[0] not in int8_names]
-        if gone:
-            found[name] = (gone, len(nodes))
-    return found
-
-
-def _clamped(name: str | None, clamps: Mapping[str, tuple[list[str], int]],
-             q_out: str, fp32_names: set[str]) -> str | None:
-    """The FP32 tensor a grid on ``name`` stands for. onnxq names a grid's tensors after it
-    (``X_quantized``): ``X`` when it is a folded clamp of ``name`` or ``name`` is unknown (a
-    requantization reads a dequantized tensor); else the folded clamp that is ``name``'s only
-    reader (other tools' models)."""
-    stem = q_out.removesuffix("_quantized")
-    if stem != q_out and stem in fp32_names and (
-            name is None or stem in clamps.get(name, ((), 0))[0]):
-        return stem
-    while name in clamps and clamps[name][1] == 1:
-        name = clamps[name][0][0]
-    return name
 
 
 def _bounds(probe: _Probe, shape: tuple[int, ...]):
