@@ -7,9 +7,13 @@ from collections.abc import Mapping
 import onnx
 from onnx import TensorProto
 
+from onnxq.placement.values import fold_values
 from onnxq.scopes import tensor_bytes
 
 __all__ = ["batch1_shapes"]
+
+#: rounds of folding shape arithmetic into constants and inferring again
+_ROUNDS = 32
 
 _SMALL = 4096  # initializers up to this many elements keep their values (Reshape targets …)
 
@@ -84,10 +88,24 @@ def batch1_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | No
     del light.graph.value_info[:]
     for out in light.graph.output:
         out.type.tensor_type.ClearField("shape")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    except Exception:  # noqa: BLE001 - shape inference is best effort here
+    inferred = _infer(light)
+    for _ in range(_ROUNDS):  # each round can fix the shapes the next one's values need
+        if inferred is None or not fold_values(light, _known(inferred)):
+            break
+        inferred = _infer(light) or inferred
+    if inferred is None:
         return {}
+    return _known(inferred)
+
+
+def _infer(light: onnx.ModelProto) -> onnx.ModelProto | None:
+    try:
+        return onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:  # noqa: BLE001 - shape inference is best effort here
+        return None
+
+
+def _known(inferred: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
