@@ -17,7 +17,8 @@ Tested with tensorflow-cpu 2.21 (Keras 3.15) and tf2onnx 1.17. How each source c
   output names are the signature's.
 * **TFLite** (``from_tflite``): ``tf2onnx.convert.from_tflite``. ``serving_default_`` and
   ``:0`` are stripped from input/output names. MediaPipe's ``Convolution2DTransposeBias``
-  custom op is lowered to ONNX (``tflite_custom``).
+  custom op is lowered to ONNX (``tflite_custom``); sparse weights (``DENSIFY``) are made
+  dense first (``tflite_sparse``).
 
 Every result goes through ``validate_export``: tf2onnx converts with
 ``continue_on_error=True`` and returns models holding TensorFlow ops it could not map, e.g.
@@ -35,6 +36,7 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,6 +50,7 @@ from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
 from onnxq.exporters.tf_ops import HANDLERS
 from onnxq.exporters.tflite_custom import lower_transpose_conv_bias
+from onnxq.exporters.tflite_sparse import dense_copy
 
 
 @contextlib.contextmanager
@@ -336,10 +339,14 @@ def from_tflite(path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> onnx.
     if not src.is_file():
         raise ModelError(f"TFLite file {str(src)!r} does not exist; check the path")
     try:
-        with warnings.catch_warnings(), _native_quiet():  # tf2onnx reads it with tf.lite
+        with warnings.catch_warnings(), _native_quiet(), \
+                tempfile.TemporaryDirectory(prefix="onnxq-tflite-") as tmp:
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-            model, _ = tf2onnx.convert.from_tflite(str(src), opset=opset,
+            read = dense_copy(src, Path(tmp)) or src  # tf2onnx reads no sparse weights
+            model, _ = tf2onnx.convert.from_tflite(str(read), opset=opset,
                                                    custom_op_handlers=HANDLERS)
+    except OnnxqError:
+        raise
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
         raise ModelError(f"tf2onnx cannot convert {str(src)!r} ({first_line(exc)}); check that "
                          "it is a TFLite flatbuffer (tf.lite.TFLiteConverter output)") from None

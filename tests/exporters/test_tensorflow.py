@@ -228,6 +228,37 @@ def test_tflite_gelu_converts(tmp_path, approximate):
     assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
 
 
+def test_tflite_sparse_weights_convert(tmp_path):
+    """Weights the TFLite converter stored sparse (EXPERIMENTAL_SPARSITY: non-zero values,
+    sparsity metadata and a DENSIFY op; MediaPipe's pose detector ships that way) made tf2onnx
+    fail ("cannot reshape array of size ..."): they are densified from TFLite's own DENSIFY
+    first, and the file is left as it was."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 8), name="image")
+    hidden = keras.layers.Conv2D(32, 1, activation="relu")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(16, 3, padding="same")(hidden))
+    rng = np.random.default_rng(1)
+    for layer in model.layers[1:]:
+        w, b = layer.get_weights()
+        w[rng.random(w.shape) < 0.8] = 0.0  # pruned: sparse enough to be stored sparse
+        layer.set_weights([w, b])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    path = tmp_path / "sparse.tflite"
+    path.write_bytes(converter.convert())
+    before = path.read_bytes()
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tensors = flatbuffer_utils.read_model(str(path)).subgraphs[0].tensors
+    assert any(t.sparsity is not None for t in tensors)  # the premise
+    onnx_model = from_tflite(path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+    x = sample((12, 12, 8), 1, 4)
+    ref = tflite_out(str(path), x)
+    got = run_model(onnx_model, {onnx_model.graph.input[0].name: x})[0]
+    assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
+
+
 def _one_node_model(op: str, elem_type: int):
     node = helper.make_node(op, ["x"], ["y"], name="n")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem_type, [2])],
