@@ -63,6 +63,21 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
                          "image", 0),
 }
 
+#: MediaPipe's other packaged models (first run 2026-11-30): name → file under ``modules/``
+_MEDIAPIPE = {
+    "mp_pose_detection": "pose_detection/pose_detection",  # sparse fp16 weights (DENSIFY)
+    "mp_face_full_sparse": "face_detection/face_detection_full_range_sparse",  # the same
+    "mp_face_short": "face_detection/face_detection_short_range",
+    "mp_face_landmark": "face_landmark/face_landmark",
+    "mp_face_landmark_attention": "face_landmark/face_landmark_with_attention",  # custom ops
+    "mp_hand_landmark_lite": "hand_landmark/hand_landmark_lite",
+    "mp_hand_recrop": "holistic_landmark/hand_recrop",
+    "mp_palm_lite": "palm_detection/palm_detection_lite",
+    "mp_selfie_landscape": "selfie_segmentation/selfie_segmentation_landscape",
+}
+MODELS.update({name: ("mediapipe", f"modules/{rel}.tflite", "image", 0)
+               for name, rel in _MEDIAPIPE.items()})
+
 #: the input size used where a model leaves it open (height, width), by what the model reads:
 #: a page for a text detector, a text line for a recognizer or line classifier
 OPEN_SIZES = {"ppocrv5_det": (640, 640), "ppocrv6_small_det": (640, 640),
