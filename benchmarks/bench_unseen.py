@@ -45,6 +45,7 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
     "silero_op15": ("silero_vad", "data/silero_vad_16k_op15.onnx", "vad", 512),
     "silero_ifless": ("silero_vad", "data/silero_vad_op18_ifless.onnx", "vad", 512),
     "silero_ov16k": ("silero_vad", "data/silero_vad_openvino_16k.onnx", "vad", 576),
+    "silero_v6": ("faster_whisper", "assets/silero_vad_v6.onnx", "vad", 576),
     "mp_selfie": ("mediapipe", "modules/selfie_segmentation/selfie_segmentation.tflite",
                   "image", 0),
     "mp_hand_landmark": ("mediapipe", "modules/hand_landmark/hand_landmark_full.tflite",
@@ -114,10 +115,12 @@ def _feeds(model: onnx.ModelProto, kind: str, samples: int,
         def vad(n: int, seed: int) -> list[dict]:
             rng, t = np.random.default_rng(seed), np.arange(samples) / 16000
             names = {i.name for i in inputs}
+            states = {i.name: np.zeros([d.dim_value or 1 for d in i.type.tensor_type.shape.dim],
+                                       np.float32)
+                      for i in inputs if i.name not in ("input", "sr")}  # state, or h and c
             return [{"input": (0.1 * np.sin(2 * np.pi * rng.uniform(100, 800) * t)
                                + 0.02 * rng.standard_normal(samples)).astype(np.float32)[None],
-                     "state": np.zeros((2, 1, 128), np.float32),
-                     **({"sr": np.array(16000, np.int64)} if "sr" in names else {})}
+                     **states, **({"sr": np.array(16000, np.int64)} if "sr" in names else {})}
                     for _ in range(n)]
         return vad
     x = inputs[0]
