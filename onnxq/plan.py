@@ -26,8 +26,8 @@ from onnxq.quant_ops import (
     OpHandler,
     Role,
     clip_bounds,
-    filter_bank_reason,
     openvino_residual,
+    spectrum_reason,
     weight_axis,
     zero_padding,
 )
@@ -146,7 +146,7 @@ class _Analysis:
             weight = (h.weight_input, axis)
         if node.op in {"Conv", "ConvTranspose"} and weight is None:
             return "weights are computed at run time; only constant weights are quantized"
-        if node.op == "Conv" and (why := filter_bank_reason(node)):
+        if why := spectrum_reason(node):
             return why
         if not acts:
             return "both operands are constant; fold constants first"
