@@ -2,7 +2,8 @@
 their weights, as a generality check (docs/unseen-models.md).
 
 Each model is quantized with onnxq's defaults, calibrated on 8 scikit-image sample photos
-resized to its input (synthetic tones for the voice-activity models), and compared with FP32
+resized to its input (synthetic tones for the voice-activity models, synthesized speech or its
+log spectrum for the speech-quality models), and compared with FP32
 on 4 other inputs: output cosine per input (outputs of another shape, a decoder loop that
 stopped at another step, are counted apart), and batch-1 latency interleaved with FP32 on the
 first input where both give the same shapes. The inputs are not the models' task data: the
@@ -46,6 +47,15 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
     "silero_ifless": ("silero_vad", "data/silero_vad_op18_ifless.onnx", "vad", 512),
     "silero_ov16k": ("silero_vad", "data/silero_vad_openvino_16k.onnx", "vad", 576),
     "silero_v6": ("faster_whisper", "assets/silero_vad_v6.onnx", "vad", 576),
+    "dnsmos": ("speechmos", "dnsmos_models/sig_bak_ovr.onnx", "speech", 0),
+    "dnsmos_personal": ("speechmos", "pdnsmos_models/sig_bak_ovr.onnx", "speech", 0),
+    "dnsmos_p808": ("speechmos", "dnsmos_models/model_v8.onnx", "speech", 0),
+    "dnsmos_sig": ("speechmos", "dnsmos_models/sig.onnx", "speech", 0),
+    "dnsmos_bak_ovr": ("speechmos", "dnsmos_models/bak_ovr.onnx", "speech", 0),
+    "aecmos_1": ("speechmos", "aecmos_models/Run_1663829550_Stage_0.onnx", "speech", 0),
+    "aecmos_2": ("speechmos", "aecmos_models/Run_1663915512_Stage_0.onnx", "speech", 0),
+    "aecmos_3": ("speechmos", "aecmos_models/Run_1668423760_Stage_0.onnx", "speech", 0),
+    "plcmos": ("speechmos", "plcmos_models/plcmos_v2.onnx", "speech", 0),
     "mp_selfie": ("mediapipe", "modules/selfie_segmentation/selfie_segmentation.tflite",
                   "image", 0),
     "mp_hand_landmark": ("mediapipe", "modules/hand_landmark/hand_landmark_full.tflite",
@@ -84,7 +94,10 @@ MODELS.update({name: ("mediapipe", f"modules/{rel}.tflite", "image", 0)
 OPEN_SIZES = {"ppocrv5_det": (640, 640), "ppocrv6_small_det": (640, 640),
               "ppocrv6_tiny_det": (640, 640), "ppocrv4_seal_det": (640, 640),
               "ppocrv5_rec": (48, 320), "ppocrv6_small_rec": (48, 320),
-              "ppocrv6_tiny_rec": (48, 320), "ppocrv5_cls": (80, 160)}
+              "ppocrv6_tiny_rec": (48, 320), "ppocrv5_cls": (80, 160),
+              # frames of a spectrogram input left open: 4 s (10 ms hop)
+              "aecmos_1": (400, 0), "aecmos_2": (400, 0), "aecmos_3": (400, 0),
+              "plcmos": (400, 0)}
 
 
 def _file(package: str, rel: str) -> Path | None:
@@ -111,6 +124,8 @@ def _feeds(model: onnx.ModelProto, kind: str, samples: int,
            open_size: tuple[int, int] = (64, 160)) -> Callable[[int, int], list[dict]]:
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
+    if kind == "speech":
+        return _speech_feeds(inputs, open_size)
     if kind == "vad":
         def vad(n: int, seed: int) -> list[dict]:
             rng, t = np.random.default_rng(seed), np.arange(samples) / 16000
@@ -131,6 +146,49 @@ def _feeds(model: onnx.ModelProto, kind: str, samples: int,
     gray = nchw and dims[1] == 1
     return lambda n, seed: [{x.name: p[:, :1] if gray else p}
                             for p in _photos(n, h, w, nchw, seed)]
+
+
+def _log_spectrum(audio: np.ndarray, frames: int, bins: int) -> np.ndarray:
+    """[frames, bins] log power of ``audio`` (320-sample Hann frames, hop 160, the rFFT's 161
+    bins averaged into ``bins`` bands), scaled like DNSMOS's features: (dB − max + 40) / 40."""
+    n_fft, hop = 320, 160
+    idx = np.arange(frames)[:, None] * hop + np.arange(n_fft)[None]
+    framed = np.pad(audio, (0, max(0, int(idx.max()) + 1 - audio.size)))[idx]
+    power = np.abs(np.fft.rfft(framed * np.hanning(n_fft), axis=1)) ** 2
+    edges = np.linspace(0, power.shape[1], bins + 1)
+    lo = np.minimum(edges[:-1].astype(int), power.shape[1] - 1)
+    hi = np.maximum(edges[1:].astype(int), lo + 1)
+    bands = np.stack([power[:, a:b].mean(1) for a, b in zip(lo, hi, strict=True)], 1)
+    db = 10 * np.log10(bands + 1e-10)
+    return ((db - db.max() + 40) / 40).astype(np.float32)
+
+
+def _speech_feeds(inputs: list, open_size: tuple[int, int]) -> Callable[[int, int], list[dict]]:
+    """Synthesized speech at several SNRs (the zoo's VAD clips, ``zoo/speech.py``): the raw
+    samples for an input [N, samples], log spectra for [N, frames, bins] or
+    [N, C, frames, bins] (C clips); any other input (a recurrent state, a rater embedding)
+    zeros of its declared shape."""
+    from benchmarks.zoo.speech import speech_clips
+
+    x, rest = inputs[0], inputs[1:]
+    dims = [d.dim_value for d in x.type.tensor_type.shape.dim]
+    frames = dims[-2] or open_size[0]
+    extra = {i.name: np.zeros([d.dim_value or 1 for d in i.type.tensor_type.shape.dim],
+                              np.float32) for i in rest}
+
+    def one(clips: np.ndarray) -> np.ndarray:
+        if len(dims) == 2:
+            return clips[0, :dims[1]].astype(np.float32)[None]
+        spectra = np.stack([_log_spectrum(c, frames, dims[-1]) for c in clips])
+        return spectra[None] if len(dims) == 4 else spectra[0][None]
+
+    def make(n: int, seed: int) -> list[dict]:
+        channels = dims[1] if len(dims) == 4 else 1
+        seconds = max(dims[1] / 16000 if len(dims) == 2 else 0, frames * 0.01) + 0.2
+        clips, _ = speech_clips(n * channels, seconds, seed=seed + 1)
+        return [{x.name: one(clips[k * channels:(k + 1) * channels]), **extra}
+                for k in range(n)]
+    return make
 
 
 def run_one(name: str, threads: int, seconds: float) -> dict:
