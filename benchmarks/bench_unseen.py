@@ -150,9 +150,11 @@ def _feeds(model: onnx.ModelProto, kind: str, samples: int,
     nchw = dims[1] in (1, 3)
     h, w = (dims[2], dims[3]) if nchw else (dims[1], dims[2])
     h, w = h or open_size[0], w or open_size[1]  # a dynamic size
-    gray = nchw and dims[1] == 1
-    return lambda n, seed: [{x.name: p[:, :1] if gray else p}
-                            for p in _photos(n, h, w, nchw, seed)]
+    if nchw and dims[1] == 1:  # one channel: the photos' first
+        return lambda n, seed: [{x.name: p[:, :1]} for p in _photos(n, h, w, nchw, seed)]
+    if not nchw and dims[3] == 1:
+        return lambda n, seed: [{x.name: p[..., :1]} for p in _photos(n, h, w, nchw, seed)]
+    return lambda n, seed: [{x.name: p} for p in _photos(n, h, w, nchw, seed)]
 
 
 def _log_spectrum(audio: np.ndarray, frames: int, bins: int) -> np.ndarray:
@@ -211,7 +213,18 @@ def run_one(name: str, threads: int, seconds: float) -> dict:
         result = onnxq.quantize(fp32, make(8, 0), progress=False)
     except onnxq.OnnxqError as exc:
         return {"model": name, "status": f"refused: {str(exc).splitlines()[0][:160]}"}
-    held = make(4, 100)
+    except Exception as exc:  # noqa: BLE001 - a crash is a finding: its row says so
+        return {"model": name, "status": f"crashed: {type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0][:160]}"}
+    try:
+        return _scored(name, fp32, result, make(4, 100), threads, seconds)
+    except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end
+        return {"model": name, "status": f"failed: {type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0][:160]}"}
+
+
+def _scored(name: str, fp32: onnx.ModelProto, result, held: list[dict], threads: int,
+            seconds: float) -> dict:
     s32, s8 = common.session(fp32, threads), common.session(result.model, threads)
     cosines, other, timed = [], 0, None
     for feed in held:

@@ -200,28 +200,50 @@ _SPECTRUM_OPS = (_LINEAR_OPS | MAGNITUDE_OPS | {"Max", "Min", "Clip", "AveragePo
                                                 "GlobalAveragePool"}) - COMPRESSION_OPS
 
 
+def _exponent(node: gs.Node) -> float | None:
+    """The power ``node`` raises its input to (a square ``Mul(x, x)`` 2, ``Sqrt`` 0.5, ``Pow``
+    by a constant scalar), or None."""
+    if node.op == "Mul" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]:
+        return 2.0
+    if node.op == "Sqrt":
+        return 0.5
+    if node.op == "Pow" and len(node.inputs) == 2:
+        value = G.constant_value(node.inputs[1])
+        if value is not None and value.size == 1 and np.isfinite(value).all():
+            return float(value.ravel()[0])
+    return None
+
+
 def _log_spectrum(node: gs.Node) -> str | None:
     """"<magnitude> → <compression>" when ``node``'s output reaches a compression through
     ``_SPECTRUM_OPS`` only, with a magnitude (a square, ``Pow``, ``Sqrt``, ``Abs`` …) on the
-    way; None when a nonlinearity (ReLU, a sigmoid …) comes first."""
-    frontier: list[tuple[gs.Tensor, str]] = [(t, "") for t in node.outputs]
-    seen: set[tuple[int, str]] = set()
+    way; None when a nonlinearity (ReLU, a sigmoid …) comes first. A compression is a ``Log``
+    (``COMPRESSION_OPS``) or powers whose product falls below 1 after the magnitude: a power-law
+    compressed spectrum (BirdNET's mel energies squared, then ``Pow`` 0.23), where |x| itself,
+    √(re² + im²), is not one."""
+    frontier: list[tuple[gs.Tensor, str, float]] = [(t, "", 1.0) for t in node.outputs]
+    seen: set[tuple[int, str, float]] = set()
     while frontier and len(seen) < _MAGNITUDE_SEARCH:
-        tensor, magnitude = frontier.pop(0)
+        tensor, magnitude, power = frontier.pop(0)
         for user in tensor.outputs:
-            if (id(user), magnitude) in seen:
+            if (id(user), magnitude, power) in seen:
                 continue
-            seen.add((id(user), magnitude))
+            seen.add((id(user), magnitude, power))
             if user.op in COMPRESSION_OPS:
                 if magnitude:
                     return f"{magnitude} → {user.op}"
                 continue
-            square = user.op == "Mul" and len(user.inputs) == 2 and user.inputs[0] is user.inputs[1]
-            if square or user.op in MAGNITUDE_OPS:
-                found = magnitude or ("Mul(x, x)" if square else user.op)
-                frontier.extend((o, found) for o in user.outputs)
+            exponent = _exponent(user)
+            if exponent is not None and power * exponent <= 0.0:
+                continue  # a reciprocal (an RMS norm's rsqrt): a normalization, not a spectrum
+            if exponent is not None and magnitude and power * exponent < 1.0 - 1e-6:
+                return f"{magnitude} → {user.op} (overall power {power * exponent:.3g})"
+            if exponent is not None or user.op in MAGNITUDE_OPS:
+                found = magnitude or (f"{user.op}({exponent:g})" if user.op == "Pow"
+                                      else "Mul(x, x)" if user.op == "Mul" else user.op)
+                frontier.extend((o, found, power * (exponent or 1.0)) for o in user.outputs)
             elif user.op in _SPECTRUM_OPS:
-                frontier.extend((o, magnitude) for o in user.outputs)
+                frontier.extend((o, magnitude, power) for o in user.outputs)
     return None
 
 
@@ -240,9 +262,9 @@ def spectrum_reason(node: gs.Node) -> str | None:
     found = _log_spectrum(node)
     if found is None:
         return None
-    return (f"the transform of a log spectrum (its output reaches {found} through linear ops "
-            "and magnitudes only): int8 rounding swamps the quiet bins the log keeps; kept in "
-            "float")
+    return (f"the transform of a compressed spectrum (its output reaches {found} through "
+            "linear ops and magnitudes only): int8 rounding swamps the quiet bins the "
+            "compression keeps; kept in float")
 
 
 #: single-input data movement an embedding lookup may pass before an Add

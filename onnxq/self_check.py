@@ -23,6 +23,7 @@ from typing import TypeVar
 import numpy as np
 import onnx
 
+from onnxq.errors import PassError
 from onnxq.memory import release
 from onnxq.recovery.stats import KeepFeeds, keep_feeds
 
@@ -94,7 +95,10 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
             if memo is not None:
                 memo["fp32"] = want
         want = memo["fp32"] if memo is not None else want
-        reshaped = _compare(make_session(int8), names, feeds, want, cosines)
+        session = _int8_session(int8)
+        reshaped = _compare(session, names, feeds, want, cosines)
+    except PassError:
+        raise
     except Exception as exc:  # noqa: BLE001 - never fails quantize; the report says why
         return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     outputs: dict[str, dict] = {
@@ -105,6 +109,28 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
     below = [n for n, v in outputs.items()
              if v.get("other_shape") or not v["worst_cosine"] >= FLOOR]
     return {"feeds": len(feeds), "floor": FLOOR, "outputs": outputs, "below": below}
+
+
+#: onnxruntime's errors for a model it cannot load at all (not a shortage of memory)
+_UNLOADABLE = ("InvalidGraph", "InvalidProtobuf", "NotImplemented", "InvalidArgument")
+
+
+def _int8_session(int8: onnx.ModelProto):
+    """A session of the INT8 model. FP32 has just run on this onnxruntime, so an INT8 model it
+    refuses to load is onnxq's fault: ``PassError`` (the model is not returned, nothing is
+    written), not a skipped check beside an unusable file."""
+    from onnxq.runtime import make_session
+
+    try:
+        return make_session(int8)
+    except Exception as exc:
+        if type(exc).__name__ not in _UNLOADABLE:
+            raise
+        raise PassError(
+            f"onnxq made an INT8 model that onnxruntime cannot load ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300]}); this is a bug in onnxq: please report it "
+            "with the model. Until then, `--exclude-nodes` (``exclude_nodes``) with the node it "
+            "names keeps that node float") from None
 
 
 def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:

@@ -215,8 +215,33 @@ def test_a_log_spectrum_transform_stays_float_whatever_its_shape():
     result = onnxq.quantize(model, feeds, progress=False, objective="size")
     skipped = dict(result.report.skipped)
     for name in ("dft_real", "dft_imag"):
-        assert "log spectrum" in skipped[name] and "→ Log" in skipped[name], skipped
+        assert "compressed spectrum" in skipped[name] and "→ Log" in skipped[name], skipped
     assert {"cnn", "energy_conv"} <= set(dict(result.report.quantized))
     held = clip(11)
     ref, got = run_model(model, held)[0], run_model(result.model, held)[0]
     assert cosine(ref, got) >= 0.999
+
+
+@pytest.mark.parametrize(("exponent", "compressed"), [(0.23, True), (0.5, False), (-0.5, False)])
+def test_a_power_law_compressed_spectrum_counts_as_compressed(exponent, compressed):
+    """BirdNET's mel energies are squared and raised to 0.23 (overall power 0.46 < 1: the
+    small values' relative precision matters, as under a Log), so the transform stays float;
+    √(x²) = |x| (overall 1) and an RMS norm's x²^-0.5 (a reciprocal) are not compressions."""
+    rng = np.random.default_rng(2)
+    w = (0.2 * rng.standard_normal((16, 32))).astype(np.float32)
+    graph = helper.make_graph(
+        [n("MatMul", ["x", "w"], ["s"], name="transform"),
+         n("Mul", ["s", "s"], ["p"], name="square"),
+         n("Pow", ["p", "e"], ["c"], name="power"),
+         n("MatMul", ["c", "w2"], ["y"], name="head")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        initializer=[numpy_helper.from_array(w, "w"),
+                     numpy_helper.from_array(
+                         (0.2 * rng.standard_normal((32, 8))).astype(np.float32), "w2"),
+                     numpy_helper.from_array(np.array(exponent, np.float32), "e")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnxq.quantize(model, _feeds([4, 16]), progress=False, objective="size")
+    skipped = dict(result.report.skipped)
+    assert ("compressed spectrum" in skipped.get("transform", "")) == compressed, skipped
+    assert "head" in dict(result.report.quantized)

@@ -46,6 +46,40 @@ def test_lstm_becomes_dynamic_quantize_lstm(fmt, bidirectional):
     assert any("DynamicQuantizeLSTM" in n for n in result.report.notes)
 
 
+def test_an_lstm_with_an_explicit_sequence_first_layout_still_loads():
+    """torch's dynamo exporter writes ``layout=0`` on every LSTM (opset 14's attribute, here
+    its default). DynamicQuantizeLSTM has no such attribute: copied over, onnxruntime refused
+    the whole model ("Unrecognized attribute: layout")."""
+    model = F.recurrent("LSTM")
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    lstm.attribute.append(onnx.helper.make_attribute("layout", 0))
+    result = onnxq.quantize(model, F.sequence_feeds(model, 4), progress=False)
+    assert _ops(result.model)["DynamicQuantizeLSTM"] == 1
+    assert _agree(model, result.model, F.sequence_feeds(model, 2, seed=5)) >= 0.999
+
+
+def test_an_int8_model_onnxruntime_cannot_load_is_an_error_not_an_output(monkeypatch):
+    """Defence in depth for bugs like the one above: FP32 ran on this onnxruntime, so an INT8
+    model it refuses to load is onnxq's fault. quantize raises a PassError naming it (the
+    self-check used to record "skipped" and return the unusable model)."""
+    from onnxq.errors import PassError
+    from onnxq.passes import recurrent
+
+    real = recurrent.DynamicLSTMPass.run
+
+    def broken(self, graph):  # the old bug, planted: an attribute the kernel does not have
+        result = real(self, graph)
+        for node in result.graph.nodes:
+            if node.op == "DynamicQuantizeLSTM":
+                node.attrs["layout"] = 0
+        return result
+
+    monkeypatch.setattr(recurrent.DynamicLSTMPass, "run", broken)
+    model = F.recurrent("LSTM")
+    with pytest.raises(PassError, match=r"(?s)cannot load.*bug in onnxq"):
+        onnxq.quantize(model, F.sequence_feeds(model, 4), progress=False)
+
+
 def test_lstm_weights_follow_the_target_width():
     """avx2 (saturating u8s8 kernels) → 7-bit weights; per-tensor → one scale per
     direction."""

@@ -4,6 +4,12 @@ written as the same function in standard ONNX ops (used by ``onnxq.exporters.ten
 * ``Erfc``: Keras 3's exact GELU is ``0.5·x·erfc(-x/√2)``; written ``1 - Erf(x)``.
 * ``TFL_GELU``: the TFLite converter fuses GELU into one op (attribute ``approximate``);
   written ``0.5·x·(1 + Erf(x/√2))``, or with ``Tanh`` for the approximate form.
+* ``RFFT2D`` (TFLite's ``RFFT2D`` maps to it) read through ``Squeeze``/``Reshape`` by a ``Cast``
+  to a real type: TensorFlow's cast of a complex tensor keeps its real part (BirdNET's mel
+  front end, ``tf.cast(tf.signal.rfft(frames), tf.float32)``). tf2onnx's own ``RFFT2D`` accepts
+  only ``ComplexAbs`` after it. For a 1-D transform (length ``[1, N]`` over an axis of size 1)
+  the real part is written as a ``MatMul`` with the cosine basis ``cos(2πnk/N)``; any other
+  use goes to tf2onnx's handler as before.
 """
 
 from __future__ import annotations
@@ -59,5 +65,56 @@ def tfl_gelu(ctx: Any, node: Any, name: str, args: Any) -> None:
                   outputs=outputs, name=node.name, **meta)
 
 
+#: ops a complex spectrum may pass before its ``Cast`` to a real type
+_COMPLEX_MOVES = frozenset({"Squeeze", "Reshape", "ExpandDims", "Identity"})
+
+
+def _real_part_path(ctx: Any, node: Any) -> list[str] | None:
+    """The tensors from ``node``'s output to a ``Cast`` to float (that Cast's input included)
+    through single-reader data movement; None when the spectrum is used any other way."""
+    from onnx import TensorProto
+
+    path, tensor = [], node.output[0]
+    for _ in range(8):
+        path.append(tensor)
+        readers = ctx.find_output_consumers(tensor)
+        if len(readers) != 1:
+            return None
+        reader = readers[0]
+        if reader.type == "Cast":
+            return path if ctx.get_dtype(reader.output[0]) == TensorProto.FLOAT else None
+        if reader.type not in _COMPLEX_MOVES:
+            return None
+        tensor = reader.output[0]
+    return None
+
+
+def rfft2d(ctx: Any, node: Any, name: str, args: Any) -> None:
+    from onnx import TensorProto
+    from tf2onnx import utils
+
+    length = node.inputs[1].get_tensor_value(as_list=True) if node.inputs[1].is_const() \
+        else None
+    shape = ctx.get_shape(node.input[0])
+    path = _real_part_path(ctx, node)
+    if (path is None or length is None or len(length) != 2 or length[0] != 1 or not shape
+            or len(shape) < 2 or shape[-2] != 1 or shape[-1] != length[1]):
+        from tf2onnx.onnx_opset.signal import RFFT2DOp
+
+        version = 13 if ctx.opset >= 13 else 10 if ctx.opset >= 10 else 1
+        return getattr(RFFT2DOp, f"version_{version}")(ctx, node)
+    n = int(length[1])
+    basis = np.cos(2 * np.pi * np.outer(np.arange(n), np.arange(n // 2 + 1)) / n)
+    x, outputs, meta, _ = _replace(ctx, node)
+    weights = ctx.make_const(utils.make_name(f"{node.name}_cosine"),
+                             basis.astype(np.float32)).output[0]
+    ctx.make_node("MatMul", [x, weights], outputs=outputs, name=node.name,
+                  shapes=meta["shapes"], dtypes=[TensorProto.FLOAT])
+    for tensor in path:
+        ctx.set_dtype(tensor, TensorProto.FLOAT)
+    return None
+
+
 #: ``custom_op_handlers`` for tf2onnx's converters
-HANDLERS: dict[str, tuple[Any, list]] = {"Erfc": (erfc, []), "TFL_GELU": (tfl_gelu, [])}
+HANDLERS: dict[str, tuple[Any, list]] = {"Erfc": (erfc, []), "TFL_GELU": (tfl_gelu, []),
+                                         "RFFT2D": (rfft2d, [])}

@@ -61,7 +61,10 @@ class DynamicLSTMPass:
             rq = _quantized(graph, r, node.inputs[2].name, self.per_channel, self.reduce_range)
             optional = [node.inputs[i] if len(node.inputs) > i else gs.Variable.empty()
                         for i in range(3, 8)]
-            lstm = gs.Node("DynamicQuantizeLSTM", node.name, attrs=dict(node.attrs),
+            # ``layout`` (opset 14; torch's dynamo exporter writes layout=0) is not an
+            # attribute of the kernel, which reads sequence-first; the plan keeps layout=1 float
+            attrs = {k: v for k, v in node.attrs.items() if k != "layout"}
+            lstm = gs.Node("DynamicQuantizeLSTM", node.name, attrs=attrs,
                            inputs=[node.inputs[0], wq[0], rq[0], *optional, wq[1], wq[2],
                                    rq[1], rq[2]],
                            outputs=list(node.outputs), domain=MS_DOMAIN)

@@ -259,6 +259,38 @@ def test_tflite_sparse_weights_convert(tmp_path):
     assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
 
 
+def test_tflite_real_part_of_an_rfft_converts(tmp_path):
+    """BirdNET's mel front end casts ``tf.signal.rfft``'s complex output to float (TensorFlow
+    keeps the real part); tf2onnx converts TFLite's RFFT2D only before a ComplexAbs and left
+    the model unconvertible. The real part is now a MatMul with the cosine basis; the
+    magnitude path (ComplexAbs) converts as before."""
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4, 256], tf.float32)])
+    def spectra(frames):
+        real = tf.cast(tf.signal.rfft(frames), tf.float32)
+        magnitude = tf.abs(tf.signal.rfft(frames * 0.5))
+        return real, magnitude
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [spectra.get_concrete_function()], spectra)
+    path = tmp_path / "rfft.tflite"
+    path.write_bytes(converter.convert())
+    onnx_model = from_tflite(path)
+    x = sample((4, 256), 1, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interp = tf.lite.Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    refs = [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+    got = run_model(onnx_model, {onnx_model.graph.input[0].name: x})
+    assert len(refs) == len(got) == 2 and not np.allclose(refs[0], refs[1])
+    tol = 1e-4 * max(np.abs(r).max() for r in refs)
+    err = [[float(np.abs(g - r).max()) for g in got] for r in refs]
+    assert max(err[0][0], err[1][1]) <= tol or max(err[0][1], err[1][0]) <= tol, err
+
+
 def _one_node_model(op: str, elem_type: int):
     node = helper.make_node(op, ["x"], ["y"], name="n")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem_type, [2])],
