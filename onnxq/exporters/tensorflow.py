@@ -48,6 +48,7 @@ from onnx import numpy_helper
 
 from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
+from onnxq.exporters.tf_names import canonical_names, stable_merges
 from onnxq.exporters.tf_ops import HANDLERS
 from onnxq.exporters.tflite_custom import lower_transpose_conv_bias
 from onnxq.exporters.tflite_sparse import dense_copy
@@ -135,7 +136,7 @@ def _keras_specs(model: Any, input_signature: Any, dynamic_batch: bool) -> list:
 
 def _convert_function(fn, specs: list, opset: int, what: str) -> onnx.ModelProto:
     try:
-        with _native_quiet():
+        with _native_quiet(), stable_merges():
             function = tf.function(fn, input_signature=specs)
             concrete = function.get_concrete_function()  # traced once; tf2onnx reuses it
             model, _ = tf2onnx.convert.from_function(
@@ -151,7 +152,7 @@ def _convert_function(fn, specs: list, opset: int, what: str) -> onnx.ModelProto
     if model is None:
         raise ModelError(f"tf2onnx returned no model for {what}")
     if any(n.op_type in _CALLS for n in model.graph.node):
-        with _native_quiet():
+        with _native_quiet(), stable_merges():
             model = _convert_inlined(concrete, specs, opset)
     _freeze_captures(model, concrete, len(specs))
     return model
@@ -244,6 +245,7 @@ def _finish(model: onnx.ModelProto, out_names: Sequence[str] | None = None) -> o
         del model.graph.output[:]
         model.graph.output.extend(outputs)
     _name_batch(model)
+    canonical_names(model)  # tf2onnx's generated names vary from run to run
     validate_export(model, _ORIGIN)
     return model
 
@@ -339,7 +341,7 @@ def from_tflite(path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> onnx.
     if not src.is_file():
         raise ModelError(f"TFLite file {str(src)!r} does not exist; check the path")
     try:
-        with warnings.catch_warnings(), _native_quiet(), \
+        with warnings.catch_warnings(), _native_quiet(), stable_merges(), \
                 tempfile.TemporaryDirectory(prefix="onnxq-tflite-") as tmp:
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             read = dense_copy(src, Path(tmp)) or src  # tf2onnx reads no sparse weights

@@ -353,6 +353,27 @@ def test_tflite_export_prints_no_native_log_noise(artifacts, tmp_path):
     assert fail.returncode == 2 and len(fail.stderr.strip().splitlines()) == 1, fail.stderr
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tflite_export_is_byte_identical_across_processes(artifacts, tmp_path, name):
+    """tf2onnx names the constants it folds with a process-wide counter, and its folding order
+    follows Python's string hashing: the same .tflite gave differently named constants in each
+    process (BlazeFace: 70 of 75), so onnxq's output bytes changed from run to run. The
+    generated names are now given by first use."""
+    import os
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "onnxq.cli", "export", str(artifacts[name]["tflite"])]
+    written = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"{seed}.onnx"
+        done = subprocess.run([*cli, str(out)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
+
+
 def test_captured_constants_become_initializers_not_inputs():
     """A Keras 3 Normalization layer (the first layer of every Keras EfficientNet) holds its
     mean and variance as captured constants; tf2onnx makes them graph inputs, which no user
