@@ -27,7 +27,7 @@ __all__ = ["CostTable", "load_table", "host_table", "table_for_target", "NodeCos
 
 _TABLES = Path(__file__).resolve().parent / "tables"
 #: the shipped table each target uses
-_TARGET_TABLE = {"vnni": "vnni", "amx": "vnni", "avx512": "vnni", "avx2": "avx2",
+_TARGET_TABLE = {"vnni": "vnni", "amx": "amx", "avx512": "vnni", "avx2": "avx2",
                  "portable": "avx2", "arm": "avx2"}
 #: activations onnxruntime fuses into a float Conv (FusedConv / NCHWc), free there
 FUSED_ACTIVATIONS = frozenset({"Relu", "Clip", "HardSigmoid", "HardSwish", "LeakyRelu",
