@@ -14,24 +14,30 @@ box F1 92.5 → 87.5, min/max kept).
 from __future__ import annotations
 
 import dataclasses
-import time
+import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
+import onnx
 
 from onnxq import self_check
 
-__all__ = ["RATIO", "MAX_CHECK_S", "second", "error", "choose", "finish"]
+__all__ = ["RATIO", "MAX_CHECK_MACS", "second", "work", "error", "choose", "finish"]
 
 R = TypeVar("R")
 
 #: the percentile model must have at most this share of the min/max model's error: a clear
 #: gain, not noise of a few feeds
 RATIO = 0.8
-#: seconds the first comparison may take (FP32 and the min/max model on the kept feeds)
-#: before the second is skipped: a slow model keeps min/max rather than doubling the wait
-MAX_CHECK_S = 30.0
+#: multiply-accumulates the first comparison may take (FP32 and the min/max model on the kept
+#: feeds) before the second is skipped: a slow model keeps min/max rather than doubling the
+#: wait. About 30 s of FP32 on a 2-core AVX-512 host. Counted from the shapes, not timed, so
+#: that the choice, and the output, are the same on every machine
+MAX_CHECK_MACS = 1.5e12
+#: the ops counted: they hold nearly all of a model's arithmetic
+_COUNTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 def second(alternative: Mapping | None, feeds: Sequence, model: self_check.Source
@@ -41,6 +47,48 @@ def second(alternative: Mapping | None, feeds: Sequence, model: self_check.Sourc
     if not alternative or not feeds:
         return None
     return alternative if self_check.weight_bytes(model) <= self_check.MAX_WEIGHT_BYTES else None
+
+
+def work(model: self_check.Source, feeds: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """Multiply-accumulates of the first comparison: one FP32 and one int8 pass of the main
+    graph's Conv/ConvTranspose/Gemm/MatMul per feed, at each feed's shapes (0 when the
+    shapes cannot be inferred: the comparison runs)."""
+    from onnxq.placement.shapes import batch1_shapes
+
+    if not isinstance(model, onnx.ModelProto):
+        model = self_check.skeleton(model) or onnx.load(os.fspath(model),
+                                                        load_external_data=False)
+    total, by_shape = 0.0, {}  # feeds of one shape are counted once
+    for feed in feeds:
+        key = tuple(sorted((k, np.shape(v)) for k, v in feed.items()))
+        if key not in by_shape:
+            by_shape[key] = _macs(model, batch1_shapes(model, dict(key))) * _batch(feed)
+        total += by_shape[key]
+    return 2.0 * total
+
+
+def _batch(feed: Mapping[str, np.ndarray]) -> int:
+    dims = [np.shape(v)[0] for v in feed.values() if np.ndim(v) > 0]
+    return max(dims) if dims else 1
+
+
+def _macs(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> float:
+    total = 0.0
+    for node in model.graph.node:
+        if node.op_type not in _COUNTED or len(node.input) < 2:
+            continue
+        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+        y = shapes.get(node.output[0])
+        if a is None or b is None or y is None or not a or not b:
+            continue
+        if node.op_type == "ConvTranspose":  # each input element meets a c_out/g × kernel
+            total += math.prod(a) * math.prod(b[1:])
+        elif node.op_type == "Conv":  # each output element sums c_in/g × kernel
+            total += math.prod(y) * math.prod(b[1:])
+        else:  # a product's output element sums K terms
+            trans = any(x.name == "transA" and x.i for x in node.attribute)
+            total += math.prod(y) * (a[-2] if trans and len(a) > 1 else a[-1])
+    return total
 
 
 def error(found: Mapping) -> float | None:
@@ -59,15 +107,14 @@ def choose(result: R, alternative: Callable[[], R], fp32: self_check.Source,
     self-check (so it is not run again)."""
     memo: dict = {}  # FP32 runs once
     other = alternative()  # first: building it frees the prepared model before any session
-    start = time.perf_counter()
     first = self_check.check(fp32, result.model, feeds, graph=graph,  # type: ignore[attr-defined]
                              memo=memo)
-    spent = time.perf_counter() - start
-    base = error(first)
-    if base is None or spent > MAX_CHECK_S:
+    base, macs = error(first), work(graph, feeds)
+    if base is None or macs > MAX_CHECK_MACS:
         why = (first.get("skipped", "no output could be compared") if base is None else
-               f"checking the min/max model took {spent:.0f} s, over {MAX_CHECK_S:.0f} s; "
-               "--calibrator percentile builds the other")
+               f"checking the min/max model needs {macs / 1e9:.3g} G multiply-accumulates, "
+               f"over the {MAX_CHECK_MACS / 1e9:.3g} G allowed; --calibrator percentile builds "
+               "the other")
         return _noted(result, f"calibration auto: min/max ranges (the comparison did not "
                               f"run: {why})"), first
     second = self_check.check(fp32, other.model, feeds, graph=graph,  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
@@ -38,6 +39,8 @@ MAX_BYTES = 64 << 20
 #: float weights above which the check is skipped: it would hold them in an onnxruntime session
 #: beside the INT8 model (a 2.27 GB model peaked at 3.4 GB instead of quantize's own 2.9 GB)
 MAX_WEIGHT_BYTES = 1 << 30
+#: initializers of up to this many elements keep their values in a ``skeleton``
+KEPT_VALUES = 4096
 #: cosine against FP32, per output and feed, below which the report warns: a model there is
 #: likely wrong, not merely degraded (measured on nine zoo models' calibration feeds: task
 #: outputs at 0.970-1.0; a VAD's LSTM state outputs at 0.80-0.86 are named; the fuzz suite's
@@ -137,7 +140,9 @@ def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:
     """The model at ``path`` with its initializers' values dropped (names, dims and types kept:
     ``check``'s names and input specs and ``weight_bytes`` work on it): what ``quantize`` holds
     for a path, read while memory is low, instead of parsing the weights again beside the INT8
-    models. A model whose node names repeat is kept whole: its check runs a renamed copy.
+    models. Initializers of up to ``KEPT_VALUES`` elements keep their values (the Reshape
+    targets and other shape constants that shape inference reads). A model whose node names
+    repeat is kept whole: its check runs a renamed copy.
     None for a file onnx cannot read (loading it reports that properly)."""
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
@@ -145,6 +150,8 @@ def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:
         return None
     if _runnable(model) is None:
         for t in model.graph.initializer:
+            if math.prod(t.dims) <= KEPT_VALUES:  # shape constants: their values fix shapes
+                continue
             for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
                          "uint64_data", "string_data"):
                 t.ClearField(name)

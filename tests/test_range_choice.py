@@ -4,6 +4,7 @@ FP32 on the kept calibration feeds (``onnxq.range_choice``)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import onnxq
@@ -107,11 +108,64 @@ def test_precomputed_ranges_make_no_choice():
 def test_a_slow_comparison_keeps_min_max_and_says_so(monkeypatch):
     from onnxq import range_choice
 
-    monkeypatch.setattr(range_choice, "MAX_CHECK_S", 0.0)
+    monkeypatch.setattr(range_choice, "MAX_CHECK_MACS", 0.0)
     model = B.conv_bn_relu()
     calib = _spiky_calibration(model, rare=True)
     result = onnxq.quantize(model, calib, progress=False, objective="size")
     assert result.config.calibration.method == "minmax"
     note = next(n for n in result.report.notes if n.startswith("calibration auto"))
-    assert "over 0 s" in note and "--calibrator percentile" in note, note
+    assert "G multiply-accumulates, over the 0 G allowed" in note and "--calibrator percentile" in note, note
     assert result.report.self_check["outputs"]  # the check that ran is still reported
+
+
+def test_the_comparisons_work_is_counted_not_timed():
+    """Whether the second model is compared depends on counted multiply-accumulates, so the
+    output is the same on a fast and a slow (or busy) machine."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxq import range_choice
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    m = numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "m")
+    t = numpy_helper.from_array(rng.standard_normal((8, 4, 2, 2)).astype(np.float32), "t")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("ConvTranspose", ["c", "t"], ["d"], strides=[2, 2]),
+         helper.make_node("Transpose", ["d"], ["e"], perm=[0, 2, 3, 1]),
+         helper.make_node("MatMul", ["p", "m"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "h"]),
+         helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 6, 8])],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, m, t])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feed = {"x": np.zeros((2, 3, 10, 10), np.float32), "p": np.zeros((2, 6, 8), np.float32)}
+    conv = 8 * 10 * 10 * 3 * 9        # output elements x (c_in x kernel)
+    deconv = 8 * 10 * 10 * 4 * 2 * 2  # input elements x (c_out x kernel)
+    matmul = 6 * 5 * 8                # output elements x K
+    per_feed = 2 * (conv + deconv + matmul)  # batch 2
+    assert range_choice.work(model, [feed]) == 2 * per_feed  # FP32 + the min/max model
+    assert range_choice.work(model, [feed, feed]) == 4 * per_feed
+
+
+def test_the_work_of_a_model_given_by_path_is_counted_from_its_skeleton(tmp_path):
+    """``quantize(path)`` holds the file's skeleton (weights dropped): a Reshape target kept
+    there fixes the shapes after it, so the count is the in-memory model's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxq import range_choice
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 96)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0, -1, 64], np.int64), "target")]
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "target"], ["r"]),
+         helper.make_node("MatMul", ["r", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    feed = {"x": np.zeros((1, 8, 16, 16), np.float32)}
+    expected = 2 * (32 * 96 * 64)  # [1, 32, 64] x [64, 96], FP32 and the min/max model
+    assert range_choice.work(model, [feed]) == expected
+    assert range_choice.work(tmp_path / "m.onnx", [feed]) == expected

@@ -10,6 +10,8 @@ by an initializer in the weightless copy, and inference runs again."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -60,8 +62,15 @@ def fold_values(light: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> b
     return True
 
 
+_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
 def _has_data(t: onnx.TensorProto) -> bool:
-    return t.data_location != onnx.TensorProto.EXTERNAL
+    """Its values are in the message (not in an external file, nor dropped as in a
+    ``self_check.skeleton``)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return False
+    return any(len(getattr(t, f)) for f in _FIELDS) or math.prod(t.dims) == 0
 
 
 def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray],
