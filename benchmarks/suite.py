@@ -34,8 +34,8 @@ import numpy as np
 import onnx
 
 from benchmarks import common, noise_floor, peers, suite_ep, zoo
+from benchmarks.real_models import EXTRA_MODELS, Bench, EvalResult, Unavailable, top1_agreement
 from benchmarks.real_models import REAL_MODELS as _SHIPPED
-from benchmarks.real_models import Bench, EvalResult, Unavailable, top1_agreement
 
 #: the zoo: every real pretrained model (the built-in models are synthetic or trained here)
 REAL_MODELS = {**_SHIPPED, **zoo.LOADERS}
@@ -135,7 +135,9 @@ def load_bench(name: str, quick: bool, epochs: int | None = None) -> Bench:
         return bert_bench(quick)
     if name in REAL_MODELS:
         return REAL_MODELS[name](quick=quick)
-    raise SystemExit(f"unknown model {name!r}; known: {[*BUILTIN, *REAL_MODELS]}")
+    if name in EXTRA_MODELS:
+        return EXTRA_MODELS[name](quick=quick)
+    raise SystemExit(f"unknown model {name!r}; known: {[*BUILTIN, *REAL_MODELS, *EXTRA_MODELS]}")
 
 
 # ================================================================== measuring
@@ -530,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="built-in models at small sizes, short timings, ORT peers only")
     parser.add_argument("--models", nargs="+", default=None,
                         help=f"models to run (default: all; quick: {' '.join(BUILTIN)}); "
-                             f"known: {' '.join([*BUILTIN, *REAL_MODELS])}")
+                             f"known: {' '.join([*BUILTIN, *REAL_MODELS])}; outside the zoo: "
+                             f"{' '.join(EXTRA_MODELS)}")
     parser.add_argument("--peers", nargs="*", default=None,
                         help=f"peers to run (default: {' '.join(PEERS)}; quick: "
                              f"{' '.join(QUICK_PEERS)})")
@@ -586,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_rows = run_bench(bench, methods, threads=args.threads, min_seconds=min_seconds,
                                log=log, eps=tuple(args.ep), ep_python=args.ep_python)
         checks += evaluate_targets(bench, bench_rows)
-        if name in REAL_MODELS:
+        if name in REAL_MODELS or name in EXTRA_MODELS:  # (only the zoo's are counted)
             zoo_verdicts(bench, bench_rows)
         rows += bench_rows
         model_info.append({"name": name, "status": "ok", "family": bench.family,
