@@ -34,6 +34,7 @@ from onnxq.passes import (
     DynamicAttentionPass,
     DynamicLSTMPass,
     DynamicMatMulPass,
+    Float16Pass,
     FusionPass,
     InsertQDQPass,
     PreprocessPass,
@@ -89,12 +90,11 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
         model = os.fspath(model)
     cpu = config.target_ep != "openvino"  # OpenVINO fuses the exported forms itself
     fusion = FusionPass(hard_activations=cpu, pool_batchnorm=cpu)
-    fused = Pipeline([PreprocessPass(min_opset=config.min_opset), ForEachGraph(fusion),
-                      *([TransformerFusionPass()] if config.mode == "dynamic"
-                        and config.fuse_attention else []),
-                      *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else []),
-                      *([CrossLayerEqualizationPass()] if config.recipe.equalize else [])
-                      ]).run(model)
+    fused = Pipeline([
+        PreprocessPass(min_opset=config.min_opset), Float16Pass(), ForEachGraph(fusion),
+        *([TransformerFusionPass()] if config.mode == "dynamic" and config.fuse_attention else []),
+        *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else []),
+        *([CrossLayerEqualizationPass()] if config.recipe.equalize else [])]).run(model)
     if is_prequantized(fused.model):
         return fused, None
     graph = G.import_graph(fused.model)

@@ -449,6 +449,40 @@ def bert_embedded(seed: int = 0, opset: int = 17, vocab: int = 8000, layers: int
 # ---------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------
+def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy computing in float16, as half-precision exports come: float32 weights,
+    declared types, Cast targets and Constant/ConstantOfShape values become float16 (in
+    bodies too)."""
+    half, full = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+
+    def tensor(t: onnx.TensorProto) -> None:
+        if t.data_type == full:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16),
+                                               t.name))
+
+    def graph(g: onnx.GraphProto) -> None:
+        for t in g.initializer:
+            tensor(t)
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            if vi.type.tensor_type.elem_type == full:
+                vi.type.tensor_type.elem_type = half
+        for node in g.node:
+            for a in node.attribute:
+                if node.op_type == "Cast" and a.name == "to" and a.i == full:
+                    a.i = half
+                if a.type == onnx.AttributeProto.TENSOR:
+                    tensor(a.t)
+                if a.type == onnx.AttributeProto.GRAPH:
+                    graph(a.g)
+                for sub in a.graphs:
+                    graph(sub)
+
+    graph(out.graph)
+    return out
+
+
 def feeds(model: onnx.ModelProto, batch: int = 1, seed: int = 0, n: int = 1
           ) -> list[dict[str, np.ndarray]]:
     """``n`` deterministic random feeds for the model's (non-initializer) graph inputs.

@@ -245,3 +245,60 @@ def test_a_power_law_compressed_spectrum_counts_as_compressed(exponent, compress
     skipped = dict(result.report.skipped)
     assert ("compressed spectrum" in skipped.get("transform", "")) == compressed, skipped
     assert "head" in dict(result.report.quantized)
+
+
+def _half_feeds(model, k=4, seed=0, batch=2):
+    from tests import builders as B
+
+    return [{name: v.astype(np.float16) if v.dtype == np.float32 else v
+             for name, v in f.items()} for f in B.feeds(model, batch=batch, seed=seed, n=k)]
+
+
+def _types(values) -> list[int]:
+    return [v.type.tensor_type.elem_type for v in values]
+
+
+@pytest.mark.parametrize("build", ["residual_block", "attention_block", "if_branches"])
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_a_float16_model_is_quantized_behind_its_float16_interface(build, fmt):
+    """A half-precision export computes in float16. It was refused ("inputs are not float32
+    tensors"). Now its inside is float32, int8 where planned, and its inputs and outputs stay
+    float16, as its callers and its calibration data have them."""
+    from tests import builders as B
+    from tests import builders_flow as F
+
+    fp32 = getattr(B, build, None) or getattr(F, build)
+    model = B.to_float16(fp32())
+    before = model.SerializeToString()
+    feeds = _half_feeds(model)
+    result = onnxq.quantize(model, feeds, progress=False, format=fmt)
+    assert model.SerializeToString() == before  # the input is never modified
+    onnx.checker.check_model(result.model, full_check=True)
+    assert _types(result.model.graph.input) == _types(model.graph.input)
+    assert _types(result.model.graph.output) == _types(model.graph.output)
+    assert result.report.quantized
+    assert any(note.startswith("float16 model:") for note in result.report.notes)
+    for feed in feeds[:2]:
+        got, want = run_model(result.model, feed), run_model(model, feed)
+        assert [g.dtype for g in got] == [w.dtype for w in want]
+        assert cosine(want[0].astype(np.float32), got[0].astype(np.float32)) >= 0.999
+
+
+def test_the_float16_pass_is_idempotent_and_exact():
+    from onnxq import graph as G
+    from onnxq.passes import Float16Pass
+    from onnxq.pipeline import Pipeline
+    from tests import builders as B
+
+    model = B.to_float16(B.residual_block())
+    widened = Pipeline([Float16Pass()]).run(model).model
+    onnx.checker.check_model(widened, full_check=True)
+    assert Float16Pass().run(G.import_graph(widened)).modified is False
+    assert Float16Pass().run(G.import_graph(B.residual_block())).modified is False
+    casts = [x for x in widened.graph.node if x.op_type == "Cast"]
+    assert len(casts) == 2  # one in, one out
+    for feed in _half_feeds(model, k=2):  # float32 inside: as float16 to float16 precision
+        want, got = run_model(model, feed)[0], run_model(widened, feed)[0]
+        assert got.dtype == np.float16
+        assert np.allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2,
+                           atol=1e-2 * float(np.abs(want).max()))

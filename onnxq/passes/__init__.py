@@ -4,6 +4,7 @@ from onnxq.passes.bias import AddZeroBiasPass, SetBiasPass
 from onnxq.passes.cleanup import CleanupPass
 from onnxq.passes.dynamic import DynamicMatMulPass
 from onnxq.passes.equalize import CrossLayerEqualizationPass
+from onnxq.passes.float16 import Float16Pass
 from onnxq.passes.fusion import FusionPass
 from onnxq.passes.hard_activations import DecomposeHardActivationsPass
 from onnxq.passes.layernorm_add import UnfusedLayerNormAddPass
@@ -21,4 +22,5 @@ __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActiva
            "CleanupPass", "VerifyPass", "QLinearLoweringPass", "RequantFoldPass",
            "DynamicLSTMPass", "DynamicMatMulPass", "DynamicAttentionPass",
            "TransformerFusionPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass",
-           "CrossLayerEqualizationPass", "UnfusedLayerNormAddPass", "MatMulEpiloguePass"]
+           "CrossLayerEqualizationPass", "UnfusedLayerNormAddPass", "MatMulEpiloguePass",
+           "Float16Pass"]
