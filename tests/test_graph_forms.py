@@ -302,3 +302,22 @@ def test_the_float16_pass_is_idempotent_and_exact():
         assert got.dtype == np.float16
         assert np.allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2,
                            atol=1e-2 * float(np.abs(want).max()))
+
+
+def test_a_mixed_precision_export_loses_its_casts_into_float16():
+    """float32 inputs and outputs, float16 inside (an export with kept I/O types): the inside
+    computes in float32, and the Cast into the float16 part, now float32 → float32, goes."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((0.3 * rng.standard_normal((8, 3, 3, 3))).astype(np.float16), "w")
+    fc = numpy_helper.from_array((0.3 * rng.standard_normal((8, 4))).astype(np.float16), "fc")
+    model = _model([n("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16, name="to_half"),
+                    n("Conv", ["x16", "w"], ["c"], pads=[1] * 4, name="conv"),
+                    n("Relu", ["c"], ["r"], name="relu"),
+                    n("GlobalAveragePool", ["r"], ["p"], name="gap"),
+                    n("Flatten", ["p"], ["f"], name="flat"),
+                    n("MatMul", ["f", "fc"], ["y16"], name="fc"),
+                    n("Cast", ["y16"], ["y"], to=TensorProto.FLOAT, name="to_float")],
+                   [w, fc], ["n", 3, 16, 16], "y", ["n", 4])
+    result, ops = _check(model, _feeds((2, 3, 16, 16)), "qdq")
+    assert {"conv", "fc"} <= {name for name, _ in result.report.quantized}
+    assert "to_half" not in {x.name for x in result.model.graph.node}

@@ -103,6 +103,25 @@ def _widen_inside(root: gs.Graph, keep: set[int]) -> int:
     return count
 
 
+def _drop_identity_casts(root: gs.Graph) -> None:
+    """Casts that the widening made float32 → float32 (a mixed-precision export's casts into
+    its float16 part): their readers read the input (a graph output's Cast stays)."""
+    for graph in G.iter_graphs(root):
+        outputs = G.graph_output_names(graph)
+        for node in list(graph.nodes):
+            if not _casts_to(node, _FULL) or not node.inputs or node.outputs[0].name in outputs:
+                continue
+            source = node.inputs[0]
+            try:
+                same = source.dtype is not None and np.dtype(source.dtype) == np.float32
+            except TypeError:
+                same = False
+            if same:
+                G.replace_uses(node.outputs[0], source)
+                G.detach(node)
+    root.cleanup()
+
+
 @dataclass(frozen=True, slots=True)
 class Float16Pass:
     """float16 compute → float32, float16 kept at the model's inputs and outputs."""
@@ -115,6 +134,7 @@ class Float16Pass:
         interface = _widen_interface(graph)
         if not widened and not interface:
             return PassResult(graph=graph, modified=False)
+        _drop_identity_casts(graph)
         graph.toposort()
         return PassResult(graph=graph, modified=True, notes=(
             f"float16 model: {widened} float16 tensor(s) and type(s) computed in float32 "
