@@ -275,6 +275,48 @@ def test_generated_graphs(case, fmt):
     assert again.model.SerializeToString() == result.model.SerializeToString()
 
 
+@_settings(max(EXAMPLES // 4, 4))
+@hypothesis.given(graphs(), st.sampled_from(["qdq", "qlinear"]))
+def test_generated_graphs_in_float16(case, fmt):
+    """The same graphs as half-precision exports (``builders.to_float16``): computed in
+    float32 inside, float16 at the interface (``passes/float16.py``), same properties."""
+    from tests import builders as B
+
+    model, seed = case
+    model = B.to_float16(model)
+    reference = _reference(model)
+    calib = [{k: v.astype(np.float16) for k, v in f.items()} for f in _feeds(seed)]
+    try:
+        onnx.checker.check_model(reference, full_check=True)
+        outs = run_model(reference, calib[0])
+    except Exception:  # noqa: BLE001 - the generator made an invalid model: not our concern
+        hypothesis.reject()
+    if not all(np.all(np.isfinite(o.astype(np.float32))) for o in outs):
+        hypothesis.reject()  # float16 overflowed: FP32 inside is not comparable
+    before = model.SerializeToString()
+    try:
+        result = onnxq.quantize(model, calib, progress=False, format=fmt, target="portable")
+    except OnnxqError:
+        assert model.SerializeToString() == before
+        return
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(result.model, full_check=True)
+    for got, want in zip(result.model.graph.output, model.graph.output, strict=True):
+        assert (got.name, got.type.tensor_type.elem_type) == \
+            (want.name, want.type.tensor_type.elem_type)
+    for feed in calib[:2]:
+        want = run_model(reference, feed)[0].astype(np.float32)
+        got = run_model(result.model, feed)[0].astype(np.float32)
+        assert want.shape == got.shape
+        if np.abs(want).max() < 1e-3:  # e.g. everything clipped by a Relu: both must be ~0
+            assert np.abs(got).max() < 1e-2, (np.abs(got).max(), fmt)
+        elif cosine(want, got) < 0.95:  # as above: only where the self-check told the user
+            found = result.report.self_check or {}
+            assert cosine(want, got) >= 0.8, (cosine(want, got), fmt)
+            assert model.graph.output[0].name in found.get("below", []), (
+                cosine(want, got), fmt, found)
+
+
 # ---------------------------------------------------------------- mutated files through the CLI
 _CHILD = """
 import signal, sys
