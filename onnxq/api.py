@@ -41,6 +41,7 @@ from onnxq.passes import (
     QLinearLoweringPass,
     RequantFoldPass,
     TransformerFusionPass,
+    UnfuseContribPass,
     VerifyPass,
     WeightOnlyPass,
 )
@@ -91,7 +92,8 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     cpu = config.target_ep != "openvino"  # OpenVINO fuses the exported forms itself
     fusion = FusionPass(hard_activations=cpu, pool_batchnorm=cpu)
     fused = Pipeline([
-        PreprocessPass(min_opset=config.min_opset), Float16Pass(), ForEachGraph(fusion),
+        UnfuseContribPass(), PreprocessPass(min_opset=config.min_opset), Float16Pass(),
+        ForEachGraph(fusion),
         *([TransformerFusionPass()] if config.mode == "dynamic" and config.fuse_attention else []),
         *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else []),
         *([CrossLayerEqualizationPass()] if config.recipe.equalize else [])]).run(model)
@@ -113,11 +115,9 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
 
 def _placed(model: onnx.ModelProto, graph, plan: QuantPlan, config: QuantConfig,
             input_shapes, data: Mapping[str, str]) -> QuantPlan:
-    """``plan`` with the placement's float regions (and ``data``) kept float, and its summary
-    as a note."""
+    """``plan`` with the placement's float regions (and ``data``) kept float; its summary a note."""
     return placement.apply(model, graph, plan, config, input_shapes,
-                           lambda keep, force: _annotate(graph, config, {**data, **keep},
-                                                         force))
+                           lambda keep, force: _annotate(graph, config, {**data, **keep}, force))
 
 
 def _annotate(graph, config: QuantConfig, keep_float: Mapping[str, str] | None = None,

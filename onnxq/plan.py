@@ -329,9 +329,8 @@ def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
              keep_float: dict[str, str] | None = None,
              weight_only_ops: tuple[str, ...] = (), force_int8=frozenset(),
              inputs_only: bool = False) -> QuantPlan:
-    """Decide what to quantize in ``graph`` and in every subgraph (If branches, Loop and Scan
-    bodies), each by the same rules; ``graph`` is not changed. A subgraph's plan may use a
-    tensor of an outer scope (its activation is then quantized where it is read).
+    """Decide what to quantize in ``graph`` and in every subgraph (If/Loop/Scan bodies), each
+    by the same rules; ``graph`` is not changed. Operators of other domains stay float.
     ``keep_float`` maps more nodes to keep in float to the reason the report gives;
     ``weight_only_ops`` (e.g. Gather) get int8 weights behind a DequantizeLinear;
     ``force_int8`` names elective nodes to quantize even where their inputs are float.
@@ -339,7 +338,9 @@ def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
     Conv/MatMul (OpenVINO fuses the activation and the next quantizer into the conv), both
     inputs of a residual Add, and every consumer of an int8 tensor reads its one
     DequantizeLinear (a float copy beside it leaves OpenVINO an unfused quantizer)."""
-    excluded = {n: "excluded by configuration" for n in exclude_nodes} | dict(keep_float or {})
+    excluded = {n.name: f"domain {n.domain!r}: not a standard ONNX operator" for g in
+                G.iter_graphs(graph) for n in g.nodes if n.domain not in (None, "", "ai.onnx")} \
+        | {n: "excluded by configuration" for n in exclude_nodes} | dict(keep_float or {})
     plans = [_annotate_one(g, per_channel, excluded, exclude_op_types, fold_activations,
                            tuple(weight_only_ops), frozenset(force_int8), inputs_only)
              for g in G.iter_graphs(graph)]

@@ -22,11 +22,16 @@ def refuse_unquantizable(graph, plan: QuantPlan) -> None:
     ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
     why = [f"{name} ({ops.get(name, '?')}): {reason}" for name, reason in plan.skipped
            if ops.get(name) in anchors]
+    nchwc = any(n.domain == "com.microsoft.nchwc" for g in G.iter_graphs(graph) for n in g.nodes)
     raise ModelError(
         "the model has nothing onnxq can quantize; quantization would only slow it down: "
         + ("; ".join(why[:4]) + (f" (and {len(why) - 4} more)" if len(why) > 4 else "")
            if why else "no Conv, ConvTranspose, Gemm or MatMul with float32 inputs was "
-           "found"))
+           "found")
+        + (". It holds onnxruntime's NCHWc layout operators: it was saved from a session at "
+           "the ALL optimization level, for the CPU that saved it. Quantize the model as "
+           "exported, or one saved at the EXTENDED level (its FusedConv/FusedGemm are "
+           "written back as standard operators)" if nchwc else ""))
 
 
 def check_exclusions(graph, config: QuantConfig) -> None:

@@ -2,6 +2,7 @@
 
 from onnxq.passes.bias import AddZeroBiasPass, SetBiasPass
 from onnxq.passes.cleanup import CleanupPass
+from onnxq.passes.contrib_forms import UnfuseContribPass
 from onnxq.passes.dynamic import DynamicMatMulPass
 from onnxq.passes.equalize import CrossLayerEqualizationPass
 from onnxq.passes.float16 import Float16Pass
@@ -23,4 +24,4 @@ __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActiva
            "DynamicLSTMPass", "DynamicMatMulPass", "DynamicAttentionPass",
            "TransformerFusionPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass",
            "CrossLayerEqualizationPass", "UnfusedLayerNormAddPass", "MatMulEpiloguePass",
-           "Float16Pass"]
+           "Float16Pass", "UnfuseContribPass"]
