@@ -135,15 +135,17 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
                    ranges: Mapping[str, TensorRange]) -> Pipeline:
     """The passes that turn a prepared float model into the quantized one."""
     act, weight, reduce_range = types_for(config)
+    # a fused Attention (--fuse-attention, or in the input model): QAttention, in both modes
+    attention = DynamicAttentionPass(per_channel=plan.per_channel, reduce_range=reduce_range,
+                                     exclude=("*",) if "Attention" in config.exclude_op_types
+                                     or config.target_ep == "openvino" else config.exclude_nodes)
     if config.mode == "dynamic":
         return Pipeline([
             ForEachGraph(DynamicMatMulPass(nodes=plan.named(Role.DYNAMIC),
                                            per_channel=plan.per_channel,
                                            reduce_range=reduce_range,
                                            fused=config.format == "qlinear")),
-            DynamicAttentionPass(per_channel=plan.per_channel, reduce_range=reduce_range,
-                                 exclude=("*",) if "Attention" in config.exclude_op_types
-                                 else config.exclude_nodes),
+            attention,
             ForEachGraph(WeightOnlyPass(nodes=plan.named(Role.WEIGHT_ONLY))),
             ForEachGraph(DynamicLSTMPass(nodes=plan.named(Role.DYNAMIC),
                                          per_channel=plan.per_channel,
@@ -161,15 +163,13 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
         ForEachGraph(DynamicLSTMPass(nodes=plan.named(Role.DYNAMIC),
                                      per_channel=plan.per_channel,
                                      reduce_range=reduce_range)),
-        *_finishing_passes(config),
+        attention, *_finishing_passes(config),
     ])
 
 
 #: The passes that lower the QDQ graph to each output form of ``config.FORMATS``.
-LOWERINGS: Mapping[str, Callable[[], list]] = MappingProxyType({
-    "qdq": lambda: [],
-    "qlinear": lambda: [ForEachGraph(QLinearLoweringPass()), ForEachGraph(CleanupPass())],
-})
+LOWERINGS: Mapping[str, Callable[[], list]] = MappingProxyType({"qdq": lambda: [], "qlinear": (
+    lambda: [ForEachGraph(QLinearLoweringPass()), ForEachGraph(CleanupPass())])})
 
 
 def _finishing_passes(config: QuantConfig) -> list:

@@ -102,3 +102,42 @@ def test_a_model_saved_with_nchwc_operators_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ModelError, match="NCHWc layout operators.*EXTENDED level"):
         onnxq.quantize(saved, B.feeds(saved, batch=2, n=2), progress=False)
     assert saved.SerializeToString() == before
+
+
+def _optimized_encoder() -> onnx.ModelProto:
+    """onnxruntime's fused Attention (as its transformer optimizer writes it) and the output
+    projection after it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    hidden, seq = 64, 16
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / 8).astype(np.float32), name)
+             for name, shape in (("qkv_weight", (hidden, 3 * hidden)), ("qkv_bias", (3 * hidden,)),
+                                 ("out_weight", (hidden, hidden)))]
+    nodes = [helper.make_node("Attention", ["x", "qkv_weight", "qkv_bias"], ["a"],
+                              name="attention", domain="com.microsoft", num_heads=4),
+             helper.make_node("MatMul", ["a", "out_weight"], ["y"], name="out")]
+    graph = helper.make_graph(
+        nodes, "encoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, hidden])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_a_fused_attention_in_the_input_becomes_qattention_in_static_mode(fmt):
+    """An optimized transformer (optimum's O2, onnxruntime's transformer optimizer) keeps its
+    QKV projections inside Attention: static mode left them float (all-MiniLM-L6-v2 optimized
+    that way: 18 of its 24 products int8). They run as QAttention now, as in dynamic mode."""
+    model = _optimized_encoder()
+    feeds = [{"x": np.random.default_rng(s).standard_normal((1, 16, 64)).astype(np.float32)}
+             for s in range(4)]
+    result = onnxq.quantize(model, feeds, progress=False, format=fmt)
+    ops = Counter(n.op_type for n in result.model.graph.node)
+    assert ops["QAttention"] == 1 and ops["Attention"] == 0
+    assert ("out", "MatMul") in result.report.quantized
+    for feed in feeds[:2]:
+        assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.999
+    kept = onnxq.quantize(model, feeds, progress=False, format=fmt,
+                          exclude_op_types=("Attention",))
+    assert Counter(n.op_type for n in kept.model.graph.node)["Attention"] == 1
