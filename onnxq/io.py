@@ -19,6 +19,7 @@ from onnxq.external import (
     kept_tensors,
     stream_into,
 )
+from onnxq.graph_import import check_text
 from onnxq.observe import expose
 from onnxq.outputs import (  # re-exported: io is where callers look for file handling
     Staged,
@@ -53,6 +54,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
                 f"the model's weights are in external file(s) {unloaded} that were not loaded; "
                 "pass the .onnx path instead, or load it with onnx.load(path) (which loads "
                 "external data)")
+        check_text(source)
         return _copy(source)
     path = Path(source)
     if not path.exists():
@@ -78,6 +80,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             f"{str(path)!r} parsed but holds no ONNX graph (not an ONNX model, or truncated); "
             "re-export it"
         )
+    check_text(model)
     return model
 
 

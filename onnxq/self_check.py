@@ -148,6 +148,9 @@ def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - not a model: the caller's own load says why
         return None
+    from onnxq.graph_import import check_text
+
+    check_text(model)  # (read first here: a corrupt name is refused before anything uses it)
     if _runnable(model) is None:
         for t in model.graph.initializer:
             if math.prod(t.dims) <= KEPT_VALUES:  # shape constants: their values fix shapes

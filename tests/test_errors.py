@@ -92,6 +92,28 @@ def test_undefined_tensor_type_is_a_corrupt_file(workdir, capsys, where):
                model_path, "does not define")
 
 
+@pytest.mark.parametrize("what", ["input", "op_type", "metadata"])
+def test_text_that_is_not_utf8_is_a_corrupt_file(workdir, capsys, what):
+    """Found by the long fuzz run (4000 graphs + 400 mutations): a bit flip in a name made it
+    invalid UTF-8; protobuf hands such a name back as bytes, and onnxq stopped with a
+    traceback (exit 1) or a pass failure naming a TypeError."""
+    tmp, model_path, calib = workdir
+    model = onnx.load(str(model_path))
+    if what == "metadata":
+        model.metadata_props.add(key="author", value="x")
+    marker = {"input": model.graph.node[0].input[0], "op_type": model.graph.node[0].op_type,
+              "metadata": "author"}[what].encode()
+    data = bytearray(model.SerializeToString())
+    data[data.find(marker) + 1] = 0xFF  # no longer UTF-8
+    bad = tmp / "bad.onnx"
+    bad.write_bytes(bytes(data))
+    out = tmp / "out.onnx"
+    _cli_fails(capsys, ["quantize", str(bad), str(out), "--calib-data", str(calib)], out,
+               model_path, "not valid UTF-8")
+    with pytest.raises(ModelError, match="not valid UTF-8"):  # a parsed ModelProto, too
+        onnxq.quantize(onnx.load_from_string(bytes(data)), progress=False)
+
+
 def test_calibration_missing_an_input(workdir, capsys):
     tmp, model_path, _ = workdir
     wrong = tmp / "wrong.npz"

@@ -81,14 +81,17 @@ def test_auto_keeps_the_model_closer_to_fp32(case):
     calib = _spiky_calibration(model, rare, n=32 if rare else 16)
     held_out = _spiky_calibration(model, rare=False, n=8) if not rare else \
         B.feeds(model, batch=1, n=8, seed=11)
-    result = onnxq.quantize(model, calib, progress=False, objective="size")
+    # 8-bit weights (the VNNI targets): with 7-bit ones (avx2) the weights' error dominates,
+    # the outlier's cost is under the 0.8 ratio and min/max is kept, as the rule says
+    result = onnxq.quantize(model, calib, progress=False, objective="size", target="vnni")
     want = "percentile" if rare else "minmax"
     assert result.config.calibration.method == want  # the saved config reproduces the model
     note = next(n for n in result.report.notes if n.startswith("calibration auto"))
     assert ("percentile ranges chosen" in note) == rare, note
-    other = onnxq.quantize(model, calib, progress=False, objective="size",
+    other = onnxq.quantize(model, calib, progress=False, objective="size", target="vnni",
                            calibrator="minmax" if rare else "percentile")
-    same = onnxq.quantize(model, calib, progress=False, objective="size", calibrator=want)
+    same = onnxq.quantize(model, calib, progress=False, objective="size", calibrator=want,
+                          target="vnni")
     assert same.model.SerializeToString() == result.model.SerializeToString()
     # the choice made on calibration feeds holds on data it never saw
     assert _error(model, result.model, held_out) < _error(model, other.model, held_out)
