@@ -4,7 +4,9 @@ preprocessing, so that shape inference sees standard ops).
 A model saved from an onnxruntime session (``optimized_model_filepath`` at the extended level,
 or by tools built on it) carries onnxruntime's own float fusions:
 - ``FusedConv``: a Conv, an optional sum input ``Z`` added to its output, and an activation;
-- ``FusedGemm``: a Gemm and an activation.
+- ``FusedGemm``: a Gemm and an activation;
+- ``FusedMatMul``: a MatMul scaled by ``alpha`` (attention scores), here only where it
+  transposes nothing (a transpose needs the input's rank, which such files do not record).
 
 onnxq plans int8 for standard ops. It left these float: EfficientNet-Lite0 saved at the
 extended level got 27 int8 nodes instead of 59. Here they become Conv (+ Add) + activation and
@@ -51,7 +53,28 @@ def _activation(node: gs.Node) -> tuple[str, dict, list[float]] | None:
     return None
 
 
+def _unfuse_matmul(graph: gs.Graph, node: gs.Node) -> bool:
+    if any(int(node.attrs.get(k, 0)) for k in ("transA", "transB", "transBatchA",
+                                                  "transBatchB")) or len(node.inputs) != 2:
+        return False
+    alpha = float(node.attrs.get("alpha", 1.0))
+    out = node.outputs[0]
+    y = out if alpha == 1.0 else gs.Variable(G.unique_name(graph, f"{out.name}_product"),
+                                             dtype=out.dtype or np.float32)
+    nodes = [gs.Node("MatMul", node.name, inputs=list(node.inputs), outputs=[y])]
+    if alpha != 1.0:
+        scale = gs.Constant(G.unique_name(graph, f"{node.name}_alpha"),
+                            np.asarray(alpha, dtype=np.float32))
+        nodes.append(gs.Node("Mul", G.unique_name(graph, f"{node.name}_scale"),
+                             inputs=[y, scale], outputs=[out]))
+    G.detach(node)
+    graph.nodes.extend(nodes)
+    return True
+
+
 def _unfuse(graph: gs.Graph, node: gs.Node) -> bool:
+    if node.op == "FusedMatMul":
+        return _unfuse_matmul(graph, node)
     act = _activation(node)
     data = [t for t in node.inputs]
     if act is None or (node.op == "FusedGemm" and len(data) > 3):
@@ -89,7 +112,8 @@ def _unfuse(graph: gs.Graph, node: gs.Node) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class UnfuseContribPass:
-    """``FusedConv`` / ``FusedGemm`` (com.microsoft) → Conv (+ Add) / Gemm + activation."""
+    """``FusedConv`` / ``FusedGemm`` / ``FusedMatMul`` (com.microsoft) → Conv (+ Add) / Gemm
+    + activation / MatMul (× alpha)."""
 
     name: str = "contrib_forms"
 
@@ -97,19 +121,20 @@ class UnfuseContribPass:
         done, left = 0, []
         for g in list(G.iter_graphs(graph)):
             for node in list(g.nodes):
-                if node.domain != _MS or node.op not in ("FusedConv", "FusedGemm") \
+                if node.domain != _MS or node.op not in ("FusedConv", "FusedGemm",
+                                                         "FusedMatMul") \
                         or len(node.outputs) != 1:
                     continue
                 if _unfuse(g, node):
                     done += 1
                 else:
-                    left.append((node.name, f"{node.op} with activation "
-                                            f"{node.attrs.get('activation')!r} stays fused"))
+                    left.append((node.name, f"{node.op} stays fused (an activation or a "
+                                            "transpose onnxq does not write back)"))
             g.cleanup()
             g.toposort()
         if not done:
             return PassResult(graph=graph, modified=False, skipped=tuple(left))
         return PassResult(graph=graph, modified=True, skipped=tuple(left), notes=(
-            f"{done} onnxruntime float fusion(s) (FusedConv/FusedGemm, a model saved from an "
-            "onnxruntime session) written back as Conv/Gemm + activation, so they can be "
-            "int8",))
+            f"{done} onnxruntime float fusion(s) (FusedConv/FusedGemm/FusedMatMul, a model "
+            "saved from an onnxruntime session) written back as standard operators, so they "
+            "can be int8",))

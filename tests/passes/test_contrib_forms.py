@@ -52,7 +52,8 @@ def test_a_model_saved_at_the_extended_level_is_quantized_as_exported(build, tmp
 
 def _fused_model() -> onnx.ModelProto:
     """Every form onnxruntime writes: FusedConv with a sum input Z and Clip, with
-    HardSigmoid and no bias, with no activation; FusedGemm with LeakyRelu."""
+    HardSigmoid and no bias, with no activation; FusedMatMul scaled, and transposing (kept);
+    FusedGemm with LeakyRelu."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -69,13 +70,15 @@ def _fused_model() -> onnx.ModelProto:
         helper.make_node("FusedConv", ["c", "w3"], ["d"], domain=ms, pads=[1] * 4),
         helper.make_node("GlobalAveragePool", ["d"], ["p"]),
         helper.make_node("Flatten", ["p"], ["f"]),
-        helper.make_node("FusedGemm", ["f", "g", "gb"], ["y"], domain=ms, transB=1,
+        helper.make_node("FusedMatMul", ["f", "m"], ["fm"], domain=ms, alpha=0.5),
+        helper.make_node("FusedMatMul", ["fm", "m"], ["ft"], domain=ms, transB=1),  # stays
+        helper.make_node("FusedGemm", ["ft", "g", "gb"], ["y"], domain=ms, transB=1,
                          activation="LeakyRelu", activation_alpha=0.1)]
     graph = helper.make_graph(
         nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])],
         [w("w1", 4, 4, 3, 3), w("b1", 4), w("w2", 4, 4, 3, 3), w("w3", 4, 4, 3, 3),
-         w("g", 5, 4), w("gb", 5)])
+         w("m", 4, 4), w("g", 5, 4), w("gb", 5)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                    helper.make_opsetid(ms, 1)])
 
@@ -83,11 +86,13 @@ def _fused_model() -> onnx.ModelProto:
 def test_the_unfusing_is_exact_and_idempotent():
     fused = _fused_model()
     graph = G.import_graph(fused)
-    assert UnfuseContribPass().run(graph).modified
+    first = UnfuseContribPass().run(graph)
+    assert first.modified and len(first.skipped) == 1  # the transposing FusedMatMul
     assert UnfuseContribPass().run(graph).modified is False
     standard = G.export_graph(graph)
     onnx.checker.check_model(standard, full_check=True)
-    assert not [n for n in standard.graph.node if n.domain == "com.microsoft"]
+    assert [n.op_type for n in standard.graph.node if n.domain == "com.microsoft"] == \
+        ["FusedMatMul"]
     assert {"Add", "Clip", "HardSigmoid", "LeakyRelu"} <= {n.op_type for n in standard.graph.node}
     for feed in B.feeds(fused, batch=2, n=2):
         a, b = run_model(fused, feed)[0], run_model(standard, feed)[0]
