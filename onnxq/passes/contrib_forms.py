@@ -120,6 +120,7 @@ class UnfuseContribPass:
     def run(self, graph: gs.Graph) -> PassResult:
         done, left = 0, []
         for g in list(G.iter_graphs(graph)):
+            before = done
             for node in list(g.nodes):
                 if node.domain != _MS or node.op not in ("FusedConv", "FusedGemm",
                                                          "FusedMatMul") \
@@ -130,8 +131,9 @@ class UnfuseContribPass:
                 else:
                     left.append((node.name, f"{node.op} stays fused (an activation or a "
                                             "transpose onnxq does not write back)"))
-            g.cleanup()
-            g.toposort()
+            if done > before:  # (a graph with nothing to write back is left as it is)
+                g.cleanup()
+                g.toposort()
         if not done:
             return PassResult(graph=graph, modified=False, skipped=tuple(left))
         return PassResult(graph=graph, modified=True, skipped=tuple(left), notes=(
