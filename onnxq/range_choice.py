@@ -120,7 +120,9 @@ def choose(result: R, alternative: Callable[[], R], fp32: self_check.Source,
     second = self_check.check(fp32, other.model, feeds, graph=graph,  # type: ignore[attr-defined]
                               memo=memo)
     alt = error(second)
-    figures = (f"error against FP32 (1 - cosine) on {first['feeds']} calibration feed(s): "
+    how = f" (int8 products as a {first['emulated']} CPU computes them, emulated)" \
+        if first.get("emulated") else ""
+    figures = (f"error against FP32 (1 - cosine) on {first['feeds']} calibration feed(s){how}: "
                f"min/max {base:.3g}, percentile {alt if alt is None else f'{alt:.3g}'}")
     if alt is not None and alt <= RATIO * base and base > 0.0:
         return _noted(other, f"calibration auto: percentile ranges chosen; {figures}",

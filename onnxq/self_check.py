@@ -98,7 +98,7 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
             if memo is not None:
                 memo["fp32"] = want
         want = memo["fp32"] if memo is not None else want
-        session = _int8_session(int8)
+        session, emulated = _target_session(int8, _int8_session(int8))
         reshaped = _compare(session, names, feeds, want, cosines)
     except PassError:
         raise
@@ -111,7 +111,8 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
         outputs.setdefault(name, {})["other_shape"] = count
     below = [n for n, v in outputs.items()
              if v.get("other_shape") or not v["worst_cosine"] >= FLOOR]
-    return {"feeds": len(feeds), "floor": FLOOR, "outputs": outputs, "below": below}
+    found = {"feeds": len(feeds), "floor": FLOOR, "outputs": outputs, "below": below}
+    return {**found, "emulated": emulated} if emulated else found
 
 
 #: onnxruntime's errors for a model it cannot load at all (not a shortage of memory)
@@ -134,6 +135,37 @@ def _int8_session(int8: onnx.ModelProto):
             f"{str(exc).splitlines()[0][:300]}); this is a bug in onnxq: please report it "
             "with the model. Until then, `--exclude-nodes` (``exclude_nodes``) with the node it "
             "names keeps that node float") from None
+
+
+def _target_session(int8: onnx.ModelProto, session) -> tuple[object, str | None]:
+    """The session that computes what the model's target CPU computes, and what it emulates.
+
+    Where this CPU's u8 x s8 kernels saturate pairs of products in int16 and the target's do
+    not (or the other way round), a model with full 8-bit weights gives other outputs here
+    than on its target: the check, and the ``auto`` calibrator's choice made from it, would
+    depend on the machine quantizing. Then its int8 products run in onnxq's reference kernels
+    as the target computes them (``onnxq.emulate``); with weights within 7 bits both kinds
+    compute the same and the session is kept."""
+    from onnxq.config_resolve import TARGET_KEY
+    from onnxq.emulate import EmulatedSession, full_range_weights
+    from onnxq.errors import OnnxqError
+    from onnxq.kernels.isa import host_target, target_of
+
+    target = next((p.value for p in int8.metadata_props if p.key == TARGET_KEY), None)
+    try:
+        saturates = target_of(target).saturates if target else None
+    except OnnxqError:
+        return session, None
+    if saturates is None or saturates == target_of(host_target()).saturates or \
+            not full_range_weights(int8):
+        return session, None
+    isa = "avx2" if saturates else "vnni"
+    try:
+        emulated = EmulatedSession(int8, isa)
+    except OnnxqError:  # int8 kernels in subgraphs: not modelled, the CPU's own results stand
+        return session, None
+    del session
+    return emulated, isa
 
 
 def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:

@@ -191,3 +191,27 @@ def test_an_output_of_another_shape_is_named_as_such():
     line = self_check.warning(found)
     assert "'y' another shape than FP32's on 3 of 3 feed(s)" in line and "cosine" not in line
     assert range_choice.error(found) == 1.0
+
+
+def test_the_check_computes_what_the_target_cpu_computes():
+    """A model for the other kind of CPU than this one (u8 x s8 pairs saturating in int16 on
+    AVX2, exact with VNNI) is checked with its int8 products as that CPU computes them, so
+    the check, and the ``auto`` calibrator's choice made from it, do not depend on the machine
+    quantizing; with 7-bit weights both kinds compute the same and this CPU runs it."""
+    from onnxq.emulate import EmulatedSession
+    from onnxq.kernels.isa import host_target, target_of
+
+    other = "vnni" if target_of(host_target()).saturates else "avx2"
+    model = B.residual_block()
+    feeds = B.feeds(model, n=4, seed=3)
+    result = onnxq.quantize(model, feeds, progress=False, objective="size", target=other,
+                            reduce_range=False, calibrator="minmax")
+    found = result.report.self_check
+    assert found["emulated"] == other, found
+    session = EmulatedSession(result.model, other)
+    want = [cosine(run_model(model, f)[0], session.run(None, f)[0]) for f in feeds]
+    (out,) = found["outputs"].values()
+    assert out["mean_cosine"] == round(float(np.mean(want)), 6)
+    seven = onnxq.quantize(model, feeds, progress=False, objective="size", target=other,
+                           reduce_range=True, calibrator="minmax")
+    assert "emulated" not in seven.report.self_check
