@@ -226,3 +226,37 @@ def test_emulating_this_cpu_on_the_saturating_model():
     feed = {"x": x[:20]}
     got = EmulatedSession(q, HOST).run(["y"], feed)[0]
     assert np.array_equal(got, run_model(q, feed)[0]), HOST
+
+
+#: (op, index of the int8 weight, index of its zero point)
+_WEIGHT_ZERO_POINTS = {"DequantizeLinear": (0, 2), "QLinearConv": (3, 5),
+                       "QLinearMatMul": (3, 5), "QGemm": (3, 5)}
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_an_8_bit_model_runs_exactly_with_onnxruntimes_u8u8_option(fmt):
+    """A model with 8-bit weights deployed on a CPU without VNNI is exact when its session sets
+    ``session.x64quantprecision=1``: onnxruntime then rewrites each int8 weight and its zero
+    point to uint8. It failed to load onnxq's models while weights shared one zero-point
+    constant ("Attempt to replace the existing tensor", onnxruntime 1.32, on a Zen 3)."""
+    import onnxruntime as ort
+
+    model = B.residual_block()
+    result = onnxq.quantize(model, B.feeds(model, n=4, seed=1), progress=False, target="vnni",
+                            objective="size", format=fmt)
+    consts = {t.name: t for t in result.model.graph.initializer}
+    owner: dict[str, str] = {}
+    for node in result.model.graph.node:
+        w, z = _WEIGHT_ZERO_POINTS.get(node.op_type, (None, None))
+        if w is None or len(node.input) <= z or node.input[w] not in consts or \
+                consts[node.input[w]].data_type != TensorProto.INT8:
+            continue
+        assert owner.setdefault(node.input[z], node.input[w]) == node.input[w], node.input[z]
+    assert len(owner) >= 3
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(result.model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = B.feeds(model, n=1, seed=7)[0]
+    want = EmulatedSession(result.model, "vnni").run(None, feed)[0]
+    np.testing.assert_allclose(session.run(None, feed)[0], want, rtol=0, atol=1e-4)

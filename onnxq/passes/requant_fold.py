@@ -168,14 +168,30 @@ def _float_islands(graph: gs.Graph, outputs: set[str], int8_ops: frozenset[str])
     return dropped
 
 
+def _int8_constant(t: gs.Tensor) -> bool:
+    if not isinstance(t, gs.Constant):
+        return False
+    try:
+        return np.dtype(t.dtype) == np.dtype(np.int8)
+    except TypeError:  # a type numpy has no dtype for (bfloat16, float8, int4)
+        return False
+
+
 def _dedupe_params(graph: gs.Graph) -> int:
+    """Equal scale and zero-point constants of Q/DQ nodes merged into one, except a weight's
+    int8 zero point: on a CPU without VNNI, onnxruntime's exact u8 x u8 option
+    (``session.x64quantprecision``) rewrites each int8 weight and its zero point to uint8 in
+    place, and a zero point two weights share made it fail to load the model ("Attempt to
+    replace the existing tensor", onnxruntime 1.32)."""
     seen: dict[tuple, gs.Tensor] = {}
     merged = 0
     for node in graph.nodes:
         if not (G.is_q(node) or G.is_dq(node)):
             continue
+        weight = G.is_dq(node) and _int8_constant(node.inputs[0])
         for i in (1, 2):
-            if len(node.inputs) <= i or not isinstance(node.inputs[i], gs.Constant):
+            if len(node.inputs) <= i or not isinstance(node.inputs[i], gs.Constant) or (
+                    weight and i == 2):
                 continue
             key = G.const_key(node.inputs[i])
             assert key is not None  # node.inputs[i] is a gs.Constant, which always has a key
