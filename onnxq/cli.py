@@ -309,7 +309,9 @@ def describe(model, host: str | None = None) -> dict:
                    f"saturates; {len(wide)} weight tensor(s) use 8 bits (target "
                    f"{meta.get('onnxq.target', 'unknown')}), so results here may be less "
                    "accurate: check with `onnxq compare --emulate "
-                   f"{host}`, or quantize with --target portable")
+                   f"{host}`, run it with onnxruntime's exact u8 x u8 kernels (session config "
+                   "session.x64quantprecision=1: slower, exact), or quantize with --target "
+                   "portable")
     produced_by_dq = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
     quantized = [n for n in nodes if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
                  and any(i in produced_by_dq for i in n.input)]
