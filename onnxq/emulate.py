@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.errors import ConfigError, ModelError
 from onnxq.kernels import reference as ref
+from onnxq.kernels.isa import exact_depthwise
 
 __all__ = ["EMULATED_ISAS", "EmulatedSession", "lower_for_emulation", "full_range_weights"]
 
@@ -232,25 +233,37 @@ class EmulatedSession:
         return make_session(model.SerializeToString(), threads=1, optimize=None)
 
 
+def _depthwise(conv: onnx.NodeProto, weight: onnx.TensorProto | None) -> bool:
+    group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    return weight is not None and exact_depthwise(tuple(weight.dims), group)
+
+
 def full_range_weights(model: onnx.ModelProto) -> list[str]:
     """Signed 8-bit weights of int8 matrix products that use more than 7 bits: the tensors
-    whose u8 x s8 products can saturate on a CPU without VNNI (``vpmaddubsw``)."""
+    whose u8 x s8 products can saturate on a CPU without VNNI (``vpmaddubsw``). Depthwise
+    convs' weights are not among them: their kernels are exact everywhere."""
     consts = {t.name: t for t in model.graph.initializer}
     weights: set[str] = set()
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for i in node.input:
             readers.setdefault(i, []).append(node)
+    depthwise: set[str] = set()  # exact on every CPU (``exact_depthwise``)
     for node in model.graph.node:
         kernel = _KERNELS.get((node.domain or "", node.op_type))
         if kernel is not None and len(node.input) > kernel[2]:
             weights.add(node.input[kernel[2]])
+            if node.op_type == "QLinearConv" and _depthwise(node, consts.get(node.input[3])):
+                depthwise.add(node.input[3])
         elif node.op_type == "DequantizeLinear" and any(
                 r.op_type in ("Conv", "MatMul", "Gemm") and r.input[1:2] == [node.output[0]]
                 for r in readers.get(node.output[0], [])):
             weights.add(node.input[0])
+            if all(r.op_type == "Conv" and _depthwise(r, consts.get(node.input[0]))
+                   for r in readers[node.output[0]]):
+                depthwise.add(node.input[0])
     wide = []
-    for name in sorted(weights):
+    for name in sorted(weights - depthwise):
         t = consts.get(name)
         if t is not None and t.data_type == onnx.TensorProto.INT8:
             w = numpy_helper.to_array(t)

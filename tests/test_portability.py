@@ -260,3 +260,57 @@ def test_an_8_bit_model_runs_exactly_with_onnxruntimes_u8u8_option(fmt):
     feed = B.feeds(model, n=1, seed=7)[0]
     want = EmulatedSession(result.model, "vnni").run(None, feed)[0]
     np.testing.assert_allclose(session.run(None, feed)[0], want, rtol=0, atol=1e-4)
+
+
+def _depthwise_net(rank: int) -> onnx.ModelProto:
+    """A 1-D or 2-D depthwise conv between two dense convs, every weight near full scale and
+    of one sign per filter: on bright inputs adjacent u8 x s8 products overflow int16 wherever
+    a kernel adds them in pairs (``vpmaddubsw``)."""
+    rng = np.random.default_rng(5)
+    k = (3,) * rank
+
+    def wide(shape, scale):
+        sign = rng.choice([-1.0, 1.0], (shape[0],) + (1,) * (len(shape) - 1))
+        return (sign * rng.uniform(0.8, 1.0, shape) * scale).astype(np.float32)
+
+    consts = {"w1": wide((8, 4, *k), 0.2), "wd": wide((8, 1, *k), 0.5),
+              "wp": wide((8, 8) + (1,) * rank, 0.3)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="stem", pads=[1] * 2 * rank),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "wd"], ["c2"], name="dw", group=8,
+                              pads=[1] * 2 * rank),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "wp"], ["y"], name="pw")]
+    spatial = [12] * rank
+    graph = helper.make_graph(
+        nodes, f"dw{rank}d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, *spatial])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, name) for name, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_depthwise_convs_keep_8_bit_weights_on_7_bit_targets(rank, fmt):
+    """onnxruntime runs depthwise convs in kernels that widen to int16 before multiplying
+    (exact on every x86 CPU), so the 7-bit targets give them full 8-bit weights; the dense convs
+    keep 7 bits. Run here, the model computes exactly what exact int8 arithmetic computes, and
+    ``inspect`` finds no weight that could saturate."""
+    from onnxq.emulate import full_range_weights
+
+    model = _depthwise_net(rank)
+    rng = np.random.default_rng(rank)
+    calib = [{"x": rng.uniform(0.7, 1.0, (2, 4) + (12,) * rank).astype(np.float32)}
+             for _ in range(4)]
+    q = onnxq.quantize(model, calib, progress=False, target="avx2", objective="size",
+                       format=fmt, bias_correction="off").model
+    consts = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer
+              if t.data_type == TensorProto.INT8 and len(t.dims) == rank + 2}
+    widths = sorted((int(np.abs(v.astype(int)).max()), v.shape[1]) for v in consts.values())
+    assert widths == [(63, 4), (63, 8), (127, 1)], widths  # stem, pointwise, depthwise
+    assert full_range_weights(q) == []
+    feed = {"x": rng.uniform(0.9, 1.0, (2, 4) + (12,) * rank).astype(np.float32)}
+    want = EmulatedSession(q, "vnni").run(["y"], feed)[0]
+    assert np.array_equal(run_model(q, feed)[0], want)
+    if HOST in ("avx2", "avx512"):  # the saturation model agrees: nothing saturates
+        assert np.array_equal(EmulatedSession(q, HOST).run(["y"], feed)[0], want)

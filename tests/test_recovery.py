@@ -65,7 +65,7 @@ def test_fast_shift_cancels_the_weight_error_exactly():
     for t, x in zip(found, xs, strict=True):
         w = G.constant_value(next(n for n in graph.nodes if n.name == t.node).inputs[1])
         run = {k: make_session(_one_conv(nodes[t.node], v)) for k, v in
-               (("fp", w), ("q", quantize(w, t.axis)))}
+               (("fp", w), ("q", quantize(w, t.axis, t.exact)))}
         got = {k: np.mean([channel_mean(s.run(None, {"x": xi})[0], 1) for xi in x], axis=0)
                for k, s in run.items()}
         error = got["q"] - got["fp"]

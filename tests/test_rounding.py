@@ -155,7 +155,9 @@ def test_rounding_recipe_end_to_end(fmt):
 
     a, b = int8_weights(nearest.model), int8_weights(rounded.model)
     assert a and len(a) == len(b)
-    assert all(np.abs(v.astype(int)).max() == levels for v in b.values())
+    # depthwise convs (shape[1] == 1 here) keep 8 bits on every target: exact everywhere
+    assert all(np.abs(v.astype(int)).max() == (127 if v.shape[1] == 1 else levels)
+               for v in b.values())
     assert sum(int(np.sum(x != y)) for x, y in zip(a.values(), b.values(), strict=True)) > 0
     assert any("weight rounding" in n or "rounding" in n for n in rounded.report.notes)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from onnxq.qtypes import QType
 
 __all__ = ["CpuFeatures", "detect", "Recommendation", "recommend", "TARGETS", "Target",
-           "resolve_target", "target_of", "host_target", "TARGET_ENV"]
+           "resolve_target", "target_of", "host_target", "TARGET_ENV", "exact_depthwise",
+           "weight_reduce_range"]
 
 #: Environment variable that sets what ``target="auto"`` resolves to (instead of the host CPU),
 #: e.g. to run the test suite as an AVX2-only machine would quantize.
@@ -201,3 +202,22 @@ def target_of(name: str | None, features: CpuFeatures | None = None) -> Target:
     rec = Recommendation(activation=QType.U8, weight=QType.S8, reduce_range=seven_bit,
                          reason=f"target {concrete}: {reason}")
     return Target(name=concrete, saturates=saturates, recommendation=rec)
+
+
+def exact_depthwise(weight_shape: tuple[int, ...] | list[int], group: int) -> bool:
+    """A Conv weight of shape ``weight_shape`` with ``group`` groups is depthwise in
+    onnxruntime's sense (one input and one output channel per group), so its int8 products run
+    in MLAS's depthwise kernels. Those widen u8 and s8 to int16 before multiplying and add in
+    int32: exact on every x86 CPU, with or without VNNI, so 8-bit weights never saturate there."""
+    shape = tuple(int(d) for d in weight_shape)
+    return len(shape) >= 3 and shape[1] == 1 and group >= 1 and shape[0] == group
+
+
+def weight_reduce_range(op: str, weight_shape: tuple[int, ...] | list[int] | None,
+                        group: int, reduce_range: bool) -> bool:
+    """The ``reduce_range`` (7-bit weights) of one ``op`` node's weight on a target whose own
+    is ``reduce_range``: every weight keeps it, except depthwise convs, which get 8 bits since
+    they are exact everywhere (``exact_depthwise``)."""
+    if not reduce_range:
+        return False
+    return not (op == "Conv" and weight_shape is not None and exact_depthwise(weight_shape, group))

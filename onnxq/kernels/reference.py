@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from onnxq.kernels.isa import exact_depthwise
+
 __all__ = [
     "quantize_linear",
     "dequantize_linear",
@@ -225,7 +227,7 @@ def _conv_gemm(x: np.ndarray, x_zp: object, w: np.ndarray, w_zp: object, strides
     g, _, mg = wmat.shape
     wzp = np.asarray(0 if w_zp is None else w_zp, dtype=np.int64)
     wzp = wzp.reshape(()) if wzp.size == 1 else wzp.reshape(g, 1, mg)
-    depthwise = w.shape[1] == 1 and mg == 1  # MLAS widens to int32 here: never saturates
+    depthwise = exact_depthwise(w.shape, g)  # MLAS widens to int16 here: never saturates
     if no_vnni and not depthwise:
         acc, saturated, pairs = _gemm_u8s8_avx2(cols, xzp, wmat, wzp)
     else:

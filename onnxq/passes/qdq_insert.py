@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from onnxq import graph as G
 from onnxq import quant_math as qm
 from onnxq.errors import CalibrationError
+from onnxq.kernels.isa import weight_reduce_range
 from onnxq.pipeline import PassResult
 from onnxq.plan import ActivationPlan, NodePlan, QuantPlan
 from onnxq.qtypes import QParams, QType, TensorRange
@@ -39,7 +40,7 @@ class _Run:
     graph: gs.Graph
     plan: QuantPlan
     act_params: dict[str, QParams] = field(default_factory=dict)
-    weight_cache: dict[tuple[str, int | None], tuple[gs.Variable, QParams]] = field(
+    weight_cache: dict[tuple[str, int | None, bool], tuple[gs.Variable, QParams]] = field(
         default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     modified: bool = False
@@ -155,10 +156,11 @@ class InsertQDQPass:
                 state.skipped.append((node.name, "weights are not finite or exceed 1e30 in "
                                       "magnitude; kept in float (int8 would zero them)"))
                 return
-            key = (node.inputs[idx].name, axis)
+            reduce = weight_reduce_range(node.op, w.shape, int(node.attrs.get("group", 1)),
+                                         self.reduce_range)
+            key = (node.inputs[idx].name, axis, reduce)
             if key not in state.weight_cache:
-                params = qm.weight_params(w, self.weight_type, axis=axis,
-                                          reduce_range=self.reduce_range)
+                params = qm.weight_params(w, self.weight_type, axis=axis, reduce_range=reduce)
                 out = G.make_dq_constant(state.graph, qm.quantize(w, params), params,
                                          node.inputs[idx].name, w.shape)
                 state.weight_cache[key] = (out, params)

@@ -130,7 +130,7 @@ def fast_shifts(graph: gs.Graph, targets: Sequence[Target], means: Mapping[str, 
         if node is None or mean is None or w is None:
             continue
         grid = (weights or {}).get(t.node)
-        wq = grid if grid is not None else quantized(w, t.axis)
+        wq = grid if grid is not None else quantized(w, t.axis, t.exact)
         delta = wq.astype(np.float64) - w.astype(np.float64)
         shift = _shift(t, node, np.asarray(mean, np.float64), delta)
         if shift is not None and np.all(np.isfinite(shift)):

@@ -189,7 +189,8 @@ def round_weights(graph: gs.Graph, found: Sequence[Target], grams: Mapping[str, 
         if time.perf_counter() - start > budget_s:
             out.stopped = True
             break
-        grid, ratio, why = _round_one(t, nodes[t.node], grams[t.node], qtype, reduce_range)
+        grid, ratio, why = _round_one(t, nodes[t.node], grams[t.node], qtype,
+                                     reduce_range and not t.exact)
         if grid is None:
             out.skipped[t.node] = why
         else:

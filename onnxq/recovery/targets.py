@@ -4,20 +4,27 @@ MatMul), with the tensors and axes the algorithms need."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
+from onnxq.kernels.isa import exact_depthwise
 from onnxq.plan import QuantPlan
 from onnxq.qtypes import QType
 from onnxq.quant_math import dequantize, quantize, weight_params
 
 __all__ = ["Target", "targets", "fake_quant_weight", "WeightQuantizer"]
 
-WeightQuantizer = Callable[[np.ndarray, int | None], np.ndarray]
+
+
+class WeightQuantizer(Protocol):
+    """The float values of a weight after int8 quantization along ``axis``; ``exact``: a
+    weight that keeps 8 bits even where the target's others get 7 (``Target.exact``)."""
+
+    def __call__(self, w: np.ndarray, axis: int | None, exact: bool = False) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +40,7 @@ class Target:
     output: str                # the tensor that holds W·x + b
     channel_axis: int          # channel axis of x and of the output: 1 (conv) or -1
     beta: float = 1.0          # Gemm: the stored bias is scaled by beta
+    exact: bool = False        # a depthwise conv: 8-bit weights on every target
 
 
 def _is_float_const(t: gs.Tensor) -> bool:
@@ -54,7 +62,8 @@ def _target(node: gs.Node, plan_node, adds: dict[str, gs.Node]) -> Target | None
         return None
     common = dict(node=node.name, op=node.op, x=node.inputs[0].name,
                   weight=node.inputs[1].name, weight_index=1, axis=axis,
-                  channel_axis=1 if conv else -1)
+                  channel_axis=1 if conv else -1,
+                  exact=node.op == "Conv" and exact_depthwise(shape, int(node.attrs.get("group", 1))))
     if plan_node.bias is not None and len(node.inputs) > plan_node.bias:
         if not _is_float_const(node.inputs[plan_node.bias]):
             return None
@@ -104,8 +113,8 @@ def fake_quant_weight(qtype: QType, reduce_range: bool) -> WeightQuantizer:
     """The float values a weight takes after onnxq's int8 weight quantization (the same
     parameters ``InsertQDQPass`` computes)."""
 
-    def run(w: np.ndarray, axis: int | None) -> np.ndarray:
-        params = weight_params(w, qtype, axis=axis, reduce_range=reduce_range)
+    def run(w: np.ndarray, axis: int | None, exact: bool = False) -> np.ndarray:
+        params = weight_params(w, qtype, axis=axis, reduce_range=reduce_range and not exact)
         return dequantize(quantize(w, params), params).astype(np.float32)
 
     return run
