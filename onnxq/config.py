@@ -246,6 +246,9 @@ RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
     "smoothquant": ({"smooth_alpha": 0.5}, "SmoothQuant (alpha 0.5): MatMul inputs with outlier "
                     "channels pass them to the weights before calibration"),
     "cle": ({"equalize": True}, "cross-layer equalization of Conv-Relu-Conv pairs (exact)"),
+    "u8-weights": ({"weight_type": "u8", "reduce_range": False},
+                   "8-bit u8 weights: exact on every x86 CPU; slower than 7-bit s8 ones on CPUs "
+                   "without VNNI"),
 })
 
 

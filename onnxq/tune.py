@@ -42,7 +42,7 @@ from onnxq.qtypes import TensorRange
 from onnxq.quant_ops import Role
 from onnxq.tune_latency import latency_pass
 from onnxq.tune_mode import mode_pass
-from onnxq.tune_recovery import CONFIG, TUNE_RECIPES, RecoveryCache, overrides
+from onnxq.tune_recovery import CONFIG, RecoveryCache, overrides, tried
 from onnxq.tune_runner import Outcome, Scorer, Spec, bisection_mids, score_all
 from onnxq.tune_types import (
     Evaluate,
@@ -256,9 +256,7 @@ def _recipes(s: _Search) -> None:
     if s.best() is not None or s.out_of_budget():
         return
     best = max(trials, key=lambda t: t.metric or -np.inf)
-    own = s.config.recipe
-    recipes = [name for name in TUNE_RECIPES
-               if s.config.with_overrides(**overrides(name)).recipe != own]
+    recipes = tried(s.config)
     trials += s.lookahead([Spec(f"recipe {name} ({best.calibrator})", best.calibrator, True, (),
                                 name) for name in recipes], lambda t: not t.meets_target)
     if s.best() is not None or s.out_of_budget():

@@ -28,17 +28,19 @@ from onnxq.calibrate import collect_ranges
 from onnxq.calibration_run import Stats
 from onnxq.calibrators import make_calibrator
 from onnxq.config import QuantConfig, recipe_overrides
+from onnxq.config_resolve import types_for
 from onnxq.pipeline import PipelineResult
 from onnxq.plan import QuantPlan
 from onnxq.qtypes import TensorRange
 
-__all__ = ["TUNE_RECIPES", "RecoveryCache", "overrides"]
+__all__ = ["TUNE_RECIPES", "RecoveryCache", "overrides", "tried"]
 
 #: the recipes tune tries when every calibrator misses the target, cheapest first: no
 #: correction (bias correction can cost a little on rare models), data layers float (changes
-#: which convs run int8; no extra statistics), Hessian rounding (one pass for its
-#: statistics), full bias correction (one run of the kept feeds per network level)
-TUNE_RECIPES: tuple[str, ...] = ("plain", "float-data", "gptq", "bc-full")
+#: which convs run int8; no extra statistics), 8-bit u8 weights (only where the target's
+#: weights have 7 bits: exact, but slower kernels on CPUs without VNNI), Hessian rounding (one
+#: pass for its statistics), full bias correction (one run of the kept feeds per network level)
+TUNE_RECIPES: tuple[str, ...] = ("plain", "float-data", "u8-weights", "gptq", "bc-full")
 
 #: the trial's name for "the configuration's own recipe"
 CONFIG = "config"
@@ -47,6 +49,15 @@ CONFIG = "config"
 def overrides(name: str) -> dict:
     """Flat config overrides for a trial's recipe (``CONFIG``: none)."""
     return {} if name == CONFIG else recipe_overrides(name)
+
+
+def tried(config: QuantConfig) -> list[str]:
+    """The ``TUNE_RECIPES`` that change ``config`` (resolved): the others would repeat its
+    own trial. ``u8-weights`` only where the target gives weights 7 bits."""
+    seven_bit = types_for(config)[2]
+    return [name for name in TUNE_RECIPES
+            if config.with_overrides(**overrides(name)) != config
+            and (name != "u8-weights" or seven_bit)]
 
 
 class RecoveryCache:

@@ -105,3 +105,49 @@ def test_tune_on_a_model_the_placement_keeps_float_returns_fp32_cleanly():
     # "chosen", and both are the same float model
     assert [n.op_type for n in result.model.graph.node] == \
         [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.parametrize("name", ["residual_block", "matmul_add", "attention_block"])
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_u8_weights_are_8_bit_and_exact_on_every_cpu(name, fmt):
+    """``--recipe u8-weights``: on a 7-bit target every weight becomes u8 with zero point 128
+    and full 8 bits; onnxruntime's u8 x u8 kernels compute them exactly on this CPU, whether it
+    has VNNI or not (the exact emulation agrees bit for bit)."""
+    from onnxq.config import recipe_overrides
+    from onnxq.emulate import EmulatedSession
+    from tests.conftest import run_model
+
+    model = getattr(B, name)()
+    q = onnxq.quantize(model, B.feeds(model, batch=2, n=4, seed=1), progress=False,
+                       target="avx2", objective="size", format=fmt,
+                       **recipe_overrides("u8-weights")).model
+    consts = _initializers(q)
+    weights = [v for v in consts.values() if v.dtype == np.uint8 and v.ndim >= 2]
+    assert weights and not [k for k, v in consts.items() if v.dtype == np.int8 and v.ndim >= 2]
+    assert all(int(np.abs(w.astype(int) - 128).max()) >= 127 for w in weights)
+    feed = B.feeds(model, batch=2, n=1, seed=7)[0]
+    names = [o.name for o in q.graph.output]
+    for got, want in zip(run_model(q, feed), EmulatedSession(q, "vnni").run(names, feed),
+                         strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_tune_tries_u8_weights_where_weights_have_7_bits():
+    """On a 7-bit target (AVX2) a model whose error is the weights' meets a target with 8-bit
+    u8 weights that no calibrator or cheaper recipe meets; tune finds it. Where weights
+    already have 8 bits the recipe is not tried."""
+    from onnxq.api import resolve
+    from onnxq.config import QuantConfig
+    from onnxq.tune_recovery import tried
+
+    model = B.matmul_add()
+    calib, evals = B.feeds(model, batch=2, n=6, seed=1), B.feeds(model, batch=2, n=4, seed=2)
+    config = QuantConfig().with_overrides(target="avx2", objective="size")
+    result = tune(model, calib, eval_data=evals, progress=False, config=config,
+                  target=TuneTarget(max_drop=1e-4, latency=False, max_trials=12))
+    assert result.chosen is not None and result.chosen.recovery == "u8-weights", \
+        [(t.recipe, t.drop) for t in result.trials]
+    assert all(t.drop > 1e-4 for t in result.trials if t.recovery != "u8-weights")
+    assert any(i.data_type == onnx.TensorProto.UINT8 and len(i.dims) == 2
+               for i in result.model.graph.initializer)
+    assert "u8-weights" not in tried(resolve(config.with_overrides(target="vnni")))
