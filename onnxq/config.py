@@ -233,12 +233,11 @@ class RecipeConfig:
         return self.bias_correction == "off" and self.rounding == "nearest"
 
 
-#: ``--recipe`` names: name → (the recipe fields it sets, description). Read-only.
+#: ``--recipe`` names: name → (the fields it sets, as ``quantize`` overrides; description).
 RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
     "plain": ({"bias_correction": "off", "rounding": "nearest", "data_layers": "int8"},
               "range calibration only, every layer int8"),
-    "float-data": ({"data_layers": "float"},
-                   "the convolutions reading the model's data stay float"),
+    "float-data": ({"data_layers": "float"}, "the convolutions reading the model's data stay float"),
     "bc-fast": ({"bias_correction": "fast"}, BIAS_CORRECTION["fast"]),
     "bc-full": ({"bias_correction": "full"}, BIAS_CORRECTION["full"]),
     "nearest": ({"rounding": "nearest"}, ROUNDING["nearest"]),
@@ -246,9 +245,8 @@ RECIPES: Mapping[str, tuple[dict[str, Any], str]] = MappingProxyType({
     "smoothquant": ({"smooth_alpha": 0.5}, "SmoothQuant (alpha 0.5): MatMul inputs with outlier "
                     "channels pass them to the weights before calibration"),
     "cle": ({"equalize": True}, "cross-layer equalization of Conv-Relu-Conv pairs (exact)"),
-    "u8-weights": ({"weight_type": "u8", "reduce_range": False},
-                   "8-bit u8 weights: exact on every x86 CPU; slower than 7-bit s8 ones on CPUs "
-                   "without VNNI"),
+    "u8-weights": ({"weight_type": "u8", "reduce_range": False}, "8-bit u8 weights: exact on "
+                   "every x86 CPU, slower than 7-bit s8 ones without VNNI"),
 })
 
 

@@ -55,7 +55,7 @@ def test_tuning_meets_a_target_plain_ptq_misses(isa):
     assert result.chosen is not None, result.table()
     assert result.chosen.drop <= 0.0005
     assert 1 <= len(result.chosen.float_nodes) <= 2  # a few float ops, not the whole model
-    assert len(result.trials) <= 12
+    assert len(result.trials) <= 12 + (isa == "avx2")  # + u8-weights where weights are 7-bit
     assert cosine(run_model(model, feed)[0], run_model(result.model, feed)[0]) >= 0.9995
     text = result.table()
     assert "chosen: trial" in text and "too inaccurate" in text
