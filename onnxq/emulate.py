@@ -233,6 +233,11 @@ class EmulatedSession:
         return make_session(model.SerializeToString(), threads=1, optimize=None)
 
 
+#: the weight inputs of the run-time-quantized int8 ops (u8 x s8 products, same saturation)
+_DYNAMIC_WEIGHTS = {("", "MatMulInteger"): (1,), (_MS, "DynamicQuantizeMatMul"): (1,),
+                    (_MS, "QAttention"): (1,), (_MS, "DynamicQuantizeLSTM"): (1, 2)}
+
+
 def _depthwise(conv: onnx.NodeProto, weight: onnx.TensorProto | None) -> bool:
     group = next((a.i for a in conv.attribute if a.name == "group"), 1)
     return weight is not None and exact_depthwise(tuple(weight.dims), group)
@@ -251,6 +256,8 @@ def full_range_weights(model: onnx.ModelProto) -> list[str]:
     depthwise: set[str] = set()  # exact on every CPU (``exact_depthwise``)
     for node in model.graph.node:
         kernel = _KERNELS.get((node.domain or "", node.op_type))
+        dynamic = _DYNAMIC_WEIGHTS.get((node.domain or "", node.op_type), ())
+        weights.update(node.input[i] for i in dynamic if i < len(node.input))
         if kernel is not None and len(node.input) > kernel[2]:
             weights.add(node.input[kernel[2]])
             if node.op_type == "QLinearConv" and _depthwise(node, consts.get(node.input[3])):

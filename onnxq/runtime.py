@@ -126,15 +126,19 @@ def check_finite(feed: Mapping[str, np.ndarray], index: int) -> None:
 
 
 def make_session(model: onnx.ModelProto | str | bytes, *, threads: int = 0,
-                 optimize: bool | None = True):
+                 optimize: bool | None = True, exact_int8: bool = False):
     """An onnxruntime CPU session for an in-memory model, its bytes or a path (any size).
 
     ``optimize``: True = all graph optimizations (what deployment runs), False = basic ones
-    only (values exactly as the graph defines them), None = none at all."""
+    only (values exactly as the graph defines them), None = none at all. ``exact_int8``:
+    onnxruntime's exact u8 x u8 kernels for s8 weights on x86 CPUs without VNNI
+    (``session.x64quantprecision``): the results a VNNI CPU computes, slower."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if exact_int8:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -143,13 +143,15 @@ def _target_session(int8: onnx.ModelProto, session) -> tuple[object, str | None]
     Where this CPU's u8 x s8 kernels saturate pairs of products in int16 and the target's do
     not (or the other way round), a model with full 8-bit weights gives other outputs here
     than on its target: the check, and the ``auto`` calibrator's choice made from it, would
-    depend on the machine quantizing. Then its int8 products run in onnxq's reference kernels
-    as the target computes them (``onnxq.emulate``); with weights within 7 bits both kinds
-    compute the same and the session is kept."""
+    depend on the machine quantizing. For an exact target onnxruntime's own exact kernels run
+    it (``make_session(exact_int8=True)``: every int8 op, dynamic ones included); for a
+    saturating target from an exact CPU, onnxq's reference kernels (``onnxq.emulate``). With
+    weights within 7 bits both kinds compute the same and the session is kept."""
     from onnxq.config_resolve import TARGET_KEY
     from onnxq.emulate import EmulatedSession, full_range_weights
     from onnxq.errors import OnnxqError
     from onnxq.kernels.isa import host_target, target_of
+    from onnxq.runtime import make_session
 
     target = next((p.value for p in int8.metadata_props if p.key == TARGET_KEY), None)
     try:
@@ -159,13 +161,15 @@ def _target_session(int8: onnx.ModelProto, session) -> tuple[object, str | None]
     if saturates is None or saturates == target_of(host_target()).saturates or \
             not full_range_weights(int8):
         return session, None
-    isa = "avx2" if saturates else "vnni"
+    if not saturates:
+        del session
+        return make_session(int8, exact_int8=True), "vnni"
     try:
-        emulated = EmulatedSession(int8, isa)
+        emulated = EmulatedSession(int8, "avx2")
     except OnnxqError:  # int8 kernels in subgraphs: not modelled, the CPU's own results stand
         return session, None
     del session
-    return emulated, isa
+    return emulated, "avx2"
 
 
 def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:
