@@ -179,8 +179,8 @@ def placement_args(p: argparse.ArgumentParser) -> None:
                    help="the placement's cost table: shipped for the target ISA (default), "
                         "measured on this host once and cached, or a file")
     p.add_argument("--recipe", default=None, metavar="NAME[,NAME]",
-                   help="accuracy recovery: bc-fast (default), bc-full, gptq, cle, plain "
-                        "(see docs/accuracy.md)")
+                   help="accuracy recovery: bc-fast (default), bc-full, gptq, cle, plain, "
+                        "float-data, u8-weights (see docs/accuracy.md)")
 
 
 def overrides(args: argparse.Namespace) -> dict:
