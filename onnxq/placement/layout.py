@@ -17,8 +17,9 @@ tensor that is NCHW not because a float node is next to it but because a multi-i
 upstream stayed NCHW. ``simulate`` walks a labelled graph in order, marks each int8 tensor
 NHWC, NCHW at a border, or NCHW from a tie, and prices what ties cause between int8 nodes: the
 u8 Transposes into and out of the tied node and into the int8 Convs downstream of it, and
-the u8 MaxPools downstream of it, left on the slow kernel. An NCHW tensor at a float border is not
-charged again; nor is the float side's NCHWc layout (reorders around float ops that do not
+the u8 MaxPools downstream of it, left on the slow kernel, and the u8 MaxPools a border reaches
+through int8 nodes (a float Conv, an int8 LeakyRelu, the pool). An NCHW tensor at a float border
+is not charged again; nor is the float side's NCHWc layout (reorders around float ops that do not
 support it), so the two sides are treated alike. Measured on the zoo, charging the border
 Transposes without the float reorders moved nodes to float that were faster int8.
 """
@@ -103,6 +104,15 @@ class _Walk:
         self.pool_extra = (table.per_element("MaxPool.u8") - table.per_element("MaxPool.nhwc")
                            if table.has("MaxPool.u8") and table.has("MaxPool.nhwc") else 0.0)
 
+    def _int8_above(self, t: gs.Tensor) -> bool:
+        """``t``'s producer, past the Relu/Clip folded into a QuantizeLinear, is int8: a pool
+        reading it NCHW sits behind a border further up (an int8 LeakyRelu after a float Conv),
+        which the pool's own pairwise term (``place``) does not see."""
+        u = G.producer(t)
+        while u is not None and u.op in ("Relu", "Clip") and u.inputs:
+            u = G.producer(u.inputs[0])
+        return u is not None and u.name in self.int8
+
     def from_int8(self, t: gs.Tensor) -> bool:
         p = G.producer(t)
         return p is not None and p.name in self.int8
@@ -124,7 +134,8 @@ class _Walk:
                 self.charge(data[0], node)
         elif node.op in _SINGLE and data or node.op in _MULTI and len(data) == 1:
             state = self.of(data[0])  # (a Transpose is always pushed through one data input)
-            if node.op == "MaxPool" and state == _TIE and _is4d(self.shapes, data[0].name):
+            if node.op == "MaxPool" and _is4d(self.shapes, data[0].name) and (
+                    state == _TIE or state == _BORDER and self._int8_above(data[0])):
                 self.out.slow_pools[node.name] = (math.prod(self.shapes[data[0].name])
                                                   * self.pool_extra)
         elif node.op in _MULTI and len(data) > 1:

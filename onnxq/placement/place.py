@@ -11,7 +11,9 @@ Where int8 nodes meet, onnxruntime's layout decides what the labelling costs (``
 transposes between NHWC and NCHW int8 nodes, u8 MaxPools on the NCHW kernel). That is not a
 pairwise term, so the cut is refined: each labelling is priced by simulating the layout, the
 edges and pools found slow are charged in the next cut, and the cheapest labelling seen wins
-(the first one included, so the refinement never predicts worse).
+(the first one and all-int8 included, so the refinement never predicts worse than either: a
+charge lands on the nodes of a labelling that has the border, and may push them all to float
+where all-int8, with no border, is cheaper).
 """
 
 from __future__ import annotations
@@ -262,7 +264,9 @@ def _search(graph: gs.Graph, names: list[str], shapes, table: CostTable, margin:
     layout's µs for it."""
     base = _Builder(graph, names, shapes, table, margin).build()
     charged = Layout()
-    best: tuple[float, list[int], float] | None = None
+    ones = [1] * len(names)  # a candidate too: it has no border for a layout charge to land on
+    every = simulate(graph, dict.fromkeys(names, True), shapes, table).us
+    best: tuple[float, list[int], float] = (base.value(ones) + every, ones, every)
     for _ in range(_ROUNDS):
         energy = base if not charged.us else _Builder(graph, names, shapes, table, margin,
                                                       layout=charged).build()
@@ -270,7 +274,7 @@ def _search(graph: gs.Graph, names: list[str], shapes, table: CostTable, margin:
         found = simulate(graph, {n: bool(v) for n, v in zip(names, x, strict=True)}, shapes,
                          table)
         score = base.value(x) + found.us
-        if best is None or score < best[0] - 1e-9:
+        if score < best[0] - 1e-9:
             best = (score, x, found.us)
         new = {k: v for k, v in found.edges.items() if k not in charged.edges}
         pools = {k: v for k, v in found.slow_pools.items() if k not in charged.slow_pools}
@@ -278,7 +282,6 @@ def _search(graph: gs.Graph, names: list[str], shapes, table: CostTable, margin:
             break
         charged.edges.update(new)
         charged.slow_pools.update(pools)
-    assert best is not None
     return best[1], best[2]
 
 
