@@ -19,7 +19,6 @@ from onnxq.quant_math import dequantize, quantize, weight_params
 __all__ = ["Target", "targets", "fake_quant_weight", "WeightQuantizer"]
 
 
-
 class WeightQuantizer(Protocol):
     """The float values of a weight after int8 quantization along ``axis``; ``exact``: a
     weight that keeps 8 bits even where the target's others get 7 (``Target.exact``)."""
