@@ -37,14 +37,33 @@ def cost_table(spec: str, target: str) -> CostTable:
 def decide(model: onnx.ModelProto, graph: gs.Graph, plan, *, objective: str, table_spec: str,
            target: str, input_shapes: Mapping[str, tuple] | None = None) -> Placement | None:
     """The placement of ``plan`` on ``graph`` (imported from ``model``), or None for the size
-    objective or when the shapes cannot be inferred."""
+    objective or when the shapes cannot be inferred. Each Loop or Scan body is placed on its
+    own, per iteration (``Placement.bodies``)."""
     if objective not in MARGINS:
         return None
     shapes = batch1_shapes(model, input_shapes)
     if not shapes:
         return None
-    return place(graph, plan, shapes, cost_table(table_spec, target),
-                 margin=MARGINS[objective], min_gain=MIN_GAINS[objective])
+    table = cost_table(table_spec, target)
+    main = place(graph, plan, shapes, table, margin=MARGINS[objective],
+                 min_gain=MIN_GAINS[objective])
+    bodies = tuple(found for scope, body in loop_bodies(graph)
+                   if (found := place(body, plan, shapes, table, margin=MARGINS[objective],
+                                      min_gain=MIN_GAINS[objective], scope=scope)) is not None)
+    if main is None and not bodies:
+        return None
+    return dataclasses.replace(main or Placement.empty(table), bodies=bodies)
+
+
+def loop_bodies(graph: gs.Graph):
+    """(what the report calls it, body) for every Loop and Scan body, nested ones too. One
+    iteration of a body is placed like a graph of its own: its inputs (the carried state, the
+    scan slices) and the outer-scope values it reads arrive float every iteration."""
+    for node in graph.nodes:
+        body = node.attrs.get("body") if node.op in ("Loop", "Scan") else None
+        if isinstance(body, gs.Graph):
+            yield f"{node.op} {node.name!r}, per iteration", body
+            yield from loop_bodies(body)
 
 
 def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
@@ -56,7 +75,8 @@ def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
                     input_shapes=input_shapes)
     if placed is None:
         return plan
-    if placed.keep_float:
-        plan = replan(placed.keep_float, placed.int8_electives)
-    return dataclasses.replace(plan, notes=plan.notes + (placed.note(),),
+    keep = placed.all_keep_float()
+    if keep:
+        plan = replan(keep, placed.all_int8_electives())
+    return dataclasses.replace(plan, notes=plan.notes + placed.notes(),
                                placement=placed.to_dict())

@@ -58,9 +58,35 @@ class Placement:
     unknown: int = 0  # candidates without known shapes: kept as planned, not in the times
     #: the int8 placement's predicted speed-up when it was under ``min_gain`` (all float)
     small_gain: float | None = None
+    scope: str = ""  # where, when not the main graph (a Loop or Scan body, per iteration)
+    bodies: tuple[Placement, ...] = ()  # the main graph's Loop and Scan bodies, placed apart
+
+    @classmethod
+    def empty(cls, table: CostTable) -> Placement:
+        """Nothing planned in the main graph (the bodies may have some)."""
+        return cls(keep_float={}, int8_electives=(), regions=(), fp32_us=0.0, int8_us=0.0,
+                   placed_us=0.0, table=table.source.rsplit("/", 1)[-1], candidates=0)
+
+    def all_keep_float(self) -> dict[str, str]:
+        return {k: v for p in (self, *self.bodies) for k, v in p.keep_float.items()}
+
+    def all_int8_electives(self) -> tuple[str, ...]:
+        return tuple(n for p in (self, *self.bodies) for n in p.int8_electives)
+
+    def notes(self) -> tuple[str, ...]:
+        return tuple(p.note() for p in (self, *self.bodies) if p.candidates)
 
     def to_dict(self) -> dict:
-        return {"table": self.table, "candidates": self.candidates, "unknown": self.unknown,
+        found = self._own_dict()
+        found["int8_electives"] = list(self.all_int8_electives())
+        if self.bodies:
+            found["bodies"] = [b._own_dict() for b in self.bodies]
+        return found
+
+    def _own_dict(self) -> dict:
+        where = {"scope": self.scope} if self.scope else {}
+        return {**where, "table": self.table, "candidates": self.candidates,
+                "unknown": self.unknown,
                 "kept_float": len(self.keep_float), "int8_electives": list(self.int8_electives),
                 "predicted_us": {"fp32": round(self.fp32_us, 1), "all_int8": round(self.int8_us, 1),
                                  "placed": round(self.placed_us, 1)},
@@ -70,20 +96,20 @@ class Placement:
                                   for r in self.regions]}
 
     def note(self) -> str:
-        kept = len(self.keep_float)
+        kept, where = len(self.keep_float), f", {self.scope}" if self.scope else ""
         if self.small_gain is not None:
-            return (f"placement ({self.table}): int8 is predicted only {self.small_gain:.3f}x "
+            return (f"placement ({self.table}{where}): int8 is predicted only {self.small_gain:.3f}x "
                     f"FP32 at batch 1 ({self.fp32_us:.0f} µs FP32), inside the cost model's "
                     "error; the model stays float (objective=size quantizes it anyway)")
         if kept == self.candidates:
-            return (f"placement ({self.table}): no region is predicted faster in int8 on this "
+            return (f"placement ({self.table}{where}): no region is predicted faster in int8 on this "
                     f"target (all-int8 {self.int8_us:.0f} µs vs FP32 {self.fp32_us:.0f} µs at "
                     "batch 1, conversions included): the model stays float; objective=size "
                     "quantizes it anyway")
         speed = self.fp32_us / self.placed_us if self.placed_us > 0 else 1.0
         unknown = (f"; {self.unknown} node(s) have no known shapes (e.g. after a dynamic Pad): "
                    "they stay as planned and are not in these times") if self.unknown else ""
-        return (f"placement ({self.table}): {kept} of {self.candidates} planned node(s) kept "
+        return (f"placement ({self.table}{where}): {kept} of {self.candidates} planned node(s) kept "
                 f"float in {len(self.regions)} region(s); predicted batch-1 time "
                 f"{self.placed_us:.0f} µs vs {self.int8_us:.0f} µs all-int8 and "
                 f"{self.fp32_us:.0f} µs FP32 ({speed:.2f}x){unknown}")
@@ -211,17 +237,18 @@ class _Builder:
 
 
 def _candidates(graph: gs.Graph, plan) -> list[str]:
-    main = {n.name for n in graph.nodes}
+    main = {n.name for n in graph.nodes}  # (``graph`` may be a Loop or Scan body)
     roles = (Role.ANCHOR, Role.ELECTIVE, Role.SHARED)
     names = [n.name for n in plan.nodes if n.role in roles and n.name in main]
     return names + [f.node for f in plan.folds if f.node in main]
 
 
 def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, *,
-          margin: float = 0.97, min_gain: float = 1.0) -> Placement | None:
-    """The placement of ``plan``'s main-graph nodes; None when there is nothing to decide.
-    ``min_gain``: a placement predicted to run less than this much faster than FP32 (every
-    candidate's shapes known) keeps every candidate float."""
+          margin: float = 0.97, min_gain: float = 1.0, scope: str = "") -> Placement | None:
+    """The placement of ``plan``'s nodes in ``graph`` (the main graph, or the body ``scope``
+    names); None when there is nothing to decide. ``min_gain``: a placement predicted to run
+    less than this much faster than FP32 (every candidate's shapes known) keeps every
+    candidate float."""
     names = _candidates(graph, plan)
     if not names or not shapes:
         return None
@@ -255,7 +282,7 @@ def place(graph: gs.Graph, plan, shapes: Mapping[str, tuple], table: CostTable, 
     return Placement(keep_float=keep, int8_electives=forced, regions=tuple(regions),
                      fp32_us=fp32_us, int8_us=int8_us, placed_us=placed_us,
                      table=table.source.rsplit("/", 1)[-1], candidates=len(names),
-                     unknown=unknown, small_gain=small)
+                     unknown=unknown, small_gain=small, scope=scope)
 
 
 def _search(graph: gs.Graph, names: list[str], shapes, table: CostTable, margin: float

@@ -68,7 +68,8 @@ def batch1_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | No
                   ) -> dict[str, tuple[int, ...]]:
     """Every tensor name of the main graph whose shape inference could fix → its shape, with
     the inputs at their declared dims; a free dim takes its size from ``input_shapes`` (a
-    calibration feed), except the leading (batch) dim, which is 1, as are unknown ones."""
+    calibration feed), except the leading (batch) dim, which is 1, as are unknown ones.
+    Tensors of Loop and Scan bodies: their shape in one iteration (``_body_shapes``)."""
     light = _weightless(model)
     inits = {t.name for t in light.graph.initializer}
     for inp in light.graph.input:
@@ -114,4 +115,28 @@ def _known(inferred: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
             shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
     for t in g.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
+    for body in _loop_bodies(g):
+        _body_shapes(body, shapes)
     return shapes
+
+
+def _loop_bodies(graph: onnx.GraphProto):
+    """The bodies of ``graph``'s Loop and Scan nodes, and of theirs, depth first."""
+    for node in graph.node:
+        if node.op_type in ("Loop", "Scan"):
+            for attr in node.attribute:
+                if attr.name == "body" and attr.type == onnx.AttributeProto.GRAPH:
+                    yield attr.g
+                    yield from _loop_bodies(attr.g)
+
+
+def _body_shapes(body: onnx.GraphProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """One iteration's shapes: a body declares its own inputs, often with a free batch dim
+    that inference cannot tie to the outer one, so a free dim is 1 there too (batch 1)."""
+    for vi in list(body.input) + list(body.value_info) + list(body.output):
+        tt = vi.type.tensor_type
+        if vi.name not in shapes and tt.HasField("shape"):
+            shapes[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value")
+                                    and d.dim_value > 0 else 1 for d in tt.shape.dim)
+    for t in body.initializer:
+        shapes.setdefault(t.name, tuple(int(d) for d in t.dims))
