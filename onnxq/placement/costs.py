@@ -66,8 +66,11 @@ class CostTable:
     def gemm_rate(self, dtype: str, rows: float) -> float:
         return _interp(self.data["gemm_us_per_mmac"][dtype], rows)
 
-    def overhead(self, dtype: str) -> float:
-        return float(self.data["node_overhead_us"][dtype])
+    def overhead(self, dtype: str, op: str | None = None) -> float:
+        """µs a node costs whatever its size: ``op``'s own (``node_us``, measured on tiny
+        tensors) where the table has it, else the one figure per dtype fitted on conv chains."""
+        own = self.data.get("node_us", {}).get(op) if op else None
+        return float(own) if own is not None else float(self.data["node_overhead_us"][dtype])
 
     def per_element(self, op: str) -> float:
         """µs per element."""
@@ -87,7 +90,7 @@ class CostTable:
             us += elements * self.per_element("Transpose.u8")
         if float_conv:
             us += elements * self.per_element("Transpose.f32")
-        return us + self.overhead("int8")
+        return us + self.overhead("int8", "QuantizeLinear" if to_int8 else "DequantizeLinear")
 
 
 def load_table(path: str | os.PathLike) -> CostTable:

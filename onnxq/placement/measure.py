@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq import runtime
 
-__all__ = ["measure_table", "CHANNELS", "GEMM_ROWS", "ELEMENTWISE"]
+__all__ = ["measure_table", "node_overheads", "CHANNELS", "GEMM_ROWS", "ELEMENTWISE", "NODE_OPS"]
 
 #: channel counts the conv rates are measured at (interpolated log-linearly between)
 CHANNELS = (3, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -146,6 +146,55 @@ def _elementwise_models() -> dict[str, onnx.ModelProto]:
     }
 
 
+#: ops whose fixed cost per node is measured on its own (``node_overheads``)
+NODE_OPS = ("Add", "QLinearAdd", "Mul", "QLinearMul", "MatMul", "QLinearMatMul",
+            "QuantizeLinear", "DequantizeLinear")
+_TINY = 16  # elements (and GEMM width) of the tiny tensors those are measured on
+
+
+def _tiny_chain(op: str, depth: int) -> onnx.ModelProto:
+    """``depth`` nodes of ``op`` on a [1, 16] tensor, each reading the previous one; for the
+    conversions, QuantizeLinear → DequantizeLinear pairs (other scales, so none folds away)."""
+    n, ms = _TINY, "com.microsoft"
+    inits = [_arr("s", 0.05, np.float32), _arr("s2", 0.06, np.float32), _arr("z", 128, np.uint8)]
+    nodes, x = [], "x"
+    for i in range(depth):
+        y = "y" if i == depth - 1 else f"t{i}"
+        if op in ("Add", "Mul"):
+            inits.append(_arr(f"c{i}", np.full((1, n), 0.01), np.float32))
+            nodes.append(helper.make_node(op, [x, f"c{i}"], [y]))
+        elif op in ("QLinearAdd", "QLinearMul"):
+            inits.append(_arr(f"c{i}", np.full((1, n), 3), np.uint8))
+            nodes.append(helper.make_node(op, [x, "s", "z", f"c{i}", "s", "z", "s", "z"], [y],
+                                          domain=ms))
+        elif op == "MatMul":
+            inits.append(_arr(f"w{i}", np.full((n, n), 0.01), np.float32))
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [y]))
+        elif op == "QLinearMatMul":
+            inits += [_arr(f"w{i}", np.full((n, n), 3), np.int8), _arr(f"wz{i}", 0, np.int8)]
+            nodes.append(helper.make_node("QLinearMatMul", [x, "s", "z", f"w{i}", "s",
+                                                            f"wz{i}", "s", "z"], [y]))
+        else:  # a conversion pair
+            nodes += [helper.make_node("QuantizeLinear", [x, "s", "z"], [f"q{i}"]),
+                      helper.make_node("DequantizeLinear", [f"q{i}", "s2", "z"], [y])]
+        x = y
+    dtype = _U8 if op.startswith("QLinear") else _F
+    return _model(nodes, [_info("x", dtype, [1, n])], [_info("y", dtype, [1, n])], inits)
+
+
+def node_overheads(threads: int, seconds: float) -> dict[str, float]:
+    """µs one node of each of ``NODE_OPS`` costs whatever its size (on 16 elements): what
+    decides a batch-1 loop body's small products and elementwise ops. A QuantizeLinear and a
+    DequantizeLinear get half of a pair each."""
+    out, depth = {}, 8
+    for op in NODE_OPS[:-1]:
+        t = _time({"short": _tiny_chain(op, 1), "long": _tiny_chain(op, 1 + depth)}, threads,
+                  seconds)
+        out[op] = max(t["long"] - t["short"], 1e-7) / depth * 1e6
+    out["QuantizeLinear"] = out["DequantizeLinear"] = out["QuantizeLinear"] / 2
+    return out
+
+
 def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     feed = {}
@@ -223,7 +272,7 @@ def _measure_once(threads: int, seconds: float, progress) -> dict:
                    for k, m in _elementwise_models().items()}
     return {"conv_us_per_mmac": conv, "gemm_us_per_mmac": gemm,
             "node_overhead_us": {k: v * 1e6 for k, v in tiny.items()},
-            "elementwise_ns": elementwise}
+            "node_us": node_overheads(threads, seconds), "elementwise_ns": elementwise}
 
 
 ELEMENTWISE = tuple(_elementwise_models())

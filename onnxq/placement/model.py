@@ -52,8 +52,9 @@ def _gemm(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
     k = a[-2] if transa else a[-1]
     rows = math.prod(y[:-1]) if len(y) > 1 else 1
     macs = rows * k * y[-1] / 1e6
-    return NodeCost(table.overhead("float") + macs * table.gemm_rate("float", rows),
-                    table.overhead("int8") + macs * table.gemm_rate("int8", rows))
+    return NodeCost(table.overhead("float", "MatMul") + macs * table.gemm_rate("float", rows),
+                    table.overhead("int8", "QLinearMatMul")
+                    + macs * table.gemm_rate("int8", rows))
 
 
 def _elementwise(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
@@ -63,8 +64,8 @@ def _elementwise(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
     bcast = node.op == "Mul" and len({elements(shapes, t.name) for t in node.inputs}) > 1
     i8 = ("QLinearMul.bcast",) if bcast else _INT8.get(node.op, ())
     f32 = ("Mul.bcast",) if bcast else _FLOAT.get(node.op, ())
-    over_i = table.overhead("int8") * len(i8)
-    over_f = table.overhead("float") * len(f32)
+    over_i = sum(table.overhead("int8", k.split(".")[0]) for k in i8)
+    over_f = sum(table.overhead("float", k.split(".")[0]) for k in f32)
     return NodeCost(over_f + big * sum(table.per_element(k) for k in f32),
                     over_i + big * sum(table.per_element(k) for k in i8))
 
