@@ -84,13 +84,17 @@ class CostTable:
                ) -> float:
         """µs of one float ↔ int8 conversion of a tensor: QuantizeLinear or DequantizeLinear,
         plus the layout changes onnxruntime adds around an int8 Conv (NHWC) and a float Conv
-        (NCHWc)."""
-        us = elements * self.per_element("QuantizeLinear" if to_int8 else "DequantizeLinear")
+        (NCHWc). Fixed costs: the conversion's own node, and the u8 Transpose's next to an int8
+        Conv (the one figure per dtype: a table without per-op figures has its fixed cost
+        for the whole border)."""
+        op = "QuantizeLinear" if to_int8 else "DequantizeLinear"
+        us = elements * self.per_element(op) + self.overhead("int8", op)
         if int8_conv:
             us += elements * self.per_element("Transpose.u8")
+            us += self.overhead("int8") if "node_us" in self.data else 0.0
         if float_conv:
             us += elements * self.per_element("Transpose.f32")
-        return us + self.overhead("int8", "QuantizeLinear" if to_int8 else "DequantizeLinear")
+        return us
 
 
 def load_table(path: str | os.PathLike) -> CostTable:
