@@ -67,3 +67,19 @@ def test_command_pages_match_the_cli():
     proc = subprocess.run([sys.executable, str(root / "tools" / "cli_docs.py"), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cost_table_adds_node_costs_to_a_table_and_keeps_the_rest(tmp_path, capsys):
+    from onnxq.placement import costs, measure
+
+    shipped = json.loads((costs._TABLES / "vnni.json").read_text())
+    table = tmp_path / "vnni.json"
+    table.write_text(json.dumps(shipped))
+    assert _tool("cost_table").main(["--node-costs-into", str(table), "--repeats", "1",
+                                     "--seconds", "0.01", "--threads", "1"]) == 0
+    found = json.loads(table.read_text())
+    assert set(found["node_us"]) == set(measure.NODE_OPS)
+    assert all(v > 0 for v in found["node_us"].values())
+    assert {k: v for k, v in found.items() if k not in ("node_us", "meta")} == \
+        {k: v for k, v in shipped.items() if k not in ("node_us", "meta")}
+    assert "node_us" in found["meta"] and "wrote node_us" in capsys.readouterr().out

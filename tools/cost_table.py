@@ -3,6 +3,11 @@ that ``placement.cost_table = "PATH"`` (or the shipped tables under onnxq/placem
 uses.
 
     python tools/cost_table.py out.json --repeats 3 --threads 2
+    python tools/cost_table.py --node-costs-into onnxq/placement/tables/vnni.json --repeats 9
+
+The second form measures only the per-op fixed costs (``node_us``) and adds them to an
+existing table, leaving its other figures as they were measured: run it on the table's own
+CPU (the shipped VNNI and AMX tables lack them).
 """
 
 from __future__ import annotations
@@ -15,13 +20,23 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out")
+    parser.add_argument("out", nargs="?")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=0.5,
+                        help="timing per measurement (--node-costs-into)")
+    parser.add_argument("--node-costs-into", metavar="TABLE", default=None,
+                        help="measure only the per-op node costs and add them to TABLE")
     args = parser.parse_args(argv)
     from onnxq import runtime
     from onnxq.kernels.isa import host_target
     from onnxq.placement.costs import _cpu_model
+
+    if args.node_costs_into:
+        return _node_costs_into(Path(args.node_costs_into), args.repeats, args.threads,
+                                args.seconds, _cpu_model())
+    if not args.out:
+        parser.error("give the output file, or --node-costs-into TABLE")
     from onnxq.placement.measure import measure_table
 
     table = measure_table(threads=args.threads, repeats=args.repeats,
@@ -31,6 +46,24 @@ def main(argv: list[str] | None = None) -> int:
                      "repeats": args.repeats, "measured": "host"}
     Path(args.out).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _node_costs_into(path: Path, repeats: int, threads: int, seconds: float, cpu: str) -> int:
+    """The median over ``repeats`` runs of each op's node cost, written into ``path``."""
+    import numpy as np
+
+    from onnxq.placement.measure import node_overheads
+
+    table = json.loads(path.read_text())
+    runs = [node_overheads(threads, seconds) for _ in range(max(repeats, 1))]
+    table["node_us"] = {op: float(np.median([r[op] for r in runs])) for op in runs[0]}
+    table.setdefault("meta", {})["node_us"] = (
+        f"measured on {cpu} with tools/cost_table.py --node-costs-into ({threads} threads, "
+        f"median of {len(runs)} runs)")
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote node_us into {path}: " + ", ".join(f"{k} {v:.2f} µs"
+                                                     for k, v in table["node_us"].items()))
     return 0
 
 

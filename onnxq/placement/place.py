@@ -1,5 +1,6 @@
-"""Latency-aware placement: int8 or float for each planned node of the main graph, from the
-cost model, the conversions at every border included.
+"""Latency-aware placement: int8 or float for each planned node of a graph (the main graph, or
+one Loop or Scan body, per iteration), from the cost model, the conversions at every border
+included.
 
 The choice is an exact minimisation (``mincut.Energy``): each planned node costs its predicted
 float or int8 time; an edge between a float and an int8 node costs the QuantizeLinear or
