@@ -203,7 +203,24 @@ def constant_value(tensor: gs.Tensor | None, *, cache: bool = True) -> np.ndarra
         attrs = tensor.inputs[0].attrs
         if isinstance(attrs.get("value"), gs.Constant):
             return np.asarray(attrs["value"].values)
+    if len(tensor.inputs) == 1 and _stored_narrow(tensor.inputs[0]) is not None:
+        source = tensor.inputs[0].inputs[0]
+        return np.asarray(source.values).astype(_stored_narrow(tensor.inputs[0]))
     return None
+
+
+#: ``Cast.to`` → (its numpy type, the narrower types onnxq stores behind such a Cast)
+_NARROW_STORAGE = {1: (np.float32, (np.float16,)), 7: (np.int64, (np.int8, np.int16, np.int32))}
+
+
+def _stored_narrow(node: gs.Node) -> type | None:
+    """The wide type of a ``Cast`` of a narrow initializer (float16 → float32, int8/16/32 →
+    int64): how onnxq stores constants compactly (``passes/compact.py``). Its output is a
+    constant; None for any other node."""
+    if node.op != "Cast" or len(node.inputs) != 1 or not isinstance(node.inputs[0], gs.Constant):
+        return None
+    wide, narrow = _NARROW_STORAGE.get(int(node.attrs.get("to", 0)), (None, ()))
+    return wide if np.dtype(node.inputs[0].dtype) in [np.dtype(t) for t in narrow] else None
 
 
 def constant_shape(tensor: gs.Tensor | None) -> tuple[int, ...] | None:

@@ -13,6 +13,7 @@ __all__ = [
     "MIN_SCALE",
     "activation_params",
     "weight_params",
+    "half_grid_up",
     "bias_params",
     "quantize",
     "dequantize",
@@ -67,8 +68,24 @@ def weight_params(
         levels = 63.5 if reduce_range else 127.5
         zp_value = 128
     scale = np.maximum(absmax.astype(np.float64) / levels, MIN_SCALE).astype(np.float32)
+    if axis is not None:
+        scale = half_grid_up(scale)
     zp = np.full(scale.shape, zp_value, dtype=qtype.numpy)
     return QParams(scale=scale, zero_point=zp, qtype=qtype, axis=axis)
+
+
+def half_grid_up(scale: np.ndarray) -> np.ndarray:
+    """Scales moved up (by less than 2⁻¹⁰ relative, so no weight clips) to the nearest float16
+    number, where they are normal float16 numbers; the others unchanged. A per-channel scale vector on
+    that grid is stored as float16 in the output, exactly (``passes/compact.py``)."""
+    scale = np.asarray(scale, np.float32)
+    with np.errstate(over="ignore"):
+        half = scale.astype(np.float16)
+    below = half.astype(np.float32) < scale
+    half[below] = np.nextafter(half[below], np.float16(np.inf))
+    up = half.astype(np.float32)
+    fits = (scale >= np.finfo(np.float16).tiny) & np.isfinite(up)
+    return np.where(fits, up, scale).astype(np.float32)
 
 
 def _absmax(w: np.ndarray, axis: int | None) -> np.ndarray:

@@ -39,7 +39,10 @@ def test_constant_zero_tensor_gets_valid_scale():
 def test_weight_params_per_channel_symmetric_and_reduce_range():
     w = np.array([[1.0, -2.0], [0.5, 0.25]], np.float32)
     p = qm.weight_params(w, QType.S8, axis=0)
-    np.testing.assert_allclose(p.scale, [2.0 / 127, 0.5 / 127], rtol=1e-6)
+    # per-channel scales are moved up onto the float16 grid (stored as float16, exactly)
+    assert np.all(p.scale >= np.array([2.0 / 127, 0.5 / 127], np.float32))
+    np.testing.assert_allclose(p.scale, [2.0 / 127, 0.5 / 127], rtol=2.0**-10)
+    assert np.array_equal(p.scale.astype(np.float16).astype(np.float32), p.scale)
     q = qm.quantize(w, p)
     assert q.dtype == np.int8 and q.max() == 127 and q.min() == -127
     assert np.abs(qm.dequantize(q, p) - w).max() <= p.scale.max() / 2 + 1e-7

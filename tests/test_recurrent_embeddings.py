@@ -154,6 +154,23 @@ def test_bert_class_model_is_no_larger_than_onnxruntime_quantize_static():
         assert _agree(model, ours, evals) >= _agree(model, theirs, evals) - 1e-4
 
 
+def test_bert_class_model_is_no_larger_than_onnxruntime_quantize_dynamic(tmp_path):
+    """#15 acceptance 2's size clause on a BERT-class encoder with its embeddings: onnxq's
+    default static output is no larger than onnxruntime's quantize_dynamic with per-channel
+    weights (the suite's peer), although it stores per-row embedding scales and activation
+    parameters onnxruntime's has not (storage compaction: ``passes/compact.py``)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = B.bert_embedded()
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(model, src)
+    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    ours = onnxq.quantize(model, _bert_feeds(12, 0), progress=False).model
+    assert ours.ByteSize() <= onnx.load(dst).ByteSize()
+    assert _agree(model, ours, _bert_feeds(3, 9)) >= 0.999
+
+
 def test_per_row_scales_where_one_scale_loses_too_much():
     """A table whose rows differ in scale by 1000x: per-row scales (gathered with the rows);
     a table of similar rows: one scale and a plain DequantizeLinear."""
