@@ -298,6 +298,7 @@ def test_weights_a_loop_carries_unchanged_are_quantized_as_weights(fmt):
     import onnx
 
     import onnxq
+    from onnxq.config_resolve import types_for
     from onnxq.runtime import make_session
 
     model = _carried_weights_loop()
@@ -317,6 +318,10 @@ def test_weights_a_loop_carries_unchanged_are_quantized_as_weights(fmt):
             and list(i.dims) == [64, 64]}
     assert int8, "the weight is not an int8 constant of the body"  # (QLinear: in QLinearMatMul)
     a, b = make_session(model), make_session(result.model)
+    # four tanh iterations of an int8 64x64 cell: 1 - cosine is about 5e-4 with 8-bit weights;
+    # the 7-bit weights of a target without VNNI have 4x the rounding noise power (measured
+    # 0.9988-0.9994 on AMX with ONNXQ_TARGET=avx2, depending on the scales' last bits)
+    floor = 0.998 if types_for(onnxq.QuantConfig())[2] else 0.999
     for f in feeds:
         x, y = a.run(None, f)[0].ravel(), b.run(None, f)[0].ravel()
-        assert x @ y / np.linalg.norm(x) / np.linalg.norm(y) > 0.999
+        assert x @ y / np.linalg.norm(x) / np.linalg.norm(y) > floor
