@@ -39,11 +39,11 @@ FP16_NORMAL = float(np.finfo(np.float16).tiny)  # 2**-14
 FP16_MAX = float(np.finfo(np.float16).max)
 #: (op, domain) → the input slot holding a weight's scale
 _SCALE_SLOT = {("DequantizeLinear", ""): 1, ("QLinearConv", ""): 4, ("QLinearMatMul", ""): 4,
-               ("MatMulIntegerToFloat", MS): 3, ("DynamicQuantizeMatMul", MS): 1,
+               ("MatMulIntegerToFloat", MS): 3, ("DynamicQuantizeMatMul", MS): 2,
                ("QGemm", MS): 4, ("QAttention", MS): 4}
 #: (op, domain) → the optional input slot of a weight's zero point (absent means zero)
 #: (a DequantizeLinear keeps its zero point: onnxruntime's QDQ Gemm → QGemm fusion needs it)
-_ZERO_POINT_SLOT = {("MatMulIntegerToFloat", MS): 5, ("DynamicQuantizeMatMul", MS): 2}
+_ZERO_POINT_SLOT = {("MatMulIntegerToFloat", MS): 5, ("DynamicQuantizeMatMul", MS): 3}
 _WEIGHT_SLOT = {("DequantizeLinear", ""): 0, ("QLinearConv", ""): 3, ("QLinearMatMul", ""): 3,
                 ("MatMulIntegerToFloat", MS): 1, ("DynamicQuantizeMatMul", MS): 1,
                 ("QGemm", MS): 3, ("QAttention", MS): 1}

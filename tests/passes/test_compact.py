@@ -78,6 +78,33 @@ def test_compact_storage_changes_no_value_and_no_kernel(name, fmt, tmp_path):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["matmul_add", "attention_block"])
+@pytest.mark.parametrize("fmt", ["qdq", "qlinear"])
+def test_compact_storage_in_dynamic_mode(name, fmt, tmp_path):
+    """Dynamic mode: QLinear writes DynamicQuantizeMatMul (A, B, b_scale, b_zero_point, bias),
+    whose per-column scale is stored as float16 and whose all-zero zero point is dropped."""
+    model = getattr(B, name)()
+    feeds = B.feeds(model, batch=2, n=2, seed=1)
+    compact = onnxq.quantize(model, feeds, progress=False, objective="size", mode="dynamic",
+                             format=fmt).model
+    expanded = _expanded(compact)
+    dqmm = [n for n in compact.graph.node if n.op_type == "DynamicQuantizeMatMul"]
+    if fmt == "qlinear":
+        assert dqmm
+        halves = {t.name for t in compact.graph.initializer
+                  if t.data_type == onnx.TensorProto.FLOAT16}
+        casts = {n.output[0]: n.input[0] for n in compact.graph.node if n.op_type == "Cast"}
+        for node in dqmm:
+            assert casts.get(node.input[2]) in halves  # b_scale: float16 behind a Cast
+            assert len(node.input) < 4 or node.input[3] == ""  # zero point dropped
+    ours, our_kernels = _session(compact, tmp_path, "compact")
+    ref, ref_kernels = _session(expanded, tmp_path, "expanded")
+    assert our_kernels == ref_kernels
+    for feed in feeds:
+        for a, b in zip(ours.run(None, feed), ref.run(None, feed), strict=True):
+            assert np.array_equal(a, b)
+
+
 def test_compact_storage_runs_once_and_scales_stay_readable():
     model = B.matmul_add()
     result = onnxq.quantize(model, B.feeds(model, batch=2, n=4, seed=1), progress=False,
