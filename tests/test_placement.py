@@ -276,6 +276,34 @@ def test_shape_arithmetic_is_folded_so_the_cost_model_sees_every_shape():
     assert "no known shapes" not in note, note
 
 
+def _frames_cnn() -> onnx.ModelProto:
+    """A spectrogram CNN whose leading dim is frames, not a batch (madmom's exports): input
+    [frames, bins] → Unsqueeze → [1, 1, frames, bins] → unpadded 3×3 convs and a MaxPool."""
+    b = B._Builder(23, 17)
+    x = b.op("Unsqueeze", ["input", b.const("axes01", [0, 1], np.int64)], "to_nchw")
+    x = b.relu(b.conv(x, "c1", 1, 16, 3, pad=0, bias=True), "r1")
+    x = b.pool("MaxPool", b.relu(b.conv(x, "c2", 16, 32, 3, pad=0, bias=True), "r2"), "p1", 2, 2)
+    y = b.relu(b.conv(x, "c3", 32, 32, 3, pad=0, bias=True), "r3")
+    return b.model("frames_cnn", [("input", ["frames", 80])], [(y, None)])
+
+
+def test_a_leading_dim_that_is_not_a_batch_takes_the_feeds_size():
+    """At batch 1 (one frame) the unpadded convs give negative dims: onnxq crashed in the
+    placement ("pairwise term is not submodular"). The feed's frames are used instead, and a
+    dim that stays impossible is never a shape."""
+    model = _frames_cnn()
+    feeds = [{"input": np.random.default_rng(k).standard_normal((100, 80)).astype(np.float32)}
+             for k in range(4)]
+    shapes = batch1_shapes(model, {"input": (100, 80)})
+    assert all(d >= 0 for dims in shapes.values() for d in dims), shapes
+    assert shapes["c3_out"] == (1, 32, 46, 36), shapes["c3_out"]
+    assert all(d >= 0 for dims in batch1_shapes(model, None).values() for d in dims)
+    result = onnxq.quantize(model, feeds, progress=False)
+    note = next(n for n in result.report.notes if n.startswith("placement ("))
+    assert "no known shapes" not in note, note
+    assert cosine(run_model(model, feeds[0])[0], run_model(result.model, feeds[0])[0]) > 0.999
+
+
 def test_a_predicted_gain_inside_the_cost_model_error_keeps_the_model_float(lcnet, monkeypatch):
     """Below ``MIN_GAINS`` (1.05x for latency) the whole model stays float: zoo models
     predicted at 1.02-1.03x measured 0.96-1.03x, and int8 would cost accuracy for nothing."""

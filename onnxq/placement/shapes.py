@@ -69,7 +69,18 @@ def batch1_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | No
     """Every tensor name of the main graph whose shape inference could fix → its shape, with
     the inputs at their declared dims; a free dim takes its size from ``input_shapes`` (a
     calibration feed), except the leading (batch) dim, which is 1, as are unknown ones.
-    Tensors of Loop and Scan bodies: their shape in one iteration (``_body_shapes``)."""
+    Where batch 1 gives some tensor a negative dim (the leading dim is not a batch: a
+    spectrogram's frames, convolved without padding), the feed's leading dims are used, and a
+    shape that stays impossible is left out (unknown). Tensors of Loop and Scan bodies: their
+    shape in one iteration (``_body_shapes``)."""
+    shapes = _inferred(model, input_shapes, batch_one=True)
+    if input_shapes and any(d < 0 for dims in shapes.values() for d in dims):
+        shapes = _inferred(model, input_shapes, batch_one=False)
+    return {name: dims for name, dims in shapes.items() if all(d >= 0 for d in dims)}
+
+
+def _inferred(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | None,
+              batch_one: bool) -> dict[str, tuple[int, ...]]:
     light = _weightless(model)
     inits = {t.name for t in light.graph.initializer}
     for inp in light.graph.input:
@@ -77,10 +88,11 @@ def batch1_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | No
             continue
         dims = inp.type.tensor_type.shape.dim
         given = (input_shapes or {}).get(inp.name)
+        first = 1 if batch_one else 0  # the first dim a feed may fix
         for i, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
                 value = d.dim_value
-            elif i > 0 and given is not None and i < len(given):
+            elif i >= first and given is not None and i < len(given):
                 value = given[i]  # a free dim the feed fixes; the batch (dim 0) stays 1
             else:
                 value = 1
