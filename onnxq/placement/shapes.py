@@ -68,15 +68,58 @@ def batch1_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | No
                   ) -> dict[str, tuple[int, ...]]:
     """Every tensor name of the main graph whose shape inference could fix → its shape, with
     the inputs at their declared dims; a free dim takes its size from ``input_shapes`` (a
-    calibration feed), except the leading (batch) dim, which is 1, as are unknown ones.
-    Where batch 1 gives some tensor a negative dim (the leading dim is not a batch: a
-    spectrogram's frames, convolved without padding), the feed's leading dims are used, and a
-    shape that stays impossible is left out (unknown). Tensors of Loop and Scan bodies: their
-    shape in one iteration (``_body_shapes``)."""
-    shapes = _inferred(model, input_shapes, batch_one=True)
-    if input_shapes and any(d < 0 for dims in shapes.values() for d in dims):
-        shapes = _inferred(model, input_shapes, batch_one=False)
+    calibration feed), except a leading dim that is a batch, which is 1, as are unknown ones.
+    A free leading dim that shape inference carries to another axis is not a batch (a
+    spectrogram's frames, unsqueezed into an image): it takes the feed's size, or stays unknown.
+    Sizing it 1 there gave unpadded convolutions negative dims (onnxq's placement crashed, and
+    onnx's Slice inference aborts the process on them). A shape with a negative dim is left
+    out. Tensors of Loop and Scan bodies: their shape in one iteration (``_body_shapes``)."""
+    shapes = _inferred(model, input_shapes, batch_one=_leading_is_batch(model, input_shapes))
     return {name: dims for name, dims in shapes.items() if all(d >= 0 for d in dims)}
+
+
+_LEADING = "onnxq_leading"  # the symbol a free leading dim gets while it is traced
+
+
+def _free_leading(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    found = []
+    for inp in model.graph.input:
+        if inp.name in inits or not inp.type.HasField("tensor_type"):
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            found.append(inp)
+    return found
+
+
+def _leading_is_batch(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | None
+                      ) -> bool:
+    """Whether the inputs' free leading dims stay on axis 0 of every tensor they reach
+    (symbolic shape inference, no sizes invented: nothing can go negative)."""
+    free = _free_leading(model)
+    given = input_shapes or {}
+    if all(len(given.get(i.name, ())) > 0 and given[i.name][0] == 1 for i in free):
+        return True  # nothing free, or batch-1 feeds: both readings are the same
+    light = _weightless(model)
+    names = {i.name for i in free}
+    for inp in light.graph.input:
+        if inp.name in names:
+            dims = inp.type.tensor_type.shape.dim
+            dims[0].Clear()
+            dims[0].dim_param = _LEADING
+            feed = given.get(inp.name)
+            for i, d in enumerate(dims[1:], start=1):
+                if not (d.HasField("dim_value") and d.dim_value > 0):
+                    d.Clear()
+                    d.dim_value = int(feed[i]) if feed is not None and i < len(feed) else 1
+    del light.graph.value_info[:]
+    inferred = _infer(light)
+    if inferred is None:
+        return True
+    g = inferred.graph
+    return not any(d.dim_param == _LEADING for vi in list(g.value_info) + list(g.output)
+                   for d in vi.type.tensor_type.shape.dim[1:])
 
 
 def _inferred(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | None,
@@ -88,16 +131,17 @@ def _inferred(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | None,
             continue
         dims = inp.type.tensor_type.shape.dim
         given = (input_shapes or {}).get(inp.name)
-        first = 1 if batch_one else 0  # the first dim a feed may fix
         for i, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
-                value = d.dim_value
-            elif i >= first and given is not None and i < len(given):
-                value = given[i]  # a free dim the feed fixes; the batch (dim 0) stays 1
-            else:
-                value = 1
+                continue
             d.Clear()
-            d.dim_value = int(value)
+            if i > 0 or batch_one:  # (a free dim the feed does not fix is 1)
+                d.dim_value = int(given[i]) if i > 0 and given is not None and i < len(given) \
+                    else 1
+            elif given is not None and len(given) > 0:
+                d.dim_value = int(given[0])  # a leading dim that is not a batch: the feed's
+            else:
+                d.dim_param = _LEADING  # unknown: the shapes it reaches stay unknown
     del light.graph.value_info[:]
     for out in light.graph.output:
         out.type.tensor_type.ClearField("shape")
