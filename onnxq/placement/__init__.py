@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq.placement.costs import CostTable, host_table, load_table, table_for_target
 from onnxq.placement.place import PLACED, Placement, Region, place
+from onnxq.placement.recurrent import MIN_INT8_HIDDEN, slow_lstms
 from onnxq.placement.shapes import batch1_shapes
 
 __all__ = ["decide", "apply", "cost_table", "Placement", "Region", "PLACED", "MARGINS", "MIN_GAINS"]
@@ -69,14 +70,22 @@ def loop_bodies(graph: gs.Graph):
 def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
           replan: Callable[[dict[str, str], tuple[str, ...]], object]):
     """``plan`` with the float regions of ``config.placement`` kept float (``replan`` plans
-    again with those nodes excluded) and the placement's summary among its notes."""
-    placed = decide(model, graph, plan, objective=config.placement.objective,
+    again with those nodes excluded) and the placement's summary among its notes. LSTMs too
+    narrow for the int8 kernel to pay stay float too (``recurrent.py``)."""
+    objective = config.placement.objective
+    placed = decide(model, graph, plan, objective=objective,
                     table_spec=config.placement.cost_table, target=config.target,
                     input_shapes=input_shapes)
-    if placed is None:
+    narrow = slow_lstms(graph, plan) if objective in MARGINS else {}
+    if placed is None and not narrow:
         return plan
-    keep = placed.all_keep_float()
+    keep = (placed.all_keep_float() if placed is not None else {}) | narrow
     if keep:
-        plan = replan(keep, placed.all_int8_electives())
-    return dataclasses.replace(plan, notes=plan.notes + placed.notes(),
-                               placement=placed.to_dict())
+        plan = replan(keep, placed.all_int8_electives() if placed is not None else ())
+    notes = placed.notes() if placed is not None else ()
+    if narrow:
+        notes += (f"placement: {len(narrow)} LSTM(s) with hidden_size < {MIN_INT8_HIDDEN} kept "
+                  "float (DynamicQuantizeLSTM is slower there)",)
+    return dataclasses.replace(plan, notes=plan.notes + notes,
+                               placement=placed.to_dict() if placed is not None
+                               else plan.placement)
