@@ -2,11 +2,11 @@
 state at every step and runs each step's recurrent product as an int8 GEMV, which pays only
 for wide layers.
 
-Measured (2-core Intel Xeon with AMX, onnxruntime 1.32, batch 1, 2 threads; docs/placement.md,
-"Recurrent layers"): against the float ``LSTM``, hidden sizes 16-64 run 0.42-0.86x, 128 runs
-0.82-1.08x (1.05-1.08x only with 314 input features over 64+ steps), 256 runs 1.04-1.78x over
-64-200 steps (0.81-1.11x for a single step), 512 runs 3.1-3.6x. The rule keys on the hidden
-size alone: the sequence length is often the model's leading dim, which the placement sizes 1."""
+Measured (2-core Intel Xeon with AMX, onnxruntime 1.32, batch 1, 2 threads, 108 shapes;
+``benchmarks/bench_lstm_width.py``, docs/placement.md "Recurrent layers"), int8 ÷ float speed:
+hidden sizes 16-64 0.48-1.05, 128 0.73-1.14 (above 1 only with 314 input features over 64+
+steps), 256 1.18-1.62 over 64-200 steps, 512 2.4-5.1. The rule keys on the hidden size alone:
+the sequence length is often the model's leading dim, which the placement sizes 1."""
 
 from __future__ import annotations
 
