@@ -38,6 +38,13 @@ __all__ = ["Placement", "Region", "place", "PLACED"]
 PLACED = "placement: float is faster here"
 _UNKNOWN = 1e9  # float cost of a planned node whose shapes are unknown: it stays as planned
 _ROUNDS = 4  # cuts refined by the layout simulation
+#: ops onnxruntime's QDQ propagation moves a QuantizeLinear back through (qdq_propagation.cc)
+_PROPAGATES = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice"})
+
+
+def _single_reader(t: gs.Tensor, outputs) -> bool:
+    """``t`` has one reader and is not a graph output (QDQ propagation's condition)."""
+    return len(t.outputs) == 1 and t.name not in outputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +204,8 @@ class _Builder:
         """A u8 MaxPool fed by a float producer runs onnxruntime's plain NCHW kernel, about
         17x the float or NHWC one. That happens when the pool is int8 after a float node, and
         when a float pool feeds an int8 node: onnxruntime moves the QuantizeLinear above a
-        MaxPool-12 (QDQ propagation)."""
+        MaxPool-12 (QDQ propagation). Both look through the ops that propagation crosses
+        (Transpose, Reshape, Squeeze, Unsqueeze, Slice: a spectrogram CNN's layout changes)."""
         im = self.index.get(pool.name)
         n = elements(self.shapes, pool.inputs[0].name)
         if im is None or not n or not self.table.has("MaxPool.u8") or len(pool.outputs) != 1:
@@ -206,19 +214,25 @@ class _Builder:
         if pool.name in self.layout.slow_pools:  # NCHW after an int8 node too (layout.py)
             self.energy.add_unary(im, 0.0, slow)
         u = G.producer(pool.inputs[0])
-        while u is not None and u.op in ("Relu", "Clip"):  # folded into the QuantizeLinear
-            u = G.producer(u.inputs[0])
+        while u is not None and u.inputs and (u.op in ("Relu", "Clip") or u.op in _PROPAGATES
+                                             and _single_reader(u.outputs[0], outputs)):
+            u = G.producer(u.inputs[0])  # (a Relu or Clip folds into the QuantizeLinear)
         iu = self.index.get(u.name) if u is not None else None
         if iu is None:
             self.energy.add_unary(im, 0.0, slow)
         else:
             self.energy.add_pair(iu, im, 0.0, slow, 0.0, 0.0)
-        y = pool.outputs[0]
-        readers = list(y.outputs)
-        if 12 <= G.opset(self.graph) < 22 and len(readers) == 1 and y.name not in outputs:
-            iv = self.index.get(readers[0].name)
-            if iv is not None:  # (an int8 producer makes this labelling a dominated one)
-                self.energy.add_pair(im, iv, 0.0, slow, 0.0, 0.0)
+        if not 12 <= G.opset(self.graph) < 22:
+            return
+        v, y = pool, pool.outputs[0]
+        while _single_reader(y, outputs):  # the QuantizeLinear onnxruntime moves back up
+            v = y.outputs[0]
+            if iu is not None or v.op not in _PROPAGATES or not v.outputs:
+                break  # (behind an int8 producer it stops at the DequantizeLinear: only the
+            y = v.outputs[0]  # pool's own reader matters)
+        iv = self.index.get(v.name) if v is not pool else None
+        if iv is not None and iv != im:  # (an int8 producer makes this labelling a dominated one)
+            self.energy.add_pair(im, iv, 0.0, slow, 0.0, 0.0)
 
     def build(self) -> Energy:
         outputs = G.graph_output_names(self.graph)
