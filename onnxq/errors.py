@@ -10,6 +10,7 @@ __all__ = [
     "UnsupportedOpError",
     "CalibrationError",
     "PassError",
+    "user_failure",
 ]
 
 
@@ -41,3 +42,18 @@ class OutputPathError(ConfigError, ModelError):
     """An output path onnxq cannot or must not write (missing folder, a directory or device,
     one of its own inputs, another output). Both a ``ConfigError`` and a ``ModelError``, the
     two classes such problems were reported as before this class existed."""
+
+
+def user_failure(exc: BaseException) -> str | None:
+    """The one-line error for a failure the user's files or data caused, or None (a bug)."""
+    if isinstance(exc, OSError):  # the file system said no: a full disk, a read-only folder
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}; check the path, its permissions and the free space"
+    if type(exc).__module__.startswith("onnxruntime"):  # a session run on the user's data
+        text = " ".join(str(exc).split())
+        return (f"onnxruntime failed: {text[:400]}; check that the data matches the model's "
+                "inputs (shapes, batch size, value ranges such as token ids). One .npz is split "
+                "along its first axis into samples: for a model whose first dim is not a batch, "
+                "give a folder of .npz files, one feed each. If the FP32 model runs on this "
+                "data, this is an onnxq bug: please report it")
+    return None

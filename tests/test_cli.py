@@ -109,6 +109,33 @@ def test_compare_and_bench(tmp_path, capsys):
     assert (tmp_path / "b.png").stat().st_size > 1000
 
 
+def test_data_the_model_cannot_run_is_a_clear_error_in_every_command(tmp_path, capsys):
+    """A spectrogram model [frames, bins] given one .npz of [frames, bins]: the .npz is split
+    along its first axis into samples, so onnxruntime gets [1, bins] and fails. compare,
+    bench, profile and tune printed a traceback and "internal error"; quantize already said
+    which feed failed."""
+    b = B._Builder(31, 17)
+    x = b.op("Unsqueeze", ["input", b.const("axes01", [0, 1], np.int64)], "to_nchw")
+    y = b.relu(b.conv(b.relu(b.conv(x, "c1", 1, 8, 3, pad=0, bias=True), "r1"), "c2", 8, 8, 3,
+                      pad=0, bias=True), "r2")
+    model = b.model("frames", [("input", ["frames", 40])], [(y, None)])
+    src, data = tmp_path / "fp32.onnx", tmp_path / "one.npz"
+    onnx.save(model, str(src))
+    np.savez(data, input=np.random.default_rng(0).standard_normal((50, 40)).astype(np.float32))
+    commands = {"compare": ["compare", str(src), str(src), "--data", str(data)],
+                "bench": ["bench", str(src), "--data", str(data), "--seconds", "0.1"],
+                "profile": ["profile", str(src), "--data", str(data)],
+                "tune": ["tune", str(src), str(tmp_path / "t.onnx"), "--calib-data", str(data),
+                         "--eval-data", str(data), "--quiet"]}
+    for name, argv in commands.items():
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, (name, err[-1500:])
+        assert "Traceback" not in err and "internal error" not in err, (name, err[-1500:])
+        assert "onnxq: error:" in err and "folder of .npz" in err or "feed" in err, (name, err)
+    assert not (tmp_path / "t.onnx").exists()
+
+
 def test_compare_report_says_why_compute_stayed_float(tmp_path):
     """The INT8 model records why its compute nodes stayed float; the compare page shows it
     (and says so when a model carries no reasons)."""
