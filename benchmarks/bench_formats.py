@@ -7,7 +7,6 @@ on a ResNet-18-shaped CNN and a MobileNetV3-shaped depthwise/HardSwish CNN built
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -47,11 +46,7 @@ def run_one(name: str, image: int, threads: int, calib_n: int, seconds: float) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+    args = common.parser(__doc__).parse_args(argv)
     image, seconds, calib = (64, 0.3, 4) if args.quick else (224, 2.0, 16)
     load = common.wait_for_idle(max_wait=5 if args.quick else 60)
     results = [run_one(name, image, args.threads, calib, seconds) for name in MODELS]

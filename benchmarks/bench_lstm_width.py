@@ -9,7 +9,6 @@ interleaved (float, int8, float, ...) in one process; compare ratios, not times.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -65,11 +64,7 @@ COLUMNS = [("steps", "steps", str), ("features", "features", str), ("hidden", "h
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+    args = common.parser(__doc__).parse_args(argv)
     load = common.wait_for_idle(max_wait=60)
     grid = [(t, k, h, d) for t in ((1, 200) if args.quick else (1, 8, 64, 200))
             for k in ((24, 314) if args.quick else (24, 138, 314))

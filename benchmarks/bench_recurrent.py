@@ -11,7 +11,6 @@ QDQ and QOperator form. Latency is interleaved (A B A B ...), batch 1, fixed thr
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -100,11 +99,7 @@ COLUMNS = [("model", "model", str), ("batch-1 latency ms", "latency_ms", common.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
+    args = common.parser(__doc__).parse_args(argv)
     steps, seconds = (30, 0.3) if args.quick else (100, 2.0)
     load = common.wait_for_idle(max_wait=5 if args.quick else 60)
     results = [run_one(name, args.threads, steps, seconds) for name in MODELS]

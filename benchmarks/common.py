@@ -140,6 +140,17 @@ def environment() -> dict:
     }
 
 
+def parser(doc: str):
+    """The benchmarks' shared command line: ``--quick``, ``--threads`` (2) and ``--out``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None)
+    return p
+
+
 def wait_for_idle(max_wait: float = 60.0, threshold: float = 0.5) -> float:
     """Wait (up to ``max_wait`` s) until the 1-minute load average drops below ``threshold``
     per core; other processes on a 2-core machine distort int8 timings more than fp32 ones.
