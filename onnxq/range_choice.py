@@ -53,7 +53,7 @@ def work(model: self_check.Source, feeds: Sequence[Mapping[str, np.ndarray]]) ->
     """Multiply-accumulates of the first comparison: one FP32 and one int8 pass of the main
     graph's Conv/ConvTranspose/Gemm/MatMul per feed, at each feed's shapes (0 when the
     shapes cannot be inferred: the comparison runs)."""
-    from onnxq.placement.shapes import batch1_shapes
+    from onnxq.placement.shapes import feed_shapes
 
     if not isinstance(model, onnx.ModelProto):
         model = self_check.skeleton(model) or onnx.load(os.fspath(model),
@@ -62,14 +62,9 @@ def work(model: self_check.Source, feeds: Sequence[Mapping[str, np.ndarray]]) ->
     for feed in feeds:
         key = tuple(sorted((k, np.shape(v)) for k, v in feed.items()))
         if key not in by_shape:
-            by_shape[key] = _macs(model, batch1_shapes(model, dict(key))) * _batch(feed)
+            by_shape[key] = _macs(model, feed_shapes(model, dict(key)))
         total += by_shape[key]
     return 2.0 * total
-
-
-def _batch(feed: Mapping[str, np.ndarray]) -> int:
-    dims = [np.shape(v)[0] for v in feed.values() if np.ndim(v) > 0]
-    return max(dims) if dims else 1
 
 
 def _macs(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> float:

@@ -155,6 +155,32 @@ def test_the_comparisons_work_is_counted_not_timed():
     assert range_choice.work(model, [feed, feed]) == 4 * per_feed
 
 
+def test_the_work_of_a_model_whose_first_dim_is_not_a_batch_counts_each_frame_once():
+    """A spectrogram [frames, bins] unsqueezed into one image: its first dim is not a batch.
+    The count multiplied shapes sized for the whole feed by the feed's first dim (200 frames:
+    200x too much), so ``auto`` skipped its comparison as too costly."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxq import range_choice
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([0, 1], np.int64), "axes")]
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["x4"])]
+    x, cin = "x4", 1
+    for i, c in enumerate((16, 32)):
+        inits.append(numpy_helper.from_array(
+            rng.standard_normal((c, cin, 3, 3)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"]))
+        x, cin = f"c{i}", c
+    graph = helper.make_graph(
+        nodes, "frames", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", 80])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feed = {"x": np.zeros((200, 80), np.float32)}
+    macs = 16 * 198 * 78 * 9 + 32 * 196 * 76 * 16 * 9
+    assert range_choice.work(model, [feed]) == 2 * macs
+
+
 def test_the_work_of_a_model_given_by_path_is_counted_from_its_skeleton(tmp_path):
     """``quantize(path)`` holds the file's skeleton (weights dropped): a Reshape target kept
     there fixes the shapes after it, so the count is the in-memory model's."""

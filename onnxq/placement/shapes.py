@@ -10,7 +10,7 @@ from onnx import TensorProto
 from onnxq.placement.values import fold_values
 from onnxq.scopes import tensor_bytes
 
-__all__ = ["batch1_shapes"]
+__all__ = ["batch1_shapes", "feed_shapes"]
 
 #: rounds of folding shape arithmetic into constants and inferring again
 _ROUNDS = 32
@@ -75,6 +75,14 @@ def batch1_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | No
     onnx's Slice inference aborts the process on them). A shape with a negative dim is left
     out. Tensors of Loop and Scan bodies: their shape in one iteration (``_body_shapes``)."""
     shapes = _inferred(model, input_shapes, batch_one=_leading_is_batch(model, input_shapes))
+    return {name: dims for name, dims in shapes.items() if all(d >= 0 for d in dims)}
+
+
+def feed_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple]
+                ) -> dict[str, tuple[int, ...]]:
+    """Like ``batch1_shapes``, at the feed's own sizes, leading dims included (the work of
+    running that feed); an input the feed does not size leaves its shapes unknown."""
+    shapes = _inferred(model, input_shapes, batch_one=False)
     return {name: dims for name, dims in shapes.items() if all(d >= 0 for d in dims)}
 
 
