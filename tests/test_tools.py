@@ -83,3 +83,21 @@ def test_cost_table_adds_node_costs_to_a_table_and_keeps_the_rest(tmp_path, caps
     assert {k: v for k, v in found.items() if k not in ("node_us", "meta")} == \
         {k: v for k, v in shipped.items() if k not in ("node_us", "meta")}
     assert "node_us" in found["meta"] and "wrote node_us" in capsys.readouterr().out
+
+
+def test_cost_table_adds_one_conv_kind_to_a_table_and_keeps_the_rest(tmp_path, capsys):
+    from onnxq.placement import costs
+
+    shipped = json.loads((costs._TABLES / "vnni.json").read_text())
+    table = tmp_path / "vnni.json"
+    table.write_text(json.dumps(shipped))
+    assert _tool("cost_table").main(["--conv-kind-into", str(table), "dense3.nd", "--repeats",
+                                     "1", "--seconds", "0.01", "--threads", "1"]) == 0
+    found = json.loads(table.read_text())
+    rates = found["conv_us_per_mmac"].pop("dense3.nd")
+    assert [c for c, _ in rates["int8"]] == [3, 8, 16, 32, 64, 128, 256]
+    assert all(r > 0 for dtype in ("float", "int8") for _, r in rates[dtype])
+    assert {k: v for k, v in found.items() if k != "meta"} == \
+        {k: v for k, v in shipped.items() if k != "meta"}
+    assert "dense3.nd" in found["meta"] and "wrote dense3.nd" in capsys.readouterr().out
+    assert _tool("cost_table").main(["--conv-kind-into", str(table), "dense9"]) == 2

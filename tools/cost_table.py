@@ -5,9 +5,12 @@ uses.
     python tools/cost_table.py out.json --repeats 3 --threads 2
     python tools/cost_table.py --node-costs-into onnxq/placement/tables/vnni.json --repeats 9
 
+    python tools/cost_table.py --conv-kind-into onnxq/placement/tables/amx.json dense3.nd
+
 The second form measures only the per-op fixed costs (``node_us``) and adds them to an
 existing table, leaving its other figures as they were measured: run it on the table's own
-CPU (the shipped VNNI and AMX tables lack them).
+CPU (the shipped VNNI and AMX tables lack them). The third does the same for one conv kind
+(the volumetric ``dense3.nd``, which older tables lack).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=0.5,
-                        help="timing per measurement (--node-costs-into)")
+                        help="timing per measurement (--node-costs-into, --conv-kind-into)")
     parser.add_argument("--node-costs-into", metavar="TABLE", default=None,
                         help="measure only the per-op node costs and add them to TABLE")
+    parser.add_argument("--conv-kind-into", nargs=2, metavar=("TABLE", "KIND"), default=None,
+                        help="measure only conv KIND (median of --repeats) and add it to TABLE")
     args = parser.parse_args(argv)
     from onnxq import runtime
     from onnxq.kernels.isa import host_target
@@ -35,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.node_costs_into:
         return _node_costs_into(Path(args.node_costs_into), args.repeats, args.threads,
                                 args.seconds, _cpu_model())
+    if args.conv_kind_into:
+        return _conv_kind_into(Path(args.conv_kind_into[0]), args.conv_kind_into[1],
+                               args.repeats, args.threads, args.seconds, _cpu_model())
     if not args.out:
         parser.error("give the output file, or --node-costs-into TABLE")
     from onnxq.placement.measure import measure_table
@@ -64,6 +72,27 @@ def _node_costs_into(path: Path, repeats: int, threads: int, seconds: float, cpu
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"wrote node_us into {path}: " + ", ".join(f"{k} {v:.2f} µs"
                                                      for k, v in table["node_us"].items()))
+    return 0
+
+
+def _conv_kind_into(path: Path, kind: str, repeats: int, threads: int, seconds: float,
+                    cpu: str) -> int:
+    """The median over ``repeats`` runs of one conv kind's rates, written into ``path``."""
+    from onnxq.placement.measure import CONV_KINDS, _median, measure_convs
+
+    if kind not in CONV_KINDS:
+        print(f"error: unknown conv kind {kind!r}; known: {', '.join(CONV_KINDS)}",
+              file=sys.stderr)
+        return 2
+    table = json.loads(path.read_text())
+    runs = [measure_convs((kind,), threads=threads, seconds=seconds)
+            for _ in range(max(repeats, 1))]
+    table["conv_us_per_mmac"][kind] = _median(runs)[kind]
+    table.setdefault("meta", {})[kind] = (
+        f"measured on {cpu} with tools/cost_table.py --conv-kind-into ({threads} threads, "
+        f"median of {len(runs)} runs)")
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {kind} into {path}")
     return 0
 
 

@@ -10,6 +10,7 @@ version (``host_table``).
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import math
@@ -61,7 +62,17 @@ class CostTable:
     source: str  # where it came from (shipped table name or cache file)
 
     def conv_rate(self, kind: str, dtype: str, channels: float) -> float:
-        return _interp(self.data["conv_us_per_mmac"][kind][dtype], channels)
+        rates = self.data["conv_us_per_mmac"]
+        if kind in rates:
+            return _interp(rates[kind][dtype], channels)
+        # a table measured before volumetric convs (``dense3.nd``): its 2-D rate, scaled by
+        # the shipped AMX table's volumetric / 2-D ratio (onnxruntime's int8 volumetric
+        # im2col is scalar, single-threaded code: slower relative to AMX's fast int8 GEMM,
+        # so the scaling errs towards float on other CPUs)
+        base = kind.removesuffix(".nd")
+        reference = _reference_table()
+        return (_interp(rates[base][dtype], channels) * reference.conv_rate(kind, dtype, channels)
+                / reference.conv_rate(base, dtype, channels))
 
     def gemm_rate(self, dtype: str, rows: float) -> float:
         return _interp(self.data["gemm_us_per_mmac"][dtype], rows)
@@ -100,6 +111,12 @@ class CostTable:
 def load_table(path: str | os.PathLike) -> CostTable:
     p = Path(path)
     return CostTable(json.loads(p.read_text()), str(p))
+
+
+@functools.cache
+def _reference_table() -> CostTable:
+    """The shipped table with every conv kind measured (read once; never modified)."""
+    return load_table(_TABLES / "amx.json")
 
 
 def table_for_target(target: str) -> CostTable:
@@ -143,7 +160,9 @@ def _cpu_model() -> str:
 
 
 def conv_kind(node: gs.Node, cin: int) -> str:
-    """pointwise (1×1), depthwise3 / depthwise5 (one filter per channel) or dense3."""
+    """pointwise (1×1), depthwise3 / depthwise5 (one filter per channel), dense3, or
+    dense3.nd: a dense conv over more than two spatial dims (a volumetric one, priced apart:
+    onnxruntime's int8 kernel builds its im2col buffer in one thread there)."""
     shape = G.constant_shape(node.inputs[1]) if len(node.inputs) > 1 else None
     kernel = [int(k) for k in (shape[2:] if shape else node.attrs.get("kernel_shape", [3]))]
     group = int(node.attrs.get("group", 1))
@@ -151,4 +170,4 @@ def conv_kind(node: gs.Node, cin: int) -> str:
         return "depthwise5" if max(kernel, default=1) >= 5 else "depthwise3"
     if all(k == 1 for k in kernel) and group == 1:
         return "pointwise"
-    return "dense3"
+    return "dense3.nd" if len(kernel) > 2 else "dense3"

@@ -19,14 +19,20 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq import runtime
 
-__all__ = ["measure_table", "node_overheads", "CHANNELS", "GEMM_ROWS", "ELEMENTWISE", "NODE_OPS"]
+__all__ = ["measure_table", "measure_convs", "node_overheads", "CHANNELS", "CONV_KINDS", "GEMM_ROWS",
+           "ELEMENTWISE", "NODE_OPS"]
 
 #: channel counts the conv rates are measured at (interpolated log-linearly between)
 CHANNELS = (3, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: GEMM rows (batch × tokens) the GEMM rates are measured at
 GEMM_ROWS = (1, 4, 16, 64, 256)
+#: conv kinds measured: 2-D ones, and a volumetric dense conv (onnxruntime's int8 Conv with
+#: more than two spatial dims builds its im2col buffer in one thread, generic code)
+CONV_KINDS = ("pointwise", "depthwise3", "depthwise5", "dense3", "dense3.nd")
 #: elements of the tensors the elementwise costs are measured on
 _ELEMENTS = 64 * 56 * 56
+#: frames of the volumetric conv chains (``dense3.nd``)
+_DEPTH = 4
 _F, _U8, _I8, _I32 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32
 
 
@@ -45,12 +51,17 @@ def _arr(name: str, value, dtype) -> TensorProto:
 
 
 def _conv_chain(kind: str, c: int, hw: int, depth: int, int8: bool) -> onnx.ModelProto:
-    """``depth`` convs of one kind (c → c channels, stride 1) on a [1, c, hw, hw] tensor."""
+    """``depth`` convs of one kind (c → c channels, stride 1) on a [1, c, hw, hw] tensor; a
+    ``.nd`` kind (``dense3.nd``) is the volumetric one: 3×3×3 on [1, c, 4, hw, hw]."""
     rng = np.random.default_rng(0)
+    base, nd = kind.removesuffix(".nd"), kind.endswith(".nd")
     k, group = {"pointwise": (1, 1), "depthwise3": (3, c), "depthwise5": (5, c),
-                "dense3": (3, 1)}[kind]
-    attrs: dict[str, Any] = {"kernel_shape": [k, k], "pads": [k // 2] * 4, "group": group}
-    wshape = (c, c // group, k, k)
+                "dense3": (3, 1)}[base]
+    spatial = [_DEPTH, hw, hw] if nd else [hw, hw]
+    kernel = [k] * len(spatial)
+    attrs: dict[str, Any] = {"kernel_shape": kernel, "pads": [k // 2] * 2 * len(spatial),
+                             "group": group}
+    wshape = (c, c // group, *kernel)
     inits = [_arr("xs", 0.05, np.float32), _arr("xz", 128, np.uint8)]
     nodes, x = [], "x"
     for i in range(depth):
@@ -69,8 +80,8 @@ def _conv_chain(kind: str, c: int, hw: int, depth: int, int8: bool) -> onnx.Mode
             nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [y], **attrs))
         x = y
     dtype = _U8 if int8 else _F
-    return _model(nodes, [_info("x", dtype, [1, c, hw, hw])], [_info("y", dtype,
-                                                                     [1, c, hw, hw])], inits)
+    return _model(nodes, [_info("x", dtype, [1, c, *spatial])],
+                  [_info("y", dtype, [1, c, *spatial])], inits)
 
 
 def _gemm_chain(m: int, n: int, depth: int, int8: bool) -> onnx.ModelProto:
@@ -225,8 +236,18 @@ def _marginal(build: Callable[[int, bool], onnx.ModelProto], threads: int, secon
 
 
 def _hw_for(c: int, kind: str) -> int:
-    target = 200_000 if kind != "dense3" else 60_000
-    return int(min(112, max(7, round(math.sqrt(target / c)))))
+    target = 200_000 if not kind.startswith("dense3") else 60_000
+    frames = _DEPTH if kind.endswith(".nd") else 1
+    return int(min(112, max(7, round(math.sqrt(target / c / frames)))))
+
+
+def _macs(kind: str, c: int, hw: int) -> float:
+    """Millions of multiply-adds of one layer of ``_conv_chain``."""
+    nd = kind.endswith(".nd")
+    taps = {"pointwise": 1, "depthwise3": 9, "depthwise5": 25, "dense3": 9}[
+        kind.removesuffix(".nd")] * (3 if nd else 1)  # a volumetric one: 3×3×3
+    pixels = hw * hw * (_DEPTH if nd else 1)
+    return pixels * c * (taps if kind.startswith("depthwise") else taps * c) / 1e6
 
 
 def measure_table(*, threads: int = 2, seconds: float = 0.4, repeats: int = 1,
@@ -248,20 +269,26 @@ def _median(tables: list):
     return float(np.median(tables))
 
 
-def _measure_once(threads: int, seconds: float, progress) -> dict:
+def measure_convs(kinds=CONV_KINDS, *, threads: int = 2, seconds: float = 0.4,
+                  progress=None) -> dict[str, dict[str, list]]:
+    """µs per million MACs of each conv kind, float and int8, at each of ``CHANNELS``."""
     conv: dict[str, dict[str, list]] = {}
-    steps = [(kind, c) for kind in ("pointwise", "depthwise3", "depthwise5", "dense3")
-             for c in CHANNELS if not (kind == "dense3" and c > 256)
-             and (c >= 8 or kind in ("dense3", "pointwise"))]
+    steps = [(kind, c) for kind in kinds
+             for c in CHANNELS if not (kind.startswith("dense3") and c > 256)
+             and (c >= 8 or kind.startswith(("dense3", "pointwise")))]
     for kind, c in steps:
         hw = _hw_for(c, kind)
-        k2 = {"pointwise": 1, "depthwise3": 9, "depthwise5": 25, "dense3": 9}[kind]
-        macs = hw * hw * c * (k2 if kind.startswith("depthwise") else k2 * c) / 1e6
+        macs = _macs(kind, c, hw)
         t = _marginal(functools.partial(_conv_chain, kind, c, hw), threads, seconds)
         for dtype, sec in t.items():
             conv.setdefault(kind, {}).setdefault(dtype, []).append([c, sec * 1e6 / macs])
         if progress:
             progress(f"conv {kind} c={c}")
+    return conv
+
+
+def _measure_once(threads: int, seconds: float, progress) -> dict:
+    conv = measure_convs(threads=threads, seconds=seconds, progress=progress)
     gemm: dict[str, list] = {}
     for m in GEMM_ROWS:
         t = _marginal(functools.partial(_gemm_chain, m, 512), threads, seconds)

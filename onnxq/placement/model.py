@@ -39,7 +39,7 @@ def _conv(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
     kind = conv_kind(node, cin)
     # the tables were measured on c → c convs; a c_in → c_out one is read at their geometric
     # mean (a 3-channel stem is slow in int8 with few outputs, fine with 64)
-    channels = math.sqrt(cin * y[1]) if kind in ("pointwise", "dense3") else cin
+    channels = math.sqrt(cin * y[1]) if kind in ("pointwise", "dense3", "dense3.nd") else cin
     return NodeCost(table.overhead("float") + macs * table.conv_rate(kind, "float", channels),
                     table.overhead("int8") + macs * table.conv_rate(kind, "int8", channels))
 
