@@ -214,14 +214,40 @@ def _exponent(node: gs.Node) -> float | None:
     return None
 
 
+def _magnitude_above(node: gs.Node) -> tuple[str, float] | None:
+    """The magnitude (its name and power) ``node``'s activation input descends from through
+    data movement and linear ops with constants only (a mel filter bank's MatMul over |X|):
+    never through another transform (Conv, MatMul, Gemm), a nonlinearity, or a divisor (an
+    RMS norm's √ divides: a normalization, not a spectrum)."""
+    frontier = [t for t in node.inputs[:1] if G.constant_value(t) is None]
+    seen: set[int] = set()
+    while frontier and len(seen) < _MAGNITUDE_SEARCH:
+        producer = G.producer(frontier.pop(0))
+        if producer is None or id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        exponent = _exponent(producer)
+        if exponent is not None and exponent > 0:
+            return ("Mul(x, x)" if producer.op == "Mul" else producer.op), exponent
+        if producer.op in MAGNITUDE_OPS - COMPRESSION_OPS:
+            return producer.op, 1.0
+        if producer.op in _LINEAR_OPS - {"Conv", "MatMul", "Gemm"}:
+            data = producer.inputs[:1] if producer.op == "Div" else producer.inputs
+            frontier += [t for t in data if G.constant_value(t) is None]
+    return None
+
+
 def _log_spectrum(node: gs.Node) -> str | None:
     """"<magnitude> → <compression>" when ``node``'s output reaches a compression through
     ``_SPECTRUM_OPS`` only, with a magnitude (a square, ``Pow``, ``Sqrt``, ``Abs`` …) on the
     way; None when a nonlinearity (ReLU, a sigmoid …) comes first. A compression is a ``Log``
     (``COMPRESSION_OPS``) or powers whose product falls below 1 after the magnitude: a power-law
     compressed spectrum (BirdNET's mel energies squared, then ``Pow`` 0.23), where |x| itself,
-    √(re² + im²), is not one."""
-    frontier: list[tuple[gs.Tensor, str, float]] = [(t, "", 1.0) for t in node.outputs]
+    √(re² + im²), is not one. A transform that reads a magnitude (``_magnitude_above``: a mel
+    filter bank over |X|) has it on the way from the start."""
+    above = _magnitude_above(node) if node.op in ("MatMul", "Gemm", "Conv") else None
+    magnitude0, power0 = above or ("", 1.0)
+    frontier = [(t, magnitude0, power0) for t in node.outputs]
     seen: set[tuple[int, str, float]] = set()
     while frontier and len(seen) < _MAGNITUDE_SEARCH:
         tensor, magnitude, power = frontier.pop(0)
@@ -263,8 +289,8 @@ def spectrum_reason(node: gs.Node) -> str | None:
     if found is None:
         return None
     return (f"the transform of a compressed spectrum (its output reaches {found} through "
-            "linear ops and magnitudes only): int8 rounding swamps the quiet bins the "
-            "compression keeps; kept in float")
+            "linear ops and magnitudes only, or it reads that magnitude): int8 rounding "
+            "swamps the quiet bins the compression keeps; kept in float")
 
 
 #: single-input data movement an embedding lookup may pass before an Add

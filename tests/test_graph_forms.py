@@ -329,3 +329,50 @@ def test_a_mixed_precision_export_loses_its_casts_into_float16():
     result, ops = _check(model, _feeds((2, 3, 16, 16)), "qdq")
     assert {"conv", "fc"} <= {name for name, _ in result.report.quantized}
     assert "to_half" not in {x.name for x in result.model.graph.node}
+
+
+@pytest.mark.parametrize("reads", ["magnitude", "rms_norm"])
+def test_a_filter_bank_over_a_magnitude_before_a_log_stays_float(reads):
+    """swift-f0's front end: a DFT (kept float), |X| = √(re² + im²), then a mel-style filter
+    bank as a MatMul over the magnitude, then a floor and a Log. The filter bank reads the
+    magnitude, so no magnitude lies between it and the Log: it was quantized, and with it the
+    magnitude spectrum (cosine 0.39 on pitch, 0.28 on confidence against FP32). It stays float
+    now; a MatMul reading an RMS-normalized signal (x / √mean(x²)) before a Log does not."""
+    rng = np.random.default_rng(4)
+    bank = np.abs(rng.standard_normal((64, 24))).astype(np.float32) / 8
+    head = (0.3 * rng.standard_normal((24, 8))).astype(np.float32)
+    if reads == "magnitude":
+        front = [n("MatMul", ["x", "dft_re"], ["re"], name="dft_real"),
+                 n("MatMul", ["x", "dft_im"], ["im"], name="dft_imag"),
+                 n("Mul", ["re", "re"], ["re2"]), n("Mul", ["im", "im"], ["im2"]),
+                 n("Add", ["re2", "im2"], ["power"]), n("Sqrt", ["power"], ["mag"]),
+                 n("Transpose", ["mag"], ["spec"], perm=[0, 1])]
+    else:
+        front = [n("Mul", ["x", "x"], ["sq"]), n("ReduceMean", ["sq"], ["ms"], keepdims=1),
+                 n("Sqrt", ["ms"], ["rms"]), n("Div", ["x", "rms"], ["normed"]),
+                 n("MatMul", ["normed", "dft_re"], ["spec"], name="project")]
+    graph = helper.make_graph(
+        front + [n("MatMul", ["spec", "bank"], ["mel"], name="filter_bank"),
+                 n("Max", ["mel", "eps"], ["floored"]), n("Log", ["floored"], ["logmel"]),
+                 n("MatMul", ["logmel", "head"], ["y"], name="head")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 8])],
+        initializer=[numpy_helper.from_array(a, name) for a, name in [
+            ((0.2 * rng.standard_normal((64, 64))).astype(np.float32), "dft_re"),
+            ((0.2 * rng.standard_normal((64, 64))).astype(np.float32), "dft_im"),
+            (bank, "bank"), (head, "head"), (np.array(1e-6, np.float32), "eps")]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    feeds = [{"x": (rng.standard_normal((16, 64)) * rng.uniform(1e-3, 1, (16, 1))).astype(
+        np.float32)} for _ in range(6)]
+    result = onnxq.quantize(model, feeds, progress=False, objective="size")
+    skipped, quantized = dict(result.report.skipped), dict(result.report.quantized)
+    assert "head" in quantized
+    if reads == "magnitude":
+        assert "reads that magnitude" in skipped["filter_bank"], skipped
+        assert "Sqrt → Log" in skipped["filter_bank"], skipped
+        assert {"dft_real", "dft_imag"} <= set(skipped)
+        held = feeds[0]
+        assert cosine(run_model(model, held)[0], run_model(result.model, held)[0]) > 0.999
+    else:
+        assert "filter_bank" in quantized and "project" in quantized, skipped
