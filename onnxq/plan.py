@@ -17,6 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
+from onnxq.plan_fusions import activation_trap, gemm_trap
 from onnxq.plan_roots import sharing_roots
 from onnxq.plan_weights import weights_plan
 from onnxq.quant_ops import (
@@ -234,23 +235,11 @@ class _Analysis:
         changed = self.mark(*(t for _, t in _data_inputs(node, h)))
         if self.inputs_only:
             return changed
-        if h.output_required or self._gemm_trap(node, plan):
+        if h.output_required or gemm_trap(node, plan.bias_add, plan.weight, self.outputs):
             changed |= self.mark(*_data_outputs(node, h))
+        changed |= self.mark(*activation_trap(node, plan.bias_add, self.outputs))
         return changed
 
-    def _gemm_trap(self, node: gs.Node, plan: NodePlan) -> bool:
-        """A 2-D MatMul read only by an Add of another activation: onnxruntime fuses the two
-        into a float Gemm before its QDQ fusions, which then dequantizes the weight on every
-        run (measured 11x slower than FP32 on an RNN cell). An int8 output keeps the MatMul
-        apart (QLinearMatMul)."""
-        if node.op != "MatMul" or plan.bias_add is not None or plan.weight is None:
-            return False
-        shape = node.inputs[0].shape
-        out = node.outputs[0]
-        if shape is None or len(shape) != 2 or len(out.outputs) != 1 or out.name in self.outputs:
-            return False
-        add = out.outputs[0]
-        return add.op == "Add" and all(not _is_const(t) for t in add.inputs)
 
     def _visit_shared(self, node: gs.Node, h: OpHandler) -> bool:
         x = node.inputs[0] if node.inputs else None

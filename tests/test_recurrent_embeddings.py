@@ -267,3 +267,40 @@ def test_lstm_reading_a_heavy_tailed_input_stays_float():
     assert "would zero" in reason and "heavy-tailed" in reason
     normal = onnxq.quantize(model, F.sequence_feeds(model, 4), progress=False)
     assert _ops(normal.model)["DynamicQuantizeLSTM"] == 1
+
+
+@pytest.mark.parametrize("form", ["gemm", "matmul_add"])
+@pytest.mark.parametrize("act", ["Relu", "Sigmoid", "Tanh", "LeakyRelu"])
+def test_an_int8_gemm_read_by_a_fusable_activation_stays_integer(tmp_path, form, act):
+    """An int8 Gemm (or 2-D MatMul + bias Add, which onnxruntime makes a Gemm) whose float
+    output only an activation reads, before a layer kept float: onnxruntime fused Gemm and
+    activation into a float FusedGemm before its QDQ fusions and dequantized the weight on
+    every run (openWakeWord's Dense → Relu head ran at 0.04x the float node). onnxq's output
+    quantizes that output, so the Gemm runs as QGemm."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+    n = helper.make_node
+    w1 = numpy_helper.from_array((0.05 * rng.standard_normal((256, 64))).astype(np.float32),
+                                 "w1")
+    b1 = numpy_helper.from_array((0.1 * rng.standard_normal(64)).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array((0.2 * rng.standard_normal((64, 8))).astype(np.float32), "w2")
+    first = ([n("Gemm", ["x", "w1", "b1"], ["h"], name="dense")] if form == "gemm" else
+             [n("MatMul", ["x", "w1"], ["m"], name="dense"),
+              n("Add", ["m", "b1"], ["h"], name="dense_bias")])
+    graph = helper.make_graph(
+        first + [n(act, ["h"], ["a"], name="act"),
+                 n("MatMul", ["a", "w2"], ["y"], name="head")], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        initializer=[w1, b1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.standard_normal((1, 256)).astype(np.float32)} for _ in range(8)]
+    result = onnxq.quantize(model, feeds, progress=False, exclude_nodes=("head",))
+    assert "dense" in dict(result.report.quantized)
+    optimized = tmp_path / "opt.onnx"
+    run_model(result.model, feeds[0], optimized_path=str(optimized))
+    ops = _ops(onnx.load(str(optimized)))
+    assert ops["QGemm"] + ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] == 1, ops
+    assert ops["FusedGemm"] + ops["Gemm"] == 0, ops
+    assert _agree(model, result.model, feeds[:3]) >= 0.999
