@@ -48,7 +48,7 @@ from onnx import numpy_helper
 
 from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
-from onnxq.exporters.tf_names import canonical_names, stable_merges
+from onnxq.exporters.tf_names import canonical_names, every_node, stable_merges
 from onnxq.exporters.tf_ops import HANDLERS
 from onnxq.exporters.tflite_custom import lower_transpose_conv_bias
 from onnxq.exporters.tflite_sparse import dense_copy
@@ -224,16 +224,17 @@ def _name_batch(model: onnx.ModelProto) -> None:
 
 
 def _rename_io(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
-    """Rename graph inputs/outputs everywhere they appear (names must stay unique)."""
+    """Rename graph inputs/outputs everywhere they appear, subgraphs included (an ``If``
+    branch reads the outer graph's input by name); names must stay unique."""
     graph = model.graph
-    taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
+    taken = {n for node in every_node(graph) for n in list(node.input) + list(node.output)}
     taken |= {t.name for t in graph.initializer}
     mapping = {old: new for old, new in mapping.items() if old != new and new not in taken}
     if len(set(mapping.values())) != len(mapping):
         return
     for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         value.name = mapping.get(value.name, value.name)
-    for node in graph.node:
+    for node in every_node(graph):
         node.input[:] = [mapping.get(n, n) for n in node.input]
         node.output[:] = [mapping.get(n, n) for n in node.output]
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import onnx
 
-__all__ = ["canonical_names", "stable_merges"]
+__all__ = ["canonical_names", "stable_merges", "every_node"]
 
 
 @contextlib.contextmanager
@@ -47,13 +47,22 @@ def stable_merges() -> Iterator[None]:
 _GENERATED = re.compile(r"^(.*?)__\d+((?::\d+)?)$")
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node of ``graph`` and of its subgraphs, in order."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _nodes(sub)
+                yield from every_node(sub)
+
+
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The subgraphs (``If`` branches, ``Loop`` / ``Scan`` bodies) nested in ``graph``."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield sub
+                yield from _subgraphs(sub)
 
 
 def _renamer(taken: set[str], constants: set[str]):
@@ -78,20 +87,20 @@ def canonical_names(model: onnx.ModelProto) -> None:
     graph = model.graph
     fixed = {v.name for v in graph.input} | {v.name for v in graph.output}
     tensors = ({t.name for t in graph.initializer}
-               | {o for n in _nodes(graph) for o in n.output}) - fixed
+               | {o for n in every_node(graph) for o in n.output}) - fixed
     readers: dict[str, int] = {}
-    for node in _nodes(graph):
+    for node in every_node(graph):
         for name in set(node.input):
             readers[name] = readers.get(name, 0) + 1
     # a constant several nodes read may be equal constants tf2onnx merged, under whichever
     # name its set order kept (MediaPipe's zero biases): renamed like the generated ones
     shared = {t.name for t in graph.initializer if readers.get(t.name, 0) > 1} - fixed
     generated = {t for t in tensors if _GENERATED.match(t)} | shared
-    names = {n.name for n in _nodes(graph)}
+    names = {n.name for n in every_node(graph)}
     taken = (tensors - generated) | fixed | (names - {n for n in names if _GENERATED.match(n)})
     rename = _renamer(taken, {t.name for t in graph.initializer})
     mapping: dict[str, str] = {}
-    for node in _nodes(graph):
+    for node in every_node(graph):
         for name in list(node.input) + list(node.output):  # first appearance
             if name in generated and name not in mapping:
                 mapping[name] = rename(name)
@@ -99,11 +108,14 @@ def canonical_names(model: onnx.ModelProto) -> None:
             node.name = rename(node.name)
     for name in sorted(generated - set(mapping)):  # never read (kept by the exporter)
         mapping[name] = rename(name)
-    for node in _nodes(graph):
+    for node in every_node(graph):
         node.input[:] = [mapping.get(i, i) for i in node.input]
         node.output[:] = [mapping.get(o, o) for o in node.output]
     for v in graph.value_info:
         v.name = mapping.get(v.name, v.name)
+    for sub in _subgraphs(graph):  # a branch's outputs are its nodes' outputs, renamed
+        for v in list(sub.output) + list(sub.value_info):
+            v.name = mapping.get(v.name, v.name)
     infos = sorted(v.SerializeToString() for v in graph.value_info)  # any order in
     del graph.value_info[:]
     graph.value_info.extend(onnx.ValueInfoProto.FromString(b) for b in infos)

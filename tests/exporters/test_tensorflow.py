@@ -413,3 +413,32 @@ def test_grouped_convolution_exports():
     ref = model(x, training=False).numpy()
     got = run_model(onnx_model, {"image": x})[0]
     assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
+
+
+def test_tflite_branch_reading_the_input_converts(tmp_path):
+    """A TFLite ``IF`` whose branch reads the model's input (openWakeWord's hey_jarvis
+    rescoring): renaming the input (``serving_default_x:0`` → ``x``) and tf2onnx's generated
+    names has to reach into the branch, or the ONNX checker refuses the model."""
+    rng = np.random.default_rng(0)
+    w1 = tf.constant(rng.standard_normal((8, 4)).astype(np.float32))
+    w2 = tf.constant(rng.standard_normal((8, 4)).astype(np.float32))
+
+    class Rescore(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32, name="x")])
+        def __call__(self, x):
+            first = tf.sigmoid(tf.matmul(x, w1))
+            return tf.cond(first[0, 0] >= 0.5, lambda: tf.sigmoid(tf.matmul(x * 2.0, w2)),
+                           lambda: first)
+
+    module = Rescore()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.__call__.get_concrete_function()], module)
+    path = tmp_path / "rescore.tflite"
+    path.write_bytes(converter.convert())
+    onnx_model = from_tflite(path)
+    assert "If" in {n.op_type for n in onnx_model.graph.node}
+    for seed in range(6):
+        x = sample((8,), 1, seed)
+        ref = module(tf.constant(x)).numpy()
+        got = run_model(onnx_model, {onnx_model.graph.input[0].name: x})[0]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
