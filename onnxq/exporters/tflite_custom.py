@@ -111,3 +111,22 @@ def _replace(model: onnx.ModelProto, node: onnx.NodeProto, w: np.ndarray, b: np.
     model.graph.node.remove(node)
     for k, n in enumerate(new):
         model.graph.node.insert(at + k, n)
+
+
+#: TFLite ops of a model that keeps state inside itself between runs (a streaming model)
+STATEFUL_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"})
+
+
+def builtin_ops(path: str | Path) -> set[str]:
+    """The builtin op names a TFLite flatbuffer uses; empty when it cannot be read as one."""
+    try:
+        from tf2onnx.tflite import Model as tflite_model
+        from tf2onnx.tflite.BuiltinOperator import BuiltinOperator
+
+        names = {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
+        model = tflite_model.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+        codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+        return {names.get(op, str(op)) for c in codes
+                for op in [max(c.BuiltinCode(), c.DeprecatedBuiltinCode())]}
+    except Exception:  # noqa: BLE001 - not a flatbuffer: the caller's message stands
+        return set()

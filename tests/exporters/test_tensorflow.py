@@ -442,3 +442,31 @@ def test_tflite_branch_reading_the_input_converts(tmp_path):
         ref = module(tf.constant(x)).numpy()
         got = run_model(onnx_model, {onnx_model.graph.input[0].name: x})[0]
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_streaming_tflite_model_is_refused_with_its_cause(tmp_path):
+    """A model that keeps state in resource variables between runs (micro-wakeword's
+    streaming models: VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE): tf2onnx fails on it with an
+    IndexError; the error names the cause and the fix instead of "check that it is a TFLite
+    flatbuffer"."""
+
+    class Streaming(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.state = tf.Variable(tf.zeros([1, 4]))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            total = self.state + x
+            self.state.assign(total)
+            return total * 2.0
+
+    module = Streaming()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.__call__.get_concrete_function()], module)
+    converter.experimental_enable_resource_variables = True
+    path = tmp_path / "streaming.tflite"
+    path.write_bytes(converter.convert())
+    with pytest.raises(ModelError, match=r"streaming TFLite model.*(VAR_HANDLE|READ_VARIABLE|"
+                                         r"ASSIGN_VARIABLE).*fix: export the model without"):
+        from_tflite(path)
