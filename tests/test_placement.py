@@ -61,6 +61,8 @@ def test_every_target_has_a_complete_table(target):
             rates = [table.conv_rate(kind, dtype, c) for c in (1, 3, 16, 100, 5000)]
             assert all(r > 0 for r in rates)
     assert table.gemm_rate("int8", 1) > 0 and table.overhead("float") > 0
+    for op in measure.BCAST_OPS:
+        assert table.bcast_nhwc(op, 4) > table.bcast_nhwc(op, 256) > 0
     for op in measure.ELEMENTWISE:
         assert table.per_element(op) > 0
 
@@ -87,6 +89,7 @@ def test_micro_models_are_valid_and_run():
     models = [measure._conv_chain(k, 8, 6, 2, q) for k in measure.CONV_KINDS
               for q in (False, True)]
     models += [measure._gemm_chain(4, 32, 2, q) for q in (False, True)]
+    models += [measure._bcast_nhwc_model(op, 8)[0] for op in measure.BCAST_OPS]
     models += list(measure._elementwise_models().values())
     models += [measure._tiny_chain(op, 3) for op in measure.NODE_OPS]
     for m in models:
@@ -651,5 +654,37 @@ def test_a_volumetric_conv_is_priced_as_one(target):
     result = _quantize(model, target=target)
     int8 = {name for name, op in result.report.quantized if op == "Conv"}
     assert "c0" not in int8 and "c2" in int8, (target, int8)
+    feed = B.feeds(model, batch=1, seed=3)[0]
+    assert cosine(run_model(result.model, feed)[0], run_model(model, feed)[0]) > 0.99
+
+
+def _bn_after_relu(channels: list[int]) -> onnx.ModelProto:
+    """Keras-style blocks (tempo-cnn): 1×5 Conv → Relu → BatchNorm as a per-channel Mul and
+    Add (it cannot fold into the Conv past the Relu) → MaxPool over 40×128 spectrogram frames."""
+    b = B._Builder(41, 17)
+    x, c = "input", 1
+    for i, cout in enumerate(channels):
+        w = b.param(f"c{i}.weight", b.normal((cout, c, 1, 5), math.sqrt(2.0 / (c * 5))))
+        y = b.relu(b.op("Conv", [x, w, b.param(f"c{i}.bias", b.normal((cout,), 0.1))], f"c{i}",
+                        kernel_shape=[1, 5], pads=[0, 2, 0, 2]), f"r{i}")
+        y = b.op("Mul", [y, b.param(f"s{i}", b.uniform((1, cout, 1, 1), 0.5, 1.5))], f"bn{i}_mul")
+        y = b.op("Add", [y, b.param(f"t{i}", b.normal((1, cout, 1, 1), 0.1))], f"bn{i}_add")
+        x, c = b.pool("MaxPool", y, f"p{i}", 1, 2) if i % 2 else y, cout
+    return b.model("bn_after_relu", [("input", [1, 1, 40, 128])], [(x, None)])
+
+
+@pytest.mark.parametrize("target", ["amx", "vnni", "avx2"])
+def test_a_per_channel_scale_of_few_channels_is_priced_in_nhwc(target):
+    """After an int8 Conv, onnxruntime runs a per-channel QLinearMul / QLinearAdd on NHWC data,
+    looping over channel runs: 3-7 ns per element at 4-8 channels against 0.25 in NCHW
+    (tempo-cnn's deeptemp: 0.71x FP32 with them int8). Priced by channels, no such Mul of 16
+    channels stays int8 behind an int8 Conv (all of them did before)."""
+    for op in measure.BCAST_OPS:
+        assert costs.table_for_target(target).bcast_nhwc(op, 8) > 4 * costs.table_for_target(
+            target).per_element("QLinearMul.bcast" if op == "QLinearMul" else op)
+    model = _bn_after_relu([16, 16, 32, 32])
+    result = _quantize(model, target=target)
+    int8 = dict(result.report.quantized)
+    assert not [i for i in (0, 1) if f"c{i}" in int8 and f"bn{i}_mul" in int8], (target, int8)
     feed = B.feeds(model, batch=1, seed=3)[0]
     assert cosine(run_model(result.model, feed)[0], run_model(model, feed)[0]) > 0.99

@@ -101,3 +101,20 @@ def test_cost_table_adds_one_conv_kind_to_a_table_and_keeps_the_rest(tmp_path, c
         {k: v for k, v in shipped.items() if k != "meta"}
     assert "dense3.nd" in found["meta"] and "wrote dense3.nd" in capsys.readouterr().out
     assert _tool("cost_table").main(["--conv-kind-into", str(table), "dense9"]) == 2
+
+
+def test_cost_table_adds_the_nhwc_broadcast_costs_and_keeps_the_rest(tmp_path, capsys):
+    from onnxq.placement import costs, measure
+
+    shipped = json.loads((costs._TABLES / "avx2.json").read_text())
+    table = tmp_path / "avx2.json"
+    table.write_text(json.dumps(shipped))
+    assert _tool("cost_table").main(["--bcast-into", str(table), "--repeats", "1",
+                                     "--seconds", "0.01", "--threads", "1"]) == 0
+    found = json.loads(table.read_text())
+    rates = found.pop("bcast_nhwc_ns")
+    assert set(rates) == set(measure.BCAST_OPS)
+    assert all(r > 0 for points in rates.values() for _, r in points)
+    assert {k: v for k, v in found.items() if k != "meta"} == \
+        {k: v for k, v in shipped.items() if k != "meta"}
+    assert "wrote bcast_nhwc_ns" in capsys.readouterr().out

@@ -6,11 +6,13 @@ uses.
     python tools/cost_table.py --node-costs-into onnxq/placement/tables/vnni.json --repeats 9
 
     python tools/cost_table.py --conv-kind-into onnxq/placement/tables/amx.json dense3.nd
+    python tools/cost_table.py --bcast-into onnxq/placement/tables/amx.json
 
 The second form measures only the per-op fixed costs (``node_us``) and adds them to an
 existing table, leaving its other figures as they were measured: run it on the table's own
 CPU (the shipped VNNI and AMX tables lack them). The third does the same for one conv kind
-(the volumetric ``dense3.nd``, which older tables lack).
+(the volumetric ``dense3.nd``, which older tables lack), the fourth for the NHWC
+channel-broadcast costs (``bcast_nhwc_ns``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure only the per-op node costs and add them to TABLE")
     parser.add_argument("--conv-kind-into", nargs=2, metavar=("TABLE", "KIND"), default=None,
                         help="measure only conv KIND (median of --repeats) and add it to TABLE")
+    parser.add_argument("--bcast-into", metavar="TABLE", default=None,
+                        help="measure only the NHWC channel-broadcast costs and add them")
     args = parser.parse_args(argv)
     from onnxq import runtime
     from onnxq.kernels.isa import host_target
@@ -40,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.node_costs_into:
         return _node_costs_into(Path(args.node_costs_into), args.repeats, args.threads,
                                 args.seconds, _cpu_model())
+    if args.bcast_into:
+        return _bcast_into(Path(args.bcast_into), args.repeats, args.threads, args.seconds,
+                           _cpu_model())
     if args.conv_kind_into:
         return _conv_kind_into(Path(args.conv_kind_into[0]), args.conv_kind_into[1],
                                args.repeats, args.threads, args.seconds, _cpu_model())
@@ -93,6 +100,21 @@ def _conv_kind_into(path: Path, kind: str, repeats: int, threads: int, seconds: 
         f"median of {len(runs)} runs)")
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"wrote {kind} into {path}")
+    return 0
+
+
+def _bcast_into(path: Path, repeats: int, threads: int, seconds: float, cpu: str) -> int:
+    """The median over ``repeats`` runs of the NHWC channel-broadcast costs, into ``path``."""
+    from onnxq.placement.measure import _median, bcast_nhwc
+
+    table = json.loads(path.read_text())
+    runs = [bcast_nhwc(threads, seconds) for _ in range(max(repeats, 1))]
+    table["bcast_nhwc_ns"] = _median(runs)
+    table.setdefault("meta", {})["bcast_nhwc_ns"] = (
+        f"measured on {cpu} with tools/cost_table.py --bcast-into ({threads} threads, "
+        f"median of {len(runs)} runs)")
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote bcast_nhwc_ns into {path}")
     return 0
 
 

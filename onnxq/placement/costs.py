@@ -74,6 +74,17 @@ class CostTable:
         return (_interp(rates[base][dtype], channels) * reference.conv_rate(kind, dtype, channels)
                 / reference.conv_rate(base, dtype, channels))
 
+    def bcast_nhwc(self, op: str, channels: float) -> float:
+        """µs per element of int8 ``op`` (QLinearMul, QLinearAdd) with a per-channel constant
+        on an NHWC tensor of ``channels`` channels. A table measured before these figures reads
+        the shipped AMX table's, scaled by the two tables' NCHW figure for the op."""
+        nchw = "QLinearMul.bcast" if op == "QLinearMul" else op
+        if "bcast_nhwc_ns" in self.data:
+            return _interp(self.data["bcast_nhwc_ns"][op], channels) / 1000.0
+        reference = _reference_table()
+        return (reference.bcast_nhwc(op, channels) * self.per_element(nchw)
+                / reference.per_element(nchw))
+
     def gemm_rate(self, dtype: str, rows: float) -> float:
         return _interp(self.data["gemm_us_per_mmac"][dtype], rows)
 

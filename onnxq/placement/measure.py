@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq import runtime
 
-__all__ = ["measure_table", "measure_convs", "node_overheads", "CHANNELS", "CONV_KINDS", "GEMM_ROWS",
+__all__ = ["measure_table", "measure_convs", "node_overheads", "bcast_nhwc", "BCAST_OPS", "CHANNELS", "CONV_KINDS", "GEMM_ROWS",
            "ELEMENTWISE", "NODE_OPS"]
 
 #: channel counts the conv rates are measured at (interpolated log-linearly between)
@@ -155,6 +155,37 @@ def _elementwise_models() -> dict[str, onnx.ModelProto]:
                                 (_U8, [1, hw // 2, hw // 2, c]), domain=ms, kernel_shape=k2,
                                 strides=k2),
     }
+
+
+#: channel counts the NHWC channel-broadcast elementwise costs are measured at
+BCAST_CHANNELS = (4, 8, 16, 32, 64, 128, 256)
+#: int8 ops with a per-channel constant priced by channel count in NHWC (``bcast_nhwc``)
+BCAST_OPS = ("QLinearMul", "QLinearAdd")
+
+
+def _bcast_nhwc_model(op: str, c: int) -> tuple[onnx.ModelProto, int]:
+    """``op`` of a [1, hw, hw, c] u8 tensor and a [1, 1, 1, c] constant: an int8 Conv's NHWC
+    output scaled or shifted per channel (a BatchNorm after a ReLU); and its element count."""
+    hw = max(2, round(math.sqrt(_ELEMENTS / c)))
+    shape, per_channel = [1, hw, hw, c], [1, 1, 1, c]
+    inits = [_arr("s", 0.05, np.float32), _arr("z", 128, np.uint8),
+             _arr("b", np.full(per_channel, 3), np.uint8)]
+    node = helper.make_node(op, ["a", "s", "z", "b", "s", "z", "s", "z"], ["y"],
+                            domain="com.microsoft")
+    return (_model([node], [_info("a", _U8, shape)], [_info("y", _U8, shape)], inits),
+            hw * hw * c)
+
+
+def bcast_nhwc(threads: int, seconds: float) -> dict[str, list]:
+    """ns per element of ``BCAST_OPS`` with a per-channel constant on an NHWC tensor, by
+    channels: onnxruntime loops over the channel runs, so few channels cost many times the
+    NCHW figure (``elementwise_ns``'s ``QLinearMul.bcast``)."""
+    out: dict[str, list] = {}
+    for op in BCAST_OPS:
+        for c in BCAST_CHANNELS:
+            model, n = _bcast_nhwc_model(op, c)
+            out.setdefault(op, []).append([c, _time({op: model}, threads, seconds)[op] * 1e9 / n])
+    return out
 
 
 #: ops whose fixed cost per node is measured on its own (``node_overheads``)
@@ -299,7 +330,8 @@ def _measure_once(threads: int, seconds: float, progress) -> dict:
                    for k, m in _elementwise_models().items()}
     return {"conv_us_per_mmac": conv, "gemm_us_per_mmac": gemm,
             "node_overhead_us": {k: v * 1e6 for k, v in tiny.items()},
-            "node_us": node_overheads(threads, seconds), "elementwise_ns": elementwise}
+            "node_us": node_overheads(threads, seconds), "elementwise_ns": elementwise,
+            "bcast_nhwc_ns": bcast_nhwc(threads, seconds)}
 
 
 ELEMENTWISE = tuple(_elementwise_models())

@@ -160,7 +160,8 @@ class _Builder:
             if c is None:
                 self.energy.add_unary(i, unknown, 0.0)
             else:
-                self.energy.add_unary(i, c.float_us, c.int8_us * margin)
+                self.energy.add_unary(i, c.float_us, c.int8_us * margin
+                                      + self.layout.slow_scales.get(name, 0.0))
 
     def border(self, t: gs.Tensor, to_int8: bool, int8_side: gs.Node | None,
                float_side: gs.Node | None) -> float:
@@ -320,10 +321,12 @@ def _search(graph: gs.Graph, names: list[str], shapes, table: CostTable, margin:
             best = (score, x, found.us)
         new = {k: v for k, v in found.edges.items() if k not in charged.edges}
         pools = {k: v for k, v in found.slow_pools.items() if k not in charged.slow_pools}
-        if not new and not pools:
+        scales = {k: v for k, v in found.slow_scales.items() if k not in charged.slow_scales}
+        if not new and not pools and not scales:
             break
         charged.edges.update(new)
         charged.slow_pools.update(pools)
+        charged.slow_scales.update(scales)
     return best[1], best[2]
 
 
