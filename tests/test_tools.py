@@ -69,52 +69,51 @@ def test_command_pages_match_the_cli():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_cost_table_adds_node_costs_to_a_table_and_keeps_the_rest(tmp_path, capsys):
-    from onnxq.placement import costs, measure
+def _add_to_table(tmp_path, name: str, *args: str) -> tuple[dict, dict]:
+    """A copy of the shipped table ``name`` before and after ``tools/cost_table.py`` added to
+    it (one quick repeat)."""
+    from onnxq.placement import costs
 
-    shipped = json.loads((costs._TABLES / "vnni.json").read_text())
-    table = tmp_path / "vnni.json"
+    shipped = json.loads((costs._TABLES / f"{name}.json").read_text())
+    table = tmp_path / f"{name}.json"
     table.write_text(json.dumps(shipped))
-    assert _tool("cost_table").main(["--node-costs-into", str(table), "--repeats", "1",
-                                     "--seconds", "0.01", "--threads", "1"]) == 0
-    found = json.loads(table.read_text())
+    flag, *rest = args
+    assert _tool("cost_table").main([flag, str(table), *rest, "--repeats", "1", "--seconds",
+                                     "0.01", "--threads", "1"]) == 0
+    return shipped, json.loads(table.read_text())
+
+
+def _rest(table: dict, *keys: str) -> dict:
+    return {k: v for k, v in table.items() if k not in ("meta", *keys)}
+
+
+def test_cost_table_adds_node_costs_to_a_table_and_keeps_the_rest(tmp_path, capsys):
+    from onnxq.placement import measure
+
+    shipped, found = _add_to_table(tmp_path, "vnni", "--node-costs-into")
     assert set(found["node_us"]) == set(measure.NODE_OPS)
     assert all(v > 0 for v in found["node_us"].values())
-    assert {k: v for k, v in found.items() if k not in ("node_us", "meta")} == \
-        {k: v for k, v in shipped.items() if k not in ("node_us", "meta")}
+    assert _rest(found, "node_us") == _rest(shipped, "node_us")
     assert "node_us" in found["meta"] and "wrote node_us" in capsys.readouterr().out
 
 
 def test_cost_table_adds_one_conv_kind_to_a_table_and_keeps_the_rest(tmp_path, capsys):
-    from onnxq.placement import costs
-
-    shipped = json.loads((costs._TABLES / "vnni.json").read_text())
-    table = tmp_path / "vnni.json"
-    table.write_text(json.dumps(shipped))
-    assert _tool("cost_table").main(["--conv-kind-into", str(table), "dense3.nd", "--repeats",
-                                     "1", "--seconds", "0.01", "--threads", "1"]) == 0
-    found = json.loads(table.read_text())
+    shipped, found = _add_to_table(tmp_path, "vnni", "--conv-kind-into", "dense3.nd")
     rates = found["conv_us_per_mmac"].pop("dense3.nd")
     assert [c for c, _ in rates["int8"]] == [3, 8, 16, 32, 64, 128, 256]
     assert all(r > 0 for dtype in ("float", "int8") for _, r in rates[dtype])
-    assert {k: v for k, v in found.items() if k != "meta"} == \
-        {k: v for k, v in shipped.items() if k != "meta"}
+    assert _rest(found) == _rest(shipped)
     assert "dense3.nd" in found["meta"] and "wrote dense3.nd" in capsys.readouterr().out
-    assert _tool("cost_table").main(["--conv-kind-into", str(table), "dense9"]) == 2
+    assert _tool("cost_table").main(["--conv-kind-into", str(tmp_path / "vnni.json"),
+                                     "dense9"]) == 2
 
 
 def test_cost_table_adds_the_nhwc_broadcast_costs_and_keeps_the_rest(tmp_path, capsys):
-    from onnxq.placement import costs, measure
+    from onnxq.placement import measure
 
-    shipped = json.loads((costs._TABLES / "avx2.json").read_text())
-    table = tmp_path / "avx2.json"
-    table.write_text(json.dumps(shipped))
-    assert _tool("cost_table").main(["--bcast-into", str(table), "--repeats", "1",
-                                     "--seconds", "0.01", "--threads", "1"]) == 0
-    found = json.loads(table.read_text())
+    shipped, found = _add_to_table(tmp_path, "avx2", "--bcast-into")
     rates = found.pop("bcast_nhwc_ns")
     assert set(rates) == set(measure.BCAST_OPS)
     assert all(r > 0 for points in rates.values() for _, r in points)
-    assert {k: v for k, v in found.items() if k != "meta"} == \
-        {k: v for k, v in shipped.items() if k != "meta"}
+    assert _rest(found) == _rest(shipped)
     assert "wrote bcast_nhwc_ns" in capsys.readouterr().out
