@@ -8,11 +8,11 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 
-__all__ = ["GEMM_ACTIVATIONS", "gemm_trap", "activation_trap"]
+__all__ = ["TRAP_ACTIVATIONS", "gemm_trap", "activation_trap"]
 
-#: activations onnxruntime's GemmActivationFusion folds into a float Gemm (FusedGemm)
-GEMM_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu",
-                              "HardSigmoid", "Softplus", "Softsign"})
+#: activations onnxruntime's QDQ selectors take into a MatMul / Gemm group (to drop them into
+#: the output's QuantizeLinear): with no QuantizeLinear after them the group is rejected
+TRAP_ACTIVATIONS = frozenset({"Relu", "Clip"})
 
 
 def gemm_trap(node: gs.Node, bias_add: tuple[str, int] | None, weight: object,
@@ -33,15 +33,18 @@ def gemm_trap(node: gs.Node, bias_add: tuple[str, int] | None, weight: object,
 
 def activation_trap(node: gs.Node, bias_add: tuple[str, int] | None,
                     outputs: set[str]) -> list[gs.Tensor]:
-    """The float output of an int8 Gemm (or of a 2-D MatMul's bias Add, which onnxruntime
-    turns into one) read only by an activation onnxruntime fuses into a float Gemm
-    (``GEMM_ACTIVATIONS``): that fusion runs before the QDQ ones, so the Gemm stays float and
-    dequantizes its weight on every run (openWakeWord's Dense → Relu head: 0.04x the float
-    node). Quantizing that output makes it QGemm; a Relu then folds into the quantization."""
-    out = node.outputs[0] if node.op == "Gemm" else None
+    """The float output of an int8 MatMul or Gemm (or of a 2-D MatMul's bias Add, which
+    onnxruntime turns into a Gemm) read only by a Relu or Clip (``TRAP_ACTIVATIONS``):
+    onnxruntime's QDQ selector takes the activation into the group and, with no QuantizeLinear
+    after it, rejects the group, so the product runs in float and dequantizes its weight on
+    every run (openWakeWord's Dense → Relu head: 0.04x the float node; measured with
+    onnxruntime 1.32: Tanh, Sigmoid, LeakyRelu, HardSigmoid, Elu, Selu, Softplus and Softsign
+    after it leave QGemm alone). Quantizing that output makes the product integer; the Relu
+    then folds into the quantization."""
+    out = node.outputs[0] if node.op in ("MatMul", "Gemm") else None
     if bias_add is not None:
         add = next((c for c in node.outputs[0].outputs if c.name == bias_add[0]), None)
         out = add.outputs[0] if add is not None else None
     if out is None or out.name in outputs or len(out.outputs) != 1:
         return []
-    return [out] if out.outputs[0].op in GEMM_ACTIVATIONS else []
+    return [out] if out.outputs[0].op in TRAP_ACTIVATIONS else []

@@ -688,3 +688,30 @@ def test_a_per_channel_scale_of_few_channels_is_priced_in_nhwc(target):
     assert not [i for i in (0, 1) if f"c{i}" in int8 and f"bn{i}_mul" in int8], (target, int8)
     feed = B.feeds(model, batch=1, seed=3)[0]
     assert cosine(run_model(result.model, feed)[0], run_model(model, feed)[0]) > 0.99
+
+
+def _conv_node(cin: int, cout: int, kernel: tuple[int, int]) -> tuple[gs.Node, dict]:
+    w = gs.Constant("w", np.zeros((cout, cin, *kernel), np.float32))
+    x, y = gs.Variable("x", np.float32), gs.Variable("y", np.float32)
+    node = gs.Node("Conv", "conv", {"kernel_shape": list(kernel)}, inputs=[x, w], outputs=[y])
+    return node, {"x": (1, cin, 128, 62), "w": (cout, cin, *kernel), "y": (1, cout, 128, 62)}
+
+
+@pytest.mark.parametrize("target", ["amx", "vnni", "avx2"])
+def test_a_conv_with_fewer_than_16_outputs_is_priced_off_the_fast_int8_kernel(target):
+    """onnxruntime's fast int8 conv needs 16 output channels or more; below, im2col + a GEMM
+    of K = inputs × taps. swift-f0's 12 → 12 7×1 and 3×1 convs ran 0.5x the float ones, where
+    reading the tables between their 8- and 16-channel points said int8 was 1.3-1.5x faster.
+    Such a conv (K under 128) is now read at the 8-channel point: float wins, on every table.
+    A 32-output one, and madmom's 30 → 10 3×3 (K 270, faster in int8), keep their gain."""
+    from onnxq.placement.model import node_cost
+
+    table = costs.table_for_target(target)
+    for kernel in ((3, 3), (7, 1)):
+        narrow = node_cost(*_conv_node(12, 12, kernel), table)
+        wide = node_cost(*_conv_node(32, 32, kernel), table)
+        assert narrow is not None and wide is not None
+        assert narrow.int8_us > narrow.float_us, (kernel, narrow)
+        assert wide.int8_us < wide.float_us, (kernel, wide)
+    deep = node_cost(*_conv_node(30, 10, (3, 3)), table)
+    assert deep is not None and deep.int8_us < deep.float_us, deep

@@ -269,14 +269,15 @@ def test_lstm_reading_a_heavy_tailed_input_stays_float():
     assert _ops(normal.model)["DynamicQuantizeLSTM"] == 1
 
 
-@pytest.mark.parametrize("form", ["gemm", "matmul_add"])
-@pytest.mark.parametrize("act", ["Relu", "Sigmoid", "Tanh", "LeakyRelu"])
-def test_an_int8_gemm_read_by_a_fusable_activation_stays_integer(tmp_path, form, act):
-    """An int8 Gemm (or 2-D MatMul + bias Add, which onnxruntime makes a Gemm) whose float
-    output only an activation reads, before a layer kept float: onnxruntime fused Gemm and
-    activation into a float FusedGemm before its QDQ fusions and dequantized the weight on
-    every run (openWakeWord's Dense → Relu head ran at 0.04x the float node). onnxq's output
-    quantizes that output, so the Gemm runs as QGemm."""
+@pytest.mark.parametrize("form", ["gemm", "matmul_add", "matmul"])
+@pytest.mark.parametrize("act", ["Relu", "Clip", "Sigmoid", "Tanh"])
+def test_an_int8_product_read_by_an_activation_stays_integer(tmp_path, form, act):
+    """An int8 Gemm, MatMul, or 2-D MatMul + bias Add (which onnxruntime makes a Gemm) whose
+    float output only an activation reads, before a layer kept float: with a Relu or Clip
+    there, onnxruntime's QDQ selector rejected the group and the product ran in float,
+    dequantizing its weight on every run (openWakeWord's Dense → Relu head: 0.04x the float
+    node). onnxq quantizes that output; a Sigmoid or Tanh leaves the output float (QGemm,
+    MatMulIntegerToFloat), so no rounding is added before it."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(1)
@@ -286,6 +287,7 @@ def test_an_int8_gemm_read_by_a_fusable_activation_stays_integer(tmp_path, form,
     b1 = numpy_helper.from_array((0.1 * rng.standard_normal(64)).astype(np.float32), "b1")
     w2 = numpy_helper.from_array((0.2 * rng.standard_normal((64, 8))).astype(np.float32), "w2")
     first = ([n("Gemm", ["x", "w1", "b1"], ["h"], name="dense")] if form == "gemm" else
+             [n("MatMul", ["x", "w1"], ["h"], name="dense")] if form == "matmul" else
              [n("MatMul", ["x", "w1"], ["m"], name="dense"),
               n("Add", ["m", "b1"], ["h"], name="dense_bias")])
     graph = helper.make_graph(
@@ -302,5 +304,10 @@ def test_an_int8_gemm_read_by_a_fusable_activation_stays_integer(tmp_path, form,
     run_model(result.model, feeds[0], optimized_path=str(optimized))
     ops = _ops(onnx.load(str(optimized)))
     assert ops["QGemm"] + ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] == 1, ops
-    assert ops["FusedGemm"] + ops["Gemm"] == 0, ops
+    assert ops["FusedGemm"] + ops["Gemm"] == 0 and ops["MatMul"] == 1, ops  # (the head)
     assert _agree(model, result.model, feeds[:3]) >= 0.999
+    made = {o: nd for nd in result.model.graph.node for o in nd.output}
+    act_in = next(nd for nd in result.model.graph.node if nd.name == "act").input[0] \
+        if act not in ("Relu", "Clip") else None
+    if act_in is not None:  # the product's own float output, no rounding before Tanh/Sigmoid
+        assert made[act_in].op_type in ("Gemm", "MatMul", "Add"), made[act_in].op_type

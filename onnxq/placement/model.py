@@ -24,6 +24,18 @@ _FLOAT = {"Add": ("Add",), "Mul": ("Mul",), "HardSigmoid": ("HardSwish",),
           "Clip": ("Add",), "Transpose": ("Transpose.f32",)}
 
 
+#: onnxruntime's fast int8 conv (MLAS's symmetric indirect kernel) needs at least this many
+#: output channels; below it the conv runs im2col + a GEMM of N = outputs, K = inputs × taps,
+#: which is slow when K is small too. The tables measure c → c 3×3 convs, so their int8 rates
+#: jump between 8 and 16 channels: a conv with 9-15 outputs and K under ``SLOW_CONV_DEPTH``
+#: reads them at ``SLOW_CONV_CHANNELS`` (their last point below the jump), not interpolated
+#: across it. swift-f0's 12 → 12 7×1 and 3×1 convs (K 84, 36) ran 0.5x the float ones where
+#: interpolation said 1.3-1.5x; madmom's 30 → 10 3×3 ones (K 270) gain in int8 as predicted.
+SYM_CONV_MIN_OUTPUTS = 16
+SLOW_CONV_DEPTH = 128
+SLOW_CONV_CHANNELS = 8
+
+
 def elements(shapes: Mapping[str, tuple], name: str) -> int | None:
     shape = shapes.get(name)
     return None if shape is None else math.prod(shape)
@@ -40,8 +52,12 @@ def _conv(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
     # the tables were measured on c → c convs; a c_in → c_out one is read at their geometric
     # mean (a 3-channel stem is slow in int8 with few outputs, fine with 64)
     channels = math.sqrt(cin * y[1]) if kind in ("pointwise", "dense3", "dense3.nd") else cin
+    int8_channels = channels
+    depth = (cin // max(group, 1)) * math.prod(w[2:])  # the GEMM's K: inputs × taps
+    if kind in ("pointwise", "dense3") and y[1] < SYM_CONV_MIN_OUTPUTS and depth < SLOW_CONV_DEPTH:
+        int8_channels = min(channels, SLOW_CONV_CHANNELS)
     return NodeCost(table.overhead("float") + macs * table.conv_rate(kind, "float", channels),
-                    table.overhead("int8") + macs * table.conv_rate(kind, "int8", channels))
+                    table.overhead("int8") + macs * table.conv_rate(kind, "int8", int8_channels))
 
 
 def _gemm(node: gs.Node, shapes, table: CostTable) -> NodeCost | None:
