@@ -48,7 +48,7 @@ from onnxq.passes import (
 from onnxq.passes.runtime_forms import pre_lowering_passes, runtime_form_passes
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
-from onnxq.plan_checks import QUANTIZED_OPS, check_exclusions, is_prequantized, refuse_unquantizable
+from onnxq.plan_checks import QUANTIZED_OPS, check_exclusions, is_prequantized, unquantizable
 from onnxq.plan_concat import tie_concats, tied_ranges
 from onnxq.plan_dynamic import dynamic_plan
 from onnxq.plan_settle import without_unobserved
@@ -102,12 +102,13 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     graph = G.import_graph(fused.model)
     check_exclusions(graph, config)
     plan = _annotate(graph, config)
-    if not any(n.role in (Role.ANCHOR, Role.DYNAMIC) for n in plan.nodes):
-        refuse_unquantizable(graph, plan)
+    none = () if any(n.role in (Role.ANCHOR, Role.DYNAMIC) for n in plan.nodes) else (
+        unquantizable(graph, plan, config),)
     data = recovery.float_data_layers(graph, plan, config.recipe)
     if data:
         plan = _annotate(graph, config, data)
     placed = _placed(fused.model, graph, plan, config, input_shapes, data)
+    placed = dataclasses.replace(placed, notes=(*none, *placed.notes))
     del graph
     release(fused.model)  # the planning IR (node <-> tensor cycles) may hold weights
     return fused, placed

@@ -1,5 +1,6 @@
-"""Checks on a planned model before calibration: refuse a model with nothing to quantize, and
-exclusions that name nothing (a typo), each with a message that says what to do."""
+"""Checks on a planned model before calibration: a model with nothing to quantize (refused
+where the input or the configuration has a fix, else kept float with a note), and exclusions
+that name nothing (a typo), each with a message that says what to do."""
 
 from __future__ import annotations
 
@@ -12,26 +13,39 @@ from onnxq.errors import ConfigError, ModelError
 from onnxq.plan import QuantPlan
 from onnxq.quant_ops import HANDLERS, Role
 
-__all__ = ["refuse_unquantizable", "check_exclusions", "is_prequantized", "QUANTIZED_OPS"]
+__all__ = ["unquantizable", "check_exclusions", "is_prequantized", "QUANTIZED_OPS"]
 
 logger = logging.getLogger(__name__)
 
 
-def refuse_unquantizable(graph, plan: QuantPlan) -> None:
+def unquantizable(graph, plan: QuantPlan, config: QuantConfig) -> str:
+    """For a plan with no int8 node: refuse (``ModelError``) where the input or the
+    configuration is at fault and has a fix (onnxruntime's NCHWc operators; exclusions that
+    leave nothing), else the note that says why the model stays float. Such a model is written
+    float, as the placement writes one whose int8 form would be slower: a pipeline of several
+    models (a front end, an encoder, a head) quantizes as a whole."""
     anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR}
     ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
-    why = [f"{name} ({ops.get(name, '?')}): {reason}" for name, reason in plan.skipped
-           if ops.get(name) in anchors]
+    skipped = [(name, reason) for name, reason in plan.skipped if ops.get(name) in anchors]
+    why = [f"{name} ({ops[name]}): {reason}" for name, reason in skipped]
+    listed = ("; ".join(why[:4]) + (f" (and {len(why) - 4} more)" if len(why) > 4 else "")
+              if why else "no Conv, ConvTranspose, Gemm or MatMul with float32 inputs was found")
     nchwc = any(n.domain == "com.microsoft.nchwc" for g in G.iter_graphs(graph) for n in g.nodes)
-    raise ModelError(
-        "the model has nothing onnxq can quantize; quantization would only slow it down: "
-        + ("; ".join(why[:4]) + (f" (and {len(why) - 4} more)" if len(why) > 4 else "")
-           if why else "no Conv, ConvTranspose, Gemm or MatMul with float32 inputs was "
-           "found")
-        + (". It holds onnxruntime's NCHWc layout operators: it was saved from a session at "
-           "the ALL optimization level, for the CPU that saved it. Quantize the model as "
-           "exported, or one saved at the EXTENDED level (its FusedConv/FusedGemm are "
-           "written back as standard operators)" if nchwc else ""))
+    if nchwc:
+        raise ModelError(
+            f"the model has nothing onnxq can quantize: {listed}. It holds onnxruntime's "
+            "NCHWc layout operators: it was saved from a session at the ALL optimization "
+            "level, for the CPU that saved it. Quantize the model as exported, or one saved at "
+            "the EXTENDED level (its FusedConv/FusedGemm are written back as standard operators)")
+    excluded = set(config.exclude_nodes)
+    if any(name in excluded or ops[name] in config.exclude_op_types for name, _ in skipped):
+        raise ModelError(
+            f"the configuration leaves nothing onnxq can quantize: {listed}. Check "
+            "exclude_nodes / exclude_op_types (op_types_to_quantize, nodes_to_quantize)")
+    note = (f"nothing onnxq can quantize ({listed}): the model is written in float, "
+            "computing what the input computes")
+    logger.warning(note)
+    return note
 
 
 def check_exclusions(graph, config: QuantConfig) -> None:

@@ -15,6 +15,7 @@ import onnxq
 from onnxq.cli import main
 from onnxq.errors import CalibrationError, ConfigError, ModelError, OnnxqError
 from tests import builders as B
+from tests.conftest import run_model
 
 
 def _sha(path: Path) -> str:
@@ -182,18 +183,45 @@ def test_nan_activation_names_the_tensor(workdir):
         onnxq.quantize(model, feeds, progress=False)
 
 
-def test_model_with_nothing_to_quantize(workdir, capsys):
-    tmp, _, calib = workdir
+def _sigmoid_model(domain: str = "") -> onnx.ModelProto:
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 16, 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 16, 16])
-    model = helper.make_model(helper.make_graph(
-        [helper.make_node("Sigmoid", ["input"], ["y"], name="sig")], "g", [x], [y]),
-        opset_imports=[helper.make_opsetid("", 17)])
-    path = tmp / "plain.onnx"
-    onnx.save(model, str(path))
-    out = tmp / "out.onnx"
+    nodes = [helper.make_node("Sigmoid", ["input"], ["s"], name="sig"),
+             helper.make_node("ReorderInput" if domain else "Identity", ["s"], ["y"],
+                              name="last", domain=domain)]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[
+        helper.make_opsetid("", 17), *([helper.make_opsetid(domain, 1)] if domain else [])])
+
+
+def test_model_with_nothing_to_quantize_is_written_float(workdir, capsys):
+    """A front end with no Conv/Gemm/MatMul (a pipeline's mel spectrogram, say) is written
+    float with a note, as the placement writes a model whose int8 form would be slower: a
+    pipeline of models quantizes as a whole. Before, it exited 2."""
+    tmp, _, calib = workdir
+    path, out = tmp / "plain.onnx", tmp / "out.onnx"
+    onnx.save(_sigmoid_model(), str(path))
+    digest = _sha(path)
+    assert main(["quantize", str(path), str(out), "--calib-data", str(calib)]) == 0
+    assert "nothing onnxq can quantize" in capsys.readouterr().out
+    assert _sha(path) == digest
+    written = onnx.load(str(out))
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in written.graph.node}
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    got = run_model(written, {"input": x})[0]
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-x)), rtol=1e-6, atol=1e-6)
+
+
+def test_nothing_to_quantize_with_a_fix_is_refused(workdir, capsys):
+    """Where the input has a fix, it is refused: a model saved from onnxruntime's ALL level
+    (NCHWc operators: the exported model quantizes), or exclusions that leave nothing."""
+    tmp, model_path, calib = workdir
+    path, out = tmp / "nchwc.onnx", tmp / "out.onnx"
+    onnx.save(_sigmoid_model("com.microsoft.nchwc"), str(path))
     _cli_fails(capsys, ["quantize", str(path), str(out), "--calib-data", str(calib)], out,
-               path, "nothing onnxq can quantize")
+               path, "EXTENDED level")
+    _cli_fails(capsys, ["quantize", str(model_path), str(out), "--calib-data", str(calib),
+                        "--exclude-op-types", "Conv", "MatMul", "Gemm"], out, model_path,
+               "configuration leaves nothing")
 
 
 def test_output_in_missing_folder(workdir, capsys):
