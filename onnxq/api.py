@@ -105,8 +105,7 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     none = () if any(n.role in (Role.ANCHOR, Role.DYNAMIC) for n in plan.nodes) else (
         unquantizable(graph, plan, config),)
     data = recovery.float_data_layers(graph, plan, config.recipe)
-    if data:
-        plan = _annotate(graph, config, data)
+    plan = _annotate(graph, config, data) if data else plan
     placed = _placed(fused.model, graph, plan, config, input_shapes, data)
     placed = dataclasses.replace(placed, notes=(*none, *placed.notes))
     del graph

@@ -27,11 +27,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.errors import ConfigError, ModelError
+from onnxq.errors import ConfigError, ModelError, OnnxqError
 from onnxq.kernels import reference as ref
 from onnxq.kernels.isa import exact_depthwise
 
-__all__ = ["EMULATED_ISAS", "EmulatedSession", "lower_for_emulation", "full_range_weights"]
+__all__ = ["EMULATED_ISAS", "EmulatedSession", "lower_for_emulation", "full_range_weights",
+           "for_target", "target_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -277,3 +278,47 @@ def full_range_weights(model: onnx.ModelProto) -> list[str]:
             if w.size and (w.min() < -64 or w.max() > 63):
                 wide.append(name)
     return wide
+
+
+def target_session(int8: onnx.ModelProto, threads: int = 0):
+    """A session computing what ``int8``'s target CPU computes, on this CPU (``tune``'s
+    built-in metrics score with it: a ``vnni`` model tuned on an AVX2 machine is scored as a
+    VNNI CPU runs it, not with this CPU's saturating kernels)."""
+    from onnxq.runtime import make_session
+
+    return for_target(int8, make_session(int8, threads=threads))[0]
+
+
+def for_target(int8: onnx.ModelProto, session) -> tuple[object, str | None]:
+    """The session that computes what the model's target CPU computes (``session`` or another),
+    and the kind it emulates (None: ``session`` itself).
+
+    Where this CPU's u8 x s8 kernels saturate pairs of products in int16 and the target's do
+    not (or the other way round), a model with full 8-bit weights gives other outputs here
+    than on its target: the self-check, ``auto``'s calibrator choice made from it, and
+    ``tune``'s scores would depend on the machine quantizing. For an exact target
+    onnxruntime's own exact kernels run it (``make_session(exact_int8=True)``: every int8 op,
+    dynamic ones included); for a saturating target from an exact CPU, onnxq's reference
+    kernels (``EmulatedSession``). With weights within 7 bits both kinds compute the same and
+    ``session`` is kept."""
+    from onnxq.config_resolve import TARGET_KEY
+    from onnxq.kernels.isa import host_target, target_of
+    from onnxq.runtime import make_session
+
+    target = next((p.value for p in int8.metadata_props if p.key == TARGET_KEY), None)
+    try:
+        saturates = target_of(target).saturates if target else None
+    except OnnxqError:
+        return session, None
+    if saturates is None or saturates == target_of(host_target()).saturates or \
+            not full_range_weights(int8):
+        return session, None
+    if not saturates:
+        del session
+        return make_session(int8, exact_int8=True), "vnni"
+    try:
+        emulated = EmulatedSession(int8, "avx2")
+    except OnnxqError:  # int8 kernels in subgraphs: the CPU's own results stand
+        return session, None
+    del session
+    return emulated, "avx2"

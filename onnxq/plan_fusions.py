@@ -40,10 +40,11 @@ def activation_trap(node: gs.Node, bias_add: tuple[str, int] | None,
     every run (openWakeWord's Dense → Relu head: 0.04x the float node; measured with
     onnxruntime 1.32: Tanh, Sigmoid, LeakyRelu, HardSigmoid, Elu, Selu, Softplus and Softsign
     after it leave QGemm alone). Quantizing that output makes the product integer; the Relu
-    then folds into the quantization. A plain MatMul before a Relu has the same trap but is
-    left alone: quantizing its output would round the tensor ``tune`` floats the next layer
-    to protect (an outlier channel; ``test_tune.py``), so the fix there has to float the
-    product instead, which is not done yet."""
+    then folds into the quantization. A plain MatMul before a Relu has the same trap, but
+    quantizing its output would round the tensor ``tune`` floats the next layer to protect (an
+    outlier channel; ``test_tune.py``): that MatMul is written as ``MatMulIntegerToFloat``
+    instead, in the runtime form (``passes.matmul_epilogue``), which keeps it integer with a
+    float output."""
     out = node.outputs[0] if node.op == "Gemm" else None
     if bias_add is not None:
         add = next((c for c in node.outputs[0].outputs if c.name == bias_add[0]), None)

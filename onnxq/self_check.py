@@ -98,7 +98,9 @@ def check(fp32: Source, int8: onnx.ModelProto, feeds: Sequence[Mapping[str, np.n
             if memo is not None:
                 memo["fp32"] = want
         want = memo["fp32"] if memo is not None else want
-        session, emulated = _target_session(int8, _int8_session(int8))
+        from onnxq.emulate import for_target
+
+        session, emulated = for_target(int8, _int8_session(int8))
         reshaped = _compare(session, names, feeds, want, cosines)
     except PassError:
         raise
@@ -135,41 +137,6 @@ def _int8_session(int8: onnx.ModelProto):
             f"{str(exc).splitlines()[0][:300]}); this is a bug in onnxq: please report it "
             "with the model. Until then, `--exclude-nodes` (``exclude_nodes``) with the node it "
             "names keeps that node float") from None
-
-
-def _target_session(int8: onnx.ModelProto, session) -> tuple[object, str | None]:
-    """The session that computes what the model's target CPU computes, and what it emulates.
-
-    Where this CPU's u8 x s8 kernels saturate pairs of products in int16 and the target's do
-    not (or the other way round), a model with full 8-bit weights gives other outputs here
-    than on its target: the check, and the ``auto`` calibrator's choice made from it, would
-    depend on the machine quantizing. For an exact target onnxruntime's own exact kernels run
-    it (``make_session(exact_int8=True)``: every int8 op, dynamic ones included); for a
-    saturating target from an exact CPU, onnxq's reference kernels (``onnxq.emulate``). With
-    weights within 7 bits both kinds compute the same and the session is kept."""
-    from onnxq.config_resolve import TARGET_KEY
-    from onnxq.emulate import EmulatedSession, full_range_weights
-    from onnxq.errors import OnnxqError
-    from onnxq.kernels.isa import host_target, target_of
-    from onnxq.runtime import make_session
-
-    target = next((p.value for p in int8.metadata_props if p.key == TARGET_KEY), None)
-    try:
-        saturates = target_of(target).saturates if target else None
-    except OnnxqError:
-        return session, None
-    if saturates is None or saturates == target_of(host_target()).saturates or \
-            not full_range_weights(int8):
-        return session, None
-    if not saturates:
-        del session
-        return make_session(int8, exact_int8=True), "vnni"
-    try:
-        emulated = EmulatedSession(int8, "avx2")
-    except OnnxqError:  # int8 kernels in subgraphs: not modelled, the CPU's own results stand
-        return session, None
-    del session
-    return emulated, "avx2"
 
 
 def skeleton(path: str | os.PathLike) -> onnx.ModelProto | None:

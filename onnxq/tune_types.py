@@ -93,6 +93,7 @@ class TuneResult:
 
 def cosine_metric(reference: onnx.ModelProto, feeds: Sequence[Mapping]) -> Evaluate:
     """Mean per-sample cosine similarity of the first output with ``reference``'s."""
+    from onnxq.emulate import target_session
     from onnxq.runtime import input_specs, iter_feeds, make_session
 
     feeds = list(iter_feeds(feeds, input_specs(reference), "eval feed"))
@@ -100,7 +101,7 @@ def cosine_metric(reference: onnx.ModelProto, feeds: Sequence[Mapping]) -> Evalu
     refs = [ref_sess.run(None, dict(f))[0] for f in feeds]
 
     def evaluate(model: onnx.ModelProto) -> float:
-        sess = make_session(model, threads=2)
+        sess = target_session(model, threads=2)  # as the model's target CPU computes it
         sims = []
         for f, r in zip(feeds, refs, strict=True):
             y = sess.run(None, dict(f))[0].reshape(len(r), -1).astype(np.float64)
@@ -114,10 +115,10 @@ def cosine_metric(reference: onnx.ModelProto, feeds: Sequence[Mapping]) -> Evalu
 
 def top1_metric(feeds: Sequence[Mapping], labels: Sequence[np.ndarray]) -> Evaluate:
     """Top-1 accuracy in [0, 1] of the first output against ``labels`` (one array per feed)."""
-    from onnxq.runtime import make_session
+    from onnxq.emulate import target_session
 
     def evaluate(model: onnx.ModelProto) -> float:
-        sess = make_session(model, threads=2)
+        sess = target_session(model, threads=2)  # as the model's target CPU computes it
         hits = total = 0
         for f, y in zip(feeds, labels, strict=True):
             pred = sess.run(None, dict(f))[0].reshape(len(y), -1).argmax(1)

@@ -18,7 +18,12 @@ This pass writes ``MatMul(DQ(a), DQ(b))`` or ``MatMulIntegerToFloat(…)`` follo
   product's rank), N > 1 the product's last dimension: the bias becomes the seventh input,
 as one ``MatMulIntegerToFloat``, when the product is read by that node only and is not a graph
 output, and both dequantizations are 8-bit with a per-tensor ``a`` and a per-tensor or
-per-column ``b`` (the kernel's contract). The values are those of the unfused nodes up to float
+per-column ``b`` (the kernel's contract). A ``MatMul(DQ(a), DQ(W))`` with a constant weight read
+only by a ``Relu`` or ``Clip`` whose output is not requantized is written as a
+``MatMulIntegerToFloat`` too, the activation after it: onnxruntime's QDQ selector takes the
+activation into the MatMul's group, rejects the group for want of a QuantizeLinear, and runs
+the MatMul in float, dequantizing its weight on every run (onnxruntime 1.32, any rank,
+per-tensor or per-channel weights; a LeakyRelu, Tanh or Sigmoid there leaves it integer). The values are those of the unfused nodes up to float
 rounding of the scale product. It runs for the CPU EP only: the node is an onnxruntime contrib
 operator.
 """
@@ -168,6 +173,23 @@ def _fold_scale(graph: gs.Graph, op: gs.Node, outputs: set[str]) -> bool:
     return False
 
 
+def _keep_integer(graph: gs.Graph, act: gs.Node, outputs: set[str]) -> bool:
+    """``MatMul(DQ(a), DQ(W)) → Relu|Clip`` with no QuantizeLinear after: the MatMul as a
+    ``MatMulIntegerToFloat`` (onnxruntime would run the rejected QDQ group in float)."""
+    readers = G.consumers(act.outputs[0]) if act.outputs else []
+    if not act.inputs or (len(readers) == 1 and G.is_q(readers[0])):
+        return False  # QLinearMatMul with the activation folded into its output
+    found = _candidate(act, act.inputs[0], outputs)
+    if found is None or found[0].op != "MatMul" or G.constant_value(found[1][1]) is None:
+        return False
+    node, operands = found
+    fused = gs.Node("MatMulIntegerToFloat", G.unique_name(graph, node.name), inputs=operands,
+                    outputs=list(node.outputs), domain=MS_DOMAIN)
+    G.detach(node)
+    graph.nodes.append(fused)
+    return True
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MatMulEpiloguePass:
     name: str = "matmul-epilogue"
@@ -176,12 +198,16 @@ class MatMulEpiloguePass:
         outputs = G.graph_output_names(graph)
         scales = sum(_fold_scale(graph, n, outputs) for n in _binary(graph, ("Mul", "Div")))
         biases = sum(_fold_bias(graph, n, outputs) for n in _binary(graph, ("Add",)))
-        if scales or biases:
+        acts = [n for n in graph.nodes if n.op in ("Relu", "Clip") and _is_default(n)]
+        kept = sum(_keep_integer(graph, n, outputs) for n in acts)
+        if scales or biases or kept:
             graph.cleanup().toposort()
         notes = ((f"MatMulIntegerToFloat takes in {biases} bias Add(s) and {scales} constant "
                   "scale(s) after it: onnxruntime applies them in the GEMM's output stage",)
-                 if scales or biases else ())
-        return PassResult(graph=graph, modified=bool(scales or biases), notes=notes)
+                 if scales or biases else ()) + ((
+                     f"{kept} int8 MatMul(s) before a Relu/Clip with a float output written as "
+                     "MatMulIntegerToFloat: onnxruntime would run them in float",) if kept else ())
+        return PassResult(graph=graph, modified=bool(scales or biases or kept), notes=notes)
 
 
 def _float_bias(tensor: gs.Tensor) -> np.ndarray | None:

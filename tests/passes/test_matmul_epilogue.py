@@ -271,3 +271,61 @@ def test_a_requantized_product_with_another_reader_is_left_alone():
     model = _requantized_projection(extra_reader=True)
     graph = G.import_graph(onnx.shape_inference.infer_shapes(model))
     assert not UnquantizedBiasPass().run(graph).modified
+
+
+def _matmul_activation(act: str, rank: int, reader: str) -> onnx.ModelProto:
+    """x → MatMul(W) → act → reader (float): a Dense → Relu head read by a float op."""
+    rng = np.random.default_rng(2)
+    shape = ["n", K] if rank == 2 else ["n", 5, K]
+    w = helper.make_tensor("w", TensorProto.FLOAT, [K, N],
+                           (rng.standard_normal((K, N)) / 6).astype(np.float32).ravel())
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"),
+             helper.make_node(act, ["mm"], ["a"], name="act"),
+             helper.make_node(reader, ["a"], ["y"], name="reader")]
+    graph = helper.make_graph(nodes, "mm_act", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, shape)], [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                         None)], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("act", ["Relu", "Clip"])
+@pytest.mark.parametrize("rank", [2, 3])
+def test_an_int8_matmul_before_a_float_relu_stays_integer(act, rank, tmp_path):
+    """onnxruntime takes a Relu/Clip after ``DQ → MatMul`` into the QDQ group and, with no
+    QuantizeLinear after it, rejects the group: the MatMul ran in float and dequantized its
+    weight on every run. Written as MatMulIntegerToFloat, it stays integer, same values."""
+    model = _matmul_activation(act, rank, "Sigmoid")
+    x = np.random.default_rng(3).standard_normal((6, K) if rank == 2 else (6, 5, K))
+    feeds = [{"x": x[i:i + 2].astype(np.float32)} for i in range(0, 6, 2)]
+    result = onnxq.quantize(model, feeds, progress=False, objective="size")
+    ops = _optimized_ops(result.model, tmp_path)
+    assert ops["MatMulIntegerToFloat"] == 1 and ops["MatMul"] == 0, ops
+    assert any("MatMulIntegerToFloat: onnxruntime would run them in float" in n
+               for n in result.report.notes)
+    # the same values as the unfused QDQ form (the pass undone: DQ → MatMul → act)
+    graph = G.import_graph(result.model)
+    unfused = G.export_graph(graph, result.model)
+    for node in unfused.graph.node:
+        if node.op_type == "MatMulIntegerToFloat":
+            a, b, a_s, b_s, a_z, b_z = (list(node.input) + [""] * 6)[:6]  # zero points optional
+            dq_a = helper.make_node("DequantizeLinear", [a, a_s, a_z], ["_a"])
+            dq_b = helper.make_node("DequantizeLinear", [b, b_s, b_z], ["_b"], axis=1)
+            node.CopyFrom(helper.make_node("MatMul", ["_a", "_b"], list(node.output)))
+            unfused.graph.node.extend([dq_a, dq_b])
+    unfused = G.export_graph(G.import_graph(unfused).toposort(), unfused)
+    feed = {"x": x[:2].astype(np.float32)}
+    np.testing.assert_allclose(_run(result.model, feed)[0], _run(unfused, feed)[0], atol=1e-5)
+
+
+def test_a_relu_that_is_requantized_or_not_after_a_weight_is_left_to_onnxruntime():
+    """``DQ → MatMul → Relu → Q`` is onnxruntime's QLinearMatMul; a MatMul of two activations
+    has no weight to dequantize on every run: both left alone."""
+    model = _qdq_matmul_add()
+    for node in model.graph.node:
+        if node.op_type == "Add":
+            node.CopyFrom(helper.make_node("Relu", ["mm"], ["r"], name="relu"))
+    model.graph.node.extend([helper.make_node("QuantizeLinear", ["r", "x_scale", "x_zp"],
+                                              ["added"], name="q_out")])
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.UINT8
+    _, modified, _ = _run_pass(model)
+    assert not modified
