@@ -24,7 +24,7 @@ def unquantizable(graph, plan: QuantPlan, config: QuantConfig) -> str:
     leave nothing), else the note that says why the model stays float. Such a model is written
     float, as the placement writes one whose int8 form would be slower: a pipeline of several
     models (a front end, an encoder, a head) quantizes as a whole."""
-    anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR}
+    anchors = {op for op, h in HANDLERS.items() if h.role is Role.ANCHOR} | {"ConvTranspose"}
     ops = {n.name: n.op for g in G.iter_graphs(graph) for n in g.nodes}
     skipped = [(name, reason) for name, reason in plan.skipped if ops.get(name) in anchors]
     why = [f"{name} ({ops[name]}): {reason}" for name, reason in skipped]

@@ -209,6 +209,15 @@ def test_model_with_nothing_to_quantize_is_written_float(workdir, capsys):
     x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
     got = run_model(written, {"input": x})[0]
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-x)), rtol=1e-6, atol=1e-6)
+    # a ConvTranspose (no int8 kernel on the CPU EP) is named with its reason
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 4, 2, 2], np.ones(48, np.float32))
+    up = helper.make_model(helper.make_graph(
+        [helper.make_node("ConvTranspose", ["input", "w"], ["y"], name="up", strides=[2, 2])],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    notes = onnxq.quantize(up, [{"input": x[:1]}], progress=False).report.notes
+    assert any("nothing onnxq can quantize (up (ConvTranspose): " in n for n in notes), notes
 
 
 def test_nothing_to_quantize_with_a_fix_is_refused(workdir, capsys):
