@@ -41,6 +41,8 @@ from benchmarks.real_models import REAL_MODELS as _SHIPPED
 REAL_MODELS = {**_SHIPPED, **zoo.LOADERS}
 
 BUILTIN = ("digits", "resnet18", "bert")
+#: built-in models run only when named: BERT-base-shaped at a longer sequence
+BUILTIN_EXTRA = {"bert384": 384}
 PEERS = ("ort_default", "ort_best", "nncf", "inc")
 QUICK_PEERS = ("ort_default", "ort_best")
 CNN_MAX_DROP = 0.5  # points
@@ -108,16 +110,16 @@ def resnet18_bench(quick: bool) -> Bench:
         metric="top-1 agreement with FP32 %", classes=True)
 
 
-def bert_bench(quick: bool) -> Bench:
+def bert_bench(quick: bool, seq: int = 128, name: str = "bert") -> Bench:
     from tests import builders as B
 
     if quick:
-        fp32 = B.bert_shaped(layers=2, hidden=256, heads=4, seq=64)
-        text = "BERT-shaped encoder, 2 layers, hidden 256, seq 64 (random weights)"
+        fp32 = B.bert_shaped(layers=2, hidden=256, heads=4, seq=seq // 2)
+        text = f"BERT-shaped encoder, 2 layers, hidden 256, seq {seq // 2} (random weights)"
     else:
-        fp32 = B.bert_shaped()
-        text = "BERT-base-shaped encoder, 12 layers, hidden 768, seq 128 (random weights)"
-    return _random_feed_bench("bert", "transformer", fp32, 4 if quick else 16,
+        fp32 = B.bert_shaped(seq=seq)
+        text = f"BERT-base-shaped encoder, 12 layers, hidden 768, seq {seq} (random weights)"
+    return _random_feed_bench(name, "transformer", fp32, 4 if quick else 16,
                               2 if quick else 4, 2, text, metric="hidden-state cosine",
                               classes=False, min_metric=BERT_MIN_COSINE)
 
@@ -133,11 +135,14 @@ def load_bench(name: str, quick: bool, epochs: int | None = None) -> Bench:
         return resnet18_bench(quick)
     if name == "bert":
         return bert_bench(quick)
+    if name in BUILTIN_EXTRA:
+        return bert_bench(quick, BUILTIN_EXTRA[name], name)
     if name in REAL_MODELS:
         return REAL_MODELS[name](quick=quick)
     if name in EXTRA_MODELS:
         return EXTRA_MODELS[name](quick=quick)
-    raise SystemExit(f"unknown model {name!r}; known: {[*BUILTIN, *REAL_MODELS, *EXTRA_MODELS]}")
+    raise SystemExit(f"unknown model {name!r}; known: "
+                     f"{[*BUILTIN, *BUILTIN_EXTRA, *REAL_MODELS, *EXTRA_MODELS]}")
 
 
 # ================================================================== measuring
@@ -532,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="built-in models at small sizes, short timings, ORT peers only")
     parser.add_argument("--models", nargs="+", default=None,
                         help=f"models to run (default: all; quick: {' '.join(BUILTIN)}); "
-                             f"known: {' '.join([*BUILTIN, *REAL_MODELS])}; outside the zoo: "
-                             f"{' '.join(EXTRA_MODELS)}")
+                             f"known: {' '.join([*BUILTIN, *REAL_MODELS])}; run only when named: "
+                             f"{' '.join([*BUILTIN_EXTRA, *EXTRA_MODELS])}")
     parser.add_argument("--peers", nargs="*", default=None,
                         help=f"peers to run (default: {' '.join(PEERS)}; quick: "
                              f"{' '.join(QUICK_PEERS)})")
