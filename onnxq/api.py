@@ -6,7 +6,6 @@ import dataclasses
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -48,8 +47,9 @@ from onnxq.passes import (
 from onnxq.passes.runtime_forms import pre_lowering_passes, runtime_form_passes
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
+from onnxq.plan_bounds import quant_ranges
 from onnxq.plan_checks import QUANTIZED_OPS, check_exclusions, is_prequantized, unquantizable
-from onnxq.plan_concat import tie_concats, tied_ranges
+from onnxq.plan_concat import tie_concats
 from onnxq.plan_dynamic import dynamic_plan
 from onnxq.plan_settle import without_unobserved
 from onnxq.qtypes import TensorRange
@@ -64,7 +64,7 @@ __all__ = ["QuantReport", "QuantResult", "quantize", "calibrate", "prepare", "bu
 Feed = Mapping[str, np.ndarray]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class QuantResult:
     model: onnx.ModelProto
     plan: QuantPlan
@@ -152,7 +152,7 @@ def build_pipeline(config: QuantConfig, plan: QuantPlan,
                                          reduce_range=reduce_range)),
             ForEachGraph(CleanupPass()), *runtime_form_passes(config.target_ep), VerifyPass()])
     return Pipeline([
-        ForEachGraph(InsertQDQPass(plan=plan, ranges=tied_ranges(ranges, plan.ties),
+        ForEachGraph(InsertQDQPass(plan=plan, ranges=quant_ranges(ranges, plan),
                                    activation_type=act, activation_symmetric=config.activation.symmetric,
                                    openvino=config.target_ep == "openvino",
                                    weight_type=weight, reduce_range=reduce_range)),

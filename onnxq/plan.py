@@ -11,12 +11,13 @@ Which planned nodes stay float is the placement's call (``onnxq.placement``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
+from onnxq.plan_bounds import flat_bounds
 from onnxq.plan_fusions import activation_trap, gemm_trap
 from onnxq.plan_roots import sharing_roots
 from onnxq.plan_weights import weights_plan
@@ -74,6 +75,8 @@ class QuantPlan:
     notes: tuple[str, ...] = ()  # for the report (e.g. the placement's summary)
     placement: dict | None = None  # the placement's decision, for the report
     ties: tuple[tuple[str, ...], ...] = ()  # roots sharing one range (``plan_concat``)
+    #: roots read only by flat-tailed activations → the interval their range stops at
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def calibration_tensors(self) -> tuple[str, ...]:
@@ -333,8 +336,11 @@ def annotate(graph: gs.Graph, *, per_channel: bool = True, exclude_nodes=(),
     plans = [_annotate_one(g, per_channel, excluded, exclude_op_types, fold_activations,
                            tuple(weight_only_ops), frozenset(force_int8), inputs_only)
              for g in G.iter_graphs(graph)]
-    if len(plans) == 1:
-        return plans[0]
+    plan = plans[0] if len(plans) == 1 else _merged(plans)
+    return replace(plan, bounds=flat_bounds(graph, plan))
+
+
+def _merged(plans: list[QuantPlan]) -> QuantPlan:
     seen: set[str] = set()
     activations = []
     for p in plans:

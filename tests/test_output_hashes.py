@@ -30,9 +30,11 @@ EXPECTED = {
     # HardSwish decomposition became its own pass: same nodes and bit-identical outputs, but
     # the topological sort now breaks ties differently (was 8777edbd…, 033717a4…). Depthwise
     # convs keep 8-bit weights on the 7-bit targets (exact on every x86 CPU), 2026-12-01
-    # (were 94a622dc…, aa8b404a…, c37263f5… for the QLinear one).
-    ("depthwise_hardswish", "minmax", "qdq"): "fd1639717cb34452",
-    ("depthwise_hardswish", "entropy", "qdq"): "46f2b3ec7e2615d6",
+    # (were 94a622dc…, aa8b404a…, c37263f5… for the QLinear one). A conv output read only by
+    # HardSwish / x·HardSigmoid(x) is quantized from -3 up (plan_bounds: exact, finer steps),
+    # 2026-12-03 (were fd163971…, 46f2b3ec…, c9625cd2… for the QLinear one).
+    ("depthwise_hardswish", "minmax", "qdq"): "c90b438f9ef59b23",
+    ("depthwise_hardswish", "entropy", "qdq"): "a0c8e058182e05ca",
     ("matmul_add", "minmax", "qdq"): "72f529db33451bd0",
     ("matmul_add", "entropy", "qdq"): "1f9b4cdee4306f8b",
     # The bias Add and the attention scale after an int8 MatMul with a float output are
@@ -49,7 +51,7 @@ EXPECTED = {
     ("attention_block", "entropy", "qdq"): "a4bed3ca86d36806",
     ("conv_bn_relu", "minmax", "qlinear"): "9db1f0c2729ce0e9",
     ("residual_block", "minmax", "qlinear"): "69c5af671facf440",
-    ("depthwise_hardswish", "minmax", "qlinear"): "c9625cd2bc185932",
+    ("depthwise_hardswish", "minmax", "qlinear"): "f4840c98ea268f5a",
     ("matmul_add", "minmax", "qlinear"): "69025b455842aec6",
     ("matmul_add_3d", "minmax", "qlinear"): "f9829ac4399ac7ba",
     ("attention_block", "minmax", "qlinear"): "42f6674dc53acb2c",

@@ -19,7 +19,7 @@ LAYERS = {
     "pipeline": 2, "quant_ops": 2, "plan": 2, "exporters": 2,
     "passes": 3, "calibrate": 3, "placement": 3,
     "score_types": 4, "score_names": 3, "score": 4, "score_render": 4, "report_html": 4, "emulate": 4, "tune_types": 4,
-    "api": 5, "range_choice": 5, "self_check": 5, "ep_check": 5, "calibration_run": 5, "recovery": 4, "plan_checks": 2, "plan_concat": 2, "plan_fusions": 1, "plan_dynamic": 2, "config_resolve": 1,
+    "api": 5, "range_choice": 5, "self_check": 5, "ep_check": 5, "calibration_run": 5, "recovery": 4, "plan_checks": 2, "plan_concat": 2, "plan_bounds": 2, "plan_fusions": 1, "plan_dynamic": 2, "config_resolve": 1,
     "tune": 6, "tune_recovery": 6, "tune_runner": 4, "tune_latency": 6, "tune_mode": 6, "compat": 6,
     "cli": 7, "cli_score": 7, "ep": 4, "ep_child": 1, "cli_tune": 7, "cli_zoo": 7, "zoo": 6, "cli_profile": 7, "profile": 4, "__init__": 7,
 }
