@@ -26,24 +26,18 @@ from onnxq.exporters.front_door import as_onnx
 from onnxq.io import check_outputs, model_files, save_model, self_contained
 from onnxq.memory import release
 from onnxq.passes import (
-    AddZeroBiasPass,
     CleanupPass,
-    CrossLayerEqualizationPass,
     DecomposeHardActivationsPass,
     DynamicAttentionPass,
     DynamicLSTMPass,
     DynamicMatMulPass,
-    Float16Pass,
-    FusionPass,
     InsertQDQPass,
-    PreprocessPass,
     QLinearLoweringPass,
     RequantFoldPass,
-    TransformerFusionPass,
-    UnfuseContribPass,
     VerifyPass,
     WeightOnlyPass,
 )
+from onnxq.passes.front import front_passes
 from onnxq.passes.runtime_forms import pre_lowering_passes, runtime_form_passes
 from onnxq.pipeline import ForEachGraph, Pipeline, PipelineResult
 from onnxq.plan import QuantPlan, annotate
@@ -89,14 +83,7 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, config: QuantConfig,
     for a model that is already quantized (QDQ from QAT or another tool)."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    cpu = config.target_ep != "openvino"  # OpenVINO fuses the exported forms itself
-    fusion = FusionPass(hard_activations=cpu, pool_batchnorm=cpu)
-    fused = Pipeline([
-        UnfuseContribPass(), PreprocessPass(min_opset=config.min_opset), Float16Pass(),
-        ForEachGraph(fusion),
-        *([TransformerFusionPass()] if config.mode == "dynamic" and config.fuse_attention else []),
-        *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else []),
-        *([CrossLayerEqualizationPass()] if config.recipe.equalize else [])]).run(model)
+    fused = Pipeline(front_passes(config)).run(model)
     if is_prequantized(fused.model):
         return fused, None
     graph = G.import_graph(fused.model)

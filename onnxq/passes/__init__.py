@@ -15,6 +15,7 @@ from onnxq.passes.qdq_insert import InsertQDQPass
 from onnxq.passes.qlinear import QLinearLoweringPass
 from onnxq.passes.recurrent import DynamicLSTMPass
 from onnxq.passes.requant_fold import RequantFoldPass
+from onnxq.passes.reshape_shapes import ReshapeShapePass
 from onnxq.passes.transformer import DynamicAttentionPass, TransformerFusionPass
 from onnxq.passes.verify import VerifyPass
 from onnxq.passes.weight_only import WeightOnlyPass
@@ -24,4 +25,4 @@ __all__ = ["PreprocessPass", "FusionPass", "InsertQDQPass", "DecomposeHardActiva
            "DynamicLSTMPass", "DynamicMatMulPass", "DynamicAttentionPass",
            "TransformerFusionPass", "WeightOnlyPass", "AddZeroBiasPass", "SetBiasPass",
            "CrossLayerEqualizationPass", "UnfusedLayerNormAddPass", "MatMulEpiloguePass",
-           "Float16Pass", "UnfuseContribPass"]
+           "Float16Pass", "UnfuseContribPass", "ReshapeShapePass"]
