@@ -181,22 +181,26 @@ def _dims_of(t: gs.Tensor) -> list | None:
 
 
 def _sliced(node: gs.Node) -> list | None:
+    """``Slice(Shape(x), begin, end)`` along its only axis, with step 1."""
     source = _dims_of(node.inputs[0])
     bounds = [G.constant_value(t) if t.name else None for t in node.inputs[1:]]
-    if source is None or len(bounds) < 2 or any(b is None for b in bounds[:2]):
+    if source is None or len(bounds) < 2:
         return None
-    if len(bounds) > 2 and bounds[2] is not None and [int(v) for v in bounds[2]] not in ([0],
-                                                                                        [-1]):
-        return None  # axes other than the only one
-    step = int(np.ravel(bounds[3])[0]) if len(bounds) > 3 and bounds[3] is not None else 1
-    begin, end = int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0])
-    return source[slice(begin, end, step)]
+    first, last = bounds[0], bounds[1]
+    axes = bounds[2] if len(bounds) > 2 else None
+    steps = bounds[3] if len(bounds) > 3 else None
+    if first is None or last is None or first.size != 1 or last.size != 1:
+        return None
+    if (axes is not None and int(np.ravel(axes)[0]) not in (0, -1)) or (
+            steps is not None and int(np.ravel(steps)[0]) != 1):
+        return None
+    return source[int(np.ravel(first)[0]):int(np.ravel(last)[0])]
 
 
 def _pieces(node: gs.Node, cache: dict) -> list | None:
     """The elements of a Reshape's target: ints, or (tensor, axis) for a copied dim."""
-    if node.name in cache:
-        return cache[node.name]
+    if id(node) in cache:
+        return cache[id(node)]
     target = node.inputs[1] if len(node.inputs) > 1 else None
     found = None
     if target is not None:
@@ -204,10 +208,11 @@ def _pieces(node: gs.Node, cache: dict) -> list | None:
         if maker is not None and maker.op == "Concat" and int(maker.attrs.get("axis", 0)) in (0,
                                                                                          -1):
             parts = [_dims_of(t) for t in maker.inputs]
-            found = None if any(p is None for p in parts) else [e for p in parts for e in p]
+            found = [e for p in parts if p is not None for e in p]
+            found = None if any(p is None for p in parts) else found
         else:
             found = _dims_of(target)
-    cache[node.name] = found
+    cache[id(node)] = found
     return found
 
 

@@ -27,10 +27,12 @@ def _dim(name: str, source: str, index: int) -> list:
             helper.make_node("Unsqueeze", [f"{name}_g", "axes0"], [name])]
 
 
-def _attention(swap: bool = False, allowzero: int = 0) -> onnx.ModelProto:
+def _attention(swap: bool = False, allowzero: int = 0, sliced: bool = False
+               ) -> onnx.ModelProto:
     """One self-attention block as torch.onnx exports it: the head split and merge Reshapes
     take their batch and sequence dims from ``Shape(h)`` (``h`` = LayerNorm(x)). ``swap``:
-    the merge target names sequence then batch (a valid, different reshape)."""
+    the merge target names sequence then batch (a valid, different reshape). ``sliced``: the
+    split target starts with ``Slice(Shape(h), 0, 2)`` (tf2onnx's and newer exporters' form)."""
     rng = np.random.default_rng(0)
     inits = [helper.make_tensor(n, TensorProto.FLOAT, [D, D],
                                 rng.standard_normal(D * D).astype(np.float32) * 0.3)
@@ -42,10 +44,16 @@ def _attention(swap: bool = False, allowzero: int = 0) -> onnx.ModelProto:
               helper.make_tensor("axes0", TensorProto.INT64, [1], [0]),
               helper.make_tensor("heads", TensorProto.INT64, [1], [HEADS]),
               helper.make_tensor("width", TensorProto.INT64, [1], [D // HEADS]),
-              helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])]
+              helper.make_tensor("minus1", TensorProto.INT64, [1], [-1]),
+              helper.make_tensor("two", TensorProto.INT64, [1], [2])]
     nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1),
-             *_dim("b", "h", 0), *_dim("s", "h", 1),
-             helper.make_node("Concat", ["b", "s", "heads", "width"], ["split"], axis=0)]
+             *_dim("b", "h", 0), *_dim("s", "h", 1)]
+    if sliced:
+        nodes += [helper.make_node("Shape", ["h"], ["h_shape"]),
+                  helper.make_node("Slice", ["h_shape", "axes0", "two"], ["bs"]),
+                  helper.make_node("Concat", ["bs", "heads", "width"], ["split"], axis=0)]
+    else:
+        nodes.append(helper.make_node("Concat", ["b", "s", "heads", "width"], ["split"], axis=0))
     for p in "qkv":
         nodes += [helper.make_node("MatMul", ["h", f"w{p}"], [f"{p}0"]),
                   helper.make_node("Reshape", [f"{p}0", "split"], [f"{p}1"],
@@ -93,8 +101,9 @@ FEEDS = [np.random.default_rng(k).standard_normal(shape).astype(np.float32)
          for k, shape in enumerate([(1, 5, D), (3, 7, D), (2, 1, D)])]
 
 
-def test_exported_head_split_and_merge_become_constant_targets():
-    model = _attention()
+@pytest.mark.parametrize("sliced", [False, True])
+def test_exported_head_split_and_merge_become_constant_targets(sliced):
+    model = _attention(sliced=sliced)
     result = _rewritten(model)
     out = result.model
     assert sorted(t for t in _targets(out).values() if t is not None) == \
