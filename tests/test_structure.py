@@ -15,7 +15,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = {
     "errors": 0, "qtypes": 0, "quant_math": 0, "kernels": 0, "calibrators": 0, "config": 0,
     "scopes": 0, "observe": 0, "distributed": 1, "plan_weights": 2, "plan_roots": 1, "plan_settle": 2, "sizes": 1, "report": 0, "large_constants": 0, "external": 0, "memory": 0, "dynamic_check": 3, "loop_check": 3,
-    "graph": 1, "graph_import": 1, "io": 1, "raw_data": 1, "outputs": 1, "runtime": 1, "data": 1,
+    "graph": 1, "graph_import": 1, "graph_shapes": 1, "io": 1, "raw_data": 1, "outputs": 1, "runtime": 1, "data": 1,
     "pipeline": 2, "quant_ops": 2, "plan": 2, "exporters": 2,
     "passes": 3, "calibrate": 3, "placement": 3,
     "score_types": 4, "score_names": 3, "score": 4, "score_render": 4, "report_html": 4, "emulate": 4, "tune_types": 4,

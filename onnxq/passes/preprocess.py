@@ -15,9 +15,9 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.errors import ModelError, UnsupportedOpError
+from onnxq.graph_shapes import infer_shapes
 from onnxq.passes.loop_constants import hoist_loop_constants
 from onnxq.pipeline import PassResult
-from onnxq.scopes import proto_subgraphs
 
 __all__ = ["PreprocessPass"]
 
@@ -173,9 +173,6 @@ def _through_proto(graph: gs.Graph, fn) -> gs.Graph:
     return G.import_graph(fn(model))
 
 
-_SMALL = 4096  # initializers with fewer elements stay (shape inference may read their values)
-
-
 #: onnxruntime's float contrib operators (what its transformer optimizer writes): their outputs
 #: take the element type of the input named here (index), where the model does not declare it;
 #: onnx's shape inference does not know them, so nothing after them would be typed (and onnxq
@@ -204,41 +201,6 @@ def _type_contrib_outputs(graph: gs.Graph) -> int:
     return typed
 
 
-def _infer_shapes_light(graph: gs.Graph) -> None:
-    big = {name: t for name, t in graph.tensors().items()
-           if isinstance(t, gs.Constant) and int(np.prod(t.shape, dtype=np.int64)) > _SMALL}
-    placeholders = {name: gs.Variable(name, dtype=t.dtype, shape=list(t.shape))
-                    for name, t in big.items()}
-    swapped: list[tuple[gs.Node, int, gs.Tensor]] = []
-    for node in graph.nodes:
-        for i, t in enumerate(node.inputs):
-            if t.name in placeholders and isinstance(t, gs.Constant):
-                swapped.append((node, i, t))
-    original_inputs = list(graph.inputs)
-    try:
-        for node, i, _ in swapped:  # gs rewires producers/consumers as inputs change
-            node.inputs[i] = placeholders[node.inputs[i].name]
-        graph.inputs = original_inputs + list(placeholders.values())
-        light = G.export_graph(graph)
-    finally:
-        graph.inputs = original_inputs
-        for node, i, const in swapped:
-            node.inputs[i] = const
-    inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
-                                                 data_prop=True)
-    tensors = {name: t for g in G.iter_graphs(graph) for name, t in g.tensors().items()}
-    for vi in _value_infos(inferred.graph):
-        var = tensors.get(vi.name)
-        if not isinstance(var, gs.Variable) or not vi.type.HasField("tensor_type"):
-            continue
-        tt = vi.type.tensor_type
-        if tt.elem_type:
-            var.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if tt.HasField("shape"):
-            var.shape = [d.dim_value if d.HasField("dim_value") else
-                         (d.dim_param or None) for d in tt.shape.dim]
-
-
 def _forget_body_shapes(graph: gs.Graph) -> list[tuple[gs.Variable, list]]:
     """The declared shapes of the tensors inside If/Loop/Scan bodies (not of their inputs)
     are dropped before shape inference, which recomputes them: exporters write stale ones
@@ -254,14 +216,6 @@ def _forget_body_shapes(graph: gs.Graph) -> list[tuple[gs.Variable, list]]:
                     declared.append((t, t.shape))
                 t.shape = None
     return declared
-
-
-def _value_infos(graph: onnx.GraphProto):
-    """Inferred types of ``graph`` and of its subgraphs (If branches, loop bodies)."""
-    yield from graph.value_info
-    yield from graph.output
-    for sub in proto_subgraphs(graph):
-        yield from _value_infos(sub)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -302,13 +256,13 @@ class PreprocessPass:
         """ONNX shape inference on a weight-free copy of the graph: large initializers are
         declared as typed inputs instead of copied, so memory does not double."""
         typed = _type_contrib_outputs(graph)
-        _infer_shapes_light(graph)
+        infer_shapes(graph)
         for _ in range(_MAX_TYPING_ROUNDS):  # contrib and standard ops alternate in a chain
             more = _type_contrib_outputs(graph) if typed else 0
             if not more:
                 break
             typed += more
-            _infer_shapes_light(graph)
+            infer_shapes(graph)
         if typed:
             notes.append(f"{typed} output(s) of onnxruntime contrib operators typed")
         return graph

@@ -1,0 +1,134 @@
+"""``FramedConvPass``: a float Conv1d over one channel with few frames per row becomes one MatMul
+over the framed signal, computing the same values; the other Convs are left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq.passes import PreprocessPass
+from onnxq.passes import conv_frames as cf
+from onnxq.pipeline import ForEachGraph, PassResult, Pipeline
+
+OUT, KERNEL, STRIDE = 258, 256, 128
+
+
+def _conv(rows, length: int, kernel: int = KERNEL, stride: int = STRIDE, channels: int = 1,
+          out: int = OUT, pads=(0, 0), bias: bool = True) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(
+        rng.standard_normal((out, channels, kernel)).astype(np.float32), "w")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(out).astype(np.float32), "b"))
+    conv = helper.make_node("Conv", ["x", "w", "b"] if bias else ["x", "w"], ["y"],
+                            kernel_shape=[kernel], strides=[stride], pads=list(pads))
+    graph = helper.make_graph(
+        [conv], "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                         [rows, channels, length])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _framed(model: onnx.ModelProto):
+    return Pipeline([PreprocessPass(min_opset=17), ForEachGraph(cf.FramedConvPass())]).run(model)
+
+
+def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, feed)
+
+
+@pytest.mark.parametrize("length,kernel,stride,bias", [
+    (832, 256, 128, True),    # Silero's STFT: 5 frames of 2 blocks, samples left over
+    (768, 256, 128, False),   # exactly 5 frames, no bias
+    (400, 100, 50, True),     # 7 frames
+    (1024, 512, 128, True),   # 4 blocks per frame
+    (2048, 256, 256, True),   # frames that do not overlap
+])
+def test_the_framed_matmul_computes_the_conv(length, kernel, stride, bias):
+    model = _conv("rows", length, kernel, stride, out=OUT, bias=bias)
+    result = _framed(model)
+    ops = [n.op_type for n in result.model.graph.node]
+    assert "Conv" not in ops and ops.count("MatMul") == 1
+    assert any("run as one MatMul" in n for r in result.records for n in r.notes)
+    for rows in (1, 3, 250):  # a symbolic row count: any number of rows
+        x = np.random.default_rng(rows).standard_normal((rows, 1, length)).astype(np.float32)
+        want, = _run(model, {"x": x})
+        got, = _run(result.model, {"x": x})
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("kwargs,why", [
+    ({"rows": 1, "length": 832}, "one row: the Conv's GEMM has the same shape"),
+    ({"rows": "n", "length": 128 * 10 + 256}, "11 frames per row: the Conv's GEMMs are wide"),
+    ({"rows": "n", "length": 832, "stride": 100}, "the kernel is not a multiple of the stride"),
+    ({"rows": "n", "length": 832, "channels": 2}, "two input channels"),
+    ({"rows": "n", "length": 832, "pads": (8, 8)}, "padded"),
+    ({"rows": "n", "length": 256, "kernel": 64, "stride": 32, "out": 64},
+     "a small weight (64 × 64)"),
+])
+def test_other_convs_are_left_alone(kwargs, why):
+    rows = kwargs.pop("rows")
+    result = _framed(_conv(rows, **kwargs))
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"], why
+    assert not result.records[-1].modified
+
+
+def _stft_front_end() -> onnx.ModelProto:
+    """Silero VAD's front end: chunks [n, 576] → reflect pad → STFT as Conv1d(1 → 2·129,
+    k 256, s 128) → magnitude → Conv(129 → 32, k 3) → Relu → mean over time."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(np.array([0, 128, 0, 128], np.int64), "pads"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array((rng.standard_normal((OUT, 1, KERNEL)) * 0.1
+                                      ).astype(np.float32), "stft_w"),
+             numpy_helper.from_array(np.array([0], np.int64), "s0"),
+             numpy_helper.from_array(np.array([129], np.int64), "s129"),
+             numpy_helper.from_array(np.array([258], np.int64), "s258"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array((rng.standard_normal((32, 129, 3)) * 0.1
+                                      ).astype(np.float32), "enc_w"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "enc_b")]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+             helper.make_node("Unsqueeze", ["padded", "axis1"], ["signal"]),
+             helper.make_node("Conv", ["signal", "stft_w"], ["spec"], kernel_shape=[KERNEL],
+                              strides=[STRIDE]),
+             helper.make_node("Slice", ["spec", "s0", "s129", "axis1"], ["re"]),
+             helper.make_node("Slice", ["spec", "s129", "s258", "axis1"], ["im"]),
+             helper.make_node("Pow", ["re", "two"], ["re2"]),
+             helper.make_node("Pow", ["im", "two"], ["im2"]),
+             helper.make_node("Add", ["re2", "im2"], ["power"]),
+             helper.make_node("Sqrt", ["power"], ["mag"]),
+             helper.make_node("Conv", ["mag", "enc_w", "enc_b"], ["enc"], kernel_shape=[3],
+                              pads=[1, 1]),
+             helper.make_node("Relu", ["enc"], ["act"]),
+             helper.make_node("ReduceMean", ["act"], ["y"], axes=[2], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "stft_front_end",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["chunks", 576])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["chunks", 32])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_quantize_runs_the_float_stft_as_a_matmul(monkeypatch):
+    """End to end: onnxq keeps the STFT float (its int8 rounding swamps the quiet bins) and the
+    runtime form runs it as one MatMul; the int8 model computes what it computed before."""
+    model = _stft_front_end()
+    rng = np.random.default_rng(2)
+    calib = [{"x": rng.standard_normal((16, 576)).astype(np.float32)} for _ in range(8)]
+    q = onnxq.quantize(model, calib, progress=False)
+    assert any("run as one MatMul" in n for n in q.report.notes)
+    monkeypatch.setattr(cf.FramedConvPass, "run",
+                        lambda self, graph: PassResult(graph=graph, modified=False))
+    before = onnxq.quantize(model, calib, progress=False)
+    assert "stft_w" in {i.name for i in before.model.graph.initializer}  # float, as Conv
+    assert not any("run as one MatMul" in n for n in before.report.notes)
+    for rows in (1, 40):
+        x = {"x": rng.standard_normal((rows, 576)).astype(np.float32)}
+        got, want = _run(q.model, x)[0], _run(before.model, x)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
