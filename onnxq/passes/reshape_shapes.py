@@ -44,8 +44,10 @@ _SAME = frozenset({
 _BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean",
                         "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
                         "And", "Or", "Xor", "Mod", "BitShift"})
-#: steps an origin trace may take (a deep encoder's residual chain is a few hundred)
+#: steps an origin trace may take (a deep encoder's residual chain is a few hundred), and how
+#: deep traces may nest where broadcasting inputs are compared
 _MAX_STEPS = 4096
+_MAX_DEPTH = 64
 
 Dim = tuple  # ("value", n) | (tensor name, axis)
 
@@ -59,86 +61,171 @@ def _literal(t: gs.Tensor, axis: int):
     return None if t.shape is None or axis >= len(t.shape) else t.shape[axis]
 
 
-def _broadcast_source(node: gs.Node, out_rank: int, axis: int) -> tuple[gs.Tensor, int] | None:
-    """The input whose dim makes output dim ``axis``: the first whose aligned dim exists and
-    is not the literal 1 (a valid model's other candidates equal it)."""
-    inputs = [t for t in node.inputs[(1 if node.op == "Where" else 0):] if t.name]
+def _aligned(inputs, out_rank: int, axis: int) -> list[tuple[gs.Tensor, int]] | None:
+    """The inputs (with their axis) whose dim broadcasts into output dim ``axis``: those that
+    have it and where it is not the literal 1. None if an input's rank is unknown."""
+    found = []
     for t in inputs:
         rank = _rank(t)
         if rank is None:
             return None
         k = axis - (out_rank - rank)
         if k >= 0 and _literal(t, k) != 1:
-            return t, k
-    return None
+            found.append((t, k))
+    return found
 
 
-def _matmul_source(node: gs.Node, out_rank: int, axis: int) -> tuple[gs.Tensor, int] | None:
-    a, b = node.inputs[0], node.inputs[1]
-    ra, rb = _rank(a), _rank(b)
-    if ra is None or rb is None or ra < 2 or rb < 2:
-        return None
-    if axis == out_rank - 1:
-        return b, rb - 1
-    if axis == out_rank - 2:
-        return a, ra - 2
-    for t, r in ((a, ra), (b, rb)):  # batch dims broadcast
-        k = axis - (out_rank - r)
-        if 0 <= k < r - 2 and _literal(t, k) != 1:
-            return t, k
-    return None
+class _Tracer:
+    """Dim origins, memoized. A dim made by broadcasting is followed only where a single input
+    makes it, or where every input that could make it has the same origin: two symbolic dims
+    can still broadcast (one of them 1 at run time), so neither alone is the output's. Graph
+    inputs whose dims are declared with the same ``dim_param`` name have the same dim (ONNX's
+    named dimensions: ``input_ids`` and ``attention_mask`` both ``[batch, sequence]``)."""
 
+    def __init__(self, inputs: list[gs.Tensor]) -> None:
+        self.inputs = {id(t) for t in inputs}  # the graph's own inputs
+        self.pieces: dict[int, list | None] = {}
+        self.memo: dict[tuple[int, int], Dim] = {}
+        self.depth = 0
 
-def _step(t: gs.Tensor, axis: int, pieces_of) -> tuple[gs.Tensor, int] | None:
-    """Where dim ``axis`` of ``t`` comes from, one op up; None where the trace ends."""
-    node = G.producer(t)
-    rank = _rank(t)
-    if node is None or rank is None or axis >= rank or t is not node.outputs[0]:
-        return None
-    op = node.op
-    if op in _SAME:
-        return (node.inputs[0], axis) if _rank(node.inputs[0]) == rank else None
-    if op in _BROADCAST:
-        return _broadcast_source(node, rank, axis)
-    if op == "MatMul":
-        return _matmul_source(node, rank, axis)
-    if op == "Transpose":
-        perm = node.attrs.get("perm") or list(range(rank))[::-1]
-        return node.inputs[0], int(perm[axis])
-    if op == "Gather":
-        data, indices = node.inputs[0], node.inputs[1]
-        rd, ri = _rank(data), _rank(indices)
-        if rd is None or ri is None or rd == 0:
+    def origin(self, t: gs.Tensor, axis: int) -> Dim:
+        """The dim that ``t``'s dim ``axis`` copies, as ("value", n) when inference knows the
+        number, else (tensor name, axis) of the first tensor the trace cannot go past."""
+        key = (id(t), axis)
+        if key in self.memo:
+            return self.memo[key]
+        start = key
+        for _ in range(_MAX_STEPS):
+            literal = _literal(t, axis)
+            if isinstance(literal, (int, np.integer)) and not isinstance(literal, bool):
+                found: Dim = ("value", int(literal))
+                break
+            up = self._step(t, axis)
+            if up is None:
+                named = id(t) in self.inputs and isinstance(literal, str) and literal
+                found = ("param", literal) if named else (t.name, axis)
+                break
+            if isinstance(up[0], str):  # an origin resolved across broadcasting inputs
+                found = up
+                break
+            t, axis = up
+        else:
+            found = (t.name, axis)
+        self.memo[start] = found
+        return found
+
+    def _joined(self, candidates) -> tuple | None:
+        """The one candidate, or the origin all candidates share; None otherwise."""
+        if not candidates:
             return None
-        gather_axis = int(node.attrs.get("axis", 0)) % rd
-        if axis < gather_axis:
-            return data, axis
-        if axis < gather_axis + ri:
-            return indices, axis - gather_axis
-        return data, axis - ri + 1
-    if op == "Reshape" and not int(node.attrs.get("allowzero", 0)):
-        pieces = pieces_of(node)
-        if pieces is not None and axis < len(pieces):
-            piece = pieces[axis]
-            if piece == 0:
-                return node.inputs[0], axis
-            if isinstance(piece, tuple):
-                return piece
-    return None
+        if len(candidates) == 1:
+            return candidates[0]
+        if self.depth >= _MAX_DEPTH:
+            return None
+        self.depth += 1
+        try:
+            origins = {self.origin(t, k) for t, k in candidates} - {("value", 1)}
+        finally:
+            self.depth -= 1  # a dim proven 1 broadcasts: the others make the output's
+        return next(iter(origins)) if len(origins) == 1 else None
+
+    def _step(self, t: gs.Tensor, axis: int) -> tuple | None:
+        """Where dim ``axis`` of ``t`` comes from, one op up: (tensor, axis), a resolved
+        origin, or None where the trace ends."""
+        node = G.producer(t)
+        rank = _rank(t)
+        if node is None or rank is None or axis >= rank or t is not node.outputs[0]:
+            return None
+        op = node.op
+        if op in _SAME:
+            return (node.inputs[0], axis) if _rank(node.inputs[0]) == rank else None
+        if op in _BROADCAST:
+            # every input broadcasts into the output (Where's condition too)
+            return self._joined(_aligned([x for x in node.inputs if x.name], rank, axis))
+        if op == "MatMul":
+            return self._matmul(node, rank, axis)
+        if op == "Transpose":
+            perm = node.attrs.get("perm") or list(range(rank))[::-1]
+            return node.inputs[0], int(perm[axis])
+        if op == "Gather":
+            return _gather_source(node, axis)
+        if op == "Slice":
+            return _slice_source(node, axis)
+        if op == "ConstantOfShape":  # its dims are the values of its input
+            dims = _dims_of(node.inputs[0])
+            piece = dims[axis] if dims is not None and axis < len(dims) else None
+            return piece if isinstance(piece, tuple) else None
+        if op == "Unsqueeze":
+            return _unsqueeze_source(node, rank, axis)
+        if op == "Reshape" and not int(node.attrs.get("allowzero", 0)):
+            pieces = self.pieces_of(node)
+            if pieces is not None and axis < len(pieces):
+                piece = pieces[axis]
+                if piece == 0:
+                    return node.inputs[0], axis
+                if isinstance(piece, tuple):
+                    return piece
+        return None
+
+    def _matmul(self, node: gs.Node, out_rank: int, axis: int) -> tuple | None:
+        a, b = node.inputs[0], node.inputs[1]
+        ra, rb = _rank(a), _rank(b)
+        if ra is None or rb is None or ra < 2 or rb < 2:
+            return None
+        if axis == out_rank - 1:
+            return b, rb - 1
+        if axis == out_rank - 2:
+            return a, ra - 2
+        batch = [(t, axis - (out_rank - r)) for t, r in ((a, ra), (b, rb))
+                 if 0 <= axis - (out_rank - r) < r - 2
+                 and _literal(t, axis - (out_rank - r)) != 1]
+        return self._joined(batch)
+
+    def pieces_of(self, node: gs.Node) -> list | None:
+        return _pieces(node, self.pieces)
 
 
-def _origin(t: gs.Tensor, axis: int, pieces_of) -> Dim:
-    """The dim that ``t``'s dim ``axis`` copies, as ("value", n) when inference knows the number,
-    else (tensor name, axis) of the first tensor the trace cannot go past."""
-    for _ in range(_MAX_STEPS):
-        literal = _literal(t, axis)
-        if isinstance(literal, (int, np.integer)) and not isinstance(literal, bool):
-            return ("value", int(literal))
-        up = _step(t, axis, pieces_of)
-        if up is None:
-            break
-        t, axis = up
-    return (t.name, axis)
+def _constant_ints(node: gs.Node, index: int, attr: str) -> list[int] | None:
+    if len(node.inputs) > index and node.inputs[index].name:
+        value = G.constant_value(node.inputs[index])
+        return None if value is None else [int(v) for v in np.ravel(value)]
+    value = node.attrs.get(attr)
+    return None if value is None else [int(v) for v in value]
+
+
+def _slice_source(node: gs.Node, axis: int) -> tuple[gs.Tensor, int] | None:
+    """A dim that the Slice does not slice is its input's."""
+    data = node.inputs[0]
+    rank = _rank(data)
+    starts = _constant_ints(node, 1, "starts")
+    axes = _constant_ints(node, 3, "axes")
+    if rank is None or starts is None:
+        return None
+    sliced = {a % rank for a in (axes if axes is not None else range(len(starts)))}
+    return None if axis in sliced else (data, axis)
+
+
+def _unsqueeze_source(node: gs.Node, out_rank: int, axis: int) -> tuple[gs.Tensor, int] | None:
+    axes = _constant_ints(node, 1, "axes")
+    if axes is None:
+        return None
+    added = sorted(a % out_rank for a in axes)
+    if axis in added:
+        return None  # a literal 1, which inference already knows
+    return node.inputs[0], axis - sum(1 for a in added if a < axis)
+
+
+def _gather_source(node: gs.Node, axis: int) -> tuple[gs.Tensor, int] | None:
+    data, indices = node.inputs[0], node.inputs[1]
+    rd, ri = _rank(data), _rank(indices)
+    if rd is None or ri is None or rd == 0:
+        return None
+    gather_axis = int(node.attrs.get("axis", 0)) % rd
+    if axis < gather_axis:
+        return data, axis
+    if axis < gather_axis + ri:
+        return indices, axis - gather_axis
+    return data, axis - ri + 1
 
 
 def _shape_dims(node: gs.Node) -> list[tuple[gs.Tensor, int]] | None:
@@ -216,26 +303,22 @@ def _pieces(node: gs.Node, cache: dict) -> list | None:
     return found
 
 
-def _constant_target(node: gs.Node, cache: dict) -> np.ndarray | None:
+def _constant_target(node: gs.Node, tracer: _Tracer) -> np.ndarray | None:
     """The Reshape's target as a constant, or None where a copied dim is not proven."""
     if int(node.attrs.get("allowzero", 0)) or G.constant_value(node.inputs[1]) is not None:
         return None
-    pieces = _pieces(node, cache)
+    pieces = tracer.pieces_of(node)
     data = node.inputs[0]
     rank = _rank(data)
     if pieces is None or rank is None or not any(isinstance(p, tuple) for p in pieces):
         return None
-
-    def pieces_of(n: gs.Node) -> list | None:
-        return _pieces(n, cache)
-
     out = []
     for k, piece in enumerate(pieces):
         if not isinstance(piece, tuple):
             out.append(piece)
             continue
         source, axis = piece
-        if k >= rank or _origin(data, k, pieces_of) != _origin(source, axis, pieces_of):
+        if k >= rank or tracer.origin(data, k) != tracer.origin(source, axis):
             return None
         out.append(0)
     return np.array(out, dtype=np.int64)
@@ -248,11 +331,11 @@ class ReshapeShapePass:
     name: str = "reshape_shapes"
 
     def run(self, graph: gs.Graph) -> PassResult:
-        cache: dict = {}
+        tracer = _Tracer(list(graph.inputs))
         targets = []
         for node in graph.nodes:
             if node.op == "Reshape" and len(node.inputs) > 1 and node.inputs[1].name:
-                target = _constant_target(node, cache)
+                target = _constant_target(node, tracer)
                 if target is not None:
                     targets.append((node, target))
         for node, target in targets:

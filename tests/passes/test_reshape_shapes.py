@@ -173,3 +173,27 @@ def test_quantize_runs_no_shape_ops_and_keeps_the_values():
 def test_not_run_where_onnxruntimes_attention_fusion_reads_the_shape_ops(mode, fuse, expected):
     names = [p.name for p in front_passes(QuantConfig(mode=mode, fuse_attention=fuse))]
     assert ("reshape_shapes" in names) is expected
+
+
+def test_a_dim_two_inputs_broadcast_is_not_taken_from_either():
+    """``Reshape(Add(a [n, 8], b [m, 8]), [Shape(a)[0], -1])``: with n = 1 and m = 3 the sum has
+    3 rows while the target asks for 1, so a ``0`` there would give another shape. Neither
+    input alone makes the sum's dim, so the target stays computed."""
+    nodes = [helper.make_node("Add", ["a", "b"], ["c"]), *_dim("n", "a", 0),
+             helper.make_node("Concat", ["n", "minus1"], ["t"], axis=0),
+             helper.make_node("Reshape", ["c", "t"], ["z"])]
+    graph = helper.make_graph(
+        nodes, "broadcast",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 8]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["m", 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["p", "q"])],
+        [helper.make_tensor("i0", TensorProto.INT64, [], [0]),
+         helper.make_tensor("axes0", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = _rewritten(model).model
+    assert list(_targets(out).values()) == [None]
+    feed = {"a": np.ones((1, 8), np.float32), "b": np.ones((3, 8), np.float32)}
+    s0 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    s1 = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert s1.run(None, feed)[0].shape == s0.run(None, feed)[0].shape == (1, 24)
