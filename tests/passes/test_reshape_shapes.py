@@ -133,21 +133,25 @@ def test_allowzero_reshapes_are_left_alone():
     assert all(t is None for t in _targets(out).values())
 
 
-def test_a_dim_from_another_input_is_not_assumed_equal():
-    """``Reshape(x, [Shape(y)[0], -1])`` where ``x`` and ``y`` have unrelated batch symbols:
-    nothing proves the dims equal, so the target stays computed."""
-    nodes = [*_dim("b", "y", 0),
-             helper.make_node("Concat", ["b", "minus1"], ["t"], axis=0),
-             helper.make_node("Reshape", ["x", "t"], ["z"])]
+def _flatten_by(data: str, source: str, before: list, inputs: dict) -> onnx.ModelProto:
+    """``Reshape(data, [Shape(source)[0], -1])`` after the nodes ``before``."""
+    nodes = [*before, *_dim("d0", source, 0),
+             helper.make_node("Concat", ["d0", "minus1"], ["t"], axis=0),
+             helper.make_node("Reshape", [data, "t"], ["z"])]
     graph = helper.make_graph(
-        nodes, "two_inputs",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6]),
-         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 2])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["m", "k"])],
+        nodes, "flatten",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["p", "q"])],
         [helper.make_tensor("i0", TensorProto.INT64, [], [0]),
          helper.make_tensor("axes0", TensorProto.INT64, [1], [0]),
          helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_dim_from_another_input_is_not_assumed_equal():
+    """``Reshape(x, [Shape(y)[0], -1])`` where ``x`` and ``y`` have unrelated batch symbols:
+    nothing proves the dims equal, so the target stays computed."""
+    model = _flatten_by("x", "y", [], {"x": ["n", 6], "y": ["m", 2]})
     result = _rewritten(model)
     assert list(_targets(result.model).values()) == [None]
     assert not result.records[-1].modified
@@ -179,18 +183,8 @@ def test_a_dim_two_inputs_broadcast_is_not_taken_from_either():
     """``Reshape(Add(a [n, 8], b [m, 8]), [Shape(a)[0], -1])``: with n = 1 and m = 3 the sum has
     3 rows while the target asks for 1, so a ``0`` there would give another shape. Neither
     input alone makes the sum's dim, so the target stays computed."""
-    nodes = [helper.make_node("Add", ["a", "b"], ["c"]), *_dim("n", "a", 0),
-             helper.make_node("Concat", ["n", "minus1"], ["t"], axis=0),
-             helper.make_node("Reshape", ["c", "t"], ["z"])]
-    graph = helper.make_graph(
-        nodes, "broadcast",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 8]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["m", 8])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["p", "q"])],
-        [helper.make_tensor("i0", TensorProto.INT64, [], [0]),
-         helper.make_tensor("axes0", TensorProto.INT64, [1], [0]),
-         helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _flatten_by("c", "a", [helper.make_node("Add", ["a", "b"], ["c"])],
+                        {"a": ["n", 8], "b": ["m", 8]})
     out = _rewritten(model).model
     assert list(_targets(out).values()) == [None]
     feed = {"a": np.ones((1, 8), np.float32), "b": np.ones((3, 8), np.float32)}
