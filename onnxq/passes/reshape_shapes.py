@@ -4,20 +4,21 @@ the same dims of the Reshape's own input.
 Exporters write a head split such as ``x.view(x.size(0), x.size(1), 12, 64)`` as
 ``Shape(h) → Gather(0|1) → Unsqueeze → Concat(…, 12, 64) → Reshape(x, ·)``, once per Reshape
 (all-MiniLM-L6-v2 from torch.onnx: 24 such Reshapes and 70 shape ops). onnxruntime runs those
-small ops on every call, in float as in int8: about 5 % of an int8 MiniLM's time at seq 128.
-ONNX's Reshape copies an input dim where its target holds ``0`` (``allowzero = 0``), so such a
-target can be the constant ``[0, 0, 12, 64]`` when dim ``k`` of the tensor being reshaped is
-dim ``i`` of the tensor the ``Shape`` read, for each piece ``Gather(Shape(h), i)`` at position
-``k``.
+small ops on every call, in float as in int8. ONNX's Reshape copies an input dim where its
+target holds ``0`` (``allowzero = 0``), so such a target can be the constant ``[0, 0, 12, 64]``
+when dim ``k`` of the tensor being reshaped is dim ``i`` of the tensor the ``Shape`` read, for
+each piece ``Gather(Shape(h), i)`` at position ``k``.
 
-The proof follows each dim back to where it was made (``_origin``): through ops that keep
-their input's dims (elementwise ops, Q/DQ, Softmax, LayerNormalization), broadcasting binary
-ops (the input whose aligned dim is not the literal 1), Transpose (its permutation), MatMul
-(rows from ``A``, columns from ``B``, batch dims broadcast), Gather (the indices' dims) and
-Reshapes whose target copies or names the dim. Two dims are the same when they come from the
-same dim of the same tensor, or when shape inference gives both the same number. Anything else
-(an unknown rank, another op) ends the trace at that tensor, so an unproven Reshape keeps its
-computed target: the rewrite never changes a value. The shape ops left unread are removed.
+The proof follows each dim back to where it was made (``_Tracer.origin``): through ops that
+keep their input's dims (elementwise ops, Q/DQ, Softmax, LayerNormalization), Transpose (its
+permutation), MatMul (rows from ``A``, columns from ``B``), Gather (the indices' dims), Slice and
+Unsqueeze (the dims they keep), ConstantOfShape and Reshapes whose target copies or names the
+dim. A dim made by broadcasting (elementwise ops, MatMul's batch dims) is followed only where
+one input makes it or all inputs that can make it share one origin: two symbolic dims can still
+broadcast. Two dims are the same when they come from the same dim of the same tensor, when
+shape inference gives both the same number, or when they are graph-input dims declared with the
+same ``dim_param``. Anything else ends the trace at that tensor, so an unproven Reshape keeps
+its computed target: the rewrite never changes a value. The shape ops left unread are removed.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ _BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", 
 _MAX_STEPS = 4096
 _MAX_DEPTH = 64
 
-Dim = tuple  # ("value", n) | (tensor name, axis)
+Dim = tuple  # ("value", n) | ("param", name) | (tensor name, axis)
 
 
 def _rank(t: gs.Tensor) -> int | None:
