@@ -5,7 +5,6 @@ for the OpenVINO EP, which fuses its own patterns."""
 from __future__ import annotations
 
 from onnxq.passes.compact import CompactStoragePass
-from onnxq.passes.conv_frames import FramedConvPass
 from onnxq.passes.layernorm_add import UnfusedLayerNormAddPass
 from onnxq.passes.matmul_epilogue import MatMulEpiloguePass, UnquantizedBiasPass
 from onnxq.pipeline import ForEachGraph
@@ -20,7 +19,7 @@ def runtime_form_passes(target_ep: str) -> list:
     if target_ep == "openvino":
         return []
     return [ForEachGraph(MatMulEpiloguePass()), ForEachGraph(UnfusedLayerNormAddPass()),
-            ForEachGraph(FramedConvPass()), ForEachGraph(CompactStoragePass())]
+            ForEachGraph(CompactStoragePass())]
 
 
 def pre_lowering_passes(target_ep: str) -> list:

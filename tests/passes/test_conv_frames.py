@@ -79,9 +79,10 @@ def test_other_convs_are_left_alone(kwargs, why):
     assert not result.records[-1].modified
 
 
-def _stft_front_end() -> onnx.ModelProto:
+def _stft_front_end(log: bool = False) -> onnx.ModelProto:
     """Silero VAD's front end: chunks [n, 576] → reflect pad → STFT as Conv1d(1 → 2·129,
-    k 256, s 128) → magnitude → Conv(129 → 32, k 3) → Relu → mean over time."""
+    k 256, s 128) → magnitude (→ Log, with ``log``) → Conv(129 → 32, k 3) → Relu → mean over
+    time."""
     rng = np.random.default_rng(1)
     inits = [numpy_helper.from_array(np.array([0, 128, 0, 128], np.int64), "pads"),
              numpy_helper.from_array(np.array([1], np.int64), "axis1"),
@@ -91,6 +92,7 @@ def _stft_front_end() -> onnx.ModelProto:
              numpy_helper.from_array(np.array([129], np.int64), "s129"),
              numpy_helper.from_array(np.array([258], np.int64), "s258"),
              numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1e-3, np.float32), "eps"),
              numpy_helper.from_array((rng.standard_normal((32, 129, 3)) * 0.1
                                       ).astype(np.float32), "enc_w"),
              numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "enc_b")]
@@ -104,7 +106,10 @@ def _stft_front_end() -> onnx.ModelProto:
              helper.make_node("Pow", ["im", "two"], ["im2"]),
              helper.make_node("Add", ["re2", "im2"], ["power"]),
              helper.make_node("Sqrt", ["power"], ["mag"]),
-             helper.make_node("Conv", ["mag", "enc_w", "enc_b"], ["enc"], kernel_shape=[3],
+             *([helper.make_node("Add", ["mag", "eps"], ["floored"]),
+                helper.make_node("Log", ["floored"], ["logmag"])] if log else []),
+             helper.make_node("Conv", ["logmag" if log else "mag", "enc_w", "enc_b"], ["enc"],
+                              kernel_shape=[3],
                               pads=[1, 1]),
              helper.make_node("Relu", ["enc"], ["act"]),
              helper.make_node("ReduceMean", ["act"], ["y"], axes=[2], keepdims=0)]
@@ -115,20 +120,58 @@ def _stft_front_end() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_quantize_runs_the_float_stft_as_a_matmul(monkeypatch):
-    """End to end: onnxq keeps the STFT float (its int8 rounding swamps the quiet bins) and the
-    runtime form runs it as one MatMul; the int8 model computes what it computed before."""
+def _producer(model: onnx.ModelProto, name: str):
+    return next((n for n in model.graph.node if name in n.output), None)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_quantize_runs_the_stft_as_an_int8_matmul_with_a_float_output(monkeypatch):
+    """End to end: the framing runs before planning, so the STFT is an int8 MatMul whose real
+    and imaginary parts stay float (only the samples and the basis are rounded); without the
+    rewrite the bank stays a float Conv (``filter_bank_reason``)."""
     model = _stft_front_end()
     rng = np.random.default_rng(2)
     calib = [{"x": rng.standard_normal((16, 576)).astype(np.float32)} for _ in range(8)]
     q = onnxq.quantize(model, calib, progress=False)
     assert any("run as one MatMul" in n for n in q.report.notes)
+    inits = {i.name: i for i in q.model.graph.initializer}
+    matmul, = [n for n in q.model.graph.node if n.op_type == "MatMul"]
+    weight = _producer(q.model, matmul.input[1])
+    assert weight.op_type == "DequantizeLinear"
+    assert inits[weight.input[0]].data_type == TensorProto.INT8
+    assert _producer(q.model, matmul.input[0]).op_type == "DequantizeLinear"
+    readers = [n.op_type for n in q.model.graph.node if matmul.output[0] in n.input]
+    assert readers == ["Transpose"]  # the spectrum is not requantized
+    qlinear = onnxq.quantize(model, calib, progress=False, format="qlinear")
+    assert "MatMulIntegerToFloat" in [n.op_type for n in qlinear.model.graph.node]
     monkeypatch.setattr(cf.FramedConvPass, "run",
                         lambda self, graph: PassResult(graph=graph, modified=False))
     before = onnxq.quantize(model, calib, progress=False)
     assert "stft_w" in {i.name for i in before.model.graph.initializer}  # float, as Conv
-    assert not any("run as one MatMul" in n for n in before.report.notes)
+    assert any("FIR filter bank" in why for _, why in before.report.skipped)
     for rows in (1, 40):
         x = {"x": rng.standard_normal((rows, 576)).astype(np.float32)}
-        got, want = _run(q.model, x)[0], _run(before.model, x)[0]
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+        want, got = _run(model, x)[0], _run(q.model, x)[0]
+        assert _cosine(got, want) >= 0.999
+        np.testing.assert_allclose(_run(qlinear.model, x)[0], got, rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(got).max()))
+
+
+def test_a_log_compressed_stft_stays_float():
+    """A log spectrum keeps the quiet bins' relative precision, which int8's grid does not
+    have: the framed MatMul stays float, with the reason in the report."""
+    model = _stft_front_end(log=True)
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((16, 576)).astype(np.float32)} for _ in range(8)]
+    q = onnxq.quantize(model, calib, progress=False)
+    assert any("run as one MatMul" in n for n in q.report.notes)
+    matmul, = [n for n in q.model.graph.node if n.op_type == "MatMul"]
+    weight = {i.name: i for i in q.model.graph.initializer}[matmul.input[1]]
+    assert weight.data_type == TensorProto.FLOAT
+    assert any("compressed spectrum" in why for _, why in q.report.skipped)
+    assert any(n.op_type == "QLinearConv" or n.op_type == "DequantizeLinear"
+               for n in q.model.graph.node)  # the encoder conv after it is still int8
