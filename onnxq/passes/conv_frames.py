@@ -14,6 +14,11 @@ it is zero) → ``Transpose``: one GEMM over every row's frames. The products an
 Conv's own (onnxruntime's Conv is an im2col GEMM too); on Silero the float outputs are
 bit-identical.
 
+When every reader of the Conv's output is a Slice (a Slice of other axes passes the question
+on to its readers), only the frames they pick are computed, and the Slices are re-pointed (or
+bypassed where they then pick everything). Silero's magnitude drops the first of its five
+frames: a fifth less GEMM and framing.
+
 It runs before planning, so the plan sees a MatMul. An STFT's MatMul is then int8 with its
 output float (onnxruntime's ``MatMulIntegerToFloat``): only the samples and the basis are
 rounded, not the real and imaginary parts, whose requantization is what a Conv form would need
@@ -102,14 +107,87 @@ def _int64(graph: gs.Graph, base: str, values) -> gs.Constant:
     return gs.Constant(G.unique_name(graph, base), np.array(values, dtype=np.int64))
 
 
-def _rewrite(graph: gs.Graph, node: gs.Node, geo: _Shape) -> None:
-    x, y = node.inputs[0], node.outputs[0]
-    weight = np.asarray(G.constant_value(node.inputs[1]))
-    bias = G.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name \
-        else None
-    blocks = geo.kernel // geo.stride
-    count = geo.frames + blocks - 1  # blocks of ``stride`` samples the frames read
-    base = node.name or y.name
+#: the output's frame axis ([rows, channels, frames])
+_TIME = 2
+
+
+def _normalized(start: int, end: int, size: int) -> tuple[int, int]:
+    """A Slice's [start, end) on an axis of ``size`` (step 1), as ONNX clamps it."""
+    start, end = start + size if start < 0 else start, end + size if end < 0 else end
+    return min(max(start, 0), size), min(max(end, 0), size)
+
+
+def _slice_args(node: gs.Node) -> tuple[list[int], list[int], list[int], list[int]] | None:
+    """(starts, ends, axes, steps) of a Slice with constant arguments, or None."""
+    if node.op != "Slice" or "starts" in node.attrs or len(node.inputs) < 3:
+        return None
+    args = [G.constant_value(t) if t.name else None for t in node.inputs[1:5]]
+    if args[0] is None or args[1] is None or any(
+            a is None and t.name for a, t in zip(args[2:], node.inputs[3:5], strict=False)):
+        return None
+    starts, ends = args[0].ravel().tolist(), args[1].ravel().tolist()
+    axes = args[2].ravel().tolist() if len(args) > 2 and args[2] is not None \
+        else list(range(len(starts)))
+    steps = args[3].ravel().tolist() if len(args) > 3 and args[3] is not None \
+        else [1] * len(starts)
+    return starts, ends, [a % 3 for a in axes], steps
+
+
+def _frames_read(graph: gs.Graph, y: gs.Tensor, frames: int
+                 ) -> tuple[int, int, list[tuple[gs.Node, int]], list[gs.Tensor]] | None:
+    """The frames [first, last) that ``y``'s readers use, when every reader is a Slice (a
+    Slice of other axes passes the question on to its own readers), with the Slices that pick
+    frames and their frame-axis position, and the tensors that keep ``y``'s frame axis; None
+    when some reader needs every frame. An STFT's magnitude often drops its first or last
+    frame (Silero VAD's drops the first)."""
+    first, last, picks, tensors, kept = frames, 0, [], [y], []
+    while tensors:
+        tensor = tensors.pop()
+        kept.append(tensor)
+        if tensor in graph.outputs or not tensor.outputs:
+            return None
+        for reader in tensor.outputs:
+            args = _slice_args(reader)
+            if args is None or reader.inputs[0] is not tensor:
+                return None
+            starts, ends, axes, steps = args
+            if _TIME not in axes:
+                tensors.append(reader.outputs[0])
+                continue
+            i = axes.index(_TIME)
+            start, end = _normalized(int(starts[i]), int(ends[i]), frames)
+            if steps[i] != 1 or start >= end:
+                return None
+            first, last = min(first, start), max(last, end)
+            picks.append((reader, i))
+    return (first, last, picks, kept) if picks else None
+
+
+def _shift_reads(graph: gs.Graph, picks: list[tuple[gs.Node, int]], span: tuple[int, int],
+                 frames: int) -> None:
+    """Re-point the frame-picking Slices at an output that holds frames ``span`` only; one
+    that then picks every frame and nothing else is bypassed."""
+    first = span[0]
+    for reader, i in picks:
+        starts, ends, axes, _ = _slice_args(reader) or ([], [], [], [])
+        start, end = _normalized(int(starts[i]), int(ends[i]), frames)
+        out = reader.outputs[0]
+        if (start, end) == span and len(axes) == 1 and out not in graph.outputs:
+            for user in list(out.outputs):
+                for k, t in enumerate(user.inputs):
+                    if t is out:
+                        user.inputs[k] = reader.inputs[0]
+            continue
+        starts[i], ends[i] = start - first, end - first
+        reader.inputs[1] = _int64(graph, f"{reader.name}_starts", starts)
+        reader.inputs[2] = _int64(graph, f"{reader.name}_ends", ends)
+
+
+def _framed(graph: gs.Graph, x: gs.Tensor, geo: _Shape, span: tuple[int, int], base: str
+            ) -> tuple[gs.Tensor, list[gs.Node]]:
+    """Frames ``span`` = [first, last) of ``x`` as [rows, last − first, kernel]."""
+    (first, last), blocks = span, geo.kernel // geo.stride
+    count = last + blocks - 1  # blocks of ``stride`` samples the frames read
     made: list[gs.Node] = []
 
     def var(suffix: str) -> gs.Variable:
@@ -127,24 +205,39 @@ def _rewrite(graph: gs.Graph, node: gs.Node, geo: _Shape) -> None:
     made.append(gs.Node("Reshape", inputs=[signal, _int64(graph, f"{base}_blocks_shape",
                                                           [0, count, geo.stride])],
                         outputs=[cut]))
-    frames = cut
-    if blocks > 1:
-        parts = []
-        for j in range(blocks):
-            part = var(f"block{j}")
-            made.append(gs.Node("Slice", inputs=[
-                cut, _int64(graph, f"{base}_b{j}_start", [j]),
-                _int64(graph, f"{base}_b{j}_end", [j + geo.frames]),
-                _int64(graph, f"{base}_b{j}_axis", [1])], outputs=[part]))
-            parts.append(part)
-        frames = var("frames")
-        made.append(gs.Node("Concat", inputs=parts, outputs=[frames], attrs={"axis": 2}))
-    product = var("product")
+    if blocks == 1 and first == 0:
+        return cut, made
+    parts = []
+    for j in range(blocks):
+        part = var(f"block{j}")
+        made.append(gs.Node("Slice", inputs=[
+            cut, _int64(graph, f"{base}_b{j}_start", [j + first]),
+            _int64(graph, f"{base}_b{j}_end", [j + last]),
+            _int64(graph, f"{base}_b{j}_axis", [1])], outputs=[part]))
+        parts.append(part)
+    if blocks == 1:
+        return parts[0], made
+    frames = var("frames")
+    made.append(gs.Node("Concat", inputs=parts, outputs=[frames], attrs={"axis": 2}))
+    return frames, made
+
+
+def _rewrite(graph: gs.Graph, node: gs.Node, geo: _Shape) -> bool:
+    """Replace ``node``; True when only the frames its readers use are computed."""
+    x, y = node.inputs[0], node.outputs[0]
+    weight = np.asarray(G.constant_value(node.inputs[1]))
+    bias = G.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name \
+        else None
+    base = node.name or y.name
+    read = _frames_read(graph, y, geo.frames)
+    span = (read[0], read[1]) if read else (0, geo.frames)
+    frames, made = _framed(graph, x, geo, span, base)
+    product = gs.Variable(G.unique_name(graph, f"{base}_product"), dtype=np.float32)
     matrix = gs.Constant(G.unique_name(graph, f"{base}_frame_weight"),
                          np.ascontiguousarray(weight[:, 0, :].T))
     made.append(gs.Node("MatMul", inputs=[frames, matrix], outputs=[product]))
     if bias is not None and np.any(bias):  # a zero bias (``AddZeroBiasPass``'s) adds nothing
-        biased = var("biased")
+        biased = gs.Variable(G.unique_name(graph, f"{base}_biased"), dtype=np.float32)
         made.append(gs.Node("Add", inputs=[product, gs.Constant(
             G.unique_name(graph, f"{base}_frame_bias"), bias.astype(np.float32))],
             outputs=[biased]))
@@ -153,6 +246,12 @@ def _rewrite(graph: gs.Graph, node: gs.Node, geo: _Shape) -> None:
     node.inputs.clear()
     made.append(gs.Node("Transpose", inputs=[product], outputs=[y], attrs={"perm": [0, 2, 1]}))
     graph.nodes.extend(made)
+    trimmed = span != (0, geo.frames)
+    if read and trimmed:
+        _shift_reads(graph, read[2], span, geo.frames)
+        for tensor in read[3]:
+            tensor.shape = None  # fewer frames than the Conv's output had
+    return trimmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +265,11 @@ class FramedConvPass:
             return PassResult(graph=graph, modified=False)
         infer_shapes(graph)  # the signal's length (the output's tensors carry no shapes)
         found = [(n, geo) for n in graph.nodes if (geo := _geometry(n)) is not None]
-        for node, geo in found:
-            _rewrite(graph, node, geo)
+        trimmed = sum(_rewrite(graph, node, geo) for node, geo in found)
         if found:
             graph.cleanup().toposort()
         notes = (f"{len(found)} float 1-D Conv(s) over one channel with ≤ {MAX_FRAMES} frames "
-                 "per row run as one MatMul over the framed signal",) if found else ()
+                 "per row run as one MatMul over the framed signal" + (
+                     f" ({trimmed} computing only the frames their readers slice out)"
+                     if trimmed else ""),) if found else ()
         return PassResult(graph=graph, modified=bool(found), notes=notes)

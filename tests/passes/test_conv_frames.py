@@ -175,3 +175,71 @@ def test_a_log_compressed_stft_stays_float():
     assert any("compressed spectrum" in why for _, why in q.report.skipped)
     assert any(n.op_type == "QLinearConv" or n.op_type == "DequantizeLinear"
                for n in q.model.graph.node)  # the encoder conv after it is still int8
+
+
+def _conv_read(reads: list[tuple[list[int], list[int], list[int], list[int] | None]],
+               extra_reader: bool = False) -> onnx.ModelProto:
+    """The STFT Conv on [rows, 1, 832] (5 frames) read by Slices ``(starts, ends, axes,
+    steps)``; a ``(…, [1])`` entry on axis 1 is followed by a Slice of frames 1: (Silero's
+    real/imaginary split, then its dropped first frame)."""
+    model = _conv("rows", 832)
+    graph = model.graph
+    graph.output.pop()
+    for k, (starts, ends, axes, steps) in enumerate(reads):
+        names = [f"st{k}", f"en{k}", f"ax{k}"] + ([f"sp{k}"] if steps else [])
+        for name, values in zip(names, (starts, ends, axes, steps), strict=False):
+            graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        out = f"r{k}"
+        graph.node.append(helper.make_node("Slice", ["y", *names], [out]))
+        if axes == [1]:
+            graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"one{k}"))
+            graph.initializer.append(numpy_helper.from_array(np.array([99], np.int64), f"big{k}"))
+            graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), f"two{k}"))
+            graph.node.append(helper.make_node("Slice", [out, f"one{k}", f"big{k}", f"two{k}"],
+                                               [f"t{k}"]))
+            out = f"t{k}"
+        graph.node.append(helper.make_node("Relu", [out], [f"o{k}"]))
+        graph.output.append(helper.make_tensor_value_info(f"o{k}", TensorProto.FLOAT, None))
+    if extra_reader:
+        graph.node.append(helper.make_node("Sigmoid", ["y"], ["all"]))
+        graph.output.append(helper.make_tensor_value_info("all", TensorProto.FLOAT, None))
+    return model
+
+
+def _frames_computed(model: onnx.ModelProto, rows: int = 3) -> int:
+    x = np.random.default_rng(5).standard_normal((rows, 1, 832)).astype(np.float32)
+    matmul = next(n for n in model.graph.node if n.op_type == "MatMul")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info(matmul.output[0],
+                                                            TensorProto.FLOAT, None))
+    return _run(probe, {"x": x})[-1].shape[1]
+
+
+@pytest.mark.parametrize("reads,frames", [
+    ([([0], [129], [1], None), ([129], [258], [1], None)], 4),  # Silero: frames 1: of both
+    ([([1], [-1], [2], None)], 3),                              # frames 1 … 3
+    ([([0], [2], [-1], [1]), ([3], [5], [2], None)], 5),        # 0–1 and 3–4: all five
+    ([([2, 0], [99, 100], [2, 1], None)], 3),                   # frames 2: and channels 0:100
+])
+def test_only_the_frames_the_readers_slice_out_are_computed(reads, frames):
+    model = _conv_read(reads)
+    result = _framed(model)
+    assert _frames_computed(result.model) == frames
+    trimmed = [n for r in result.records for n in r.notes if "only the frames" in n]
+    assert bool(trimmed) == (frames < 5)
+    for rows in (1, 4):
+        x = np.random.default_rng(rows).standard_normal((rows, 1, 832)).astype(np.float32)
+        for want, got in zip(_run(model, {"x": x}), _run(result.model, {"x": x}), strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5,
+                                       atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("reads,extra,why", [
+    ([([1], [5], [2], None)], True, "another reader takes every frame"),
+    ([([0], [5], [2], [2])], False, "every other frame"),
+])
+def test_frames_are_all_computed_when_a_reader_needs_them(reads, extra, why):
+    result = _framed(_conv_read(reads, extra_reader=extra))
+    assert _frames_computed(result.model) == 5, why
