@@ -179,8 +179,10 @@ def _shift_reads(graph: gs.Graph, picks: list[tuple[gs.Node, int]], span: tuple[
                         user.inputs[k] = reader.inputs[0]
             continue
         starts[i], ends[i] = start - first, end - first
-        reader.inputs[1] = _int64(graph, f"{reader.name}_starts", starts)
-        reader.inputs[2] = _int64(graph, f"{reader.name}_ends", ends)
+        kind = np.asarray(G.constant_value(reader.inputs[1])).dtype  # int32 or int64, as its axes
+        for k, values in ((1, starts), (2, ends)):
+            reader.inputs[k] = gs.Constant(G.unique_name(graph, f"{reader.name}_{k}"),
+                                           np.array(values, dtype=kind))
 
 
 def _framed(graph: gs.Graph, x: gs.Tensor, geo: _Shape, span: tuple[int, int], base: str

@@ -178,7 +178,7 @@ def test_a_log_compressed_stft_stays_float():
 
 
 def _conv_read(reads: list[tuple[list[int], list[int], list[int], list[int] | None]],
-               extra_reader: bool = False) -> onnx.ModelProto:
+               extra_reader: bool = False, index=np.int64) -> onnx.ModelProto:
     """The STFT Conv on [rows, 1, 832] (5 frames) read by Slices ``(starts, ends, axes,
     steps)``; a ``(…, [1])`` entry on axis 1 is followed by a Slice of frames 1: (Silero's
     real/imaginary split, then its dropped first frame)."""
@@ -188,7 +188,7 @@ def _conv_read(reads: list[tuple[list[int], list[int], list[int], list[int] | No
     for k, (starts, ends, axes, steps) in enumerate(reads):
         names = [f"st{k}", f"en{k}", f"ax{k}"] + ([f"sp{k}"] if steps else [])
         for name, values in zip(names, (starts, ends, axes, steps), strict=False):
-            graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+            graph.initializer.append(numpy_helper.from_array(np.array(values, index), name))
         out = f"r{k}"
         graph.node.append(helper.make_node("Slice", ["y", *names], [out]))
         if axes == [1]:
@@ -216,14 +216,15 @@ def _frames_computed(model: onnx.ModelProto, rows: int = 3) -> int:
     return _run(probe, {"x": x})[-1].shape[1]
 
 
-@pytest.mark.parametrize("reads,frames", [
-    ([([0], [129], [1], None), ([129], [258], [1], None)], 4),  # Silero: frames 1: of both
-    ([([1], [-1], [2], None)], 3),                              # frames 1 … 3
-    ([([0], [2], [-1], [1]), ([3], [5], [2], None)], 5),        # 0–1 and 3–4: all five
-    ([([2, 0], [99, 100], [2, 1], None)], 3),                   # frames 2: and channels 0:100
+@pytest.mark.parametrize("reads,frames,index", [
+    ([([0], [129], [1], None), ([129], [258], [1], None)], 4, np.int64),  # Silero: frames 1:
+    ([([1], [-1], [2], None)], 3, np.int64),                              # frames 1 … 3
+    ([([1], [3], [2], [1]), ([2], [4], [2], None)], 3, np.int32),         # int32 arguments
+    ([([0], [2], [-1], [1]), ([3], [5], [2], None)], 5, np.int64),  # 0–1 and 3–4: all five
+    ([([2, 0], [99, 100], [2, 1], None)], 3, np.int64),  # frames 2: and channels 0:100
 ])
-def test_only_the_frames_the_readers_slice_out_are_computed(reads, frames):
-    model = _conv_read(reads)
+def test_only_the_frames_the_readers_slice_out_are_computed(reads, frames, index):
+    model = _conv_read(reads, index=index)
     result = _framed(model)
     assert _frames_computed(result.model) == frames
     trimmed = [n for r in result.records for n in r.notes if "only the frames" in n]
