@@ -244,3 +244,21 @@ def test_only_the_frames_the_readers_slice_out_are_computed(reads, frames, index
 def test_frames_are_all_computed_when_a_reader_needs_them(reads, extra, why):
     result = _framed(_conv_read(reads, extra_reader=extra))
     assert _frames_computed(result.model) == 5, why
+
+
+def test_frames_are_all_computed_when_a_subgraph_may_read_them():
+    """A branch reads the Conv's output by name from the outer scope (graphsurgeon lists that
+    reader among the output's readers): every frame stays."""
+    model = _conv_read([([1], [5], [2], None)])
+    then, other = (helper.make_graph(
+        [helper.make_node("Identity", ["y"], [f"b{k}"])], f"branch{k}", [],
+        [helper.make_tensor_value_info(f"b{k}", TensorProto.FLOAT, None)]) for k in (0, 1))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["picked"], then_branch=then,
+                                             else_branch=other))
+    model.graph.output.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, None))
+    result = _framed(model)
+    assert _frames_computed(result.model) == 5
+    x = np.random.default_rng(7).standard_normal((2, 1, 832)).astype(np.float32)
+    for want, got in zip(_run(model, {"x": x}), _run(result.model, {"x": x}), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
