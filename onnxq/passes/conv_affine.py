@@ -9,9 +9,11 @@ or a float op between two conversions), and a BatchNormalization after it can fo
 conv as well (PP-OCR's DB head: ``ConvTranspose → Add → BatchNormalization → Relu`` becomes one
 ConvTranspose and a Relu). Exact up to float rounding.
 
-Shifts fold only with one value per channel: a scalar ``x + 3`` after a many-channel conv
-starts an exported HardSigmoid/HardSwish, which the rule before this one recognises. A scalar
-scale (``Mul``/``Div``) folds.
+A scalar scale (``Mul``/``Div``) folds. A scalar shift folds too (PP-LCNetV3's learnable
+affine blocks: ``Conv → Mul(a) → Add(b) → HardSwish``; each unfolded ``Add`` was an int8
+``QLinearAdd`` and a requantization of its own), except where a clamp reads it: a scalar
+``x + 3`` before a ``Clip``/``Relu``/``Min``/``Max`` starts an exported HardSigmoid, which the
+rule before this one recognises on the CPU EP and the OpenVINO EP fuses itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from onnxq import graph as G
 __all__ = ["fold_conv_affine"]
 
 _STEPS = ("Add", "Sub", "Mul", "Div")
+_CLAMPS = ("Clip", "Relu", "Min", "Max")
 
 
 def _geometry(conv: gs.Node) -> tuple[int, int] | None:
@@ -52,6 +55,15 @@ def _per_channel(value: np.ndarray, channels: int, rank: int, scalar: bool) -> n
     return value.reshape(channels).astype(np.float64)
 
 
+def _starts_clamp(node: gs.Node, outputs: set[str]) -> bool:
+    """Whether ``node``'s output is a graph output or is read by a clamp (``Clip``, ``Relu``,
+    ``Min``, ``Max``): a scalar ``x + 3`` there may start an exported HardSigmoid/HardSwish that
+    ``hard_activations`` did not rewrite (it is off for the OpenVINO EP, which fuses the
+    exported form itself), and folding the shift would hide that pattern."""
+    y = node.outputs[0]
+    return y.name in outputs or any(r.op in _CLAMPS for r in y.outputs)
+
+
 def _step(conv: gs.Node, channels: int, rank: int, outputs: set[str]
           ) -> tuple[gs.Node, str, np.ndarray] | None:
     """(node, "scale"|"shift", per-channel value) of the affine step that alone reads
@@ -67,7 +79,8 @@ def _step(conv: gs.Node, channels: int, rank: int, outputs: set[str]
         return None  # c - y, c / y: not affine in y with a positive slope
     value = G.constant_value(other, cache=False)
     scale = node.op in ("Mul", "Div")
-    c = None if value is None else _per_channel(value, channels, rank, scalar=scale)
+    scalar = scale or not _starts_clamp(node, outputs)
+    c = None if value is None else _per_channel(value, channels, rank, scalar=scalar)
     if c is None or (node.op == "Div" and not np.all(c != 0)):
         return None
     if node.op == "Sub":

@@ -83,8 +83,9 @@ def test_adds_that_are_not_one_value_per_channel_stay(case):
     assert any(a.input[0] == "u1" or "u1" in a.input for a in adds), case
 
 
-def _affine_chain(steps, shared: bool = False) -> onnx.ModelProto:
-    """x → Conv(w) → steps… → y (and a second Conv reading the same ``w`` when ``shared``)."""
+def _affine_chain(steps, shared: bool = False, last: str = "Relu") -> onnx.ModelProto:
+    """x → Conv(w) → steps… → ``last`` → y (and a second Conv reading the same ``w`` when
+    ``shared``)."""
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")]
     nodes, prev = [helper.make_node("Conv", ["x", "w"], ["c0"], name="conv")], "c0"
@@ -93,7 +94,7 @@ def _affine_chain(steps, shared: bool = False) -> onnx.ModelProto:
         ins = [f"k{k}", prev] if const_first else [prev, f"k{k}"]
         nodes.append(helper.make_node(op, ins, [f"s{k}"], name=f"step{k}"))
         prev = f"s{k}"
-    nodes.append(helper.make_node("Relu", [prev], ["y"], name="relu"))
+    nodes.append(helper.make_node(last, [prev], ["y"], name="last"))
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])]
     if shared:
         nodes.append(helper.make_node("Conv", ["x", "w"], ["z"], name="twin"))
@@ -113,13 +114,25 @@ _CHANNEL = np.array([0.5, -2.0, 1.5, 3.0], np.float32).reshape(4, 1, 1)
     ([("Mul", _CHANNEL, True), ("Add", _CHANNEL.reshape(1, 4, 1, 1), True)], []),
     ([("Sub", _CHANNEL, True)], ["Sub"]),  # c - y
     ([("Div", _CHANNEL * 0, False)], ["Div"]),  # y / 0
-    ([("Add", [3.0], False)], ["Add"]),  # a scalar shift: an activation's x + 3
+    ([("Add", [3.0], False)], ["Add"]),  # a scalar shift read by a clamp: x + 3 of Relu6
     ([("Mul", [2.0], False), ("Add", np.ones((4, 6, 6)), False)], ["Add"]),  # spatial shift
 ])
 def test_affine_steps_fold_into_the_conv_where_exact(steps, left):
     model = _affine_chain(steps)
     out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
     assert [n.op_type for n in out.graph.node if n.op_type not in ("Conv", "Relu")] == left
+    feed = {"x": np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("last", ["Sigmoid", "HardSigmoid", "Identity"])
+def test_a_scalar_shift_folds_where_no_clamp_reads_it(last):
+    """A learnable affine block (PP-LCNetV3: ``Conv → Mul(a) → Add(b)``) before an activation
+    that is not a clamp folds whole; ``Sub`` by a scalar too."""
+    steps = [("Mul", [1.7], False), ("Add", [-0.4], True), ("Sub", [0.25], False)]
+    model = _affine_chain(steps, last=last)
+    out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
+    assert [n.op_type for n in out.graph.node if n.op_type not in ("Conv", last)] == []
     feed = {"x": np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32)}
     np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0], atol=1e-5)
 
@@ -168,3 +181,49 @@ def test_a_grouped_conv_transpose_is_scaled_per_output_channel(group):
     assert [n.op_type for n in out.graph.node] == ["ConvTranspose"]
     feed = {"x": rng.standard_normal((1, 4, 5, 5)).astype(np.float32)}
     np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0], atol=1e-5)
+
+
+def _lab_hard_swish(opset: int = 13) -> onnx.ModelProto:
+    """Conv → Mul(a) → Add(b) → exported HardSwish ``y · Clip(y + 3, 0, 6) / 6`` → Conv, as
+    PaddleOCR's PP-LCNetV3 blocks export (scalar a, b: a learnable affine block)."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.array(1.3, np.float32), "a"),
+             numpy_helper.from_array(np.array(0.6, np.float32), "b"),
+             numpy_helper.from_array(np.array(3.0, np.float32), "three"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "six"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w", "bias"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "c"], ["ca"]),
+             helper.make_node("Add", ["ca", "b"], ["y"]),
+             helper.make_node("Add", ["y", "three"], ["y3"]),
+             helper.make_node("Clip", ["y3", "zero", "six"], ["r6"]),
+             helper.make_node("Mul", ["y", "r6"], ["m"]),
+             helper.make_node("Div", ["m", "six"], ["h"]),
+             helper.make_node("Conv", ["h", "w2"], ["out"])]
+    graph = helper.make_graph(nodes, "lab", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(
+            "out", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("hard_activations", [True, False])
+def test_a_learnable_affine_block_before_a_hard_swish_folds_into_the_conv(hard_activations):
+    """Both steps of the block fold, and the HardSwish stays recognisable: rewritten to its
+    HardSigmoid form for the CPU EP, left in its exported form (``x + 3`` kept) for the
+    OpenVINO EP, which fuses it itself."""
+    model = _lab_hard_swish()
+    result = FusionPass(hard_activations=hard_activations).run(G.import_graph(model))
+    out = G.export_graph(result.graph)
+    ops = Counter(n.op_type for n in out.graph.node)
+    assert "conv_affine: 2 fused" in result.notes, result.notes
+    if hard_activations:
+        assert ops == Counter({"Conv": 2, "HardSigmoid": 1, "Mul": 1}), ops
+    else:
+        assert ops == Counter({"Conv": 2, "Add": 1, "Clip": 1, "Mul": 1, "Div": 1}), ops
+    feed = {"x": np.random.default_rng(8).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(out, feed)[0], run_model(model, feed)[0], atol=1e-4)
