@@ -1,7 +1,7 @@
 """Where an int8 LSTM pays: onnxruntime's DynamicQuantizeLSTM (onnxq's int8 LSTM, objective
 ``size``) against the float LSTM, over hidden sizes, input features, sequence lengths and
 directions, batch 1 — the measurement behind ``onnxq/placement/recurrent.py``'s rule (an LSTM
-with ``hidden_size`` under ``MIN_INT8_HIDDEN`` stays float by default). Each row is timed
+narrower than the target cost table's ``lstm_min_int8_hidden`` stays float by default). Each row is timed
 interleaved (float, int8, float, ...) in one process; compare ratios, not times.
 
     python -m benchmarks.bench_lstm_width [--quick] [--threads 2] [--out DIR]
@@ -17,6 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
 from benchmarks import common
+from onnxq.kernels.isa import resolve_target
+from onnxq.placement.costs import table_for_target
 from onnxq.placement.recurrent import MIN_INT8_HIDDEN
 
 
@@ -76,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                             0.3 if args.quick else 0.8))
         print(rows[-1], flush=True)
     env = common.environment()
+    threshold = table_for_target(resolve_target("auto")).lstm_min_int8_hidden(MIN_INT8_HIDDEN)
     right = sum((r["default"] == "int8") == (r["int8_speedup"] > 1.0) for r in rows)
     text = (f"LSTM width, batch 1, {args.threads} threads, onnxruntime {env['onnxruntime']}, "
             f"{env['cpu']} (ISA {env['isa']}), onnxq {env['onnxq_revision']}, {env['date']}, "
-            f"load {load:.2f}\n\nonnxq's default (int8 from hidden_size {MIN_INT8_HIDDEN}) "
+            f"load {load:.2f}\n\nonnxq's default (int8 from hidden_size {threshold}) "
             f"picks the faster kernel in {right} of {len(rows)} rows.\n\n"
             + common.markdown_table(rows, COLUMNS))
     common.publish("lstm_width", args.quick, {"rows": rows, "environment": env,

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["if_branches", "loop_rnn", "scan_rnn", "recurrent", "rate_feeds", "sequence_feeds"]
+__all__ = ["if_branches", "loop_rnn", "scan_rnn", "recurrent", "rate_lstm", "rate_feeds",
+           "sequence_feeds"]
 
 IR_VERSION = 8
 
@@ -196,6 +197,40 @@ def recurrent(kind: str = "LSTM", seed: int = 0, opset: int = 17, features: int 
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["time", "batch", features])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
         initializer=inits)
+    return _model(graph, opset)
+
+
+def rate_lstm(seed: int = 0, opset: int = 17, features: int = 16, hidden: int = 32,
+              classes: int = 4) -> onnx.ModelProto:
+    """``If(rate == 16000)`` whose branches each run their own LSTM over the outer ``x``
+    [time, batch, features] and a Gemm on its last state (Silero VAD's shape: a recurrent
+    decoder per sample rate)."""
+    w = _Weights(seed)
+    n = helper.make_node
+
+    def branch(tag: str) -> onnx.GraphProto:
+        inits = [w.normal(f"{tag}.W", (1, 4 * hidden, features), math.sqrt(1 / features)),
+                 w.normal(f"{tag}.R", (1, 4 * hidden, hidden), math.sqrt(1 / hidden)),
+                 w.normal(f"{tag}.fc.w", (classes, hidden), math.sqrt(1 / hidden)),
+                 w.normal(f"{tag}.fc.b", (classes,), 0.1)]
+        nodes = [n("LSTM", ["x", f"{tag}.W", f"{tag}.R"], [f"{tag}.y", f"{tag}.h"],
+                   name=f"{tag}.lstm", hidden_size=hidden),
+                 n("Squeeze", [f"{tag}.h", "zero_axis"], [f"{tag}.h0"], name=f"{tag}.squeeze"),
+                 n("Gemm", [f"{tag}.h0", f"{tag}.fc.w", f"{tag}.fc.b"], [f"{tag}.logits"],
+                   name=f"{tag}.fc", transB=1)]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(
+            f"{tag}.logits", TensorProto.FLOAT, ["batch", classes])], initializer=inits)
+
+    nodes = [n("Equal", ["rate", "rate_16k"], ["is_16k"], name="is_16k"),
+             n("If", ["is_16k"], ["logits"], name="by_rate", then_branch=branch("r16k"),
+               else_branch=branch("r8k"))]
+    graph = helper.make_graph(
+        nodes, "rate_lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["time", "batch", features]),
+         helper.make_tensor_value_info("rate", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[numpy_helper.from_array(np.array(16000, np.int64), "rate_16k"),
+                     numpy_helper.from_array(np.array([0], np.int64), "zero_axis")])
     return _model(graph, opset)
 
 

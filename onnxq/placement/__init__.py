@@ -76,7 +76,8 @@ def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
     placed = decide(model, graph, plan, objective=objective,
                     table_spec=config.placement.cost_table, target=config.target,
                     input_shapes=input_shapes)
-    narrow = slow_lstms(graph, plan) if objective in MARGINS else {}
+    min_hidden = table_for_target(config.target).lstm_min_int8_hidden(MIN_INT8_HIDDEN)
+    narrow = slow_lstms(graph, plan, min_hidden) if objective in MARGINS else {}
     if placed is None and not narrow:
         return plan
     keep = (placed.all_keep_float() if placed is not None else {}) | narrow
@@ -84,8 +85,8 @@ def apply(model: onnx.ModelProto, graph: gs.Graph, plan, config, input_shapes,
         plan = replan(keep, placed.all_int8_electives() if placed is not None else ())
     notes = placed.notes() if placed is not None else ()
     if narrow:
-        notes += (f"placement: {len(narrow)} LSTM(s) with hidden_size < {MIN_INT8_HIDDEN} kept "
-                  "float (DynamicQuantizeLSTM is slower there)",)
+        notes += (f"placement: {len(narrow)} LSTM(s) with hidden_size < {min_hidden} kept "
+                  "float (DynamicQuantizeLSTM is slower there on this target)",)
     return dataclasses.replace(plan, notes=plan.notes + notes,
                                placement=placed.to_dict() if placed is not None
                                else plan.placement)

@@ -98,6 +98,12 @@ class CostTable:
         """µs per element."""
         return float(self.data["elementwise_ns"][op]) / 1000.0
 
+    def lstm_min_int8_hidden(self, default: int) -> int:
+        """The least LSTM ``hidden_size`` that runs faster as ``DynamicQuantizeLSTM`` on this
+        table's CPU (``benchmarks/bench_lstm_width.py``); ``default`` where it was not
+        measured (a host-measured table)."""
+        return int(self.data.get("lstm_min_int8_hidden", default))
+
     def has(self, op: str) -> bool:
         """Whether the table measured ``op`` (tables older than a kernel lack it)."""
         return op in self.data["elementwise_ns"]
