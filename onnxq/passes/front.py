@@ -30,7 +30,7 @@ def front_passes(config: QuantConfig) -> list:
     return [
         UnfuseContribPass(), PreprocessPass(min_opset=config.min_opset), Float16Pass(),
         *([] if fused_attention else [ForEachGraph(ReshapeShapePass())]),
-        ForEachGraph(FusionPass(hard_activations=cpu, pool_batchnorm=cpu)),
+        ForEachGraph(FusionPass(hard_activations=cpu, pool_batchnorm=cpu, input_affine=cpu)),
         *([ForEachGraph(FramedConvPass())] if cpu else []),
         *([TransformerFusionPass()] if fused_attention else []),
         *([AddZeroBiasPass()] if config.recipe.bias_correction != "off" else []),

@@ -1,5 +1,6 @@
 """Fusion: fold per-channel constant Add/Sub/Mul/Div steps and BatchNormalization into
-Conv/ConvTranspose (BatchNormalization into Gemm too), a per-column constant scale into
+Conv/ConvTranspose (BatchNormalization into Gemm too), scalar scales and shifts in front of a
+Conv into it, a per-column constant scale into
 MatMul/Gemm, MatMul+Add into Gemm, recognise exported HardSigmoid/HardSwish
 (``Clip(x + 3, 0, 6) / 6``) and drop inference no-ops (Identity, Dropout).
 
@@ -17,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from onnxq import graph as G
 from onnxq.passes.conv_affine import fold_conv_affine
+from onnxq.passes.conv_input_affine import fold_conv_input_affine
 from onnxq.passes.linear_scale import fold_linear_scale
 from onnxq.pipeline import PassResult, RewriteRule, apply_rules
 
@@ -362,6 +364,9 @@ class FusionPass:
     hard_activations: bool = True
     #: off for the OpenVINO EP: CREPE full 1.63x -> 1.61x, tiny 0.98x -> 0.96x FP32 there
     pool_batchnorm: bool = True
+    #: off for the OpenVINO EP: it folds scalar scales itself, and the ``/ 6`` of an exported
+    #: HardSwish in front of a conv is part of the pattern it fuses
+    input_affine: bool = True
     name: str = "fusion"
 
     RULES: ClassVar[tuple[RewriteRule, ...]] = (
@@ -370,6 +375,8 @@ class FusionPass:
         RewriteRule(name="hard_activations", rewrite=_hard_activation_forms,
                     switch="hard_activations"),
         RewriteRule(name="conv_affine", rewrite=fold_conv_affine),  # after: Conv → Add(3) → Clip
+        RewriteRule(name="conv_input_affine", rewrite=fold_conv_input_affine,
+                    switch="input_affine"),
         RewriteRule(name="batchnorm", rewrite=lambda g, outs: _fold_batchnorms(g),
                     switch="fold_batchnorm"),
         RewriteRule(name="pool_batchnorm", rewrite=lambda g, outs: _pool_before_batchnorm(g),

@@ -217,7 +217,8 @@ def test_a_learnable_affine_block_before_a_hard_swish_folds_into_the_conv(hard_a
     HardSigmoid form for the CPU EP, left in its exported form (``x + 3`` kept) for the
     OpenVINO EP, which fuses it itself."""
     model = _lab_hard_swish()
-    result = FusionPass(hard_activations=hard_activations).run(G.import_graph(model))
+    result = FusionPass(hard_activations=hard_activations, input_affine=hard_activations).run(
+        G.import_graph(model))
     out = G.export_graph(result.graph)
     ops = Counter(n.op_type for n in out.graph.node)
     assert "conv_affine: 2 fused" in result.notes, result.notes
