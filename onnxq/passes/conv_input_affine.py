@@ -58,6 +58,8 @@ def _input_step(conv: gs.Node, channels: int, outputs: set[str]
     rank = _rank(conv)
     if var is None or value is None or value.dtype != np.float32 or value.ndim > rank:
         return None
+    if value.ndim == rank and (var.shape is None or len(var.shape) != rank):
+        return None  # the constant might be what gives the conv input its rank
     scale = step.op in ("Mul", "Div")
     if value.size == 1:
         c = np.full(channels, float(value.reshape(-1)[0]), np.float64)

@@ -143,3 +143,19 @@ def test_a_learnable_affine_block_after_a_hard_swish_costs_nothing_in_int8():
     assert Counter(n.op_type for n in got.graph.node) == \
         Counter(n.op_type for n in plain.graph.node)
     assert cosine(run_model(got, feeds[0])[0], run_model(model, feeds[0])[0]) > 0.999
+
+
+def test_a_shift_that_gives_the_conv_input_its_rank_stays():
+    """x [C, H, W] + b [1, C, 1, 1] → Conv: the Add makes the 4-D input; folding it would
+    leave the conv reading a 3-D tensor."""
+    rng = np.random.default_rng(15)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, _C, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(_PER_CHANNEL.reshape(1, _C, 1, 1), "b")]
+    nodes = [helper.make_node("Add", ["x", "b"], ["s"], name="shift"),
+             helper.make_node("Conv", ["s", "w"], ["y"], name="conv")]
+    graph = helper.make_graph(nodes, "rank", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [_C, 8, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
+    assert [n.op_type for n in out.graph.node] == ["Add", "Conv"]
