@@ -159,3 +159,27 @@ def test_a_shift_that_gives_the_conv_input_its_rank_stays():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
     assert [n.op_type for n in out.graph.node] == ["Add", "Conv"]
+
+
+@pytest.mark.parametrize("inner", ["Erf", "Tanh"])
+def test_the_half_of_an_exported_gelu_stays_for_onnxruntime_to_fuse(inner):
+    """x · (1 + erf(x / √2)) · 0.5 → Conv: the 0.5 is part of the pattern onnxruntime fuses into
+    one Gelu kernel (FastGelu for the tanh form); folding it into the conv is exact but makes
+    the float model slower."""
+    rng = np.random.default_rng(16)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, _C, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(1.4142135, np.float32), "root2"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    nodes = [helper.make_node("Div", ["x", "root2"], ["d"]),
+             helper.make_node(inner, ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]),
+             helper.make_node("Mul", ["x", "a"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["g"]),
+             helper.make_node("Conv", ["g", "w"], ["y"], pads=[1] * 4)]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, _C, 8, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    out = G.export_graph(FusionPass().run(G.import_graph(model)).graph)
+    assert Counter(n.op_type for n in out.graph.node)["Mul"] == 2
