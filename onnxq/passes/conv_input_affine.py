@@ -117,7 +117,8 @@ def _scalar_scale(t: gs.Tensor, outputs: set[str]) -> tuple[gs.Node, gs.Tensor, 
         return None
     var, const = _operands(node)
     value = G.constant_value(const, cache=False) if const is not None else None
-    if var is None or value is None or value.dtype != np.float32 or value.size != 1:
+    if var is None or value is None or value.dtype != np.float32 or value.size != 1 or \
+            _ends_gelu(var):
         return None
     a = float(value.reshape(-1)[0])
     if not np.isfinite(a) or a == 0.0:

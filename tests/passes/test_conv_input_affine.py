@@ -161,11 +161,13 @@ def test_a_shift_that_gives_the_conv_input_its_rank_stays():
     assert [n.op_type for n in out.graph.node] == ["Add", "Conv"]
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("inner", ["Erf", "Tanh"])
-def test_the_half_of_an_exported_gelu_stays_for_onnxruntime_to_fuse(inner):
+def test_the_half_of_an_exported_gelu_stays_for_onnxruntime_to_fuse(inner, shift):
     """x · (1 + erf(x / √2)) · 0.5 → Conv: the 0.5 is part of the pattern onnxruntime fuses into
     one Gelu kernel (FastGelu for the tanh form); folding it into the conv is exact but makes
-    the float model slower."""
+    the float model slower. With a shift between the GELU and a padded conv, the 0.5 does not
+    move behind the shift either."""
     rng = np.random.default_rng(16)
     inits = [numpy_helper.from_array(rng.standard_normal((4, _C, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(np.array(1.4142135, np.float32), "root2"),
@@ -176,7 +178,10 @@ def test_the_half_of_an_exported_gelu_stays_for_onnxruntime_to_fuse(inner):
              helper.make_node("Add", ["e", "one"], ["a"]),
              helper.make_node("Mul", ["x", "a"], ["m"]),
              helper.make_node("Mul", ["m", "half"], ["g"]),
+             *([helper.make_node("Add", ["g0", "one"], ["g"])] if shift else []),
              helper.make_node("Conv", ["g", "w"], ["y"], pads=[1] * 4)]
+    if shift:
+        nodes[4].output[0] = "g0"
     graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info(
         "x", TensorProto.FLOAT, [1, _C, 8, 8])], [helper.make_tensor_value_info(
             "y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
